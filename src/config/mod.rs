@@ -1,0 +1,189 @@
+//! The provisioning file `letterbox.toml`: parsing and validation.
+//!
+//! The file is parsed with recovery, then each section (and each `[[interface]]`) is
+//! deserialized on its own, so that one bad section does not hide the errors of the
+//! others. Meaning is checked afterwards; every problem becomes a [`Diagnostic`] with
+//! file, line and column.
+
+mod diagnostic;
+mod network;
+mod system;
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use serde::de::{DeserializeOwned, IntoDeserializer};
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
+
+pub use diagnostic::{Diagnostic, Diagnostics};
+pub use network::Interface;
+pub use system::{check_password_hash, Console, System};
+
+use diagnostic::Collector;
+
+/// The embedded default provisioning file, used when no file is given.
+pub const DEFAULT_TOML: &str = include_str!("../../image/letterbox.toml");
+pub const DEFAULT_NAME: &str = "letterbox.toml (embedded default)";
+
+const VERSION: i64 = 1;
+const SECTIONS: &str = "`version`, `system`, `interface`, `nameservers`, `console`";
+
+/// A validated provisioning file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub system: System,
+    pub interfaces: Vec<Interface>,
+    pub nameservers: Vec<IpAddr>,
+    pub console: Console,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read provisioning file {path}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not valid UTF-8; expected a UTF-8 text file")]
+    NotUtf8 { path: String },
+    #[error("invalid provisioning file:\n{0}")]
+    Invalid(#[from] Diagnostics),
+}
+
+/// Reads and validates a file; `None` means the embedded default.
+pub fn load(path: Option<&Path>) -> Result<(Config, String), LoadError> {
+    let Some(path) = path else {
+        return Ok((parse(DEFAULT_NAME, DEFAULT_TOML)?, DEFAULT_TOML.to_string()));
+    };
+    let display = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+        path: display.clone(),
+        source,
+    })?;
+    let text = String::from_utf8(bytes).map_err(|_| LoadError::NotUtf8 {
+        path: display.clone(),
+    })?;
+    Ok((parse(&display, &text)?, text))
+}
+
+/// Parses and validates provisioning text; `file` is the name errors are reported under.
+pub fn parse(file: &str, text: &str) -> Result<Config, Diagnostics> {
+    let mut c = Collector::new(file, text);
+    let (root, syntax_errors) = DeTable::parse_recoverable(text);
+    for e in &syntax_errors {
+        c.toml_error(e);
+    }
+    if c.has_errors() {
+        // Types and meaning are not checked on a recovered parse: they would only add noise.
+        return Err(c.finish().expect_err("errors were recorded"));
+    }
+
+    let mut version = None;
+    let mut raw_system = None;
+    // Present but invalid sections were reported already; only absence is reported below.
+    let mut has_system = false;
+    let mut has_interfaces = false;
+    let mut raw_interfaces = Vec::new();
+    let mut raw_nameservers = Vec::new();
+    let mut raw_console = None;
+
+    for (key, value) in root.into_inner() {
+        let span = key.span();
+        match key.get_ref().as_ref() {
+            "version" => version = section::<Spanned<i64>>(value, &mut c),
+            "system" => {
+                has_system = true;
+                raw_system = section::<system::RawSystem>(value, &mut c);
+            }
+            "interface" => match value.into_inner() {
+                DeValue::Array(items) => {
+                    has_interfaces = true;
+                    raw_interfaces.extend(items.into_iter().filter_map(|v| section(v, &mut c)));
+                }
+                _ => c.error(
+                    span,
+                    "`interface` must be an array of tables; expected `[[interface]]` headers",
+                ),
+            },
+            "nameservers" => {
+                raw_nameservers = section::<Vec<Spanned<String>>>(value, &mut c).unwrap_or_default()
+            }
+            "console" => raw_console = section::<system::RawConsole>(value, &mut c),
+            other => c.error(
+                span,
+                format!("unknown section `{other}`; expected one of {SECTIONS}"),
+            ),
+        }
+    }
+
+    match &version {
+        None => c.error(
+            0..0,
+            format!("missing `version = {VERSION}` at the top of the file"),
+        ),
+        Some(v) if *v.get_ref() != VERSION => c.error(
+            v.span(),
+            format!(
+                "unsupported version {}; expected `version = {VERSION}`",
+                v.get_ref()
+            ),
+        ),
+        Some(_) => {}
+    }
+    let system = raw_system.map(|raw| system::validate_system(raw, &mut c));
+    if !has_system {
+        c.error(
+            0..0,
+            "missing `[system]` section; expected `hostname` and `domain` in it",
+        );
+    }
+    if !has_interfaces {
+        c.error(
+            0..0,
+            "no `[[interface]]`; expected at least one interface with its addresses",
+        );
+    }
+    let interfaces = network::validate_interfaces(raw_interfaces, &mut c);
+    let nameservers = network::validate_nameservers(&raw_nameservers, &mut c);
+    let console = raw_console
+        .map(|raw| system::validate_console(raw, &mut c))
+        .unwrap_or_default();
+
+    c.finish()?;
+    Ok(Config {
+        system: system.expect("a missing or invalid [system] is an error above"),
+        interfaces,
+        nameservers,
+        console,
+    })
+}
+
+/// Deserializes one value on its own, recording its error instead of stopping.
+fn section<T: DeserializeOwned>(value: Spanned<DeValue<'_>>, c: &mut Collector) -> Option<T> {
+    T::deserialize(value.into_deserializer())
+        .map_err(|e| {
+            c.toml_error(&e);
+            if let Some(key) = misplaced_top_level_key(e.message()) {
+                // TOML puts every key after a [header] inside that table: a common trap.
+                c.error(
+                    e.span().unwrap_or(0..0),
+                    format!(
+                        "`{key}` is a top-level setting; expected it above the first \
+                         [section] header"
+                    ),
+                );
+            }
+        })
+        .ok()
+}
+
+fn misplaced_top_level_key(message: &str) -> Option<&'static str> {
+    ["version", "nameservers"]
+        .into_iter()
+        .find(|key| message.starts_with(&format!("unknown field `{key}`")))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,196 @@
+//! `[system]` (names, time zone) and `[console]` (serial device, baud, admin hash).
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::diagnostic::Collector;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct System {
+    pub hostname: String,
+    /// The mail domain; also the DNS zone the appliance serves.
+    pub domain: String,
+    pub timezone: String,
+}
+
+impl System {
+    pub fn fqdn(&self) -> String {
+        format!("{}.{}", self.hostname, self.domain)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Console {
+    /// `serial0` (the board's GPIO UART alias), a tty name such as `ttyAMA0`, or a /dev path.
+    pub device: String,
+    pub baud: u32,
+    /// crypt(3) SHA-512 (`$6$`) or yescrypt (`$y$`); `None` means no login is possible.
+    pub admin_password_hash: Option<String>,
+}
+
+impl Default for Console {
+    fn default() -> Self {
+        Console {
+            device: DEFAULT_DEVICE.into(),
+            baud: DEFAULT_BAUD,
+            admin_password_hash: None,
+        }
+    }
+}
+
+const DEFAULT_DEVICE: &str = "serial0";
+const DEFAULT_BAUD: u32 = 115_200;
+const DEFAULT_TIMEZONE: &str = "UTC";
+/// Rates the Pi's PL011 and mini UART drivers accept through termios.
+const BAUD_RATES: [u32; 10] = [
+    1200, 2400, 4800, 9600, 19200, 38400, 57600, 115_200, 230_400, 460_800,
+];
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSystem {
+    hostname: Spanned<String>,
+    domain: Spanned<String>,
+    timezone: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConsole {
+    device: Option<Spanned<String>>,
+    baud: Option<Spanned<u32>>,
+    admin_password_hash: Option<Spanned<String>>,
+}
+
+pub(super) fn validate_system(raw: RawSystem, c: &mut Collector) -> System {
+    let hostname = raw.hostname.get_ref().clone();
+    if !is_rfc1123_label(&hostname) {
+        c.error(
+            raw.hostname.span(),
+            format!(
+                "invalid hostname {hostname:?}; expected one RFC 1123 label: 1 to 63 letters, \
+                 digits or '-', not starting or ending with '-', e.g. \"mail\""
+            ),
+        );
+    }
+    let domain = raw
+        .domain
+        .get_ref()
+        .trim_end_matches('.')
+        .to_ascii_lowercase();
+    if !is_rfc1123_domain(&domain) {
+        c.error(
+            raw.domain.span(),
+            format!(
+                "invalid domain {:?}; expected an RFC 1123 domain with at least two labels, \
+                 e.g. \"example.org\"",
+                raw.domain.get_ref()
+            ),
+        );
+    }
+    let timezone = match raw.timezone {
+        Some(tz) if !is_timezone_name(tz.get_ref()) => {
+            c.error(
+                tz.span(),
+                format!(
+                    "invalid timezone {:?}; expected an IANA zone name such as \"UTC\" or \
+                     \"Europe/Paris\"",
+                    tz.get_ref()
+                ),
+            );
+            DEFAULT_TIMEZONE.into()
+        }
+        Some(tz) => tz.into_inner(),
+        None => DEFAULT_TIMEZONE.into(),
+    };
+    System {
+        hostname: hostname.to_ascii_lowercase(),
+        domain,
+        timezone,
+    }
+}
+
+pub(super) fn validate_console(raw: RawConsole, c: &mut Collector) -> Console {
+    let mut console = Console::default();
+    if let Some(dev) = raw.device {
+        let name = dev.get_ref();
+        if name.is_empty() || name.chars().any(char::is_whitespace) {
+            c.error(
+                dev.span(),
+                format!(
+                    "invalid console device {name:?}; expected \"serial0\", a tty name such as \
+                     \"ttyAMA0\", or a path under /dev"
+                ),
+            );
+        } else {
+            console.device = name.clone();
+        }
+    }
+    if let Some(baud) = raw.baud {
+        if BAUD_RATES.contains(baud.get_ref()) {
+            console.baud = *baud.get_ref();
+        } else {
+            c.error(
+                baud.span(),
+                format!(
+                    "unsupported baud rate {}; expected one of {}",
+                    baud.get_ref(),
+                    BAUD_RATES.map(|b| b.to_string()).join(", ")
+                ),
+            );
+        }
+    }
+    if let Some(hash) = raw.admin_password_hash {
+        match check_password_hash(hash.get_ref()) {
+            Ok(()) => console.admin_password_hash = Some(hash.into_inner()),
+            Err(why) => c.error(hash.span(), why),
+        }
+    }
+    console
+}
+
+/// Accepts crypt(3) SHA-512 (`$6$`) and yescrypt (`$y$`) strings of the right shape.
+pub fn check_password_hash(hash: &str) -> Result<(), String> {
+    const EXPECTED: &str = "expected a crypt(3) SHA-512 (\"$6$...\") or yescrypt (\"$y$...\") \
+                            hash, as printed by `letterbox passwd`";
+    if !hash.starts_with('$') {
+        // Never echo it: it may be a plaintext password.
+        return Err(format!(
+            "admin_password_hash is not a hash (a plaintext password?); {EXPECTED}"
+        ));
+    }
+    let Ok(parsed) = sha_crypt::PasswordHashRef::new(hash) else {
+        return Err(format!("malformed password hash; {EXPECTED}"));
+    };
+    // Length of the final base64 field: 512 bits for SHA-512 crypt, 256 for yescrypt.
+    let digest_len = match parsed.id() {
+        "6" => 86,
+        "y" => 43,
+        other => return Err(format!("unsupported hash scheme \"${other}$\"; {EXPECTED}")),
+    };
+    match parsed.fields().last() {
+        Some(f) if f.as_str().len() == digest_len => Ok(()),
+        _ => Err(format!(
+            "malformed password hash (wrong digest length); {EXPECTED}"
+        )),
+    }
+}
+
+pub(crate) fn is_rfc1123_label(s: &str) -> bool {
+    (1..=63).contains(&s.len())
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+pub(crate) fn is_rfc1123_domain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').count() >= 2 && s.split('.').all(is_rfc1123_label)
+}
+
+fn is_timezone_name(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with('/')
+        && !s.split('/').any(|part| part.is_empty() || part == "..")
+        && s.chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || "/_-+".contains(ch))
+}

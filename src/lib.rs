@@ -1,0 +1,17 @@
+//! letterbox: the init agent and image builder of a self-hosted Raspberry Pi mail appliance.
+//!
+//! One module per concern; `main.rs` only parses the command line and dispatches.
+pub mod config;
+pub mod passwd;
+
+/// Renders an error and its sources as one readable chain: "a: b: c".
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
