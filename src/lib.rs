@@ -1,7 +1,9 @@
 //! letterbox: the init agent and image builder of a self-hosted Raspberry Pi mail appliance.
 //!
 //! One module per concern; `main.rs` only parses the command line and dispatches.
+pub mod boot;
 pub mod config;
+pub mod image;
 pub mod passwd;
 
 /// Renders an error and its sources as one readable chain: "a: b: c".

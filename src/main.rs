@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use letterbox::{config, passwd};
+use letterbox::{config, image, passwd};
 
 #[derive(Parser)]
 #[command(
@@ -27,6 +27,28 @@ enum Command {
     },
     /// Read a password from the terminal (or stdin) and print a hash for letterbox.toml.
     Passwd,
+    /// Build the SD-card image from a provisioning file (the embedded default when omitted).
+    Build {
+        file: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = image::Board::Rpi3)]
+        board: image::Board,
+        /// The image to write; out/letterbox-BOARD.img when omitted.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// The cross-built static aarch64 agent to install.
+        #[arg(long, default_value = "target-aarch64/aarch64-unknown-linux-gnu/release/letterbox")]
+        agent: PathBuf,
+        /// Download cache and unpacked packages.
+        #[arg(long, default_value = ".cache")]
+        cache: PathBuf,
+    },
+    /// Boot an image under qemu-system-aarch64 -M raspi3b, serial console on this terminal.
+    Qemu {
+        image: PathBuf,
+        /// Host port forwarded to the appliance's DNS server (UDP and TCP 53).
+        #[arg(long, default_value_t = 5353)]
+        dns_port: u16,
+    },
 }
 
 fn main() -> ExitCode {
@@ -57,6 +79,49 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             }
             Err(e) => Err(e.into()),
         },
+        Command::Build {
+            file,
+            board,
+            output,
+            agent,
+            cache,
+        } => {
+            let opts = image::BuildOptions {
+                config: file,
+                board,
+                output: output.unwrap_or_else(|| format!("out/letterbox-{board}.img").into()),
+                agent,
+                cache_dir: cache,
+                source_date_epoch: image::BuildOptions::epoch_from_env(),
+                progress: true,
+            };
+            match image::build(&opts) {
+                Ok(summary) => {
+                    println!("{summary}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(image::ImageError::Config(diagnostics)) => {
+                    eprintln!("{diagnostics}");
+                    eprintln!("letterbox: not building an image from a broken provisioning file");
+                    Ok(ExitCode::FAILURE)
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+        Command::Qemu { image: path, dns_port } => {
+            let work = PathBuf::from(format!("{}.qemu", path.display()));
+            let prepared = image::qemu::prepare(&path, &work)?;
+            let forwards = [
+                format!("udp:127.0.0.1:{dns_port}-:53"),
+                format!("tcp:127.0.0.1:{dns_port}-:53"),
+            ];
+            let status = image::qemu::command(&prepared, "stdio", &forwards).status()?;
+            Ok(if status.success() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         Command::Passwd => {
             println!("{}", passwd::prompt_and_hash()?);
             Ok(ExitCode::SUCCESS)

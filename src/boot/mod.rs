@@ -1,0 +1,430 @@
+//! Appliance-only early boot, run by PID 1 straight out of the initramfs: kernel
+//! filesystems, kernel modules (coldplug and later hotplug), the SD card's partitions,
+//! the move into the read-only root filesystem, and the data partition grown to fill
+//! the card on first boot.
+//!
+//! The root filesystem is entered with an in-process `switch_root`: the agent keeps
+//! running (same PID 1, same process) but its root becomes p2. That way containerd and
+//! runc (dynamically linked Debian binaries on p2) find their libraries at the usual
+//! paths, the full module tree on p2 serves devices that appear later, and the initramfs'
+//! memory is freed. Nothing is exec'd, so no state is lost between early boot and init.
+
+pub mod disk;
+pub mod modules;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use log::{info, warn};
+use nix::mount::{mount, MsFlags};
+
+use disk::{DiskError, PartitionRef};
+use modules::{Loader, ModuleError, ModuleIndex};
+
+/// Where the root filesystem is mounted before the agent moves into it.
+const NEW_ROOT: &str = "/sysroot";
+/// How long to wait for the SD card to show up (TCG emulation is slow; real cards are fast).
+const ROOT_WAIT: Duration = Duration::from_secs(90);
+/// Modules the mounts need whatever the device tree says: filesystems and codepages.
+const FILESYSTEM_MODULES: &[&str] = &["squashfs", "ext4", "vfat", "nls_cp437", "nls_ascii", "nls_utf8"];
+
+/// Where early boot put things, for the rest of the agent.
+#[derive(Debug, Clone)]
+pub struct BootLayout {
+    /// The FAT boot partition (holds letterbox.toml).
+    pub boot_dir: PathBuf,
+    /// The persistent data partition, writable.
+    pub state_dir: PathBuf,
+    /// letterbox.toml on the boot partition.
+    pub config_file: PathBuf,
+    /// The kernel's console tty (`console=` on the command line), e.g. /dev/ttyS1: the UART
+    /// on GPIO 14/15 that `serial0` names.
+    pub console_tty: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error("cannot mount {what} on {target}")]
+    Mount {
+        what: String,
+        target: String,
+        source: nix::Error,
+    },
+    #[error("cannot create mount point {path}")]
+    MountPoint {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read the kernel command line")]
+    Cmdline(#[source] std::io::Error),
+    #[error("kernel command line has no root=PARTUUID=xxxxxxxx-NN (the image writes one in cmdline.txt)")]
+    NoRootArgument,
+    #[error("kernel modules")]
+    Modules(#[from] ModuleError),
+    #[error("no disk with partition {0} appeared within {1:?}")]
+    RootNotFound(String, Duration),
+    #[error("disk")]
+    Disk(#[from] DiskError),
+    #[error("cannot move into the root filesystem at {NEW_ROOT}")]
+    SwitchRoot(#[source] nix::Error),
+    #[error("kernel version (uname)")]
+    Uname(#[source] nix::Error),
+}
+
+/// Messages go through `log`, whose logger (installed by init) stamps them with the time
+/// since boot like the kernel's own lines.
+pub fn early_boot() -> Result<BootLayout, BootError> {
+    info!("early boot: mounting kernel filesystems");
+    mount_kernel_filesystems()?;
+    let release = nix::sys::utsname::uname().map_err(BootError::Uname)?;
+    let release = release.release().to_string_lossy().into_owned();
+    let root = root_partition()?;
+
+    let initramfs_index = ModuleIndex::load(&modules_dir(Path::new("/"), &release))?;
+    let modules = Arc::new(Mutex::new((initramfs_index, Loader::default())));
+    // Listen before the first scan so a device that appears during it is not missed.
+    hotplug::spawn(Arc::clone(&modules));
+
+    for name in FILESYSTEM_MODULES {
+        load_named(&modules, name);
+    }
+    let started = Instant::now();
+    let disk = loop {
+        coldplug(&modules);
+        if let Some(disk) = disk::find_disk(&root)? {
+            break disk;
+        }
+        if started.elapsed() > ROOT_WAIT {
+            return Err(BootError::RootNotFound(root.to_string(), ROOT_WAIT));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    info!("early boot: found SD card {disk} (root partition {root})");
+
+    disk::grow_last_partition(&disk, 3)?;
+
+    let part = |n: u32| disk::partition_device(&disk, n);
+    mount_dir(&part(root.partition), NEW_ROOT, "squashfs", MsFlags::MS_RDONLY, "")?;
+    switch_root()?;
+    info!("early boot: running from the read-only root filesystem");
+
+    // The full module tree lives on the root filesystem; the initramfs only had storage.
+    let full_index = ModuleIndex::load(&modules_dir(Path::new("/"), &release))?;
+    modules.lock().expect("module index").0 = full_index;
+    coldplug(&modules);
+
+    mount_dir(
+        &part(1),
+        "/boot",
+        "vfat",
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        "fmask=0133,dmask=0022",
+    )?;
+    let data = part(3);
+    mount_dir(
+        &data,
+        "/data",
+        "ext4",
+        MsFlags::MS_NOATIME | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        "",
+    )?;
+    disk::grow_ext4("/data", &data)?;
+    for dir in ["/run", "/tmp"] {
+        mount_dir("tmpfs", dir, "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, "mode=0755")?;
+    }
+    let layout = BootLayout {
+        boot_dir: PathBuf::from("/boot"),
+        state_dir: PathBuf::from("/data"),
+        config_file: PathBuf::from("/boot/letterbox.toml"),
+        console_tty: console_tty(),
+    };
+    info!("early boot: done: boot partition on /boot, data on /data");
+    Ok(layout)
+}
+
+fn modules_dir(root: &Path, release: &str) -> PathBuf {
+    root.join("usr/lib/modules").join(release)
+}
+
+/// root=PARTUUID=xxxxxxxx-NN from /proc/cmdline: the MBR disk signature and partition number.
+fn root_partition() -> Result<PartitionRef, BootError> {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").map_err(BootError::Cmdline)?;
+    cmdline
+        .split_whitespace()
+        .find_map(|arg| arg.strip_prefix("root=PARTUUID="))
+        .and_then(PartitionRef::parse)
+        .ok_or(BootError::NoRootArgument)
+}
+
+fn mount_kernel_filesystems() -> Result<(), BootError> {
+    let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    for (what, target, fstype, flags) in [
+        ("proc", "/proc", "proc", nodev),
+        ("sysfs", "/sys", "sysfs", nodev),
+        ("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID),
+    ] {
+        match mount_dir(what, target, fstype, flags, "") {
+            // Already mounted (the kernel mounts devtmpfs itself with DEVTMPFS_MOUNT).
+            Err(BootError::Mount {
+                source: nix::Error::EBUSY,
+                ..
+            }) => {}
+            other => other?,
+        }
+    }
+    Ok(())
+}
+
+fn mount_dir(
+    what: &str,
+    target: &str,
+    fstype: &str,
+    flags: MsFlags,
+    data: &str,
+) -> Result<(), BootError> {
+    std::fs::create_dir_all(target).map_err(|source| BootError::MountPoint {
+        path: target.into(),
+        source,
+    })?;
+    let data = (!data.is_empty()).then_some(data);
+    mount(Some(what), target, Some(fstype), flags, data).map_err(|source| BootError::Mount {
+        what: what.to_string(),
+        target: target.to_string(),
+        source,
+    })
+}
+
+/// Moves /dev, /proc and /sys into the new root, frees the initramfs, and makes the new
+/// root "/" for this process (what busybox's switch_root does, minus the exec).
+fn switch_root() -> Result<(), BootError> {
+    for dir in ["/dev", "/proc", "/sys"] {
+        let target = format!("{NEW_ROOT}{dir}");
+        mount(
+            Some(dir),
+            target.as_str(),
+            None::<&str>,
+            MsFlags::MS_MOVE,
+            None::<&str>,
+        )
+        .map_err(|source| BootError::Mount {
+            what: dir.to_string(),
+            target,
+            source,
+        })?;
+    }
+    free_initramfs();
+    std::env::set_current_dir(NEW_ROOT)
+        .map_err(|e| BootError::SwitchRoot(nix::Error::from_raw(e.raw_os_error().unwrap_or(0))))?;
+    mount(
+        Some("."),
+        "/",
+        None::<&str>,
+        MsFlags::MS_MOVE,
+        None::<&str>,
+    )
+    .map_err(BootError::SwitchRoot)?;
+    nix::unistd::chroot(".").map_err(BootError::SwitchRoot)?;
+    nix::unistd::chdir("/").map_err(BootError::SwitchRoot)
+}
+
+/// Deletes the initramfs' files (it is RAM that nothing else can free), but only when "/"
+/// really is the initramfs: never on a disk.
+fn free_initramfs() {
+    let is_ram = nix::sys::statfs::statfs("/")
+        .map(|s| {
+            let t = s.filesystem_type();
+            t == nix::sys::statfs::TMPFS_MAGIC || t.0 == 0x8584_58f6 // RAMFS_MAGIC
+        })
+        .unwrap_or(false);
+    if !is_ram {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir("/") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if ["dev", "proc", "sys", &NEW_ROOT[1..]]
+            .iter()
+            .any(|keep| name == **keep)
+        {
+            continue;
+        }
+        let path = entry.path();
+        let removed = if path.is_dir() && !path.is_symlink() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        if let Err(e) = removed {
+            warn!("early boot: cannot free {}: {e}", path.display());
+        }
+    }
+}
+
+/// The tty the kernel console is on (the last `console=`), from /sys/class/tty/console/active.
+fn console_tty() -> Option<PathBuf> {
+    let active = std::fs::read_to_string("/sys/class/tty/console/active").ok()?;
+    let last = active.split_whitespace().last()?;
+    Some(Path::new("/dev").join(last))
+}
+
+fn load_named(modules: &Mutex<(ModuleIndex, Loader)>, name: &str) {
+    let mut guard = modules.lock().expect("module index");
+    let (index, loader) = &mut *guard;
+    let Some(module) = index.resolve(name) else {
+        warn!("early boot: no module {name}");
+        return;
+    };
+    match loader.load(index, &module) {
+        Ok(new) if !new.is_empty() => info!("modules: loaded {}", new.join(" ")),
+        Ok(_) => {}
+        Err(e) => warn!("modules: {}", crate::error_chain(&e)),
+    }
+}
+
+/// Loads the drivers of every device present: reads each `modalias` under /sys/devices and
+/// loads what modules.alias maps it to, until a pass finds nothing new (loading a bus
+/// driver makes the devices behind it appear).
+pub fn coldplug(modules: &Mutex<(ModuleIndex, Loader)>) {
+    loop {
+        let mut aliases = Vec::new();
+        collect_modaliases(Path::new("/sys/devices"), &mut aliases);
+        aliases.sort();
+        aliases.dedup();
+        let mut loaded_any = false;
+        for alias in aliases {
+            loaded_any |= load_for_alias(modules, &alias);
+        }
+        if !loaded_any {
+            return;
+        }
+    }
+}
+
+/// Loads the modules matching one device's modalias; true when something new was loaded.
+pub fn load_for_alias(modules: &Mutex<(ModuleIndex, Loader)>, alias: &str) -> bool {
+    let mut guard = modules.lock().expect("module index");
+    let (index, loader) = &mut *guard;
+    let mut loaded_any = false;
+    for module in index.matching(alias) {
+        match loader.load(index, &module) {
+            Ok(new) if !new.is_empty() => {
+                info!("modules: {alias}: loaded {}", new.join(" "));
+                loaded_any = true;
+            }
+            Ok(_) => {}
+            // One driver failing (e.g. for hardware that is absent) must not stop the boot.
+            Err(e) => warn!("modules: {alias}: {}", crate::error_chain(&e)),
+        }
+    }
+    loaded_any
+}
+
+fn collect_modaliases(dir: &Path, out: &mut Vec<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if kind.is_dir() {
+            collect_modaliases(&entry.path(), out);
+        } else if kind.is_file() && entry.file_name() == "modalias" {
+            if let Ok(alias) = std::fs::read_to_string(entry.path()) {
+                let alias = alias.trim();
+                if !alias.is_empty() {
+                    out.push(alias.to_string());
+                }
+            }
+        }
+    }
+}
+
+mod hotplug {
+    //! Devices that appear after coldplug (a USB network adapter plugged in later, the
+    //! devices behind a freshly loaded USB host driver): the kernel announces them on the
+    //! uevent netlink socket with their MODALIAS.
+
+    use std::sync::{Arc, Mutex};
+
+    use log::warn;
+    use nix::sys::socket::{
+        bind, recv, socket, AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol,
+        SockType,
+    };
+
+    use super::{load_for_alias, Loader, ModuleIndex};
+
+    pub fn spawn(modules: Arc<Mutex<(ModuleIndex, Loader)>>) {
+        let sock = match socket(
+            AddressFamily::Netlink,
+            SockType::Datagram,
+            SockFlag::SOCK_CLOEXEC,
+            SockProtocol::NetlinkKObjectUEvent,
+        ) {
+            Ok(sock) => sock,
+            Err(e) => {
+                warn!("hotplug: no uevent socket ({e}); only devices present at boot get drivers");
+                return;
+            }
+        };
+        // Group 1: the kernel's own uevents.
+        if let Err(e) = bind(
+            std::os::fd::AsRawFd::as_raw_fd(&sock),
+            &NetlinkAddr::new(0, 1),
+        ) {
+            warn!("hotplug: cannot bind the uevent socket ({e}); only devices present at boot get drivers");
+            return;
+        }
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                let n = match recv(
+                    std::os::fd::AsRawFd::as_raw_fd(&sock),
+                    &mut buf,
+                    MsgFlags::empty(),
+                ) {
+                    Ok(n) => n,
+                    Err(nix::Error::EINTR) | Err(nix::Error::ENOBUFS) => continue,
+                    Err(e) => {
+                        warn!("hotplug: uevent socket failed: {e}");
+                        return;
+                    }
+                };
+                if let Some(alias) = add_event_modalias(&buf[..n]) {
+                    load_for_alias(&modules, &alias);
+                }
+            }
+        });
+    }
+
+    /// The MODALIAS of an "add@..." uevent: NUL-separated KEY=value fields.
+    fn add_event_modalias(msg: &[u8]) -> Option<String> {
+        let mut fields = msg.split(|&b| b == 0);
+        let header = fields.next()?;
+        if !header.starts_with(b"add@") {
+            return None;
+        }
+        fields
+            .filter_map(|f| f.strip_prefix(b"MODALIAS="))
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .next()
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn add_events_yield_their_modalias() {
+            let msg = b"add@/devices/usb1/1-1/1-1:1.0\0ACTION=add\0MODALIAS=usb:v0525pA4A2d\0SEQNUM=9\0";
+            assert_eq!(
+                super::add_event_modalias(msg).as_deref(),
+                Some("usb:v0525pA4A2d")
+            );
+            let msg = b"remove@/devices/usb1\0MODALIAS=usb:x\0";
+            assert_eq!(super::add_event_modalias(msg), None);
+        }
+    }
+}

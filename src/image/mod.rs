@@ -1,0 +1,588 @@
+//! `letterbox build`: letterbox.toml in, SD-card image out, without root privileges,
+//! loop devices or mounts.
+//!
+//! Layout (MBR, 4 MiB aligned):
+//! - p1 FAT32 (0x0c): Pi firmware, kernel, device trees, initramfs, config.txt,
+//!   cmdline.txt, letterbox.toml.
+//! - p2 (0x83): the root filesystem, squashfs (read-only by construction, reproducible
+//!   with fixed timestamps and owners): the agent, kernel modules, containerd and runc.
+//! - p3 (0x83): ext4 data, small in the image, grown to fill the card on first boot.
+
+pub mod board;
+mod fs;
+mod initramfs;
+pub mod packages;
+pub mod qemu;
+
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+pub use board::Board;
+
+use crate::boot::disk::{PartitionRef, ALIGN_SECTORS};
+use crate::config;
+use packages::{Cache, Lock};
+
+const SECTOR: u64 = 512;
+const BOOT_SIZE: u64 = 128 << 20;
+const DATA_SIZE: u64 = 32 << 20;
+/// Timestamps inside the image when SOURCE_DATE_EPOCH is not set (2025-01-01).
+const DEFAULT_EPOCH: u64 = 1_735_689_600;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("{0}")]
+    Config(config::Diagnostics),
+    #[error("cannot read the provisioning file")]
+    ConfigRead(#[source] config::LoadError),
+    #[error("{path}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot run {what}")]
+    Spawn {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("{what} failed ({status}):\n{stderr}")]
+    Tool {
+        what: String,
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
+    #[error("the agent binary {0} is missing: cross-build it first (make image does)")]
+    NoAgent(PathBuf),
+    #[error("package {0} is not in the package set")]
+    MissingPackage(String),
+    #[error("{0}")]
+    Layout(String),
+    #[error("kernel modules")]
+    Modules(#[from] crate::boot::modules::ModuleError),
+    #[error("partition table")]
+    Mbr(#[from] mbrman::Error),
+}
+
+impl ImageError {
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        ImageError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// Runs a tool; its stderr becomes the error when it fails.
+pub(crate) fn run(cmd: &mut Command, what: &str) -> Result<(), ImageError> {
+    output(cmd, what).map(drop)
+}
+
+/// Runs a tool and returns its stdout.
+pub(crate) fn output(cmd: &mut Command, what: &str) -> Result<String, ImageError> {
+    let out = cmd.output().map_err(|source| ImageError::Spawn {
+        what: what.to_string(),
+        source,
+    })?;
+    if !out.status.success() {
+        return Err(ImageError::Tool {
+            what: what.to_string(),
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+pub struct BuildOptions {
+    /// letterbox.toml; the embedded default when None.
+    pub config: Option<PathBuf>,
+    pub board: Board,
+    pub output: PathBuf,
+    /// The cross-built static aarch64 agent.
+    pub agent: PathBuf,
+    /// Download cache and unpacked packages (the project's .cache/).
+    pub cache_dir: PathBuf,
+    pub source_date_epoch: u64,
+    pub progress: bool,
+}
+
+impl BuildOptions {
+    /// SOURCE_DATE_EPOCH from the environment, else a fixed date.
+    pub fn epoch_from_env() -> u64 {
+        std::env::var("SOURCE_DATE_EPOCH")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_EPOCH)
+    }
+}
+
+#[derive(Debug)]
+pub struct Summary {
+    pub image: PathBuf,
+    pub lock_file: PathBuf,
+    pub board: Board,
+    pub image_bytes: u64,
+    pub rootfs_bytes: u64,
+    pub packages: usize,
+    pub rootfs_packages: usize,
+    pub executables: usize,
+    pub initramfs_modules: usize,
+    pub downloaded: bool,
+    pub elapsed: Duration,
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "image:      {}", self.image.display())?;
+        writeln!(
+            f,
+            "size:       {} MiB (root filesystem {} MiB)",
+            self.image_bytes >> 20,
+            self.rootfs_bytes >> 20
+        )?;
+        writeln!(f, "board:      {}", self.board)?;
+        writeln!(
+            f,
+            "packages:   {} Debian packages ({} in the root filesystem, {}), lock {}",
+            self.packages,
+            self.rootfs_packages,
+            if self.downloaded {
+                "downloaded"
+            } else {
+                "all from the cache"
+            },
+            self.lock_file.display()
+        )?;
+        writeln!(
+            f,
+            "contents:   {} executables in the root filesystem, {} modules in the initramfs",
+            self.executables, self.initramfs_modules
+        )?;
+        write!(f, "time:       {:.1} s", self.elapsed.as_secs_f64())
+    }
+}
+
+/// Stable identifiers derived from the inputs (FNV-1a), so two builds of the same
+/// configuration carry the same UUIDs, volume id and disk signature.
+struct Ids {
+    seed: u64,
+}
+
+impl Ids {
+    fn hash(&self, label: &str) -> u64 {
+        let mut h = self.seed;
+        for b in label.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x100_0000_01b3);
+        }
+        h
+    }
+
+    fn u32(&self, label: &str) -> u32 {
+        (self.hash(label) >> 16) as u32
+    }
+
+    fn uuid(&self, label: &str) -> String {
+        let a = self.hash(&format!("{label}/a"));
+        let b = self.hash(&format!("{label}/b"));
+        format!(
+            "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+            a >> 32,
+            (a >> 16) & 0xffff,
+            a & 0xfff,
+            b >> 52,
+            b & 0xffff_ffff_ffff
+        )
+    }
+}
+
+fn step(progress: bool, message: &str) -> ProgressBar {
+    let bar = if progress {
+        ProgressBar::new_spinner()
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg} ({elapsed})").expect("valid template"),
+    );
+    bar.set_message(message.to_string());
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
+fn done(bar: ProgressBar, message: &str) {
+    bar.finish_and_clear();
+    if !bar.is_hidden() {
+        eprintln!("  {message} ({:.1} s)", bar.elapsed().as_secs_f64());
+    }
+}
+
+pub fn build(opts: &BuildOptions) -> Result<Summary, ImageError> {
+    let started = Instant::now();
+    // Refuse a broken file before any work, with its diagnostics.
+    let (_, config_text) = match config::load(opts.config.as_deref()) {
+        Ok(loaded) => loaded,
+        Err(config::LoadError::Invalid(d)) => return Err(ImageError::Config(d)),
+        Err(e) => return Err(ImageError::ConfigRead(e)),
+    };
+    let agent = std::fs::read(&opts.agent).map_err(|_| ImageError::NoAgent(opts.agent.clone()))?;
+    let ids = Ids {
+        seed: Ids { seed: 0xcbf2_9ce4_8422_2325 }.hash(&format!("{}\n{config_text}", opts.board)),
+    };
+    let epoch = opts.source_date_epoch;
+    let work = opts.cache_dir.join("build").join(opts.board.to_string());
+    recreate_dir(&work)?;
+
+    // 1. Packages: from the lock and cache when complete, else resolved and downloaded.
+    let cache = Cache {
+        dir: opts.cache_dir.join("debs"),
+    };
+    let bar = step(opts.progress, "Debian packages: resolving and downloading");
+    let (lock, downloaded) = match cache.warm_lock() {
+        Some(lock) => (lock, false),
+        None => (cache.fetch(&work)?, true),
+    };
+    done(
+        bar,
+        &format!(
+            "{} Debian packages {}",
+            lock.packages.len(),
+            if downloaded { "downloaded" } else { "from the cache" }
+        ),
+    );
+
+    let bar = step(opts.progress, "unpacking packages, indexing kernel modules");
+    let unpacked = unpack_all(&cache, &lock, &opts.cache_dir.join("unpacked"))?;
+    done(bar, "packages unpacked");
+
+    // 2. Root filesystem.
+    let bar = step(opts.progress, "root filesystem (squashfs)");
+    let rootfs = work.join("rootfs");
+    let userland = cache.dependency_closure(&lock, packages::USERLAND_ROOTS)?;
+    assemble_rootfs(&unpacked, &rootfs, &agent)?;
+    let executables = count_executables(&rootfs)?;
+    let rootfs_img = work.join("rootfs.squashfs");
+    run(
+        Command::new("mksquashfs")
+            .arg(&rootfs)
+            .arg(&rootfs_img)
+            .args(["-noappend", "-quiet", "-no-progress", "-all-root", "-no-xattrs"])
+            .args(["-comp", "zstd", "-processors", "2"])
+            .arg("-mkfs-time")
+            .arg(epoch.to_string())
+            .arg("-all-time")
+            .arg(epoch.to_string()),
+        "mksquashfs (root filesystem)",
+    )?;
+    let rootfs_bytes = file_len(&rootfs_img)?;
+    done(bar, &format!("root filesystem: {} MiB", rootfs_bytes >> 20));
+
+    // 3. Boot partition.
+    let bar = step(opts.progress, "boot partition (FAT32) and data partition (ext4)");
+    let signature = ids.u32("disk signature");
+    let root_ref = PartitionRef {
+        signature,
+        partition: 2,
+    };
+    let release = kernel_release(&unpacked.kernel)?;
+    let boot_dir = work.join("boot");
+    std::fs::create_dir_all(&boot_dir).map_err(|e| ImageError::io(&boot_dir, e))?;
+    let initramfs_modules = initramfs::write(
+        &boot_dir.join("initrd.img"),
+        &agent,
+        &rootfs.join("usr/lib/modules").join(&release),
+        &release,
+        epoch as u32,
+    )?;
+    let copy = |from: &Path, name: &str| -> Result<PathBuf, ImageError> {
+        let to = boot_dir.join(name);
+        std::fs::copy(from, &to).map_err(|e| ImageError::io(from, e))?;
+        Ok(to)
+    };
+    copy(
+        &unpacked.kernel.join(format!("boot/vmlinuz-{release}")),
+        "vmlinuz",
+    )?;
+    for fw in opts.board.firmware_files() {
+        copy(&unpacked.firmware.join("usr/lib/raspi-firmware").join(fw), fw)?;
+    }
+    let dtb_dir = unpacked
+        .kernel
+        .join(format!("usr/lib/linux-image-{release}/broadcom"));
+    for dtb in opts.board.device_trees() {
+        copy(&dtb_dir.join(dtb), dtb)?;
+    }
+    let write = |name: &str, text: &str| {
+        let path = boot_dir.join(name);
+        std::fs::write(&path, text).map_err(|e| ImageError::io(&path, e))
+    };
+    write("config.txt", opts.board.config_txt())?;
+    write("cmdline.txt", &board::cmdline_txt(&root_ref.to_string()))?;
+    write("letterbox.toml", &config_text)?;
+    let mut boot_files: Vec<PathBuf> = std::fs::read_dir(&boot_dir)
+        .map_err(|e| ImageError::io(&boot_dir, e))?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    boot_files.sort();
+    for f in &boot_files {
+        set_mtime(f, epoch)?;
+    }
+    let boot_img = work.join("boot.vfat");
+    fs::make_fat(&boot_img, BOOT_SIZE, ids.u32("boot volume id"), &boot_files)?;
+
+    let data_img = work.join("data.ext4");
+    fs::Ext4 {
+        label: "letterbox-data",
+        uuid: ids.uuid("data uuid"),
+        hash_seed: ids.uuid("data hash seed"),
+        journal: true,
+        size_bytes: DATA_SIZE,
+        source_date_epoch: epoch,
+    }
+    .make(&data_img, None)?;
+    done(bar, "boot and data partitions");
+
+    // 4. The disk.
+    let bar = step(opts.progress, "disk image");
+    if let Some(parent) = opts.output.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| ImageError::io(parent, e))?;
+    }
+    let image_bytes = assemble_disk(
+        &opts.output,
+        signature,
+        &[(0x0c, &boot_img), (0x83, &rootfs_img), (0x83, &data_img)],
+    )?;
+    let lock_file = PathBuf::from(format!("{}.lock", opts.output.display()));
+    std::fs::write(&lock_file, lock.render()).map_err(|e| ImageError::io(&lock_file, e))?;
+    done(bar, "disk image");
+    let _ = std::fs::remove_dir_all(&work);
+
+    Ok(Summary {
+        image: opts.output.clone(),
+        lock_file,
+        board: opts.board,
+        image_bytes,
+        rootfs_bytes,
+        packages: lock.packages.len(),
+        rootfs_packages: userland.len(),
+        executables,
+        initramfs_modules,
+        downloaded,
+        elapsed: started.elapsed(),
+    })
+}
+
+fn recreate_dir(dir: &Path) -> Result<(), ImageError> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).map_err(|e| ImageError::io(dir, e))
+}
+
+fn file_len(path: &Path) -> Result<u64, ImageError> {
+    Ok(std::fs::metadata(path)
+        .map_err(|e| ImageError::io(path, e))?
+        .len())
+}
+
+fn round_up(n: u64, to: u64) -> u64 {
+    n.div_ceil(to) * to
+}
+
+/// The unpacked package trees, reused across builds while the lock is the same.
+struct Unpacked {
+    /// The root filesystem's Debian userland (containerd, runc and their dependencies).
+    userland: PathBuf,
+    /// linux-image-*: kernel, modules (with depmod's index), device trees.
+    kernel: PathBuf,
+    /// raspi-firmware.
+    firmware: PathBuf,
+}
+
+fn unpack_all(cache: &Cache, lock: &Lock, dir: &Path) -> Result<Unpacked, ImageError> {
+    let unpacked = Unpacked {
+        userland: dir.join("userland"),
+        kernel: dir.join("kernel"),
+        firmware: dir.join("firmware"),
+    };
+    let stamp = dir.join("lock");
+    let rendered = lock.render();
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(rendered.as_str()) {
+        return Ok(unpacked);
+    }
+    recreate_dir(dir)?;
+    for name in cache.dependency_closure(lock, packages::USERLAND_ROOTS)? {
+        let p = lock
+            .get(&name)
+            .ok_or_else(|| ImageError::MissingPackage(name.clone()))?;
+        cache.unpack(p, &unpacked.userland)?;
+    }
+    let kernel = lock
+        .packages
+        .iter()
+        .find(|p| p.name.starts_with("linux-image-") && p.name != "linux-image-arm64")
+        .ok_or_else(|| ImageError::MissingPackage("linux-image-*-arm64".into()))?;
+    cache.unpack(kernel, &unpacked.kernel)?;
+    let firmware = lock
+        .get("raspi-firmware")
+        .ok_or_else(|| ImageError::MissingPackage("raspi-firmware".into()))?;
+    cache.unpack(firmware, &unpacked.firmware)?;
+    // The package's postinst would run depmod; maintainer scripts do not run here.
+    let release = kernel_release(&unpacked.kernel)?;
+    run(
+        Command::new("depmod")
+            .arg("-b")
+            .arg(unpacked.kernel.join("usr"))
+            .arg(&release),
+        "depmod (kernel module index)",
+    )?;
+    std::fs::write(&stamp, rendered).map_err(|e| ImageError::io(&stamp, e))?;
+    Ok(unpacked)
+}
+
+fn kernel_release(kernel_tree: &Path) -> Result<String, ImageError> {
+    let dir = kernel_tree.join("usr/lib/modules");
+    let mut releases: Vec<String> = std::fs::read_dir(&dir)
+        .map_err(|e| ImageError::io(&dir, e))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    releases.sort();
+    match releases.as_slice() {
+        [one] => Ok(one.clone()),
+        _ => Err(ImageError::Layout(format!(
+            "expected one kernel in {}, found {releases:?}",
+            dir.display()
+        ))),
+    }
+}
+
+/// The root filesystem tree: Debian userland, kernel modules, the agent, overlays/, and
+/// what maintainer scripts would have made (merged-/usr links, mount points).
+fn assemble_rootfs(unpacked: &Unpacked, rootfs: &Path, agent: &[u8]) -> Result<(), ImageError> {
+    recreate_dir(rootfs)?;
+    let cp = |from: &Path, to: &Path| {
+        run(
+            Command::new("cp")
+                .args(["-a", "--reflink=auto", "-T"])
+                .arg(from)
+                .arg(to),
+            &format!("cp {}", from.display()),
+        )
+    };
+    cp(&unpacked.userland, rootfs)?;
+    // Documentation is for the build host, not the appliance.
+    for dir in ["usr/share/doc", "usr/share/man", "usr/share/lintian", "usr/share/locale"] {
+        let _ = std::fs::remove_dir_all(rootfs.join(dir));
+    }
+    cp(
+        &unpacked.kernel.join("usr/lib/modules"),
+        &rootfs.join("usr/lib/modules"),
+    )?;
+    let overlays = Path::new(env!("CARGO_MANIFEST_DIR")).join("overlays");
+    cp(&overlays, rootfs)?;
+    let bin = rootfs.join("usr/bin");
+    std::fs::create_dir_all(&bin).map_err(|e| ImageError::io(&bin, e))?;
+    let agent_path = bin.join("letterbox");
+    std::fs::write(&agent_path, agent).map_err(|e| ImageError::io(&agent_path, e))?;
+    set_mode(&agent_path, 0o755)?;
+    for (link, target) in [("bin", "usr/bin"), ("sbin", "usr/sbin"), ("lib", "usr/lib")] {
+        let path = rootfs.join(link);
+        if !path.exists() {
+            std::os::unix::fs::symlink(target, &path).map_err(|e| ImageError::io(&path, e))?;
+        }
+    }
+    for dir in ["boot", "data", "dev", "proc", "sys", "run", "tmp", "root", "etc", "var"] {
+        let path = rootfs.join(dir);
+        std::fs::create_dir_all(&path).map_err(|e| ImageError::io(&path, e))?;
+    }
+    Ok(())
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<(), ImageError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| ImageError::io(path, e))
+}
+
+fn set_mtime(path: &Path, epoch: u64) -> Result<(), ImageError> {
+    let time = std::time::UNIX_EPOCH + Duration::from_secs(epoch);
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_modified(time))
+        .map_err(|e| ImageError::io(path, e))
+}
+
+/// Regular files with an execute bit that start with the ELF magic or "#!".
+fn count_executables(dir: &Path) -> Result<usize, ImageError> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let mut count = 0;
+    for entry in std::fs::read_dir(dir).map_err(|e| ImageError::io(dir, e))? {
+        let entry = entry.map_err(|e| ImageError::io(dir, e))?;
+        let kind = entry.file_type().map_err(|e| ImageError::io(dir, e))?;
+        let path = entry.path();
+        if kind.is_dir() {
+            count += count_executables(&path)?;
+        } else if kind.is_file() {
+            let meta = entry.metadata().map_err(|e| ImageError::io(&path, e))?;
+            if meta.permissions().mode() & 0o111 == 0 {
+                continue;
+            }
+            let mut magic = [0u8; 4];
+            let n = std::fs::File::open(&path)
+                .and_then(|mut f| f.read(&mut magic))
+                .unwrap_or(0);
+            let is_elf = n == 4 && magic == *b"\x7fELF";
+            // Shared libraries carry the x bit too but are not programs.
+            let is_library = path.to_string_lossy().contains(".so");
+            if (is_elf && !is_library) || (n >= 2 && magic[..2] == *b"#!") {
+                count += 1;
+            }
+        }
+    }
+    Ok(count)
+}
+
+/// Lays the partition images out on 4 MiB boundaries behind an MBR; returns the size.
+fn assemble_disk(out: &Path, signature: u32, parts: &[(u8, &PathBuf)]) -> Result<u64, ImageError> {
+    let align = ALIGN_SECTORS * SECTOR;
+    let mut layout = Vec::new();
+    let mut offset = align;
+    for (kind, image) in parts {
+        let len = round_up(file_len(image)?, align);
+        layout.push((*kind, *image, offset, len));
+        offset += len;
+    }
+    let total = offset;
+    let mut disk = std::fs::File::create(out).map_err(|e| ImageError::io(out, e))?;
+    disk.set_len(total).map_err(|e| ImageError::io(out, e))?;
+    for (_, image, start, _) in &layout {
+        let mut src = std::fs::File::open(image).map_err(|e| ImageError::io(image, e))?;
+        disk.seek(SeekFrom::Start(*start))
+            .map_err(|e| ImageError::io(out, e))?;
+        std::io::copy(&mut src, &mut disk).map_err(|e| ImageError::io(out, e))?;
+    }
+    let mut mbr = mbrman::MBR::new_from(&mut disk, SECTOR as u32, signature.to_le_bytes())?;
+    for (i, (kind, _, start, len)) in layout.iter().enumerate() {
+        mbr[i + 1] = mbrman::MBRPartitionEntry {
+            boot: if i == 0 {
+                mbrman::BOOT_ACTIVE
+            } else {
+                mbrman::BOOT_INACTIVE
+            },
+            first_chs: mbrman::CHS::empty(),
+            sys: *kind,
+            last_chs: mbrman::CHS::empty(),
+            starting_lba: (start / SECTOR) as u32,
+            sectors: (len / SECTOR) as u32,
+        };
+    }
+    mbr.write_into(&mut disk)?;
+    disk.flush().map_err(|e| ImageError::io(out, e))?;
+    Ok(total)
+}

@@ -1,0 +1,97 @@
+//! `letterbox qemu IMAGE`: boots an image under `qemu-system-aarch64 -M raspi3b`.
+//!
+//! QEMU has no Pi GPU firmware, so this does the firmware's part: it takes the kernel,
+//! the Pi 3 device tree, the initramfs and cmdline.txt from the image's own FAT partition.
+//! The SD card is a copy of the image grown to a power of two (QEMU's SD model wants
+//! that), which also exercises growing the data partition on first boot.
+//! QEMU puts the PL011 on its first -serial and the mini UART (the console on GPIO
+//! 14/15, ttyS1) on its second. Networking is user-mode, through a USB network adapter
+//! (the Pi 3's on-board LAN9514 is not emulated), with host ports forwarded to the guest.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::{file_len, run, ImageError};
+
+/// User-mode networking's defaults: the guest's letterbox.toml must use these.
+pub const GUEST_NET: &str = "10.0.2.0/24";
+pub const GUEST_HOST: &str = "10.0.2.2";
+
+/// What QEMU needs, extracted from and next to the image.
+pub struct Prepared {
+    pub kernel: PathBuf,
+    pub dtb: PathBuf,
+    pub initrd: PathBuf,
+    pub sd_card: PathBuf,
+    pub cmdline: String,
+}
+
+/// Extracts the boot files with mtools and makes the SD-card copy in `work`.
+pub fn prepare(image: &Path, work: &Path) -> Result<Prepared, ImageError> {
+    std::fs::create_dir_all(work).map_err(|e| ImageError::io(work, e))?;
+    let mut disk = std::fs::File::open(image).map_err(|e| ImageError::io(image, e))?;
+    let mbr = mbrman::MBR::read_from(&mut disk, 512)?;
+    let boot_offset = u64::from(mbr[1].starting_lba) * 512;
+    let fat = format!("{}@@{boot_offset}", image.display());
+    let extract = |name: &str| -> Result<PathBuf, ImageError> {
+        let to = work.join(name);
+        let _ = std::fs::remove_file(&to);
+        run(
+            Command::new("mcopy")
+                .env("MTOOLS_SKIP_CHECK", "1")
+                .args(["-n", "-i", &fat])
+                .arg(format!("::{name}"))
+                .arg(&to),
+            &format!("mcopy ::{name} from {}", image.display()),
+        )?;
+        Ok(to)
+    };
+    let kernel = extract("vmlinuz")?;
+    let dtb = extract("bcm2837-rpi-3-b.dtb")?;
+    let initrd = extract("initrd.img")?;
+    let cmdline_path = extract("cmdline.txt")?;
+    let cmdline = std::fs::read_to_string(&cmdline_path)
+        .map_err(|e| ImageError::io(&cmdline_path, e))?
+        .trim()
+        .to_string();
+    let sd_card = work.join("sd.img");
+    std::fs::copy(image, &sd_card).map_err(|e| ImageError::io(image, e))?;
+    // Twice the image, rounded to a power of two: room for the data partition to grow.
+    let size = (file_len(image)? * 2).next_power_of_two();
+    std::fs::File::options()
+        .write(true)
+        .open(&sd_card)
+        .and_then(|f| f.set_len(size))
+        .map_err(|e| ImageError::io(&sd_card, e))?;
+    Ok(Prepared {
+        kernel,
+        dtb,
+        initrd,
+        sd_card,
+        cmdline,
+    })
+}
+
+/// The QEMU command line. `console` is the -serial backend of the mini UART (e.g.
+/// "stdio"); `forwards` are hostfwd rules such as "udp:127.0.0.1:5353-:53".
+pub fn command(p: &Prepared, console: &str, forwards: &[String]) -> Command {
+    let mut netdev = format!("user,id=net0,net={GUEST_NET},host={GUEST_HOST}");
+    for fwd in forwards {
+        netdev.push_str(",hostfwd=");
+        netdev.push_str(fwd);
+    }
+    let mut cmd = Command::new("qemu-system-aarch64");
+    cmd.args(["-M", "raspi3b", "-m", "1G", "-display", "none", "-monitor", "none"])
+        .arg("-kernel")
+        .arg(&p.kernel)
+        .arg("-dtb")
+        .arg(&p.dtb)
+        .arg("-initrd")
+        .arg(&p.initrd)
+        .args(["-append", &p.cmdline])
+        .arg("-drive")
+        .arg(format!("if=sd,format=raw,file={}", p.sd_card.display()))
+        .args(["-netdev", &netdev, "-device", "usb-net,netdev=net0"])
+        .args(["-serial", "null", "-serial", console]);
+    cmd
+}
