@@ -44,6 +44,7 @@ pub fn make_fat(
     size_bytes: u64,
     volume_id: u32,
     files: &[std::path::PathBuf],
+    source_date_epoch: u64,
 ) -> Result<(), ImageError> {
     let _ = std::fs::remove_file(image);
     let file = std::fs::File::create(image).map_err(|e| ImageError::io(image, e))?;
@@ -51,7 +52,7 @@ pub fn make_fat(
         .map_err(|e| ImageError::io(image, e))?;
     drop(file);
     run(
-        mtools("mformat", image)
+        mtools("mformat", image, source_date_epoch)
             .args(["-F", "-v", "LETTERBOX", "-N"])
             .arg(format!("{volume_id:08x}"))
             .arg("::"),
@@ -59,14 +60,16 @@ pub fn make_fat(
     )?;
     // -m keeps each file's (fixed) modification time instead of the time of the copy.
     run(
-        mtools("mcopy", image).arg("-m").args(files).arg("::/"),
+        mtools("mcopy", image, source_date_epoch).arg("-m").args(files).arg("::/"),
         "mcopy (boot files)",
     )
 }
 
-fn mtools(tool: &str, image: &Path) -> Command {
+fn mtools(tool: &str, image: &Path, source_date_epoch: u64) -> Command {
     let mut cmd = Command::new(tool);
-    cmd.arg("-i")
+    // mtools stamps what it creates (volume label, creation times) with this instead of now.
+    cmd.env("SOURCE_DATE_EPOCH", source_date_epoch.to_string())
+        .arg("-i")
         .arg(image)
         // No ~/.mtoolsrc surprises; the image file is not a real drive to check.
         .env("MTOOLSRC", "/dev/null")

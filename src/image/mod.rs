@@ -333,7 +333,7 @@ pub fn build(opts: &BuildOptions) -> Result<Summary, ImageError> {
         set_mtime(f, epoch)?;
     }
     let boot_img = work.join("boot.vfat");
-    fs::make_fat(&boot_img, BOOT_SIZE, ids.u32("boot volume id"), &boot_files)?;
+    fs::make_fat(&boot_img, BOOT_SIZE, ids.u32("boot volume id"), &boot_files, epoch)?;
 
     let data_img = work.join("data.ext4");
     fs::Ext4 {
