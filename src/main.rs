@@ -1,11 +1,11 @@
 //! `letterbox`: the command line. Each subcommand dispatches to the module that owns it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use letterbox::{config, net, passwd};
+use letterbox::{config, init, net, passwd};
 
 #[derive(Parser)]
 #[command(
@@ -32,6 +32,21 @@ enum Command {
         #[command(subcommand)]
         command: NetCommand,
     },
+    /// Run the agent on this host: network, console login and services, as on the
+    /// appliance but without mounting, reaping orphans or rebooting (it exits instead).
+    Run {
+        /// The provisioning file; the embedded default when omitted.
+        file: Option<PathBuf>,
+        /// State directory (keeps the last good configuration).
+        #[arg(long)]
+        state: PathBuf,
+        /// Console device for the login (a tty or pty path, or a name such as ttyS0).
+        #[arg(long)]
+        console: Option<String>,
+        /// Where /etc/hostname, /etc/hosts and /etc/resolv.conf are written [default: STATE/root].
+        #[arg(long)]
+        root: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -49,6 +64,12 @@ enum NetCommand {
 }
 
 fn main() -> ExitCode {
+    // One static binary: installed as /init and /sbin/letterbox-init it is the init agent.
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    let called_as = Path::new(&argv0).file_name().unwrap_or_default();
+    if called_as == "init" || called_as == "letterbox-init" {
+        return init::main_pid1(init::InitArgs::parse());
+    }
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(err) => {
@@ -76,6 +97,18 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             }
             Err(e) => Err(e.into()),
         },
+        Command::Run {
+            file,
+            state,
+            console,
+            root,
+        } => Ok(init::start(init::Options {
+            mode: init::Mode::Host,
+            provisioning_file: file,
+            system_root: root.unwrap_or_else(|| state.join("root")),
+            state_dir: state,
+            console,
+        })),
         Command::Passwd => {
             println!("{}", passwd::prompt_and_hash()?);
             Ok(ExitCode::SUCCESS)
