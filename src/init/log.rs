@@ -55,9 +55,14 @@ impl Logger {
         Ok(())
     }
 
-    /// Also writes to the console device (a second handle of the console's tty).
-    pub fn log_to_console(&self, console: File) {
-        self.sinks.lock().expect("log sinks").console = Some(console);
+    /// Also writes to the console device (a second handle of the console's tty), starting
+    /// with the lines logged before it was known, as the kernel's console does.
+    pub fn log_to_console(&self, mut console: File) {
+        let mut sinks = self.sinks.lock().expect("log sinks");
+        for line in self.recent(RING_LINES) {
+            let _ = console.write_all(format!("{line}\r\n").as_bytes());
+        }
+        sinks.console = Some(console);
     }
 
     pub fn log_to_stderr(&self, on: bool) {
