@@ -673,3 +673,52 @@ fn run_mode_serves_the_console_on_the_host_and_exits() {
         "{stderr}"
     );
 }
+
+#[test]
+fn pid1_reaps_orphans() {
+    if !can_run("pid1_reaps_orphans") {
+        return;
+    }
+    if Command::new("nsenter").arg("--version").output().is_err() {
+        common::skip("pid1_reaps_orphans", "`nsenter` is not installed");
+        return;
+    }
+    let ns = Netns::new("o");
+    let dirs = Dirs::new();
+    dirs.write_config(&config("lbxorphan", &ns.link, true));
+    let mut console = Console::new();
+    let agent = Pid1::boot(&ns, &dirs, &console);
+    console.expect("lbxorphan login: ");
+    let init = agent.host_pid();
+
+    // A shell in the agent's PID namespace leaves a `sleep` behind: the orphan is
+    // re-parented to the namespace's init, which must collect it when it exits.
+    run_ok(
+        Command::new("nsenter")
+            .arg("-t")
+            .arg(init.to_string())
+            .args(["--pid", "sh", "-c", "sleep 1 &"]),
+    );
+    let children = format!("/proc/{init}/task/{init}/children");
+    let comm = |pid: &str| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    let orphans = || -> Vec<String> {
+        std::fs::read_to_string(&children)
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter(|pid| comm(pid).trim() == "sleep")
+            .map(str::to_string)
+            .collect()
+    };
+    let adopted = orphans();
+    assert_eq!(
+        adopted.len(),
+        1,
+        "the orphan was not re-parented to the agent"
+    );
+    // A zombie stays in the parent's children until reaped.
+    let deadline = Instant::now() + TIMEOUT;
+    while !orphans().is_empty() {
+        assert!(Instant::now() < deadline, "orphan {adopted:?} never reaped");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -85,6 +85,13 @@ async fn sessions(agent: &Arc<Agent>, term: &mut Terminal) -> std::io::Result<()
             unconfigured_prompt(agent, term).await?;
             continue;
         };
+        if p.problem.is_some() {
+            term.write(
+                "\nletterbox.toml has errors (logged above; `check` shows them again): \
+                 running the last good configuration.\n",
+            )
+            .await?;
+        }
         term.write(&format!("\n{} login: ", cfg.system.hostname))
             .await?;
         let user = match term.read_line(true).await? {

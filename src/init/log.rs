@@ -26,7 +26,16 @@ struct Sinks {
 
 pub struct Logger {
     sinks: Mutex<Sinks>,
-    ring: Mutex<VecDeque<String>>,
+    ring: Mutex<VecDeque<Line>>,
+}
+
+/// One logged line, kept for `logs` and for sinks that join late.
+#[derive(Clone)]
+struct Line {
+    level: log::Level,
+    message: String,
+    /// With timestamp, prefix and level: what the console and `logs` show.
+    stamped: String,
 }
 
 static LOGGER: OnceLock<Logger> = OnceLock::new();
@@ -50,8 +59,12 @@ pub fn logger() -> &'static Logger {
 impl Logger {
     /// Also writes to the kernel log (`/dev/kmsg`); appliance only, where dmesg is the log.
     pub fn log_to_kmsg(&self) -> std::io::Result<()> {
-        let kmsg = std::fs::OpenOptions::new().write(true).open("/dev/kmsg")?;
-        self.sinks.lock().expect("log sinks").kmsg = Some(kmsg);
+        let mut kmsg = std::fs::OpenOptions::new().write(true).open("/dev/kmsg")?;
+        let mut sinks = self.sinks.lock().expect("log sinks");
+        for line in self.recent_lines(RING_LINES) {
+            write_kmsg(&mut kmsg, line.level, &line.message);
+        }
+        sinks.kmsg = Some(kmsg);
         Ok(())
     }
 
@@ -59,8 +72,8 @@ impl Logger {
     /// with the lines logged before it was known, as the kernel's console does.
     pub fn log_to_console(&self, mut console: File) {
         let mut sinks = self.sinks.lock().expect("log sinks");
-        for line in self.recent(RING_LINES) {
-            let _ = console.write_all(format!("{line}\r\n").as_bytes());
+        for line in self.recent_lines(RING_LINES) {
+            let _ = console.write_all(format!("{}\r\n", line.stamped).as_bytes());
         }
         sinks.console = Some(console);
     }
@@ -71,6 +84,13 @@ impl Logger {
 
     /// The most recent `n` lines, oldest first.
     pub fn recent(&self, n: usize) -> Vec<String> {
+        self.recent_lines(n)
+            .into_iter()
+            .map(|l| l.stamped)
+            .collect()
+    }
+
+    fn recent_lines(&self, n: usize) -> Vec<Line> {
         let ring = self.ring.lock().expect("log ring");
         ring.iter()
             .skip(ring.len().saturating_sub(n))
@@ -79,25 +99,28 @@ impl Logger {
     }
 
     fn write_line(&self, level: log::Level, message: &str) {
-        let line = format!("{} letterbox: {level:<5} {message}", timestamp());
+        let stamped = format!("{} letterbox: {level:<5} {message}", timestamp());
         {
             let mut ring = self.ring.lock().expect("log ring");
             if ring.len() == RING_LINES {
                 ring.pop_front();
             }
-            ring.push_back(line.clone());
+            ring.push_back(Line {
+                level,
+                message: message.to_string(),
+                stamped: stamped.clone(),
+            });
         }
         let mut sinks = self.sinks.lock().expect("log sinks");
         // A sink that fails (console unplugged, kmsg rate limit) must not stop the others.
         if let Some(kmsg) = sinks.kmsg.as_mut() {
-            let _ =
-                kmsg.write_all(format!("<{}>letterbox: {message}\n", kmsg_level(level)).as_bytes());
+            write_kmsg(kmsg, level, message);
         }
         if let Some(console) = sinks.console.as_mut() {
-            let _ = console.write_all(format!("{line}\r\n").as_bytes());
+            let _ = console.write_all(format!("{stamped}\r\n").as_bytes());
         }
         if sinks.stderr {
-            let _ = writeln!(std::io::stderr(), "{line}");
+            let _ = writeln!(std::io::stderr(), "{stamped}");
         }
     }
 }
@@ -123,13 +146,15 @@ impl log::Log for Logger {
     fn flush(&self) {}
 }
 
-fn kmsg_level(level: log::Level) -> u8 {
-    match level {
+/// The kernel adds its own timestamp; `<N>` is the syslog level.
+fn write_kmsg(kmsg: &mut File, level: log::Level, message: &str) {
+    let priority = match level {
         log::Level::Error => 3,
         log::Level::Warn => 4,
         log::Level::Info => 6,
         log::Level::Debug | log::Level::Trace => 7,
-    }
+    };
+    let _ = kmsg.write_all(format!("<{priority}>letterbox: {message}\n").as_bytes());
 }
 
 /// `[   12.345678]` like the kernel, then the UTC wall clock when it has been set.

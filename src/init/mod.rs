@@ -100,7 +100,6 @@ pub enum Shutdown {
 
 /// The running agent, as the console sees it.
 pub struct Agent {
-    mode: Mode,
     options: Options,
     provisioning: Mutex<Provisioning>,
     units: UnitTable,
@@ -110,7 +109,7 @@ pub struct Agent {
 
 impl Agent {
     pub fn mode(&self) -> Mode {
-        self.mode
+        self.options.mode
     }
 
     /// The configuration in force and the provisioning file's problem, if any.
@@ -239,7 +238,6 @@ async fn boot(options: Options) -> Result<Shutdown, InitError> {
 
     let console = console_device(&options, &provisioning);
     let agent = Arc::new(Agent {
-        mode,
         options,
         provisioning: Mutex::new(provisioning),
         units: UnitTable::default(),
