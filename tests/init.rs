@@ -552,6 +552,10 @@ fn broken_file_shows_its_errors_and_keeps_the_last_good_login() {
         boot_log.contains("using the last good configuration"),
         "{boot_log}"
     );
+    assert!(
+        boot_log.contains("letterbox.toml has errors (logged above; `check` shows them again)"),
+        "{boot_log}"
+    );
 
     console.send("admin");
     console.expect("Password: ");
