@@ -3,7 +3,10 @@
 //! One module per concern; `main.rs` only parses the command line and dispatches.
 pub mod boot;
 pub mod config;
+pub mod console;
 pub mod image;
+pub mod init;
+pub mod net;
 pub mod passwd;
 
 /// Renders an error and its sources as one readable chain: "a: b: c".

@@ -1,0 +1,164 @@
+//! Finding and setting up the console's tty.
+
+use std::fs::File;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use nix::sys::termios::{self, BaudRate, SetArg, SpecialCharacterIndices};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error(
+        "cannot find the UART behind `{alias}`: neither /dev/{alias} nor a device-tree alias \
+         leads to a tty; expected a name such as ttyAMA0 or ttyS1, or a /dev path"
+    )]
+    NoSuchAlias { alias: String },
+    #[error("cannot open console {path}")]
+    Open {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot set the line discipline of {path}")]
+    Termios {
+        path: String,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("unsupported baud rate {0}; expected one of 1200 ... 460800")]
+    Baud(u32),
+}
+
+/// Resolves the configured console: a /dev path as given, a tty name (`ttyAMA0`) under
+/// /dev, or the board alias `serial0` (the GPIO 14/15 UART) through /dev/serial0 or the
+/// device tree.
+pub fn resolve(device: &str) -> Result<PathBuf, DeviceError> {
+    if device.starts_with('/') {
+        return Ok(PathBuf::from(device));
+    }
+    let dev = Path::new("/dev").join(device);
+    if !device.starts_with("serial") || dev.exists() {
+        return Ok(dev.canonicalize().unwrap_or(dev));
+    }
+    tty_of_alias(
+        device,
+        Path::new("/proc/device-tree"),
+        Path::new("/sys/class/tty"),
+    )
+    .map(|tty| Path::new("/dev").join(tty))
+    .ok_or_else(|| DeviceError::NoSuchAlias {
+        alias: device.into(),
+    })
+}
+
+/// The tty whose device-tree node is the one `aliases/<alias>` names: on a Pi 3 `serial0`
+/// is the mini UART (ttyS1) unless Bluetooth was moved off the PL011 (ttyAMA0).
+fn tty_of_alias(alias: &str, device_tree: &Path, class_tty: &Path) -> Option<String> {
+    let node = std::fs::read_to_string(device_tree.join("aliases").join(alias)).ok()?;
+    let node = node.trim_end_matches('\0').trim_start_matches('/');
+    let wanted = device_tree.join(node).canonicalize().ok()?;
+    std::fs::read_dir(class_tty)
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let of_node = entry.path().join("device/of_node").canonicalize().ok()?;
+            (of_node == wanted).then(|| entry.file_name().to_string_lossy().into_owned())
+        })
+}
+
+/// Opens the tty for the login (non-blocking, for the async reader) and sets the line:
+/// the baud rate, 8N1, no kernel echo or line editing (the console edits lines itself, so
+/// it can hide passwords) and no signals from ^C. It is not made the controlling terminal:
+/// the shell runs inside the agent, so there is no job control to give it, and PID 1 must
+/// not get SIGHUP when the line hangs up.
+pub fn open_for_login(path: &Path, baud: u32) -> Result<File, DeviceError> {
+    let file = open(path, nix::libc::O_NONBLOCK)?;
+    let display = || path.display().to_string();
+    let mut t = termios::tcgetattr(&file).map_err(|source| DeviceError::Termios {
+        path: display(),
+        source,
+    })?;
+    termios::cfmakeraw(&mut t);
+    t.control_flags |= termios::ControlFlags::CLOCAL | termios::ControlFlags::CREAD;
+    t.control_chars[SpecialCharacterIndices::VMIN as usize] = 1;
+    t.control_chars[SpecialCharacterIndices::VTIME as usize] = 0;
+    termios::cfsetspeed(&mut t, baud_rate(baud)?).map_err(|source| DeviceError::Termios {
+        path: display(),
+        source,
+    })?;
+    termios::tcsetattr(&file, SetArg::TCSANOW, &t).map_err(|source| DeviceError::Termios {
+        path: display(),
+        source,
+    })?;
+    Ok(file)
+}
+
+/// A second, blocking handle for log lines, so a slow line holds up logging rather than
+/// dropping it.
+pub fn open_for_log(path: &Path) -> Result<File, DeviceError> {
+    open(path, 0)
+}
+
+fn open(path: &Path, flags: i32) -> Result<File, DeviceError> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(nix::libc::O_NOCTTY | flags)
+        .open(path)
+        .map_err(|source| DeviceError::Open {
+            path: path.display().to_string(),
+            source,
+        })
+}
+
+fn baud_rate(baud: u32) -> Result<BaudRate, DeviceError> {
+    Ok(match baud {
+        1200 => BaudRate::B1200,
+        2400 => BaudRate::B2400,
+        4800 => BaudRate::B4800,
+        9600 => BaudRate::B9600,
+        19200 => BaudRate::B19200,
+        38400 => BaudRate::B38400,
+        57600 => BaudRate::B57600,
+        115_200 => BaudRate::B115200,
+        230_400 => BaudRate::B230400,
+        460_800 => BaudRate::B460800,
+        other => return Err(DeviceError::Baud(other)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_paths() {
+        assert_eq!(resolve("/dev/pts/7").unwrap(), PathBuf::from("/dev/pts/7"));
+        assert_eq!(resolve("ttyAMA0").unwrap(), PathBuf::from("/dev/ttyAMA0"));
+    }
+
+    #[test]
+    fn follows_the_device_tree_alias_to_its_tty() {
+        // The layout of a Pi 3: serial0 -> the mini UART, whose tty is ttyS1.
+        let root = tempfile::tempdir().unwrap();
+        let dt = root.path().join("device-tree");
+        std::fs::create_dir_all(dt.join("aliases")).unwrap();
+        std::fs::create_dir_all(dt.join("soc/serial@7e215040")).unwrap();
+        std::fs::create_dir_all(dt.join("soc/serial@7e201000")).unwrap();
+        std::fs::write(dt.join("aliases/serial0"), "/soc/serial@7e215040\0").unwrap();
+        let class = root.path().join("class-tty");
+        for (tty, node) in [("ttyS1", "serial@7e215040"), ("ttyAMA0", "serial@7e201000")] {
+            std::fs::create_dir_all(class.join(tty).join("device")).unwrap();
+            std::os::unix::fs::symlink(
+                dt.join("soc").join(node),
+                class.join(tty).join("device/of_node"),
+            )
+            .unwrap();
+        }
+        assert_eq!(
+            tty_of_alias("serial0", &dt, &class).as_deref(),
+            Some("ttyS1")
+        );
+        assert_eq!(tty_of_alias("serial1", &dt, &class), None);
+    }
+}

@@ -1,0 +1,163 @@
+//! The serial console: a login prompt for `admin` and, behind it, the agent's admin shell.
+//! Runs as the first supervised unit; if the line fails it is reopened after a backoff.
+
+pub mod device;
+mod login;
+pub mod shell;
+mod terminal;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::init::units::{StopSignal, Unit};
+use crate::init::Agent;
+use login::FailedLogins;
+use shell::Flow;
+use terminal::{Input, Terminal};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsoleError {
+    #[error(transparent)]
+    Device(#[from] device::DeviceError),
+    #[error("console {path} failed")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+const USER: &str = "admin";
+
+/// The console login as a supervised unit.
+pub fn unit(agent: Arc<Agent>, device: PathBuf, baud: u32) -> Unit {
+    Unit::task("console", move |stop| {
+        let agent = agent.clone();
+        let device = device.clone();
+        async move {
+            serve(agent, &device, baud, stop)
+                .await
+                .map_err(|e| crate::error_chain(&e))
+        }
+    })
+}
+
+async fn serve(
+    agent: Arc<Agent>,
+    device: &Path,
+    baud: u32,
+    mut stop: StopSignal,
+) -> Result<(), ConsoleError> {
+    let io_error = |source| ConsoleError::Io {
+        path: device.display().to_string(),
+        source,
+    };
+    let file = device::open_for_login(device, baud)?;
+    let mut term = Terminal::new(file).map_err(io_error)?;
+    log::info!("console ready on {}", device.display());
+    tokio::select! {
+        result = sessions(&agent, &mut term) => result.map_err(io_error),
+        _ = stop.requested() => {
+            let _ = term.write("\nletterbox is shutting down\n").await;
+            Ok(())
+        }
+    }
+}
+
+/// Prompts forever: a login when there is a password hash, otherwise an explanation of
+/// what to fix with `check` to re-read the file.
+async fn sessions(agent: &Arc<Agent>, term: &mut Terminal) -> std::io::Result<()> {
+    let mut failures = FailedLogins::default();
+    loop {
+        let p = agent.provisioning();
+        let Some((cfg, _)) = p.config else {
+            term.write(&format!(
+                "\nletterbox has no valid configuration:\n{}\n\
+                 Fix letterbox.toml on the boot partition, then type `check` here (or reboot).\n",
+                p.problem.unwrap_or_default()
+            ))
+            .await?;
+            unconfigured_prompt(agent, term).await?;
+            continue;
+        };
+        let Some(hash) = cfg.console.admin_password_hash else {
+            term.write(NO_PASSWORD_HELP).await?;
+            unconfigured_prompt(agent, term).await?;
+            continue;
+        };
+        if p.problem.is_some() {
+            term.write(
+                "\nletterbox.toml has errors (logged above; `check` shows them again): \
+                 running the last good configuration.\n",
+            )
+            .await?;
+        }
+        term.write(&format!("\n{} login: ", cfg.system.hostname))
+            .await?;
+        let user = match term.read_line(true).await? {
+            Input::Line(user) if !user.trim().is_empty() => user.trim().to_string(),
+            _ => continue,
+        };
+        term.write("Password: ").await?;
+        let Input::Line(password) = term.read_line(false).await? else {
+            continue;
+        };
+        let verified = user == USER
+            && tokio::task::spawn_blocking(move || crate::passwd::verify(&password, &hash))
+                .await
+                .unwrap_or(false);
+        if !verified {
+            let delay = failures.record();
+            // Neither the password nor the typed user name is logged: either may be a secret.
+            log::warn!("console: failed login");
+            tokio::time::sleep(delay).await;
+            term.write("Login incorrect\n").await?;
+            continue;
+        }
+        failures.reset();
+        log::info!("console: {USER} logged in");
+        admin_shell(agent, term, &cfg.system.hostname).await?;
+        log::info!("console: {USER} logged out");
+    }
+}
+
+const NO_PASSWORD_HELP: &str = "\nNo admin password is set, so this console gives no shell.\n\
+To set one: run `letterbox passwd` on any computer, then paste the hash it prints into\n\
+letterbox.toml on the boot partition:\n\
+\n  [console]\n  admin_password_hash = \"$6$...\"\n\n\
+then type `check` here (or reboot).\n";
+
+/// Before login, only `check` (re-read the file) is offered.
+async fn unconfigured_prompt(agent: &Arc<Agent>, term: &mut Terminal) -> std::io::Result<()> {
+    loop {
+        term.write("letterbox (no login)> ").await?;
+        match term.read_line(true).await? {
+            Input::Line(line) if line.trim() == "check" => {
+                term.write(&shell::check_report(agent)).await?;
+                return Ok(());
+            }
+            Input::Line(line) if line.trim().is_empty() => return Ok(()),
+            _ => term.write("only `check` works before login\n").await?,
+        }
+    }
+}
+
+async fn admin_shell(
+    agent: &Arc<Agent>,
+    term: &mut Terminal,
+    hostname: &str,
+) -> std::io::Result<()> {
+    term.write("Type `help` for the commands.\n").await?;
+    loop {
+        term.write(&format!("{hostname}# ")).await?;
+        let line = match term.read_line(true).await? {
+            Input::Line(line) => line,
+            Input::EndOfInput => return Ok(()),
+        };
+        let reply = shell::execute(agent, &line).await;
+        term.write(&reply.text).await?;
+        if reply.flow == Flow::Logout {
+            return Ok(());
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! Line input and output on the console tty: the console echoes and edits lines itself
+//! (the tty is raw), so passwords are never echoed.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+
+use tokio::io::unix::AsyncFd;
+
+pub struct Terminal {
+    fd: AsyncFd<File>,
+    /// The previous line ended with CR; a following LF belongs to it (CR LF terminals).
+    after_cr: bool,
+}
+
+const BACKSPACE: u8 = 0x08;
+const DELETE: u8 = 0x7f;
+const CTRL_C: u8 = 0x03;
+const CTRL_D: u8 = 0x04;
+const CTRL_U: u8 = 0x15;
+const ESCAPE: u8 = 0x1b;
+
+/// What one line read ended with.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Input {
+    Line(String),
+    /// ^D on an empty line: the user leaves.
+    EndOfInput,
+}
+
+impl Terminal {
+    pub fn new(file: File) -> io::Result<Terminal> {
+        // SAFETY: the File owns its descriptor and is only reachable through the AsyncFd,
+        // so the descriptor stays open and the same for the AsyncFd's lifetime.
+        let fd = unsafe { AsyncFd::register(file) }?;
+        Ok(Terminal {
+            fd,
+            after_cr: false,
+        })
+    }
+
+    /// Writes text, turning `\n` into CR LF (the tty does no output processing).
+    pub async fn write(&self, text: &str) -> io::Result<()> {
+        let bytes = text.replace('\n', "\r\n").into_bytes();
+        let mut rest = &bytes[..];
+        while !rest.is_empty() {
+            let mut guard = self.fd.writable().await?;
+            match guard.try_io(|fd| fd.get_ref().write(rest)) {
+                Ok(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(Ok(n)) => rest = &rest[n..],
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => continue,
+            }
+        }
+        Ok(())
+    }
+
+    async fn read_byte(&self) -> io::Result<u8> {
+        loop {
+            let mut guard = self.fd.readable().await?;
+            let mut byte = [0u8];
+            match guard.try_io(|fd| fd.get_ref().read(&mut byte)) {
+                // A hung-up tty reads as end of file (or EIO, below): the session ends.
+                Ok(Ok(0)) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(Ok(_)) => return Ok(byte[0]),
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    /// Reads one line with backspace, ^U (erase line) and ^C (abandon line); arrow keys
+    /// and other escape sequences are ignored. `echo: false` for passwords.
+    pub async fn read_line(&mut self, echo: bool) -> io::Result<Input> {
+        let mut line: Vec<u8> = Vec::new();
+        loop {
+            let byte = self.read_byte().await?;
+            let after_cr = std::mem::replace(&mut self.after_cr, byte == b'\r');
+            match byte {
+                b'\n' if after_cr => {}
+                b'\r' | b'\n' => {
+                    self.write("\n").await?;
+                    return Ok(Input::Line(String::from_utf8_lossy(&line).into_owned()));
+                }
+                BACKSPACE | DELETE => {
+                    let erased = pop_char(&mut line);
+                    if erased && echo {
+                        self.write("\x08 \x08").await?;
+                    }
+                }
+                CTRL_U => {
+                    while pop_char(&mut line) {
+                        if echo {
+                            self.write("\x08 \x08").await?;
+                        }
+                    }
+                }
+                CTRL_C => {
+                    self.write("^C\n").await?;
+                    return Ok(Input::Line(String::new()));
+                }
+                CTRL_D if line.is_empty() => {
+                    self.write("\n").await?;
+                    return Ok(Input::EndOfInput);
+                }
+                ESCAPE => self.skip_escape_sequence().await?,
+                b if b >= 0x20 => {
+                    line.push(b);
+                    if echo {
+                        self.write(&String::from_utf8_lossy(&[b])).await?;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Skips `ESC [ ... final` (CSI) or `ESC x`.
+    async fn skip_escape_sequence(&self) -> io::Result<()> {
+        if self.read_byte().await? == b'[' {
+            while !(0x40..=0x7e).contains(&self.read_byte().await?) {}
+        }
+        Ok(())
+    }
+}
+
+/// Removes the last UTF-8 character; false when the line was empty.
+fn pop_char(line: &mut Vec<u8>) -> bool {
+    while let Some(b) = line.pop() {
+        if b & 0xc0 != 0x80 {
+            return true;
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::OwnedFd;
+
+    fn pty() -> (File, Terminal) {
+        let pair = nix::pty::openpty(None, None).unwrap();
+        let slave = crate::console::device::open_for_login(
+            &std::fs::read_link(format!(
+                "/proc/self/fd/{}",
+                std::os::fd::AsRawFd::as_raw_fd(&pair.slave)
+            ))
+            .unwrap(),
+            115_200,
+        )
+        .unwrap();
+        let master: OwnedFd = pair.master;
+        (File::from(master), Terminal::new(slave).unwrap())
+    }
+
+    #[tokio::test]
+    async fn edits_lines_and_hides_passwords() {
+        let (mut master, mut term) = pty();
+        master
+            .write_all(b"stat\x7fx\x08tus\r\nsecret\rab\x1b[Dc\x15help\n\x04")
+            .unwrap();
+        assert_eq!(
+            term.read_line(true).await.unwrap(),
+            Input::Line("status".into())
+        );
+        assert_eq!(
+            term.read_line(false).await.unwrap(),
+            Input::Line("secret".into())
+        );
+        assert_eq!(
+            term.read_line(true).await.unwrap(),
+            Input::Line("help".into())
+        );
+        assert_eq!(term.read_line(true).await.unwrap(), Input::EndOfInput);
+        let mut echoed = vec![0u8; 4096];
+        let n = master.read(&mut echoed).unwrap();
+        let echoed = String::from_utf8_lossy(&echoed[..n]);
+        assert!(
+            echoed.starts_with("stat\x08 \x08x\x08 \x08tus\r\n"),
+            "{echoed:?}"
+        );
+        assert!(!echoed.contains("secret"), "{echoed:?}");
+    }
+}

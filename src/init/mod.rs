@@ -1,0 +1,378 @@
+//! `letterbox-init`: PID 1 of the appliance, and the same agent on an ordinary host under
+//! `letterbox run`. [`boot`] reads top to bottom as the boot sequence.
+
+pub mod log;
+mod mounts;
+pub mod provisioning;
+pub mod reaper;
+pub mod units;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ::log::{error, info, warn};
+use nix::sys::reboot::{reboot, RebootMode};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use provisioning::{Provisioning, Source};
+use reaper::{Reaper, Scope};
+use units::{Supervisor, UnitState, UnitTable};
+
+/// How the agent was started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// PID 1 of the appliance (or of a PID namespace): mounts, reaps orphans, reboots.
+    Pid1,
+    /// `letterbox run` on an ordinary host: no mounts, no reboot; it exits instead.
+    Host,
+}
+
+/// `letterbox-init` (and `/init`) command line; the defaults are the appliance's paths.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "letterbox-init",
+    version,
+    about = "letterbox's init agent (PID 1)"
+)]
+pub struct InitArgs {
+    /// Where the boot partition (with letterbox.toml) is mounted.
+    #[arg(long, default_value = "/boot")]
+    pub boot_dir: PathBuf,
+    /// Persistent state (the last good configuration); on the data partition.
+    #[arg(long, default_value = "/data/letterbox")]
+    pub state_dir: PathBuf,
+    /// Console device; overrides `[console] device` (serial0, ttyAMA0 or a /dev path).
+    #[arg(long)]
+    pub console: Option<String>,
+    /// Root under which /etc/hostname, /etc/hosts, /etc/resolv.conf are written.
+    #[arg(long, default_value = "/")]
+    pub root: PathBuf,
+}
+
+/// What the agent needs to know, whichever way it was started.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub mode: Mode,
+    /// The provisioning file; `None` runs the embedded default.
+    pub provisioning_file: Option<PathBuf>,
+    pub state_dir: PathBuf,
+    /// `None`: the configured device as PID 1; no console at all in host mode.
+    pub console: Option<String>,
+    pub system_root: PathBuf,
+}
+
+impl From<InitArgs> for Options {
+    fn from(args: InitArgs) -> Options {
+        Options {
+            mode: Mode::Pid1,
+            provisioning_file: Some(args.boot_dir.join("letterbox.toml")),
+            state_dir: args.state_dir,
+            console: args.console,
+            system_root: args.root,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("cannot start the async runtime")]
+    Runtime(#[source] std::io::Error),
+    #[error("cannot watch {0}")]
+    Signal(&'static str, #[source] std::io::Error),
+    #[error("cannot start the child reaper")]
+    Reaper(#[from] reaper::ReaperError),
+    #[error("cannot give the agent its own UTS namespace (for its host name)")]
+    UtsNamespace(#[source] nix::Error),
+}
+
+/// Why the agent stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shutdown {
+    Reboot,
+    PowerOff,
+}
+
+/// The running agent, as the console sees it.
+pub struct Agent {
+    options: Options,
+    provisioning: Mutex<Provisioning>,
+    units: UnitTable,
+    started: Instant,
+    shutdown: mpsc::UnboundedSender<Shutdown>,
+}
+
+impl Agent {
+    pub fn mode(&self) -> Mode {
+        self.options.mode
+    }
+
+    /// The configuration in force and the provisioning file's problem, if any.
+    pub fn provisioning(&self) -> Provisioning {
+        self.provisioning.lock().expect("provisioning").clone()
+    }
+
+    /// Re-reads the provisioning file (console `check`); a valid file takes effect for
+    /// the console at once and for the network at the next `net` or boot.
+    pub fn reload(&self) -> Provisioning {
+        let fresh = read_provisioning(&self.options);
+        *self.provisioning.lock().expect("provisioning") = fresh.clone();
+        fresh
+    }
+
+    pub fn request_shutdown(&self, how: Shutdown) {
+        let _ = self.shutdown.send(how);
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    pub fn units(&self) -> Vec<(String, UnitState)> {
+        self.units.snapshot()
+    }
+
+    /// Applies the network of the configuration in force; the report or the error, as text.
+    pub async fn apply_network(&self) -> Result<String, String> {
+        let Some((cfg, _)) = self.provisioning().config else {
+            return Err("no valid configuration to apply".into());
+        };
+        apply_network(&cfg, &self.options.system_root).await
+    }
+}
+
+/// Entry point of `letterbox-init`.
+pub fn main_pid1(args: InitArgs) -> ExitCode {
+    start(args.into())
+}
+
+/// Builds the runtime and runs the agent to its end; as PID 1 the end is a reboot or
+/// power-off, which does not return.
+pub fn start(options: Options) -> ExitCode {
+    let logger = log::logger();
+    match options.mode {
+        Mode::Pid1 => {}
+        Mode::Host => logger.log_to_stderr(true),
+    }
+    match run(options.clone()) {
+        Ok(how) => finish(options.mode, how),
+        Err(e) => {
+            error!("{}", crate::error_chain(&e));
+            // PID 1 must not just exit (the kernel would panic): power off cleanly instead.
+            match options.mode {
+                Mode::Pid1 => finish(Mode::Pid1, Shutdown::PowerOff),
+                Mode::Host => ExitCode::FAILURE,
+            }
+        }
+    }
+}
+
+fn run(options: Options) -> Result<Shutdown, InitError> {
+    if options.mode == Mode::Host {
+        // net::apply sets the host name; on a shared host it must stay inside the agent.
+        // Done before the runtime starts threads, which then inherit the namespace.
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUTS)
+            .map_err(InitError::UtsNamespace)?;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(InitError::Runtime)?;
+    runtime.block_on(boot(options))
+}
+
+/// The boot sequence, in order.
+async fn boot(options: Options) -> Result<Shutdown, InitError> {
+    let mode = options.mode;
+    info!(
+        "letterbox {} starting ({})",
+        env!("CARGO_PKG_VERSION"),
+        match mode {
+            Mode::Pid1 => "as PID 1",
+            Mode::Host => "run mode on this host",
+        }
+    );
+
+    if mode == Mode::Pid1 {
+        info!("mounting pseudo filesystems");
+        match mounts::mount_pseudo_filesystems() {
+            Ok(mounted) if mounted.is_empty() => info!("pseudo filesystems already mounted"),
+            Ok(mounted) => info!("mounted {}", mounted.join(", ")),
+            // Keep going: the console is still the best place to see what is wrong.
+            Err(e) => error!("{}", crate::error_chain(&e)),
+        }
+        if let Err(e) = log::logger().log_to_kmsg() {
+            warn!("no kernel log: /dev/kmsg: {e}");
+        }
+    }
+
+    // Appliance early boot goes here (mode == Pid1 only): kernel modules and the SD
+    // card's boot/root/data partitions, from `crate::boot` (the image helper's module).
+
+    let (shutdown_tx, mut shutdown_rx) = mpsc::unbounded_channel();
+    let mut sigterm =
+        signal(SignalKind::terminate()).map_err(|e| InitError::Signal("SIGTERM", e))?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| InitError::Signal("SIGINT", e))?;
+    let reaper = Reaper::start(match mode {
+        Mode::Pid1 => Scope::AllChildren,
+        Mode::Host => Scope::Spawned,
+    })?;
+
+    let provisioning = read_provisioning(&options);
+
+    if let Some((cfg, _)) = &provisioning.config {
+        info!("network up: applying {} interface(s)", cfg.interfaces.len());
+        match apply_network(cfg, &options.system_root).await {
+            Ok(report) => info!("{report}"),
+            Err(e) => error!("{e}"),
+        }
+    } else {
+        warn!("network not configured: no valid configuration");
+    }
+
+    let console = console_device(&options, &provisioning);
+    let agent = Arc::new(Agent {
+        options,
+        provisioning: Mutex::new(provisioning),
+        units: UnitTable::default(),
+        started: Instant::now(),
+        shutdown: shutdown_tx,
+    });
+
+    info!("starting units");
+    let mut supervisor = Supervisor::new(reaper, agent.units.clone());
+    if let Some((name, baud)) = console {
+        match crate::console::device::resolve(&name) {
+            Ok(path) => {
+                match crate::console::device::open_for_log(&path) {
+                    Ok(file) => log::logger().log_to_console(file),
+                    Err(e) => warn!("{}", crate::error_chain(&e)),
+                }
+                info!("login prompt on {}", path.display());
+                supervisor.start(crate::console::unit(agent.clone(), path, baud));
+            }
+            Err(e) => error!("no console: {}", crate::error_chain(&e)),
+        }
+    }
+
+    let how = tokio::select! {
+        Some(how) = shutdown_rx.recv() => {
+            info!("{} requested from the console", describe(how));
+            how
+        }
+        _ = sigterm.recv() => {
+            // As PID 1, SIGTERM is how a supervisor (or `kill 1`) asks the appliance to
+            // stop: power off. In run mode it only ends the agent.
+            info!("SIGTERM received");
+            Shutdown::PowerOff
+        }
+        _ = sigint.recv() => {
+            // The kernel sends PID 1 SIGINT for ctrl-alt-del: the traditional reboot.
+            info!("SIGINT received");
+            Shutdown::Reboot
+        }
+    };
+
+    info!("shutting down: stopping units");
+    supervisor.stop_all().await;
+    if mode == Mode::Pid1 {
+        stop_remaining_processes().await;
+    }
+    Ok(how)
+}
+
+/// Reads the provisioning file, logging what it found and which configuration is used.
+fn read_provisioning(options: &Options) -> Provisioning {
+    match &options.provisioning_file {
+        Some(path) => info!("reading {}", path.display()),
+        None => info!("reading the embedded default configuration"),
+    }
+    let p = provisioning::load(options.provisioning_file.as_deref(), &options.state_dir);
+    if let Some(problem) = &p.problem {
+        error!("{problem}");
+    }
+    match (&p.config, &p.problem) {
+        (Some((cfg, Source::LastGood(path))), _) => warn!(
+            "using the last good configuration {} ({})",
+            path.display(),
+            cfg.system.fqdn()
+        ),
+        (Some((cfg, source)), _) => info!("configuration {} from {source}", cfg.system.fqdn()),
+        (None, _) => error!(
+            "no valid configuration and no last good copy: fix letterbox.toml, then `check` on the console"
+        ),
+    }
+    p
+}
+
+async fn apply_network(cfg: &Config, root: &Path) -> Result<String, String> {
+    crate::net::apply(cfg, root)
+        .await
+        .map(|report| report.to_string())
+        .map_err(|e| crate::error_chain(&e))
+}
+
+/// The console's device and baud: the command line wins, then the configuration; PID 1
+/// falls back to `serial0`, run mode has no console unless asked for one.
+fn console_device(options: &Options, p: &Provisioning) -> Option<(String, u32)> {
+    let configured = p.config.as_ref().map(|(cfg, _)| cfg.console.clone());
+    let baud = configured.as_ref().map_or(115_200, |c| c.baud);
+    match (&options.console, options.mode) {
+        (Some(device), _) => Some((device.clone(), baud)),
+        (None, Mode::Host) => None,
+        (None, Mode::Pid1) => Some((
+            configured.map_or_else(|| "serial0".to_string(), |c| c.device),
+            baud,
+        )),
+    }
+}
+
+/// PID 1 only: whatever is still running (orphans, helpers) gets SIGTERM, then SIGKILL.
+async fn stop_remaining_processes() {
+    let everyone = Pid::from_raw(-1);
+    if kill(everyone, Signal::SIGTERM).is_ok() {
+        info!("sent SIGTERM to the remaining processes");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let _ = kill(everyone, Signal::SIGKILL);
+    }
+}
+
+fn describe(how: Shutdown) -> &'static str {
+    match how {
+        Shutdown::Reboot => "reboot",
+        Shutdown::PowerOff => "power-off",
+    }
+}
+
+/// Syncs, then reboots or powers off (PID 1) or exits (run mode).
+fn finish(mode: Mode, how: Shutdown) -> ExitCode {
+    nix::unistd::sync();
+    match mode {
+        Mode::Host => {
+            info!("{} in run mode: exiting", describe(how));
+            ExitCode::SUCCESS
+        }
+        Mode::Pid1 => {
+            info!(
+                "{}",
+                match how {
+                    Shutdown::Reboot => "rebooting",
+                    Shutdown::PowerOff => "powering off",
+                }
+            );
+            let result = reboot(match how {
+                Shutdown::Reboot => RebootMode::RB_AUTOBOOT,
+                Shutdown::PowerOff => RebootMode::RB_POWER_OFF,
+            });
+            let Err(e) = result;
+            error!("{} failed: {e}", describe(how));
+            ExitCode::FAILURE
+        }
+    }
+}

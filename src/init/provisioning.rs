@@ -1,0 +1,153 @@
+//! Which configuration the agent runs with: the provisioning file when it is valid,
+//! otherwise the last good one kept on persistent storage, otherwise none (the console
+//! still explains what is wrong).
+
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::config::{self, Config, LoadError};
+
+/// Where the running configuration came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    File(PathBuf),
+    Embedded,
+    LastGood(PathBuf),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::File(p) => write!(f, "{}", p.display()),
+            Source::Embedded => f.write_str(config::DEFAULT_NAME),
+            Source::LastGood(p) => write!(f, "last good configuration {}", p.display()),
+        }
+    }
+}
+
+/// The outcome of reading the provisioning file.
+#[derive(Debug, Clone)]
+pub struct Provisioning {
+    /// The configuration in force, if any.
+    pub config: Option<(Config, Source)>,
+    /// Why the provisioning file itself was not used (diagnostics or read error).
+    pub problem: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SaveError {
+    #[error("cannot create state directory {path}")]
+    StateDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}")]
+    Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Reads the provisioning file (`None`: the embedded default), saving it as the last good
+/// configuration when valid and falling back to that copy when not.
+pub fn load(file: Option<&Path>, state_dir: &Path) -> Provisioning {
+    let last_good = last_good_path(state_dir);
+    match config::load(file) {
+        Ok((cfg, text)) => {
+            if let Err(e) = save_last_good(state_dir, &text) {
+                log::warn!("{}", crate::error_chain(&e));
+            }
+            let source = file.map_or(Source::Embedded, |p| Source::File(p.to_path_buf()));
+            Provisioning {
+                config: Some((cfg, source)),
+                problem: None,
+            }
+        }
+        Err(e) => {
+            let problem = match &e {
+                // The diagnostics already say the file name, line and column.
+                LoadError::Invalid(diagnostics) => diagnostics.to_string(),
+                other => crate::error_chain(other),
+            };
+            let fallback = std::fs::read_to_string(&last_good)
+                .ok()
+                .and_then(|text| config::parse(&last_good.display().to_string(), &text).ok())
+                .map(|cfg| (cfg, Source::LastGood(last_good)));
+            Provisioning {
+                config: fallback,
+                problem: Some(problem),
+            }
+        }
+    }
+}
+
+pub fn last_good_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("last-good.toml")
+}
+
+/// Writes the copy atomically (temporary file, fsync, rename) so that power loss leaves
+/// either the old or the new copy, never half of one.
+fn save_last_good(state_dir: &Path, text: &str) -> Result<(), SaveError> {
+    std::fs::create_dir_all(state_dir).map_err(|source| SaveError::StateDir {
+        path: state_dir.display().to_string(),
+        source,
+    })?;
+    let path = last_good_path(state_dir);
+    let tmp = state_dir.join(".last-good.toml.tmp");
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(state_dir)?.sync_all()
+    };
+    write().map_err(|source| SaveError::Write {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn falls_back_to_the_last_good_copy_and_reports_the_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let file = dir.path().join("letterbox.toml");
+        std::fs::write(&file, config::DEFAULT_TOML).unwrap();
+        let good = load(Some(&file), &state);
+        assert!(good.problem.is_none());
+        assert_eq!(good.config.as_ref().unwrap().1, Source::File(file.clone()));
+        assert_eq!(
+            std::fs::read_to_string(last_good_path(&state)).unwrap(),
+            config::DEFAULT_TOML
+        );
+
+        std::fs::write(&file, "version = 1\n[system]\nhostname = 3\n").unwrap();
+        let bad = load(Some(&file), &state);
+        let problem = bad.problem.unwrap();
+        assert!(problem.contains("letterbox.toml:3:"), "{problem}");
+        let (cfg, source) = bad.config.unwrap();
+        assert_eq!(source, Source::LastGood(last_good_path(&state)));
+        assert_eq!(cfg.system.hostname, "mail");
+        // The broken file did not replace the good copy.
+        assert_eq!(
+            std::fs::read_to_string(last_good_path(&state)).unwrap(),
+            config::DEFAULT_TOML
+        );
+    }
+
+    #[test]
+    fn no_config_at_all_without_a_last_good_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("letterbox.toml");
+        let p = load(Some(&missing), dir.path());
+        assert!(p.config.is_none());
+        assert!(p.problem.unwrap().contains("cannot read provisioning file"));
+    }
+}

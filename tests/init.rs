@@ -1,0 +1,728 @@
+//! The init agent for real: as PID 1 of new PID, mount and UTS namespaces inside a network
+//! namespace with a veth pair, and in `letterbox run` mode, with its console on a pty.
+
+mod common;
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+const PASSWORD: &str = "letterbox-test";
+/// Generous: the agent answers in milliseconds, but CI machines stall.
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Skips (and says why) unless root with `unshare` and `ip` available.
+fn can_run(test: &str) -> bool {
+    if !common::is_root() {
+        common::skip(test, "needs root for namespaces");
+        return false;
+    }
+    for tool in ["unshare", "ip"] {
+        if Command::new(tool).arg("--version").output().is_err() {
+            common::skip(test, &format!("`{tool}` is not installed"));
+            return false;
+        }
+    }
+    true
+}
+
+/// A network namespace with a veth pair (`<name>a` is configured by the agent).
+struct Netns {
+    name: String,
+    link: String,
+}
+
+impl Netns {
+    fn new(tag: &str) -> Netns {
+        let name = format!("lbx-init-{tag}-{}", std::process::id());
+        let link = format!("lbi{tag}{}", std::process::id() % 10_000);
+        run_ok(Command::new("ip").args(["netns", "add", &name]));
+        let ns = Netns {
+            name,
+            link: format!("{link}a"),
+        };
+        run_ok(Command::new("ip").args([
+            "-n",
+            &ns.name,
+            "link",
+            "add",
+            &ns.link,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &format!("{link}b"),
+        ]));
+        ns
+    }
+
+    fn addresses(&self) -> String {
+        let out = Command::new("ip")
+            .args(["-n", &self.name, "addr", "show", "dev", &self.link])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+fn run_ok(cmd: &mut Command) {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The master side of a pty, with everything the agent wrote collected by a thread.
+struct Console {
+    master: File,
+    slave_path: PathBuf,
+    slave: Option<OwnedFd>,
+    output: Arc<(Mutex<String>, Condvar)>,
+    /// Where the next `expect` starts looking.
+    cursor: usize,
+}
+
+impl Console {
+    fn new() -> Console {
+        let pair = nix::pty::openpty(None, None).unwrap();
+        let slave_path =
+            std::fs::read_link(format!("/proc/self/fd/{}", pair.slave.as_raw_fd())).unwrap();
+        let master = File::from(pair.master);
+        let mut reader = master.try_clone().unwrap();
+        let output = Arc::new((Mutex::new(String::new()), Condvar::new()));
+        let sink = output.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            // Ends with EIO once the test drops the pty.
+            while let Ok(n @ 1..) = reader.read(&mut buf) {
+                let (text, changed) = &*sink;
+                text.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+                changed.notify_all();
+            }
+        });
+        Console {
+            master,
+            slave_path,
+            slave: Some(pair.slave),
+            output,
+            cursor: 0,
+        }
+    }
+
+    /// The pty slave for the agent's stdin/stdout/stderr.
+    fn stdio(&self) -> Stdio {
+        Stdio::from(self.slave.as_ref().unwrap().try_clone().unwrap())
+    }
+
+    /// Waits for `needle` after the cursor; returns the text up to and including it and
+    /// moves the cursor past it.
+    fn expect(&mut self, needle: &str) -> String {
+        let (text, changed) = &*self.output;
+        let deadline = Instant::now() + TIMEOUT;
+        let mut guard = text.lock().unwrap();
+        loop {
+            if let Some(at) = guard[self.cursor..].find(needle) {
+                let end = self.cursor + at + needle.len();
+                let seen = guard[self.cursor..end].to_string();
+                self.cursor = end;
+                return seen;
+            }
+            let now = Instant::now();
+            assert!(
+                now < deadline,
+                "timed out waiting for {needle:?}; console so far:\n{}",
+                &guard[self.cursor..]
+            );
+            guard = changed.wait_timeout(guard, deadline - now).unwrap().0;
+        }
+    }
+
+    fn send(&mut self, line: &str) {
+        self.master
+            .write_all(format!("{line}\r").as_bytes())
+            .unwrap();
+    }
+
+    fn login(&mut self, hostname: &str, password: &str) {
+        self.expect(&format!("{hostname} login: "));
+        self.send("admin");
+        self.expect("Password: ");
+        self.send(password);
+    }
+
+    /// Runs a shell command and returns its output up to the next prompt.
+    fn command(&mut self, hostname: &str, command: &str) -> String {
+        self.send(command);
+        self.expect(&format!("{hostname}# "))
+    }
+}
+
+/// A temporary tree outside /tmp (the agent mounts a fresh tmpfs on /tmp as PID 1).
+struct Dirs {
+    _dir: tempfile::TempDir,
+    boot: PathBuf,
+    state: PathBuf,
+    root: PathBuf,
+    init: PathBuf,
+}
+
+impl Dirs {
+    fn new() -> Dirs {
+        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let d = |name: &str| {
+            let p = dir.path().join(name);
+            std::fs::create_dir_all(&p).unwrap();
+            p
+        };
+        let (boot, state, root) = (d("boot"), d("state"), d("root"));
+        let init = dir.path().join("letterbox-init");
+        std::os::unix::fs::symlink(common::letterbox_bin(), &init).unwrap();
+        Dirs {
+            boot,
+            state,
+            root,
+            init,
+            _dir: dir,
+        }
+    }
+
+    fn provisioning_file(&self) -> PathBuf {
+        self.boot.join("letterbox.toml")
+    }
+
+    fn write_config(&self, text: &str) {
+        std::fs::write(self.provisioning_file(), text).unwrap();
+    }
+}
+
+fn config(hostname: &str, link: &str, with_hash: bool) -> String {
+    let hash = match with_hash {
+        true => format!(
+            "admin_password_hash = \"{}\"\n",
+            letterbox::passwd::hash(PASSWORD).unwrap()
+        ),
+        false => String::new(),
+    };
+    format!(
+        r#"version = 1
+nameservers = ["192.0.2.53"]
+
+[system]
+hostname = "{hostname}"
+domain = "example.org"
+
+[[interface]]
+name = "{link}"
+ipv4 = ["192.0.2.10/24"]
+gateway4 = "192.0.2.1"
+ipv6 = ["2001:db8::10/64"]
+
+[console]
+baud = 115200
+{hash}"#
+    )
+}
+
+/// The agent as PID 1: `unshare` forks it into new PID, mount and UTS namespaces inside
+/// the test's network namespace. Its console is the pty, handed over as stdin like the
+/// kernel hands init /dev/console; `/proc/self/fd/0` reopens it, and works even if /dev
+/// had to be mounted over.
+struct Pid1 {
+    unshare: Child,
+}
+
+impl Pid1 {
+    fn boot(ns: &Netns, dirs: &Dirs, console: &Console) -> Pid1 {
+        let unshare = Command::new("ip")
+            .args(["netns", "exec", &ns.name])
+            .args([
+                "unshare",
+                "--pid",
+                "--mount",
+                "--uts",
+                "--fork",
+                "--kill-child",
+            ])
+            .arg(&dirs.init)
+            .arg("--boot-dir")
+            .arg(&dirs.boot)
+            .arg("--state-dir")
+            .arg(&dirs.state)
+            .arg("--root")
+            .arg(&dirs.root)
+            .args(["--console", "/proc/self/fd/0"])
+            .stdin(console.stdio())
+            .stdout(console.stdio())
+            .stderr(console.stdio())
+            .spawn()
+            .unwrap();
+        Pid1 { unshare }
+    }
+
+    /// The agent's pid as the host sees it: the child `unshare` forked.
+    fn host_pid(&self) -> Pid {
+        let children = format!("/proc/{0}/task/{0}/children", self.unshare.id());
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let text = std::fs::read_to_string(&children).unwrap_or_default();
+            if let Some(pid) = text.split_whitespace().next() {
+                return Pid::from_raw(pid.parse().unwrap());
+            }
+            assert!(Instant::now() < deadline, "unshare forked no child");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// How `unshare` ended: it dies of the signal its child (the agent) died of.
+    fn wait(mut self) -> ExitStatus {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(status) = self.unshare.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the agent did not end");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Pid1 {
+    fn drop(&mut self) {
+        // After a failed assertion: --kill-child takes the agent along.
+        let _ = self.unshare.kill();
+        let _ = self.unshare.wait();
+    }
+}
+
+/// The filesystem types on top of each mount point, from mountinfo(5) text.
+fn mounts(mountinfo: &str) -> Vec<(String, String)> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let dash = fields.iter().position(|f| *f == "-")?;
+            Some((fields[4].to_string(), fields[dash + 1].to_string()))
+        })
+        .collect()
+}
+
+fn top_fstype(mounts: &[(String, String)], path: &str) -> Option<String> {
+    mounts
+        .iter()
+        .rev()
+        .find(|(p, _)| p == path)
+        .map(|(_, t)| t.clone())
+}
+
+#[test]
+fn pid1_mounts_configures_and_logs_to_the_console() {
+    if !can_run("pid1_mounts_configures_and_logs_to_the_console") {
+        return;
+    }
+    let ns = Netns::new("m");
+    let dirs = Dirs::new();
+    dirs.write_config(&config("lbxmount", &ns.link, true));
+    let mut console = Console::new();
+    let agent = Pid1::boot(&ns, &dirs, &console);
+
+    let boot_log = console.expect("console ready on /proc/self/fd/0");
+    for step in [
+        "starting (as PID 1)",
+        "mounting pseudo filesystems",
+        &format!("reading {}", dirs.provisioning_file().display()),
+        "network up: applying 1 interface(s)",
+        "starting units",
+        "login prompt on /proc/self/fd/0",
+    ] {
+        assert!(boot_log.contains(step), "{step:?} not in:\n{boot_log}");
+    }
+    // Kernel-style seconds since boot, the wall clock, the prefix and the level.
+    assert!(
+        boot_log
+            .lines()
+            .any(|l| l.starts_with('[')
+                && l.contains("Z letterbox: INFO  mounting pseudo filesystems")),
+        "{boot_log}"
+    );
+
+    let ours = mounts(&std::fs::read_to_string("/proc/self/mountinfo").unwrap());
+    let theirs =
+        mounts(&std::fs::read_to_string(format!("/proc/{}/mountinfo", agent.host_pid())).unwrap());
+    for (path, fstype) in [
+        ("/proc", "proc"),
+        ("/sys", "sysfs"),
+        ("/dev", "devtmpfs"),
+        ("/dev/pts", "devpts"),
+        ("/run", "tmpfs"),
+        ("/tmp", "tmpfs"),
+    ] {
+        assert_eq!(
+            top_fstype(&theirs, path).as_deref(),
+            Some(fstype),
+            "{path}: {theirs:?}"
+        );
+    }
+    // The host's /proc came along into the new mount namespace; the agent mounted its own
+    // (showing its PID namespace) on top.
+    let procs = |m: &[(String, String)]| {
+        m.iter()
+            .filter(|(p, t)| p == "/proc" && t == "proc")
+            .count()
+    };
+    assert!(procs(&theirs) > procs(&ours), "no new /proc: {theirs:?}");
+
+    let addresses = ns.addresses();
+    assert!(addresses.contains("inet 192.0.2.10/24"), "{addresses}");
+    assert!(addresses.contains("inet6 2001:db8::10/64"), "{addresses}");
+    assert_eq!(
+        std::fs::read_to_string(dirs.root.join("etc/hostname")).unwrap(),
+        "lbxmount\n"
+    );
+    assert!(
+        dirs.state.join("last-good.toml").exists(),
+        "a valid file is kept as the last good configuration"
+    );
+}
+
+#[test]
+fn console_login_accepts_the_password_and_delays_wrong_ones_longer_each_time() {
+    let test = "console_login_accepts_the_password_and_delays_wrong_ones_longer_each_time";
+    if !can_run(test) {
+        return;
+    }
+    let ns = Netns::new("l");
+    let dirs = Dirs::new();
+    dirs.write_config(&config("lbxlogin", &ns.link, true));
+    let mut console = Console::new();
+    let _agent = Pid1::boot(&ns, &dirs, &console);
+
+    let mut delays = Vec::new();
+    for _ in 0..2 {
+        console.login("lbxlogin", "not-the-password");
+        let sent = Instant::now();
+        let answer = console.expect("Login incorrect");
+        delays.push(sent.elapsed());
+        assert!(
+            !answer.contains("not-the-password"),
+            "password echoed: {answer:?}"
+        );
+    }
+    assert!(
+        delays[1] > delays[0],
+        "second failure not slower: {delays:?}"
+    );
+
+    // A wrong user name with the right password is refused too.
+    console.expect("lbxlogin login: ");
+    console.send("root");
+    console.expect("Password: ");
+    console.send(PASSWORD);
+    console.expect("Login incorrect");
+
+    console.login("lbxlogin", PASSWORD);
+    console.expect("lbxlogin# ");
+    let status = console.command("lbxlogin", "status");
+    for want in [
+        "hostname:  lbxlogin.example.org",
+        &format!("config:    {}", dirs.provisioning_file().display()),
+        "console      running",
+        "192.0.2.10/24 (letterbox)",
+        "2001:db8::10/64 (letterbox)",
+        "default via 192.0.2.1 (letterbox)",
+    ] {
+        assert!(status.contains(want), "{want:?} not in:\n{status}");
+    }
+    let unknown = console.command("lbxlogin", "frobnicate");
+    assert!(
+        unknown.contains("unknown command `frobnicate`"),
+        "{unknown}"
+    );
+    let net = console.command("lbxlogin", "net");
+    assert!(net.contains("no changes"), "{net}");
+    let logs = console.command("lbxlogin", "logs");
+    assert!(logs.contains("console: admin logged in"), "{logs}");
+    assert!(
+        !logs.contains(PASSWORD) && !logs.contains("not-the-password"),
+        "{logs}"
+    );
+    console.send("exit");
+    console.expect("lbxlogin login: ");
+}
+
+#[test]
+fn sigterm_stops_the_units_and_powers_off() {
+    if !can_run("sigterm_stops_the_units_and_powers_off") {
+        return;
+    }
+    let ns = Netns::new("t");
+    let dirs = Dirs::new();
+    dirs.write_config(&config("lbxterm", &ns.link, true));
+    let mut console = Console::new();
+    let agent = Pid1::boot(&ns, &dirs, &console);
+    console.expect("lbxterm login: ");
+
+    kill(agent.host_pid(), Signal::SIGTERM).unwrap();
+    let shutdown = console.expect("powering off");
+    let order = [
+        "SIGTERM received",
+        "shutting down: stopping units",
+        "stopping unit console",
+        "letterbox is shutting down",
+        "unit console stopped",
+        "powering off",
+    ];
+    let mut at = 0;
+    for line in order {
+        let found = shutdown[at..]
+            .find(line)
+            .unwrap_or_else(|| panic!("{line:?} missing or out of order in:\n{shutdown}"));
+        at += found;
+    }
+    // reboot(2) with POWER_OFF from a PID namespace's init ends the namespace: the kernel
+    // kills the init with SIGINT.
+    assert_eq!(agent.wait().signal(), Some(Signal::SIGINT as i32));
+}
+
+#[test]
+fn reboot_and_poweroff_from_the_shell_end_the_namespace() {
+    if !can_run("reboot_and_poweroff_from_the_shell_end_the_namespace") {
+        return;
+    }
+    let ns = Netns::new("r");
+    let dirs = Dirs::new();
+    dirs.write_config(&config("lbxboot", &ns.link, true));
+    for (command, signal) in [("reboot", Signal::SIGHUP), ("poweroff", Signal::SIGINT)] {
+        let mut console = Console::new();
+        let agent = Pid1::boot(&ns, &dirs, &console);
+        console.login("lbxboot", PASSWORD);
+        console.expect("lbxboot# ");
+        console.send(command);
+        console.expect("requested from the console");
+        console.expect("unit console stopped");
+        assert_eq!(agent.wait().signal(), Some(signal as i32), "{command}");
+    }
+}
+
+#[test]
+fn broken_file_shows_its_errors_and_keeps_the_last_good_login() {
+    if !can_run("broken_file_shows_its_errors_and_keeps_the_last_good_login") {
+        return;
+    }
+    let ns = Netns::new("b");
+    let dirs = Dirs::new();
+    dirs.write_config(&config("lbxgood", &ns.link, true));
+    {
+        // A good boot leaves the last good copy.
+        let mut console = Console::new();
+        let agent = Pid1::boot(&ns, &dirs, &console);
+        console.expect("lbxgood login: ");
+        kill(agent.host_pid(), Signal::SIGTERM).unwrap();
+        agent.wait();
+    }
+    dirs.write_config("version = 1\n\n[system]\nhostname = 42\ndomain = \"example.org\"\n");
+    let mut console = Console::new();
+    let _agent = Pid1::boot(&ns, &dirs, &console);
+    let boot_log = console.expect("lbxgood login: ");
+    let location = format!("{}:4:12", dirs.provisioning_file().display());
+    assert!(
+        boot_log.contains(&location),
+        "{location} not in:\n{boot_log}"
+    );
+    assert!(
+        boot_log.contains("using the last good configuration"),
+        "{boot_log}"
+    );
+    assert!(
+        boot_log.contains("letterbox.toml has errors (logged above; `check` shows them again)"),
+        "{boot_log}"
+    );
+
+    console.send("admin");
+    console.expect("Password: ");
+    console.send(PASSWORD);
+    console.expect("lbxgood# ");
+    let status = console.command("lbxgood", "status");
+    assert!(
+        status.contains("config:    last good configuration"),
+        "{status}"
+    );
+    let check = console.command("lbxgood", "check");
+    assert!(check.contains(&location), "{check}");
+    assert!(
+        check.contains("still running the last good configuration"),
+        "{check}"
+    );
+}
+
+#[test]
+fn without_any_good_file_the_console_explains_and_check_recovers() {
+    if !can_run("without_any_good_file_the_console_explains_and_check_recovers") {
+        return;
+    }
+    let ns = Netns::new("n");
+    let dirs = Dirs::new();
+    dirs.write_config("version = 1\n[system\n");
+    let mut console = Console::new();
+    let _agent = Pid1::boot(&ns, &dirs, &console);
+    let explained = console.expect("letterbox (no login)> ");
+    assert!(
+        explained.contains("letterbox has no valid configuration"),
+        "{explained}"
+    );
+    assert!(
+        explained.contains(&format!("{}:2:", dirs.provisioning_file().display())),
+        "{explained}"
+    );
+    console.send("status");
+    console.expect("only `check` works before login");
+    console.expect("letterbox (no login)> ");
+
+    // A valid file without a password hash: the console says how to set one.
+    dirs.write_config(&config("lbxfixed", &ns.link, false));
+    console.send("check");
+    let told = console.expect("letterbox (no login)> ");
+    assert!(told.contains("ok: lbxfixed.example.org"), "{told}");
+    assert!(told.contains("letterbox passwd"), "{told}");
+
+    dirs.write_config(&config("lbxfixed", &ns.link, true));
+    console.send("check");
+    console.login("lbxfixed", PASSWORD);
+    console.expect("lbxfixed# ");
+}
+
+#[test]
+fn run_mode_serves_the_console_on_the_host_and_exits() {
+    if !can_run("run_mode_serves_the_console_on_the_host_and_exits") {
+        return;
+    }
+    let ns = Netns::new("h");
+    let dirs = Dirs::new();
+    dirs.write_config(&config("lbxhost", &ns.link, true));
+    let mut console = Console::new();
+    let mut agent = Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .arg(common::letterbox_bin())
+        .arg("run")
+        .arg(dirs.provisioning_file())
+        .arg("--state")
+        .arg(&dirs.state)
+        .arg("--console")
+        .arg(&console.slave_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Only the agent holds the pty now: the log lines are its own.
+    console.slave = None;
+    let boot_log = console.expect(&format!(
+        "console ready on {}",
+        console.slave_path.display()
+    ));
+    assert!(boot_log.contains("run mode on this host"), "{boot_log}");
+    assert!(
+        !boot_log.contains("mounting pseudo filesystems"),
+        "{boot_log}"
+    );
+
+    console.login("lbxhost", PASSWORD);
+    console.expect("lbxhost# ");
+    let status = console.command("lbxhost", "status");
+    assert!(status.contains("192.0.2.10/24 (letterbox)"), "{status}");
+    assert!(status.contains("2001:db8::10/64 (letterbox)"), "{status}");
+    // Run mode writes the system files under STATE/root, not the host's /etc.
+    assert_eq!(
+        std::fs::read_to_string(dirs.state.join("root/etc/hostname")).unwrap(),
+        "lbxhost\n"
+    );
+    console.send("poweroff");
+    let deadline = Instant::now() + TIMEOUT;
+    let status = loop {
+        if let Some(status) = agent.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "run mode did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    agent
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(status.success(), "{status:?}\n{stderr}");
+    assert!(
+        stderr.contains("power-off in run mode: exiting"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn pid1_reaps_orphans() {
+    if !can_run("pid1_reaps_orphans") {
+        return;
+    }
+    if Command::new("nsenter").arg("--version").output().is_err() {
+        common::skip("pid1_reaps_orphans", "`nsenter` is not installed");
+        return;
+    }
+    let ns = Netns::new("o");
+    let dirs = Dirs::new();
+    dirs.write_config(&config("lbxorphan", &ns.link, true));
+    let mut console = Console::new();
+    let agent = Pid1::boot(&ns, &dirs, &console);
+    console.expect("lbxorphan login: ");
+    let init = agent.host_pid();
+
+    // A shell in the agent's PID namespace leaves a `sleep` behind: the orphan is
+    // re-parented to the namespace's init, which must collect it when it exits.
+    run_ok(
+        Command::new("nsenter")
+            .arg("-t")
+            .arg(init.to_string())
+            .args(["--pid", "sh", "-c", "sleep 1 &"]),
+    );
+    let children = format!("/proc/{init}/task/{init}/children");
+    let comm = |pid: &str| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    let orphans = || -> Vec<String> {
+        std::fs::read_to_string(&children)
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter(|pid| comm(pid).trim() == "sleep")
+            .map(str::to_string)
+            .collect()
+    };
+    let adopted = orphans();
+    assert_eq!(
+        adopted.len(),
+        1,
+        "the orphan was not re-parented to the agent"
+    );
+    // A zombie stays in the parent's children until reaped.
+    let deadline = Instant::now() + TIMEOUT;
+    while !orphans().is_empty() {
+        assert!(Instant::now() < deadline, "orphan {adopted:?} never reaped");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
