@@ -58,8 +58,6 @@ pub enum BootError {
     },
     #[error("cannot read the kernel command line")]
     Cmdline(#[source] std::io::Error),
-    #[error("kernel command line has no root=PARTUUID=xxxxxxxx-NN (the image writes one in cmdline.txt)")]
-    NoRootArgument,
     #[error("kernel modules")]
     Modules(#[from] ModuleError),
     #[error("no disk with partition {0} appeared within {1:?}")]
@@ -74,12 +72,21 @@ pub enum BootError {
 
 /// Messages go through `log`, whose logger (installed by init) stamps them with the time
 /// since boot like the kernel's own lines.
-pub fn early_boot() -> Result<BootLayout, BootError> {
-    info!("early boot: mounting kernel filesystems");
+///
+/// Returns None, touching nothing, when this is not the appliance's initramfs: "/" is not
+/// the initramfs, or the kernel command line does not name a root partition (e.g. the
+/// agent as PID 1 of a namespace in tests, or on another machine).
+pub fn early_boot() -> Result<Option<BootLayout>, BootError> {
+    if !root_is_initramfs() {
+        return Ok(None);
+    }
     mount_kernel_filesystems()?;
+    let Some(root) = root_partition()? else {
+        return Ok(None);
+    };
+    info!("early boot: loading storage drivers, looking for root partition {root}");
     let release = nix::sys::utsname::uname().map_err(BootError::Uname)?;
     let release = release.release().to_string_lossy().into_owned();
-    let root = root_partition()?;
 
     let initramfs_index = ModuleIndex::load(&modules_dir(Path::new("/"), &release))?;
     let modules = Arc::new(Mutex::new((initramfs_index, Loader::default())));
@@ -100,14 +107,14 @@ pub fn early_boot() -> Result<BootLayout, BootError> {
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    info!("early boot: found SD card {disk} (root partition {root})");
+    info!("early boot: found SD card {disk}");
 
     disk::grow_last_partition(&disk, 3)?;
 
     let part = |n: u32| disk::partition_device(&disk, n);
     mount_dir(&part(root.partition), NEW_ROOT, "squashfs", MsFlags::MS_RDONLY, "")?;
     switch_root()?;
-    info!("early boot: running from the read-only root filesystem");
+    info!("early boot: switched to the read-only root filesystem");
 
     // The full module tree lives on the root filesystem; the initramfs only had storage.
     let full_index = ModuleIndex::load(&modules_dir(Path::new("/"), &release))?;
@@ -131,16 +138,63 @@ pub fn early_boot() -> Result<BootLayout, BootError> {
     )?;
     disk::grow_ext4("/data", &data)?;
     for dir in ["/run", "/tmp"] {
-        mount_dir("tmpfs", dir, "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, "mode=0755")?;
+        if !is_mount_point(dir) {
+            mount_dir("tmpfs", dir, "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, "mode=0755")?;
+        }
     }
+    let state_dir = PathBuf::from("/data/letterbox");
+    std::fs::create_dir_all(&state_dir).map_err(|source| BootError::MountPoint {
+        path: state_dir.clone(),
+        source,
+    })?;
+    let console_tty = console_tty();
+    link_serial0(console_tty.as_deref());
     let layout = BootLayout {
         boot_dir: PathBuf::from("/boot"),
-        state_dir: PathBuf::from("/data"),
+        state_dir,
         config_file: PathBuf::from("/boot/letterbox.toml"),
-        console_tty: console_tty(),
+        console_tty,
     };
     info!("early boot: done: boot partition on /boot, data on /data");
-    Ok(layout)
+    Ok(Some(layout))
+}
+
+/// /dev/serial0 -> the kernel console's tty, as Raspberry Pi OS's udev rules make it:
+/// `serial0` means the UART on GPIO 14/15, which cmdline.txt makes the console. (The
+/// mainline device trees' `serial0` alias is the PL011, which drives Bluetooth.)
+fn link_serial0(console: Option<&Path>) {
+    let Some(tty) = console else {
+        warn!("early boot: no kernel console; /dev/serial0 not created");
+        return;
+    };
+    let link = Path::new("/dev/serial0");
+    let _ = std::fs::remove_file(link);
+    match std::os::unix::fs::symlink(tty.file_name().unwrap_or_default(), link) {
+        Ok(()) => info!("early boot: /dev/serial0 is {}", tty.display()),
+        Err(e) => warn!("early boot: cannot create /dev/serial0: {e}"),
+    }
+}
+
+/// From <linux/magic.h>; the initramfs is ramfs unless the kernel made it tmpfs.
+const RAMFS_MAGIC: i64 = 0x8584_58f6;
+
+fn root_is_initramfs() -> bool {
+    nix::sys::statfs::statfs("/")
+        .map(|s| {
+            let t = s.filesystem_type();
+            t == nix::sys::statfs::TMPFS_MAGIC || t.0 as i64 == RAMFS_MAGIC
+        })
+        .unwrap_or(false)
+}
+
+
+/// A directory with a different filesystem than "/" is a mount point.
+fn is_mount_point(dir: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(dir), std::fs::metadata("/")) {
+        (Ok(d), Ok(root)) => d.dev() != root.dev(),
+        _ => false,
+    }
 }
 
 fn modules_dir(root: &Path, release: &str) -> PathBuf {
@@ -148,13 +202,12 @@ fn modules_dir(root: &Path, release: &str) -> PathBuf {
 }
 
 /// root=PARTUUID=xxxxxxxx-NN from /proc/cmdline: the MBR disk signature and partition number.
-fn root_partition() -> Result<PartitionRef, BootError> {
+fn root_partition() -> Result<Option<PartitionRef>, BootError> {
     let cmdline = std::fs::read_to_string("/proc/cmdline").map_err(BootError::Cmdline)?;
-    cmdline
+    Ok(cmdline
         .split_whitespace()
         .find_map(|arg| arg.strip_prefix("root=PARTUUID="))
-        .and_then(PartitionRef::parse)
-        .ok_or(BootError::NoRootArgument)
+        .and_then(PartitionRef::parse))
 }
 
 fn mount_kernel_filesystems() -> Result<(), BootError> {
@@ -164,13 +217,9 @@ fn mount_kernel_filesystems() -> Result<(), BootError> {
         ("sysfs", "/sys", "sysfs", nodev),
         ("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID),
     ] {
-        match mount_dir(what, target, fstype, flags, "") {
-            // Already mounted (the kernel mounts devtmpfs itself with DEVTMPFS_MOUNT).
-            Err(BootError::Mount {
-                source: nix::Error::EBUSY,
-                ..
-            }) => {}
-            other => other?,
+        // init mounts them first on the appliance; mounting again would stack a copy.
+        if !is_mount_point(target) {
+            mount_dir(what, target, fstype, flags, "")?;
         }
     }
     Ok(())
@@ -198,7 +247,10 @@ fn mount_dir(
 /// Moves /dev, /proc and /sys into the new root, frees the initramfs, and makes the new
 /// root "/" for this process (what busybox's switch_root does, minus the exec).
 fn switch_root() -> Result<(), BootError> {
-    for dir in ["/dev", "/proc", "/sys"] {
+    for dir in ["/dev", "/proc", "/sys", "/run", "/tmp"] {
+        if !is_mount_point(dir) {
+            continue;
+        }
         let target = format!("{NEW_ROOT}{dir}");
         mount(
             Some(dir),
@@ -231,13 +283,7 @@ fn switch_root() -> Result<(), BootError> {
 /// Deletes the initramfs' files (it is RAM that nothing else can free), but only when "/"
 /// really is the initramfs: never on a disk.
 fn free_initramfs() {
-    let is_ram = nix::sys::statfs::statfs("/")
-        .map(|s| {
-            let t = s.filesystem_type();
-            t == nix::sys::statfs::TMPFS_MAGIC || t.0 == 0x8584_58f6 // RAMFS_MAGIC
-        })
-        .unwrap_or(false);
-    if !is_ram {
+    if !root_is_initramfs() {
         return;
     }
     let Ok(entries) = std::fs::read_dir("/") else {
@@ -245,7 +291,7 @@ fn free_initramfs() {
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        if ["dev", "proc", "sys", &NEW_ROOT[1..]]
+        if ["dev", "proc", "sys", "run", "tmp", &NEW_ROOT[1..]]
             .iter()
             .any(|keep| name == **keep)
         {

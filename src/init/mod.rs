@@ -212,8 +212,16 @@ async fn boot(options: Options) -> Result<Shutdown, InitError> {
         }
     }
 
-    // Appliance early boot goes here (mode == Pid1 only): kernel modules and the SD
-    // card's boot/root/data partitions, from `crate::boot` (the image helper's module).
+    // Appliance early boot (mode == Pid1 only): kernel modules and the SD card's
+    // boot/root/data partitions, from `crate::boot` (the image helper's module). It does
+    // nothing unless "/" is the appliance's initramfs; its paths are this agent's defaults.
+    if mode == Mode::Pid1 {
+        match crate::boot::early_boot() {
+            Ok(Some(layout)) => info!("early boot: layout {layout:?}"),
+            Ok(None) => {}
+            Err(e) => error!("early boot failed: {}", crate::error_chain(&e)),
+        }
+    }
 
     let (shutdown_tx, mut shutdown_rx) = mpsc::unbounded_channel();
     let mut sigterm =
