@@ -28,7 +28,56 @@ $(STAMPS)/deps-test: $(STAMPS)/apt-update Makefile
 
 deps-test: $(STAMPS)/deps-test
 
-test: deps-test
+test: deps-test test-image
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 	tests/run
+
+# --- SD-card image (src/image, src/boot): cross-built agent, Debian packages, QEMU ---
+# make image [CONFIG=letterbox.toml] [BOARD=rpi3|rpi4] [OUT=out/letterbox-rpi3.img]
+BOARD ?= rpi3
+CONFIG ?=
+OUT ?= out/letterbox-$(BOARD).img
+TARGET := aarch64-unknown-linux-gnu
+AGENT := target-aarch64/$(TARGET)/release/letterbox
+TEST_IMAGE := out/test-rpi3.img
+# Builds the image: no root, loop devices or mounts; QEMU boots it.
+IMAGE_PACKAGES := mmdebstrap mtools dosfstools e2fsprogs squashfs-tools kmod dpkg qemu-system-arm
+# The agent for aarch64 with the rustup target when installed, else Debian's Rust.
+CROSS_ENV := CARGO_TARGET_DIR=target-aarch64 RUSTFLAGS='-C target-feature=+crt-static' \
+	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
+ifeq ($(shell rustup target list --installed 2>/dev/null | grep -x $(TARGET)),$(TARGET))
+CROSS_CARGO := cargo
+CROSS_PACKAGES := gcc-aarch64-linux-gnu libc6-dev-arm64-cross
+else
+CROSS_CARGO := RUSTC=/usr/bin/rustc /usr/bin/cargo
+CROSS_PACKAGES := rustc-web cargo-web libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu libc6-dev-arm64-cross
+endif
+
+.PHONY: deps-image cross test-image qemu bench-image
+
+$(STAMPS)/deps-image: $(STAMPS)/apt-update Makefile
+	dpkg --add-architecture arm64
+	apt-get update
+	$(APT_INSTALL) $(IMAGE_PACKAGES) $(CROSS_PACKAGES)
+	@touch $@
+
+deps-image: $(STAMPS)/deps-image
+
+cross: deps-image
+	$(CROSS_ENV) $(CROSS_CARGO) build --release --target $(TARGET) --bin letterbox
+
+image: cross
+	cargo run --quiet -- build $(CONFIG) --board $(BOARD) -o $(OUT) --agent $(AGENT)
+
+# The image the image and QEMU tests check, from the test provisioning file.
+test-image: cross
+	cargo run --quiet -- build tests/fixtures/qemu-letterbox.toml --board rpi3 -o $(TEST_IMAGE) --agent $(AGENT)
+
+qemu: image
+	cargo run --quiet -- qemu $(OUT)
+
+bench-image: cross
+	benches/image.sh
+
+bench: bench-image

@@ -36,7 +36,10 @@ enum Command {
         #[arg(short, long)]
         output: Option<PathBuf>,
         /// The cross-built static aarch64 agent to install.
-        #[arg(long, default_value = "target-aarch64/aarch64-unknown-linux-gnu/release/letterbox")]
+        #[arg(
+            long,
+            default_value = "target-aarch64/aarch64-unknown-linux-gnu/release/letterbox"
+        )]
         agent: PathBuf,
         /// Download cache and unpacked packages.
         #[arg(long, default_value = ".cache")]
@@ -148,7 +151,10 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 Err(e) => Err(e.into()),
             }
         }
-        Command::Qemu { image: path, dns_port } => {
+        Command::Qemu {
+            image: path,
+            dns_port,
+        } => {
             let work = PathBuf::from(format!("{}.qemu", path.display()));
             let prepared = image::qemu::prepare(&path, &work)?;
             let forwards = [

@@ -72,7 +72,12 @@ pub fn find_disk(part: &PartitionRef) -> Result<Option<String>, DiskError> {
     let mut names: Vec<String> = entries
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|name| !Path::new("/sys/class/block").join(name).join("partition").exists())
+        .filter(|name| {
+            !Path::new("/sys/class/block")
+                .join(name)
+                .join("partition")
+                .exists()
+        })
         .collect();
     names.sort();
     for name in names {
@@ -86,7 +91,9 @@ pub fn find_disk(part: &PartitionRef) -> Result<Option<String>, DiskError> {
             continue;
         }
         let signature = u32::from_le_bytes(mbr[440..444].try_into().expect("4 bytes"));
-        if signature == part.signature && Path::new(&partition_device(&name, part.partition)).exists() {
+        if signature == part.signature
+            && Path::new(&partition_device(&name, part.partition)).exists()
+        {
             return Ok(Some(name));
         }
     }
@@ -135,8 +142,8 @@ pub fn grow_last_partition(disk: &str, n: u32) -> Result<Option<u64>, DiskError>
     blkpg_resize(disk, n, start, new_size)?;
     info!(
         "early boot: grew data partition {part_name} from {} MiB to {} MiB",
-        size * SECTOR >> 20,
-        new_size * SECTOR >> 20
+        (size * SECTOR) >> 20,
+        (new_size * SECTOR) >> 20
     );
     Ok(Some(new_size))
 }
@@ -240,8 +247,8 @@ pub fn grow_ext4(mountpoint: &str, device: &str) -> Result<(), DiskError> {
     })?;
     info!(
         "early boot: grew the data filesystem from {} MiB to {} MiB",
-        fs_blocks * block_size >> 20,
-        target * block_size >> 20
+        (fs_blocks * block_size) >> 20,
+        (target * block_size) >> 20
     );
     Ok(())
 }

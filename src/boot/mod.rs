@@ -27,7 +27,14 @@ const NEW_ROOT: &str = "/sysroot";
 /// How long to wait for the SD card to show up (TCG emulation is slow; real cards are fast).
 const ROOT_WAIT: Duration = Duration::from_secs(90);
 /// Modules the mounts need whatever the device tree says: filesystems and codepages.
-const FILESYSTEM_MODULES: &[&str] = &["squashfs", "ext4", "vfat", "nls_cp437", "nls_ascii", "nls_utf8"];
+const FILESYSTEM_MODULES: &[&str] = &[
+    "squashfs",
+    "ext4",
+    "vfat",
+    "nls_cp437",
+    "nls_ascii",
+    "nls_utf8",
+];
 
 /// Where early boot put things, for the rest of the agent.
 #[derive(Debug, Clone)]
@@ -112,7 +119,13 @@ pub fn early_boot() -> Result<Option<BootLayout>, BootError> {
     disk::grow_last_partition(&disk, 3)?;
 
     let part = |n: u32| disk::partition_device(&disk, n);
-    mount_dir(&part(root.partition), NEW_ROOT, "squashfs", MsFlags::MS_RDONLY, "")?;
+    mount_dir(
+        &part(root.partition),
+        NEW_ROOT,
+        "squashfs",
+        MsFlags::MS_RDONLY,
+        "",
+    )?;
     switch_root()?;
     info!("early boot: switched to the read-only root filesystem");
 
@@ -139,7 +152,13 @@ pub fn early_boot() -> Result<Option<BootLayout>, BootError> {
     disk::grow_ext4("/data", &data)?;
     for dir in ["/run", "/tmp"] {
         if !is_mount_point(dir) {
-            mount_dir("tmpfs", dir, "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, "mode=0755")?;
+            mount_dir(
+                "tmpfs",
+                dir,
+                "tmpfs",
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                "mode=0755",
+            )?;
         }
     }
     let state_dir = PathBuf::from("/data/letterbox");
@@ -182,11 +201,10 @@ fn root_is_initramfs() -> bool {
     nix::sys::statfs::statfs("/")
         .map(|s| {
             let t = s.filesystem_type();
-            t == nix::sys::statfs::TMPFS_MAGIC || t.0 as i64 == RAMFS_MAGIC
+            t == nix::sys::statfs::TMPFS_MAGIC || t.0 == RAMFS_MAGIC
         })
         .unwrap_or(false)
 }
-
 
 /// A directory with a different filesystem than "/" is a mount point.
 fn is_mount_point(dir: &str) -> bool {
@@ -268,14 +286,8 @@ fn switch_root() -> Result<(), BootError> {
     free_initramfs();
     std::env::set_current_dir(NEW_ROOT)
         .map_err(|e| BootError::SwitchRoot(nix::Error::from_raw(e.raw_os_error().unwrap_or(0))))?;
-    mount(
-        Some("."),
-        "/",
-        None::<&str>,
-        MsFlags::MS_MOVE,
-        None::<&str>,
-    )
-    .map_err(BootError::SwitchRoot)?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .map_err(BootError::SwitchRoot)?;
     nix::unistd::chroot(".").map_err(BootError::SwitchRoot)?;
     nix::unistd::chdir("/").map_err(BootError::SwitchRoot)
 }
@@ -398,8 +410,7 @@ mod hotplug {
 
     use log::warn;
     use nix::sys::socket::{
-        bind, recv, socket, AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol,
-        SockType,
+        bind, recv, socket, AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType,
     };
 
     use super::{load_for_alias, Loader, ModuleIndex};
@@ -464,7 +475,8 @@ mod hotplug {
     mod tests {
         #[test]
         fn add_events_yield_their_modalias() {
-            let msg = b"add@/devices/usb1/1-1/1-1:1.0\0ACTION=add\0MODALIAS=usb:v0525pA4A2d\0SEQNUM=9\0";
+            let msg =
+                b"add@/devices/usb1/1-1/1-1:1.0\0ACTION=add\0MODALIAS=usb:v0525pA4A2d\0SEQNUM=9\0";
             assert_eq!(
                 super::add_event_modalias(msg).as_deref(),
                 Some("usb:v0525pA4A2d")

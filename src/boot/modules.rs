@@ -83,7 +83,9 @@ impl ModuleIndex {
         for line in read("modules.alias")?.lines() {
             if let Some(rest) = line.strip_prefix("alias ") {
                 if let Some((pattern, module)) = rest.rsplit_once(' ') {
-                    index.aliases.push((pattern.to_string(), module.to_string()));
+                    index
+                        .aliases
+                        .push((pattern.to_string(), module.to_string()));
                 }
             }
         }
@@ -310,9 +312,15 @@ mod tests {
             b"usb:v*p*d*dc*dsc*dp*ic02isc06ip00in*",
             b"usb:v46F4p0001d0000dc00dsc00dp00ic08isc06ip50in00"
         ));
-        assert!(glob_match(b"pci:v00008086d*sv*", b"pci:v00008086d00001234sv00"));
+        assert!(glob_match(
+            b"pci:v00008086d*sv*",
+            b"pci:v00008086d00001234sv00"
+        ));
         assert!(glob_match(b"usb:v0B95p172[0-9]d*", b"usb:v0B95p1725d0001"));
-        assert!(!glob_match(b"usb:v0B95p172[!0-9]d*", b"usb:v0B95p1725d0001"));
+        assert!(!glob_match(
+            b"usb:v0B95p172[!0-9]d*",
+            b"usb:v0B95p1725d0001"
+        ));
         assert!(glob_match(b"a?c", b"abc"));
         assert!(!glob_match(b"abc", b"abcd"));
     }

@@ -60,7 +60,10 @@ pub fn make_fat(
     )?;
     // -m keeps each file's (fixed) modification time instead of the time of the copy.
     run(
-        mtools("mcopy", image, source_date_epoch).arg("-m").args(files).arg("::/"),
+        mtools("mcopy", image, source_date_epoch)
+            .arg("-m")
+            .args(files)
+            .arg("::/"),
         "mcopy (boot files)",
     )
 }

@@ -105,7 +105,15 @@ pub fn write(
         mtime,
     };
     let io = |e| ImageError::io(out, e);
-    for dir in ["dev", "proc", "sys", "sysroot", "usr", "usr/lib", "usr/lib/modules"] {
+    for dir in [
+        "dev",
+        "proc",
+        "sys",
+        "sysroot",
+        "usr",
+        "usr/lib",
+        "usr/lib/modules",
+    ] {
         archive.dir(dir).map_err(io)?;
     }
     // The kernel opens /dev/console for PID 1's stdin/out/err before anything is mounted.

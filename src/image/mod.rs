@@ -231,7 +231,10 @@ pub fn build(opts: &BuildOptions) -> Result<Summary, ImageError> {
     };
     let agent = std::fs::read(&opts.agent).map_err(|_| ImageError::NoAgent(opts.agent.clone()))?;
     let ids = Ids {
-        seed: Ids { seed: 0xcbf2_9ce4_8422_2325 }.hash(&format!("{}\n{config_text}", opts.board)),
+        seed: Ids {
+            seed: 0xcbf2_9ce4_8422_2325,
+        }
+        .hash(&format!("{}\n{config_text}", opts.board)),
     };
     let epoch = opts.source_date_epoch;
     let work = opts.cache_dir.join("build").join(opts.board.to_string());
@@ -251,7 +254,11 @@ pub fn build(opts: &BuildOptions) -> Result<Summary, ImageError> {
         &format!(
             "{} Debian packages {}",
             lock.packages.len(),
-            if downloaded { "downloaded" } else { "from the cache" }
+            if downloaded {
+                "downloaded"
+            } else {
+                "from the cache"
+            }
         ),
     );
 
@@ -270,7 +277,13 @@ pub fn build(opts: &BuildOptions) -> Result<Summary, ImageError> {
         Command::new("mksquashfs")
             .arg(&rootfs)
             .arg(&rootfs_img)
-            .args(["-noappend", "-quiet", "-no-progress", "-all-root", "-no-xattrs"])
+            .args([
+                "-noappend",
+                "-quiet",
+                "-no-progress",
+                "-all-root",
+                "-no-xattrs",
+            ])
             .args(["-comp", "zstd", "-processors", "2"])
             .arg("-mkfs-time")
             .arg(epoch.to_string())
@@ -282,7 +295,10 @@ pub fn build(opts: &BuildOptions) -> Result<Summary, ImageError> {
     done(bar, &format!("root filesystem: {} MiB", rootfs_bytes >> 20));
 
     // 3. Boot partition.
-    let bar = step(opts.progress, "boot partition (FAT32) and data partition (ext4)");
+    let bar = step(
+        opts.progress,
+        "boot partition (FAT32) and data partition (ext4)",
+    );
     let signature = ids.u32("disk signature");
     let root_ref = PartitionRef {
         signature,
@@ -308,7 +324,10 @@ pub fn build(opts: &BuildOptions) -> Result<Summary, ImageError> {
         "vmlinuz",
     )?;
     for fw in opts.board.firmware_files() {
-        copy(&unpacked.firmware.join("usr/lib/raspi-firmware").join(fw), fw)?;
+        copy(
+            &unpacked.firmware.join("usr/lib/raspi-firmware").join(fw),
+            fw,
+        )?;
     }
     let dtb_dir = unpacked
         .kernel
@@ -333,7 +352,13 @@ pub fn build(opts: &BuildOptions) -> Result<Summary, ImageError> {
         set_mtime(f, epoch)?;
     }
     let boot_img = work.join("boot.vfat");
-    fs::make_fat(&boot_img, BOOT_SIZE, ids.u32("boot volume id"), &boot_files, epoch)?;
+    fs::make_fat(
+        &boot_img,
+        BOOT_SIZE,
+        ids.u32("boot volume id"),
+        &boot_files,
+        epoch,
+    )?;
 
     let data_img = work.join("data.ext4");
     fs::Ext4 {
@@ -475,7 +500,12 @@ fn assemble_rootfs(unpacked: &Unpacked, rootfs: &Path, agent: &[u8]) -> Result<(
     };
     cp(&unpacked.userland, rootfs)?;
     // Documentation is for the build host, not the appliance.
-    for dir in ["usr/share/doc", "usr/share/man", "usr/share/lintian", "usr/share/locale"] {
+    for dir in [
+        "usr/share/doc",
+        "usr/share/man",
+        "usr/share/lintian",
+        "usr/share/locale",
+    ] {
         let _ = std::fs::remove_dir_all(rootfs.join(dir));
     }
     cp(
@@ -495,7 +525,9 @@ fn assemble_rootfs(unpacked: &Unpacked, rootfs: &Path, agent: &[u8]) -> Result<(
             std::os::unix::fs::symlink(target, &path).map_err(|e| ImageError::io(&path, e))?;
         }
     }
-    for dir in ["boot", "data", "dev", "proc", "sys", "run", "tmp", "root", "etc", "var"] {
+    for dir in [
+        "boot", "data", "dev", "proc", "sys", "run", "tmp", "root", "etc", "var",
+    ] {
         let path = rootfs.join(dir);
         std::fs::create_dir_all(&path).map_err(|e| ImageError::io(&path, e))?;
     }

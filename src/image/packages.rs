@@ -95,7 +95,11 @@ impl Cache {
         if INCLUDE.iter().any(|name| lock.get(name).is_none()) {
             return None;
         }
-        let files: Vec<PathBuf> = lock.packages.iter().map(|p| self.dir.join(&p.file)).collect();
+        let files: Vec<PathBuf> = lock
+            .packages
+            .iter()
+            .map(|p| self.dir.join(&p.file))
+            .collect();
         if files.iter().any(|f| !f.is_file()) {
             return None;
         }
@@ -126,7 +130,10 @@ impl Cache {
             .arg(SUITE)
             .arg(&target)
             .arg(MIRROR);
-        run(&mut cmd, "mmdebstrap (resolve and download the Debian packages)")?;
+        run(
+            &mut cmd,
+            "mmdebstrap (resolve and download the Debian packages)",
+        )?;
         let archives = target.join("var/cache/apt/archives");
         let mut debs: Vec<PathBuf> = std::fs::read_dir(&archives)
             .map_err(|e| ImageError::io(&archives, e))?
@@ -137,7 +144,11 @@ impl Cache {
         debs.sort();
         let mut packages = Vec::new();
         for deb in &debs {
-            let file = deb.file_name().expect("file name").to_string_lossy().into_owned();
+            let file = deb
+                .file_name()
+                .expect("file name")
+                .to_string_lossy()
+                .into_owned();
             let cached = self.dir.join(&file);
             if !cached.exists() {
                 std::fs::copy(deb, &cached).map_err(|e| ImageError::io(&cached, e))?;
@@ -176,7 +187,11 @@ impl Cache {
 
     /// The names of `roots` and everything they depend on (Depends, Pre-Depends), within the
     /// locked set. Version constraints were already satisfied by apt.
-    pub fn dependency_closure(&self, lock: &Lock, roots: &[&str]) -> Result<Vec<String>, ImageError> {
+    pub fn dependency_closure(
+        &self,
+        lock: &Lock,
+        roots: &[&str],
+    ) -> Result<Vec<String>, ImageError> {
         let mut depends: BTreeMap<&str, Vec<String>> = BTreeMap::new();
         for p in &lock.packages {
             let fields = deb_fields(&self.dir.join(&p.file), &["Depends", "Pre-Depends"])?;
@@ -187,7 +202,15 @@ impl Cache {
                     // The first alternative that is in the set is the one apt chose.
                     alternatives
                         .split('|')
-                        .map(|a| a.split_whitespace().next().unwrap_or("").split(':').next().unwrap_or("").to_string())
+                        .map(|a| {
+                            a.split_whitespace()
+                                .next()
+                                .unwrap_or("")
+                                .split(':')
+                                .next()
+                                .unwrap_or("")
+                                .to_string()
+                        })
                         .find(|n| lock.get(n).is_some())
                 })
                 .collect();
@@ -215,7 +238,10 @@ fn deb_fields(deb: &Path, names: &[&str]) -> Result<Vec<String>, ImageError> {
             .arg("--show")
             .arg(format!(
                 "--showformat={}",
-                names.iter().map(|n| format!("${{{n}}}\\n")).collect::<String>()
+                names
+                    .iter()
+                    .map(|n| format!("${{{n}}}\\n"))
+                    .collect::<String>()
             ))
             .arg(deb),
         &format!("dpkg-deb --show {}", deb.display()),

@@ -81,17 +81,26 @@ pub fn command(p: &Prepared, console: &str, forwards: &[String]) -> Command {
         netdev.push_str(fwd);
     }
     let mut cmd = Command::new("qemu-system-aarch64");
-    cmd.args(["-M", "raspi3b", "-m", "1G", "-display", "none", "-monitor", "none"])
-        .arg("-kernel")
-        .arg(&p.kernel)
-        .arg("-dtb")
-        .arg(&p.dtb)
-        .arg("-initrd")
-        .arg(&p.initrd)
-        .args(["-append", &p.cmdline])
-        .arg("-drive")
-        .arg(format!("if=sd,format=raw,file={}", p.sd_card.display()))
-        .args(["-netdev", &netdev, "-device", "usb-net,netdev=net0"])
-        .args(["-serial", "null", "-serial", console]);
+    cmd.args([
+        "-M", "raspi3b", "-m", "1G", "-display", "none", "-monitor", "none",
+    ])
+    .arg("-kernel")
+    .arg(&p.kernel)
+    .arg("-dtb")
+    .arg(&p.dtb)
+    .arg("-initrd")
+    .arg(&p.initrd)
+    .args(["-append", &p.cmdline])
+    .arg("-drive")
+    .arg(format!("if=sd,format=raw,file={}", p.sd_card.display()))
+    // A universally administered MAC (the Pi Foundation's OUI): usbnet then names the
+    // link eth0, as on the Pi, instead of usb0.
+    .args([
+        "-netdev",
+        &netdev,
+        "-device",
+        "usb-net,netdev=net0,mac=b8:27:eb:00:00:15",
+    ])
+    .args(["-serial", "null", "-serial", console]);
     cmd
 }

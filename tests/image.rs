@@ -1,0 +1,290 @@
+//! The SD-card image: partition table, filesystems that pass fsck, the boot files the
+//! Pi firmware reads, reproducibility, both boards, and refusal of a broken file.
+//!
+//! Needs the cross-built agent and the package cache: `make test` builds both first
+//! (`make test-image`), and these tests skip with that hint when they are missing.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const FIXTURE: &str = "tests/fixtures/qemu-letterbox.toml";
+const TEST_IMAGE: &str = "out/test-rpi3.img";
+const AGENT: &str = "target-aarch64/aarch64-unknown-linux-gnu/release/letterbox";
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The image `make test-image` built, or None (after recording the skip).
+fn test_image(test: &str) -> Option<PathBuf> {
+    let image = root().join(TEST_IMAGE);
+    if image.is_file() {
+        Some(image)
+    } else {
+        common::skip(
+            test,
+            "no out/test-rpi3.img: run `make test-image` (make test does)",
+        );
+        None
+    }
+}
+
+fn build(test: &str, config: &Path, board: &str, out: &Path) -> Option<std::process::Output> {
+    if !root().join(AGENT).is_file() {
+        common::skip(
+            test,
+            "no cross-built agent: run `make cross` (make test does)",
+        );
+        return None;
+    }
+    Some(
+        Command::new(common::letterbox_bin())
+            .current_dir(root())
+            .arg("build")
+            .arg(config)
+            .args(["--board", board, "-o"])
+            .arg(out)
+            .output()
+            .expect("run letterbox build"),
+    )
+}
+
+/// Byte range of partition `n` (1-based) read back with mbrman.
+fn partition(image: &Path, n: usize) -> (u64, u64) {
+    let mut f = std::fs::File::open(image).unwrap();
+    let mbr = mbrman::MBR::read_from(&mut f, 512).unwrap();
+    let p = &mbr[n];
+    (u64::from(p.starting_lba) * 512, u64::from(p.sectors) * 512)
+}
+
+/// Copies partition `n` out of the image into its own file, for fsck.
+fn extract_partition(image: &Path, n: usize, to: &Path) {
+    use std::io::{Read, Seek, SeekFrom};
+    let (start, len) = partition(image, n);
+    let mut f = std::fs::File::open(image).unwrap();
+    f.seek(SeekFrom::Start(start)).unwrap();
+    let mut out = std::fs::File::create(to).unwrap();
+    std::io::copy(&mut f.take(len), &mut out).unwrap();
+}
+
+/// A file from the FAT partition, read back with mtools.
+fn mtype(image: &Path, name: &str) -> String {
+    let (start, _) = partition(image, 1);
+    let out = Command::new("mtype")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .arg("-i")
+        .arg(format!("{}@@{start}", image.display()))
+        .arg(format!("::{name}"))
+        .output()
+        .expect("run mtype");
+    assert!(
+        out.status.success(),
+        "mtype ::{name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn mdir(image: &Path) -> String {
+    let (start, _) = partition(image, 1);
+    let out = Command::new("mdir")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .args(["-b", "-i"])
+        .arg(format!("{}@@{start}", image.display()))
+        .arg("::")
+        .output()
+        .expect("run mdir");
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn partition_table_has_boot_root_and_data_aligned() {
+    let Some(image) = test_image("partition_table_has_boot_root_and_data_aligned") else {
+        return;
+    };
+    let mut f = std::fs::File::open(&image).unwrap();
+    let mbr = mbrman::MBR::read_from(&mut f, 512).unwrap();
+    let used: Vec<_> = mbr.iter().filter(|(_, p)| p.is_used()).collect();
+    assert_eq!(used.len(), 3, "three partitions");
+    let kinds: Vec<u8> = used.iter().map(|(_, p)| p.sys).collect();
+    assert_eq!(kinds, [0x0c, 0x83, 0x83], "FAT32 LBA, Linux, Linux");
+    assert!(mbr[1].is_active(), "the boot partition is marked active");
+    let mut end = 0;
+    for (_, p) in &used {
+        assert_eq!(p.starting_lba % 8192, 0, "4 MiB aligned start");
+        assert_eq!(p.sectors % 8192, 0, "4 MiB aligned size");
+        assert!(u64::from(p.starting_lba) >= end, "no overlap");
+        end = u64::from(p.starting_lba) + u64::from(p.sectors);
+    }
+    assert_eq!(
+        end * 512,
+        std::fs::metadata(&image).unwrap().len(),
+        "the data partition ends the image"
+    );
+}
+
+#[test]
+fn filesystems_pass_fsck() {
+    let Some(image) = test_image("filesystems_pass_fsck") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let boot = dir.path().join("boot.vfat");
+    let root_fs = dir.path().join("root.squashfs");
+    let data = dir.path().join("data.ext4");
+    extract_partition(&image, 1, &boot);
+    extract_partition(&image, 2, &root_fs);
+    extract_partition(&image, 3, &data);
+    for (tool, args, file) in [
+        ("fsck.vfat", &["-n"][..], &boot),
+        ("e2fsck", &["-fn"][..], &data),
+    ] {
+        let out = Command::new(tool).args(args).arg(file).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{tool} {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The read-only root: squashfs lists, and holds the agent and the container runtime.
+    let out = Command::new("unsquashfs")
+        .args(["-lls", "-d", ""])
+        .arg(&root_fs)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "unsquashfs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listing = String::from_utf8_lossy(&out.stdout);
+    for path in [
+        "/usr/bin/letterbox",
+        "/usr/bin/containerd",
+        "/usr/sbin/runc",
+        "/usr/lib/aarch64-linux-gnu/libseccomp.so.2",
+        "/etc/passwd",
+    ] {
+        assert!(
+            listing
+                .lines()
+                .any(|l| l.ends_with(path) || l.contains(&format!("{path} ->"))),
+            "{path} missing from the root filesystem"
+        );
+    }
+    assert!(
+        listing.contains("/usr/lib/modules/") && listing.contains("modules.alias"),
+        "kernel modules with their index"
+    );
+}
+
+#[test]
+fn boot_files_enable_the_serial_console() {
+    let Some(image) = test_image("boot_files_enable_the_serial_console") else {
+        return;
+    };
+    let config = mtype(&image, "config.txt");
+    for line in [
+        "arm_64bit=1",
+        "enable_uart=1",
+        "kernel=vmlinuz",
+        "initramfs initrd.img followkernel",
+    ] {
+        assert!(
+            config.lines().any(|l| l.trim() == line),
+            "config.txt lacks {line}:\n{config}"
+        );
+    }
+    let cmdline = mtype(&image, "cmdline.txt");
+    assert!(cmdline.contains("console=serial0,115200"), "{cmdline}");
+    assert!(cmdline.contains("root=PARTUUID="), "{cmdline}");
+    assert_eq!(cmdline.lines().count(), 1, "cmdline.txt is one line");
+    let toml = mtype(&image, "letterbox.toml");
+    assert_eq!(toml, std::fs::read_to_string(root().join(FIXTURE)).unwrap());
+    let listing = mdir(&image);
+    for file in [
+        "bootcode.bin",
+        "start.elf",
+        "fixup.dat",
+        "vmlinuz",
+        "initrd.img",
+        "bcm2837-rpi-3-b.dtb",
+    ] {
+        assert!(
+            listing.to_lowercase().contains(&file.to_lowercase()),
+            "{file} missing from the boot partition:\n{listing}"
+        );
+    }
+}
+
+#[test]
+fn same_inputs_give_identical_images_and_rpi4_gets_its_firmware() {
+    let test = "same_inputs_give_identical_images_and_rpi4_gets_its_firmware";
+    let Some(image) = test_image(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let again = dir.path().join("again.img");
+    let Some(out) = build(test, Path::new(FIXTURE), "rpi3", &again) else {
+        return;
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        std::fs::read(&image).unwrap() == std::fs::read(&again).unwrap(),
+        "two builds from the same inputs differ"
+    );
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        summary.contains("all from the cache"),
+        "a warm build downloads nothing:\n{summary}"
+    );
+
+    let pi4 = dir.path().join("rpi4.img");
+    let Some(out) = build(test, Path::new(FIXTURE), "rpi4", &pi4) else {
+        return;
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listing = mdir(&pi4).to_lowercase();
+    for file in ["start4.elf", "fixup4.dat", "bcm2711-rpi-4-b.dtb"] {
+        assert!(
+            listing.contains(file),
+            "{file} missing for rpi4:\n{listing}"
+        );
+    }
+    assert!(
+        !listing.contains("bootcode.bin"),
+        "the Pi 4 boots from EEPROM"
+    );
+    assert!(mtype(&pi4, "config.txt").contains("enable_uart=1"));
+}
+
+#[test]
+fn broken_provisioning_file_is_refused_with_its_position() {
+    let test = "broken_provisioning_file_is_refused_with_its_position";
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("letterbox.toml");
+    std::fs::write(&broken, "version = 1\n[system]\nhostname = 42\n").unwrap();
+    let out_img = dir.path().join("never.img");
+    let Some(out) = build(test, &broken, "rpi3", &out_img) else {
+        return;
+    };
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("letterbox.toml:3:"),
+        "line and column: {stderr}"
+    );
+    assert!(!out_img.exists(), "no image from a broken file");
+}

@@ -1,0 +1,219 @@
+//! Boots the test image under `qemu-system-aarch64 -M raspi3b` and drives its serial
+//! console: early boot (coldplugged modules, partitions, data growth), the network on
+//! QEMU's USB adapter with the file's static address, the login and `status`; then, on
+//! the same SD card, a broken letterbox.toml: the boot continues, the console shows the
+//! error with line and column, and the login still works (last good configuration).
+//!
+//! Needs `make test-image` (make test runs it first). Slow under TCG emulation, so the
+//! timeouts are generous; on failure the whole console log is printed.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use letterbox::image::qemu;
+
+const TEST_IMAGE: &str = "out/test-rpi3.img";
+const PASSWORD: &str = "letterbox-test";
+const BOOT_TIMEOUT: Duration = Duration::from_secs(420);
+const REPLY_TIMEOUT: Duration = Duration::from_secs(120);
+
+struct Vm {
+    child: Child,
+    stdin: ChildStdin,
+    log: Arc<Mutex<String>>,
+    /// Where in the log the next `wait_for` starts looking.
+    cursor: usize,
+}
+
+impl Vm {
+    fn boot(prepared: &qemu::Prepared) -> Vm {
+        let mut child = qemu::command(prepared, "stdio", &[])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start qemu-system-aarch64");
+        let stdin = child.stdin.take().unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]).replace('\r', ""));
+            }
+        });
+        Vm {
+            child,
+            stdin,
+            log,
+            cursor: 0,
+        }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits for `needle` after the previous match; panics with the console log on timeout.
+    fn wait_for(&mut self, needle: &str, timeout: Duration) {
+        let start = Instant::now();
+        loop {
+            let log = self.log();
+            if let Some(at) = log[self.cursor..].find(needle) {
+                self.cursor += at + needle.len();
+                return;
+            }
+            if start.elapsed() > timeout {
+                panic!("no {needle:?} on the console within {timeout:?}; console log:\n{log}");
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("qemu exited ({status}) before {needle:?}; console log:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Types a line slowly enough for the emulated UART's FIFO.
+    fn send(&mut self, line: &str) {
+        for chunk in format!("{line}\r").as_bytes().chunks(8) {
+            self.stdin.write_all(chunk).unwrap();
+            self.stdin.flush().unwrap();
+            std::thread::sleep(Duration::from_millis(30));
+        }
+    }
+
+    fn assert_log(&self, what: &str, found: impl Fn(&str) -> bool) {
+        let log = self.log();
+        assert!(found(&log), "{what}; console log:\n{log}");
+    }
+
+    fn login(&mut self) {
+        self.wait_for("mail login: ", BOOT_TIMEOUT);
+        self.send("admin");
+        self.wait_for("Password: ", REPLY_TIMEOUT);
+        self.send(PASSWORD);
+        self.wait_for("mail# ", REPLY_TIMEOUT);
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn fat_offset(image: &Path) -> u64 {
+    let mut f = std::fs::File::open(image).unwrap();
+    let mbr = mbrman::MBR::read_from(&mut f, 512).unwrap();
+    u64::from(mbr[1].starting_lba) * 512
+}
+
+#[test]
+fn qemu_boots_to_login_with_network_and_survives_a_broken_file() {
+    let test = "qemu_boots_to_login_with_network_and_survives_a_broken_file";
+    let image = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(TEST_IMAGE);
+    if !image.is_file() {
+        common::skip(
+            test,
+            "no out/test-rpi3.img: run `make test-image` (make test does)",
+        );
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let prepared = qemu::prepare(&image, work.path()).expect("extract boot files from the image");
+
+    // First boot: a good letterbox.toml.
+    let mut vm = Vm::boot(&prepared);
+    vm.wait_for("Machine model: Raspberry Pi 3 Model B", BOOT_TIMEOUT);
+    vm.wait_for("letterbox: ", BOOT_TIMEOUT);
+    vm.wait_for("early boot: found SD card mmcblk0", BOOT_TIMEOUT);
+    vm.wait_for(
+        "early boot: switched to the read-only root filesystem",
+        BOOT_TIMEOUT,
+    );
+    vm.wait_for("early boot: done", BOOT_TIMEOUT);
+    vm.assert_log("the SD host driver was coldplugged", |log| {
+        log.lines().any(|l| {
+            l.contains("modules: of:") && (l.contains("sdhci_iproc") || l.contains(" bcm2835"))
+        })
+    });
+    vm.assert_log("the data partition grew to fill the card", |log| {
+        log.contains("grew data partition") && log.contains("grew the data filesystem")
+    });
+    vm.assert_log("/dev/serial0 names the console UART", |log| {
+        log.contains("/dev/serial0 is /dev/ttyS1")
+    });
+    vm.login();
+    vm.assert_log("the USB network adapter's driver was loaded", |log| {
+        log.lines().any(|l| {
+            l.contains("modules: usb:") && (l.contains("cdc_ether") || l.contains("rndis_host"))
+        })
+    });
+    vm.send("status");
+    vm.wait_for("interfaces:", REPLY_TIMEOUT);
+    vm.wait_for("mail# ", REPLY_TIMEOUT);
+    vm.assert_log(
+        "status shows the static address from the file on eth0",
+        |log| {
+            let status = &log[log.rfind("interfaces:").unwrap()..];
+            status.contains("eth0") && status.contains("10.0.2.15/24")
+        },
+    );
+    // DNS from the host through a forwarded port is asserted once the DNS server has
+    // landed in the agent (issue: dns); see the report.
+    vm.send("poweroff");
+    vm.wait_for("reboot: Power down", REPLY_TIMEOUT);
+    drop(vm);
+
+    // Second boot from the same card, with a broken letterbox.toml written by mcopy.
+    let broken = work.path().join("letterbox.toml");
+    std::fs::write(
+        &broken,
+        "version = 1\n[system]\nhostname = \"mail\"\ndomain = 42\n",
+    )
+    .unwrap();
+    let out = Command::new("mcopy")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .arg("-o")
+        .arg("-i")
+        .arg(format!(
+            "{}@@{}",
+            prepared.sd_card.display(),
+            fat_offset(&prepared.sd_card)
+        ))
+        .arg(&broken)
+        .arg("::letterbox.toml")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mcopy: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut vm = Vm::boot(&prepared);
+    vm.wait_for("early boot: done", BOOT_TIMEOUT);
+    vm.wait_for("letterbox.toml:4:", BOOT_TIMEOUT);
+    vm.login();
+    vm.send("status");
+    vm.wait_for("config:", REPLY_TIMEOUT);
+    vm.wait_for("mail# ", REPLY_TIMEOUT);
+    vm.assert_log(
+        "status says the last good configuration is running",
+        |log| {
+            let status = &log[log.rfind("config:").unwrap()..];
+            status.contains("letterbox.toml has errors")
+        },
+    );
+}
