@@ -302,7 +302,7 @@ mod tests {
     fn alias_globs_match_like_fnmatch() {
         assert!(glob_match(
             b"of:N*T*Cbrcm,bcm2835-sdhciC*",
-            b"of:NmmcT(null)Cbrcm,bcm2835-sdhci"
+            b"of:NmmcT(null)Cbrcm,bcm2835-sdhciCbrcm,sdhci"
         ));
         assert!(glob_match(
             b"usb:v*p*d*dc*dsc*dp*ic02isc06ip00in*",
