@@ -45,7 +45,7 @@ TEST_IMAGE := out/test-rpi3.img
 IMAGE_PACKAGES := mmdebstrap mtools dosfstools e2fsprogs squashfs-tools kmod dpkg qemu-system-arm
 # The agent for aarch64 with the rustup target when installed, else Debian's Rust.
 CROSS_ENV := CARGO_TARGET_DIR=target-aarch64 RUSTFLAGS='-C target-feature=+crt-static' \
-	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
+	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=$(CURDIR)/image/cross/link-static-aarch64
 ifeq ($(shell rustup target list --installed 2>/dev/null | grep -x $(TARGET)),$(TARGET))
 CROSS_CARGO := cargo
 CROSS_PACKAGES := gcc-aarch64-linux-gnu libc6-dev-arm64-cross
