@@ -485,6 +485,20 @@ fn kernel_release(kernel_tree: &Path) -> Result<String, ImageError> {
     }
 }
 
+/// Left out of the root filesystem: documentation (for the build host, not the appliance),
+/// glibc's iconv modules (nothing here converts charsets), and containerd's deprecated v1
+/// shims and its `ctr` debugging client (the appliance has no shell to run it from).
+const PRUNE: &[&str] = &[
+    "usr/share/doc",
+    "usr/share/man",
+    "usr/share/lintian",
+    "usr/share/locale",
+    "usr/lib/aarch64-linux-gnu/gconv",
+    "usr/bin/ctr",
+    "usr/bin/containerd-shim",
+    "usr/bin/containerd-shim-runc-v1",
+];
+
 /// The root filesystem tree: Debian userland, kernel modules, the agent, overlays/, and
 /// what maintainer scripts would have made (merged-/usr links, mount points).
 fn assemble_rootfs(unpacked: &Unpacked, rootfs: &Path, agent: &[u8]) -> Result<(), ImageError> {
@@ -499,14 +513,9 @@ fn assemble_rootfs(unpacked: &Unpacked, rootfs: &Path, agent: &[u8]) -> Result<(
         )
     };
     cp(&unpacked.userland, rootfs)?;
-    // Documentation is for the build host, not the appliance.
-    for dir in [
-        "usr/share/doc",
-        "usr/share/man",
-        "usr/share/lintian",
-        "usr/share/locale",
-    ] {
-        let _ = std::fs::remove_dir_all(rootfs.join(dir));
+    for path in PRUNE {
+        let path = rootfs.join(path);
+        let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
     }
     cp(
         &unpacked.kernel.join("usr/lib/modules"),
