@@ -237,7 +237,11 @@ pub fn build(opts: &BuildOptions) -> Result<Summary, ImageError> {
         .hash(&format!("{}\n{config_text}", opts.board)),
     };
     let epoch = opts.source_date_epoch;
-    let work = opts.cache_dir.join("build").join(opts.board.to_string());
+    // Per process, so builds running side by side (tests) do not share scratch space.
+    let work = opts
+        .cache_dir
+        .join("build")
+        .join(format!("{}-{}", opts.board, std::process::id()));
     recreate_dir(&work)?;
 
     // 1. Packages: from the lock and cache when complete, else resolved and downloaded.
