@@ -161,6 +161,7 @@ pub fn early_boot() -> Result<Option<BootLayout>, BootError> {
             )?;
         }
     }
+    writable_etc(&modules)?;
     let state_dir = PathBuf::from("/data/letterbox");
     std::fs::create_dir_all(&state_dir).map_err(|source| BootError::MountPoint {
         path: state_dir.clone(),
@@ -176,6 +177,26 @@ pub fn early_boot() -> Result<Option<BootLayout>, BootError> {
     };
     info!("early boot: done: boot partition on /boot, data on /data");
     Ok(Some(layout))
+}
+
+/// /etc stays the image's, but writable for what the agent generates (hostname, hosts,
+/// resolv.conf): an overlay whose changes live in /run and vanish at reboot, since the
+/// agent writes them afresh from letterbox.toml at every boot.
+fn writable_etc(modules: &Mutex<(ModuleIndex, Loader)>) -> Result<(), BootError> {
+    load_named(modules, "overlay");
+    for dir in ["/run/etc/upper", "/run/etc/work"] {
+        std::fs::create_dir_all(dir).map_err(|source| BootError::MountPoint {
+            path: dir.into(),
+            source,
+        })?;
+    }
+    mount_dir(
+        "overlay",
+        "/etc",
+        "overlay",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        "lowerdir=/etc,upperdir=/run/etc/upper,workdir=/run/etc/work",
+    )
 }
 
 /// /dev/serial0 -> the kernel console's tty, as Raspberry Pi OS's udev rules make it:
@@ -361,12 +382,20 @@ pub fn coldplug(modules: &Mutex<(ModuleIndex, Loader)>) {
     }
 }
 
+/// Drivers a headless mail appliance leaves out although the device tree lists their
+/// hardware: display and GPU (vc4 also stalls boot waiting for firmware clocks), the
+/// VideoCore messaging and camera/audio stack, and Bluetooth.
+const NOT_FOR_A_HEADLESS_APPLIANCE: &[&str] = &["vc4", "vchiq", "snd_bcm2835", "hci_uart", "btbcm"];
+
 /// Loads the modules matching one device's modalias; true when something new was loaded.
 pub fn load_for_alias(modules: &Mutex<(ModuleIndex, Loader)>, alias: &str) -> bool {
     let mut guard = modules.lock().expect("module index");
     let (index, loader) = &mut *guard;
     let mut loaded_any = false;
     for module in index.matching(alias) {
+        if NOT_FOR_A_HEADLESS_APPLIANCE.contains(&module.as_str()) {
+            continue;
+        }
         match loader.load(index, &module) {
             Ok(new) if !new.is_empty() => {
                 info!("modules: {alias}: loaded {}", new.join(" "));
