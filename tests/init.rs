@@ -673,7 +673,7 @@ fn run_mode_serves_the_console_on_the_host_and_exits() {
         .unwrap();
     assert!(status.success(), "{status:?}\n{stderr}");
     assert!(
-        stderr.contains("power-off in run mode: exiting"),
+        stderr.contains("run mode: exiting instead of a power-off"),
         "{stderr}"
     );
 }

@@ -7,7 +7,7 @@ pub mod provisioning;
 pub mod reaper;
 pub mod units;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,7 +19,6 @@ use nix::unistd::Pid;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
-use crate::config::Config;
 use provisioning::{Provisioning, Source};
 use reaper::{Reaper, Scope};
 use units::{Supervisor, UnitState, UnitTable};
@@ -87,8 +86,6 @@ pub enum InitError {
     Signal(&'static str, #[source] std::io::Error),
     #[error("cannot start the child reaper")]
     Reaper(#[from] reaper::ReaperError),
-    #[error("cannot give the agent its own UTS namespace (for its host name)")]
-    UtsNamespace(#[source] nix::Error),
 }
 
 /// Why the agent stops.
@@ -142,7 +139,10 @@ impl Agent {
         let Some((cfg, _)) = self.provisioning().config else {
             return Err("no valid configuration to apply".into());
         };
-        apply_network(&cfg, &self.options.system_root).await
+        crate::net::apply(&cfg, &self.options.system_root)
+            .await
+            .map(|report| report.to_string())
+            .map_err(|e| crate::error_chain(&e))
     }
 }
 
@@ -176,8 +176,10 @@ fn run(options: Options) -> Result<Shutdown, InitError> {
     if options.mode == Mode::Host {
         // net::apply sets the host name; on a shared host it must stay inside the agent.
         // Done before the runtime starts threads, which then inherit the namespace.
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUTS)
-            .map_err(InitError::UtsNamespace)?;
+        if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUTS) {
+            // Without root nothing can change the host name anyway; net reports that.
+            warn!("no UTS namespace of its own ({e}): the host name will not be set");
+        }
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -210,6 +212,9 @@ async fn boot(options: Options) -> Result<Shutdown, InitError> {
         if let Err(e) = log::logger().log_to_kmsg() {
             warn!("no kernel log: /dev/kmsg: {e}");
         }
+        // Ctrl-alt-del then reaches PID 1 as SIGINT (a clean reboot, below) instead of
+        // resetting at once. Refused inside a PID namespace, where there is no such key.
+        let _ = nix::sys::reboot::set_cad_enabled(false);
     }
 
     // Appliance early boot goes here (mode == Pid1 only): kernel modules and the SD
@@ -228,9 +233,10 @@ async fn boot(options: Options) -> Result<Shutdown, InitError> {
 
     if let Some((cfg, _)) = &provisioning.config {
         info!("network up: applying {} interface(s)", cfg.interfaces.len());
-        match apply_network(cfg, &options.system_root).await {
+        match crate::net::apply(cfg, &options.system_root).await {
+            Ok(report) if report.failed() => warn!("{report}"),
             Ok(report) => info!("{report}"),
-            Err(e) => error!("{e}"),
+            Err(e) => error!("network: {}", crate::error_chain(&e)),
         }
     } else {
         warn!("network not configured: no valid configuration");
@@ -247,19 +253,10 @@ async fn boot(options: Options) -> Result<Shutdown, InitError> {
 
     info!("starting units");
     let mut supervisor = Supervisor::new(reaper, agent.units.clone());
-    if let Some((name, baud)) = console {
-        match crate::console::device::resolve(&name) {
-            Ok(path) => {
-                match crate::console::device::open_for_log(&path) {
-                    Ok(file) => log::logger().log_to_console(file),
-                    Err(e) => warn!("{}", crate::error_chain(&e)),
-                }
-                info!("login prompt on {}", path.display());
-                supervisor.start(crate::console::unit(agent.clone(), path, baud));
-            }
-            Err(e) => error!("no console: {}", crate::error_chain(&e)),
-        }
+    if let Some((device, baud)) = console {
+        start_console(&mut supervisor, &agent, &device, baud);
     }
+    // Later units (DNS, containerd) start here, after the console: they stop before it.
 
     let how = tokio::select! {
         Some(how) = shutdown_rx.recv() => {
@@ -287,6 +284,23 @@ async fn boot(options: Options) -> Result<Shutdown, InitError> {
     Ok(how)
 }
 
+/// The console login, the first unit; log lines go to the console from now on.
+fn start_console(supervisor: &mut Supervisor, agent: &Arc<Agent>, device: &str, baud: u32) {
+    let path = match crate::console::device::resolve(device) {
+        Ok(path) => path,
+        Err(e) => {
+            error!("no console: {}", crate::error_chain(&e));
+            return;
+        }
+    };
+    match crate::console::device::open_for_log(&path) {
+        Ok(file) => log::logger().log_to_console(file),
+        Err(e) => warn!("{}", crate::error_chain(&e)),
+    }
+    info!("login prompt on {}", path.display());
+    supervisor.start(crate::console::unit(agent.clone(), path, baud));
+}
+
 /// Reads the provisioning file, logging what it found and which configuration is used.
 fn read_provisioning(options: &Options) -> Provisioning {
     match &options.provisioning_file {
@@ -309,13 +323,6 @@ fn read_provisioning(options: &Options) -> Provisioning {
         ),
     }
     p
-}
-
-async fn apply_network(cfg: &Config, root: &Path) -> Result<String, String> {
-    crate::net::apply(cfg, root)
-        .await
-        .map(|report| report.to_string())
-        .map_err(|e| crate::error_chain(&e))
 }
 
 /// The console's device and baud: the command line wins, then the configuration; PID 1
@@ -355,7 +362,7 @@ fn finish(mode: Mode, how: Shutdown) -> ExitCode {
     nix::unistd::sync();
     match mode {
         Mode::Host => {
-            info!("{} in run mode: exiting", describe(how));
+            info!("run mode: exiting instead of a {}", describe(how));
             ExitCode::SUCCESS
         }
         Mode::Pid1 => {
