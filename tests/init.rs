@@ -365,6 +365,12 @@ fn pid1_mounts_configures_and_logs_to_the_console() {
         "{boot_log}"
     );
 
+    // The kernel log has the lines too (as PID 1 the agent writes /dev/kmsg).
+    let dmesg = Command::new("dmesg").output().unwrap();
+    let kernel_log = String::from_utf8_lossy(&dmesg.stdout);
+    let reading = format!("letterbox: reading {}", dirs.provisioning_file().display());
+    assert!(kernel_log.contains(&reading), "{reading:?} not in dmesg");
+
     let ours = mounts(&std::fs::read_to_string("/proc/self/mountinfo").unwrap());
     let theirs =
         mounts(&std::fs::read_to_string(format!("/proc/{}/mountinfo", agent.host_pid())).unwrap());
