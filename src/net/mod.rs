@@ -24,6 +24,8 @@ pub use files::{render_hostname, render_hosts, render_resolv_conf, render_timezo
 pub use netlink::LETTERBOX_PROTOCOL;
 pub use report::{Entry, Item, LinkReport, Outcome, Report};
 
+const LOOPBACK: &str = "lo";
+
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
     #[error("cannot open a netlink socket")]
@@ -110,6 +112,10 @@ async fn apply_links(handle: &Handle, cfg: &Config, report: &mut Report) -> Resu
             entries: Vec::new(),
             errors: Vec::new(),
         };
+        // As PID 1 nobody else brings loopback up, and local services need it.
+        if link.name == LOOPBACK {
+            bring_up(handle, link, &mut link_report).await;
+        }
         let existing = Existing::of(link.index, &addresses, &routes);
         remove_stale(handle, &link.name, &existing, &[], &[], &mut link_report).await;
         if !link_report.entries.is_empty() || !link_report.errors.is_empty() {
@@ -191,18 +197,7 @@ async fn configure(
         }
     }
 
-    let result = match link.up {
-        false => netlink::set_up(handle, link.index)
-            .await
-            .map_err(netlink_error("bring the link up".into())),
-        true => Ok(()),
-    };
-    match result {
-        Ok(()) => out
-            .entries
-            .push(entry(Item::LinkUp, !link.up, Outcome::Changed)),
-        Err(e) => out.errors.push(e),
-    }
+    bring_up(handle, link, out).await;
 
     let wanted_addresses: Vec<IpNet> = iface
         .ipv4
@@ -262,6 +257,23 @@ async fn configure(
                 .push(entry(Item::DefaultRoute(gateway), true, Outcome::Added)),
             Err(e) => out.errors.push(e),
         }
+    }
+}
+
+async fn bring_up(handle: &Handle, link: &netlink::Link, out: &mut LinkReport) {
+    let result = match link.up {
+        false => netlink::set_up(handle, link.index).await,
+        true => Ok(()),
+    };
+    match result {
+        Ok(()) => out
+            .entries
+            .push(entry(Item::LinkUp, !link.up, Outcome::Changed)),
+        Err(source) => out.errors.push(NetError::Netlink {
+            link: link.name.clone(),
+            action: "bring the link up".into(),
+            source,
+        }),
     }
 }
 
