@@ -45,8 +45,19 @@ impl Lab {
         run(&["ip", "netns", "add", &lab.ns_a]);
         run(&["ip", "netns", "add", &lab.ns_b]);
         run(&[
-            "ip", "link", "add", &lab.link_a, "netns", &lab.ns_a, "type", "veth", "peer", "name",
-            &lab.link_b, "netns", &lab.ns_b,
+            "ip",
+            "link",
+            "add",
+            &lab.link_a,
+            "netns",
+            &lab.ns_a,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &lab.link_b,
+            "netns",
+            &lab.ns_b,
         ]);
         for args in [
             vec!["link", "set", "lo", "up"],
@@ -273,7 +284,11 @@ fn applying_twice_changes_nothing() {
     let before = lab.kernel_state_a();
 
     let second = lab.apply_ok(&toml);
-    assert_eq!(lab.kernel_state_a(), before, "the second apply changed the kernel");
+    assert_eq!(
+        lab.kernel_state_a(),
+        before,
+        "the second apply changed the kernel"
+    );
     assert!(second.trim_end().ends_with("no changes"), "{second}");
     for line in second.lines() {
         let line = line.trim_start();
@@ -300,7 +315,14 @@ gateway6 = "2001:db8::1""#,
     // Not letterbox's: added by hand, and must survive.
     for args in [
         vec!["addr", "add", "198.51.100.7/24", "dev", &lab.link_a],
-        vec!["addr", "add", "2001:db8:1::7/64", "dev", &lab.link_a, "nodad"],
+        vec![
+            "addr",
+            "add",
+            "2001:db8:1::7/64",
+            "dev",
+            &lab.link_a,
+            "nodad",
+        ],
         vec!["route", "add", "203.0.113.0/24", "via", "192.0.2.1"],
     ] {
         let mut full = vec!["ip", "-n", &lab.ns_a];
@@ -428,13 +450,19 @@ fn accept_ra_sysctls_follow_the_file() {
     // A fresh link accepts router advertisements; the default file turns that off.
     assert_eq!(sysctl("accept_ra"), "1");
     lab.apply_ok(&provisioning(&interface(&lab.link_a, STATIC)));
-    assert_eq!((sysctl("accept_ra"), sysctl("autoconf")), ("0".into(), "0".into()));
+    assert_eq!(
+        (sysctl("accept_ra"), sysctl("autoconf")),
+        ("0".into(), "0".into())
+    );
 
     lab.apply_ok(&provisioning(&interface(
         &lab.link_a,
         &format!("{STATIC}\naccept_ra = true"),
     )));
-    assert_eq!((sysctl("accept_ra"), sysctl("autoconf")), ("1".into(), "1".into()));
+    assert_eq!(
+        (sysctl("accept_ra"), sysctl("autoconf")),
+        ("1".into(), "1".into())
+    );
 }
 
 /// Runs `net::apply` in this process (in namespace A, in a private UTS namespace, on a thread
@@ -446,11 +474,8 @@ fn services_can_bind_the_new_ipv6_address_right_after_apply() {
         return;
     }
     let lab = Lab::new();
-    let cfg = letterbox::config::parse(
-        "test",
-        &provisioning(&interface(&lab.link_a, STATIC)),
-    )
-    .unwrap();
+    let cfg =
+        letterbox::config::parse("test", &provisioning(&interface(&lab.link_a, STATIC))).unwrap();
     let netns = Path::new("/run/netns").join(&lab.ns_a);
     let root = lab.root();
     let bound = std::thread::spawn(move || {

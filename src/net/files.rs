@@ -119,7 +119,9 @@ fn write_if_changed(path: &Path, content: &str) -> Result<bool, NetError> {
         path: path.to_path_buf(),
         source,
     };
-    let dir = path.parent().expect("file paths under the root have a parent");
+    let dir = path
+        .parent()
+        .expect("file paths under the root have a parent");
     std::fs::create_dir_all(dir).map_err(err)?;
     let tmp = temporary_path(path);
     let written = (|| {
@@ -157,7 +159,12 @@ mod tests {
         }
         let golden = std::fs::read_to_string(&path)
             .unwrap_or_else(|e| panic!("{}: {e}; run with UPDATE_GOLDEN=1", path.display()));
-        assert_eq!(rendered, golden, "{} differs from the rendering", path.display());
+        assert_eq!(
+            rendered,
+            golden,
+            "{} differs from the rendering",
+            path.display()
+        );
     }
 
     fn default_config() -> Config {
@@ -187,8 +194,14 @@ mod tests {
     #[test]
     fn hosts_names_the_fqdn_first() {
         let hosts = render_hosts(&default_config());
-        assert!(hosts.contains("192.0.2.10\tmail.example.org mail\n"), "{hosts}");
-        assert!(hosts.contains("2001:db8::10\tmail.example.org mail\n"), "{hosts}");
+        assert!(
+            hosts.contains("192.0.2.10\tmail.example.org mail\n"),
+            "{hosts}"
+        );
+        assert!(
+            hosts.contains("2001:db8::10\tmail.example.org mail\n"),
+            "{hosts}"
+        );
     }
 
     #[test]

@@ -211,7 +211,11 @@ pub async fn add_address(handle: &Handle, index: u32, net: IpNet) -> Result<(), 
 }
 
 pub async fn del_address(handle: &Handle, address: &Address) -> Result<(), rtnetlink::Error> {
-    handle.address().del(address.message.clone()).execute().await
+    handle
+        .address()
+        .del(address.message.clone())
+        .execute()
+        .await
 }
 
 pub async fn add_default_route(
