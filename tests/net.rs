@@ -465,6 +465,130 @@ fn accept_ra_sysctls_follow_the_file() {
     );
 }
 
+/// radvd in namespace B, advertising 2001:db8:5::/64 for SLAAC; killed on drop.
+struct Radvd(std::process::Child);
+
+impl Radvd {
+    fn start(lab: &Lab) -> Radvd {
+        // radvd advertises only from a router: one that forwards IPv6.
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            &lab.ns_b,
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.all.forwarding=1",
+        ]);
+        let conf = lab.dir.path().join("radvd.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "interface {} {{\n  AdvSendAdvert on;\n  MinRtrAdvInterval 3;\n  MaxRtrAdvInterval 4;\n  \
+                 prefix 2001:db8:5::/64 {{ AdvOnLink on; AdvAutonomous on; }};\n}};\n",
+                lab.link_b
+            ),
+        )
+        .unwrap();
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.ns_b,
+                "radvd",
+                "--nodaemon",
+                "--logmethod",
+                "stderr",
+            ])
+            .arg("--config")
+            .arg(&conf)
+            .arg("--pidfile")
+            .arg(lab.dir.path().join("radvd.pid"))
+            .spawn()
+            .expect("start radvd");
+        Radvd(child)
+    }
+}
+
+impl Drop for Radvd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Polls `condition` every 100 ms for up to `limit`; a deadline, not a timing goal.
+fn wait_for(limit: std::time::Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    condition()
+}
+
+#[test]
+fn accept_ra_adds_slaac_beside_static_addresses_and_turning_it_off_removes_it() {
+    let test = "accept_ra_adds_slaac_beside_static_addresses_and_turning_it_off_removes_it";
+    if !runnable(test) {
+        return;
+    }
+    if Command::new("radvd").arg("--version").output().is_err() {
+        common::skip(test, "radvd is not installed (make test installs it)");
+        return;
+    }
+    let lab = Lab::new();
+    let _radvd = Radvd::start(&lab);
+    let slaac = |addresses: &[String]| {
+        addresses
+            .iter()
+            .find(|a| a.starts_with("2001:db8:5:"))
+            .cloned()
+    };
+
+    lab.apply_ok(&provisioning(&interface(
+        &lab.link_a,
+        &format!("{STATIC}\naccept_ra = true"),
+    )));
+    assert!(
+        wait_for(std::time::Duration::from_secs(30), || slaac(
+            &lab.addresses_a()
+        )
+        .is_some()),
+        "no SLAAC address from radvd's 2001:db8:5::/64 within 30 s: {:?}",
+        lab.addresses_a()
+    );
+    let addresses = lab.addresses_a();
+    for static_address in ["192.0.2.10/24", "2001:db8::10/64"] {
+        assert!(
+            addresses.iter().any(|a| a == static_address),
+            "{addresses:?}"
+        );
+    }
+    // Re-applying with router advertisements on keeps what they brought.
+    let again = lab.apply_ok(&provisioning(&interface(
+        &lab.link_a,
+        &format!("{STATIC}\naccept_ra = true"),
+    )));
+    assert!(again.trim_end().ends_with("no changes"), "{again}");
+    let slaac_address = slaac(&lab.addresses_a()).expect("SLAAC address kept");
+
+    let report = lab.apply_ok(&provisioning(&interface(&lab.link_a, STATIC)));
+    assert!(
+        report.contains(&format!("- address {slaac_address} (removed)")),
+        "{report}"
+    );
+    let addresses = lab.addresses_a();
+    assert_eq!(slaac(&addresses), None, "{addresses:?}");
+    assert!(
+        addresses.iter().any(|a| a == "2001:db8::10/64"),
+        "{addresses:?}"
+    );
+    assert!(lab.ping_from_b("2001:db8::10"));
+}
+
 /// Runs `net::apply` in this process (in namespace A, in a private UTS namespace, on a thread
 /// of its own since both are per thread) and binds to the new IPv6 address right after it
 /// returns: with duplicate address detection still running the bind would fail.

@@ -117,7 +117,12 @@ async fn apply_links(handle: &Handle, cfg: &Config, report: &mut Report) -> Resu
             bring_up(handle, link, &mut link_report).await;
         }
         let existing = Existing::of(link.index, &addresses, &routes);
-        remove_stale(handle, &link.name, &existing, &[], &[], &mut link_report).await;
+        let stale = Stale {
+            addresses: &[],
+            gateways: &[],
+            router_advertised: false,
+        };
+        remove_stale(handle, &link.name, &existing, stale, &mut link_report).await;
         if !link_report.entries.is_empty() || !link_report.errors.is_empty() {
             report.links.push(link_report);
         }
@@ -214,15 +219,14 @@ async fn configure(
 
     // Stale first: an IPv6 address that changed its prefix length must go before it can be
     // added again, and a stale route must go before the address it depends on.
-    remove_stale(
-        handle,
-        &iface.name,
-        existing,
-        &wanted_addresses,
-        &wanted_gateways,
-        out,
-    )
-    .await;
+    let stale = Stale {
+        addresses: &wanted_addresses,
+        gateways: &wanted_gateways,
+        // Without router advertisements only static addresses may remain: what the kernel
+        // learned from them while they were accepted would otherwise linger until it expires.
+        router_advertised: !iface.accept_ra,
+    };
+    remove_stale(handle, &iface.name, existing, stale, out).await;
 
     for net in wanted_addresses {
         // Present already, added by letterbox or not: nothing to do, and not ours to re-mark.
@@ -277,19 +281,37 @@ async fn bring_up(handle: &Handle, link: &netlink::Link, out: &mut LinkReport) {
     }
 }
 
-/// Removes what letterbox added to a link earlier and the file no longer lists.
+/// What must go from a link: letterbox's addresses and routes the file does not list, and
+/// optionally what router advertisements brought.
+#[derive(Clone, Copy)]
+struct Stale<'a> {
+    /// The file's addresses and gateways for the link; letterbox's others are stale.
+    addresses: &'a [IpNet],
+    gateways: &'a [IpAddr],
+    router_advertised: bool,
+}
+
+impl Stale<'_> {
+    fn is_stale(&self, origin: Origin, listed: bool) -> bool {
+        match origin {
+            Origin::Letterbox => !listed,
+            Origin::RouterAdvertisement => self.router_advertised && !listed,
+            Origin::Other => false,
+        }
+    }
+}
+
 async fn remove_stale(
     handle: &Handle,
     link: &str,
     existing: &Existing<'_>,
-    wanted_addresses: &[IpNet],
-    wanted_gateways: &[IpAddr],
+    stale: Stale<'_>,
     out: &mut LinkReport,
 ) {
     for route in existing
         .routes
         .iter()
-        .filter(|r| r.ours && !wanted_gateways.contains(&r.gateway))
+        .filter(|r| stale.is_stale(r.origin, stale.gateways.contains(&r.gateway)))
     {
         match netlink::del_route(handle, route).await {
             Ok(()) => out.entries.push(Entry {
@@ -306,7 +328,7 @@ async fn remove_stale(
     for address in existing
         .addresses
         .iter()
-        .filter(|a| a.ours && !wanted_addresses.contains(&a.net))
+        .filter(|a| stale.is_stale(a.origin, stale.addresses.contains(&a.net)))
     {
         match netlink::del_address(handle, address).await {
             Ok(()) => out.entries.push(Entry {
@@ -326,6 +348,9 @@ async fn remove_stale(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
     Letterbox,
+    /// The kernel, from a router advertisement (SLAAC address, default router).
+    RouterAdvertisement,
+    /// Anyone else: the kernel's own (link-local, prefix routes), an administrator, a daemon.
     Other,
 }
 
@@ -353,22 +378,18 @@ pub async fn snapshot() -> Result<Vec<LinkState>, NetError> {
     .await;
     connection.abort();
     let (links, addresses, routes) = read?;
-    let origin = |ours| match ours {
-        true => Origin::Letterbox,
-        false => Origin::Other,
-    };
     Ok(links
         .into_iter()
         .map(|l| LinkState {
             addresses: addresses
                 .iter()
                 .filter(|a| a.index == l.index)
-                .map(|a| (a.net, origin(a.ours)))
+                .map(|a| (a.net, a.origin))
                 .collect(),
             default_routes: routes
                 .iter()
                 .filter(|r| r.index == l.index)
-                .map(|r| (r.gateway, origin(r.ours)))
+                .map(|r| (r.gateway, r.origin))
                 .collect(),
             name: l.name,
             index: l.index,
@@ -386,6 +407,7 @@ impl fmt::Display for LinkState {
         }
         let mark = |origin| match origin {
             Origin::Letterbox => " (letterbox)",
+            Origin::RouterAdvertisement => " (router advertisement)",
             Origin::Other => "",
         };
         for (net, origin) in &self.addresses {

@@ -14,7 +14,7 @@ use netlink_packet_route::route::{
 };
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 
-use super::NetError;
+use super::{NetError, Origin};
 
 /// Marks what letterbox added, in the kernel itself: the route protocol of its routes and the
 /// IFA_PROTO of its addresses (Linux >= 6.1). The mark survives agent restarts without a state
@@ -40,8 +40,7 @@ pub struct Link {
 pub struct Address {
     pub index: u32,
     pub net: IpNet,
-    /// Added by letterbox (carries [`LETTERBOX_PROTOCOL`]).
-    pub ours: bool,
+    pub origin: Origin,
     message: AddressMessage,
 }
 
@@ -49,8 +48,7 @@ pub struct Address {
 pub struct DefaultRoute {
     pub index: u32,
     pub gateway: IpAddr,
-    /// Added by letterbox (route protocol [`LETTERBOX_PROTOCOL`]).
-    pub ours: bool,
+    pub origin: Origin,
     message: RouteMessage,
 }
 
@@ -103,13 +101,16 @@ pub async fn addresses(handle: &Handle) -> Result<Vec<Address>, NetError> {
 fn address_of(message: AddressMessage) -> Option<Address> {
     let mut local = None;
     let mut address = None;
-    let mut ours = false;
+    let mut origin = Origin::Other;
     for attr in &message.attributes {
         match attr {
             AddressAttribute::Local(ip) => local = Some(*ip),
             AddressAttribute::Address(ip) => address = Some(*ip),
-            AddressAttribute::Protocol(AddressProtocol::Other(p)) => {
-                ours = *p == LETTERBOX_PROTOCOL
+            AddressAttribute::Protocol(AddressProtocol::RouterAnnouncement) => {
+                origin = Origin::RouterAdvertisement
+            }
+            AddressAttribute::Protocol(AddressProtocol::Other(LETTERBOX_PROTOCOL)) => {
+                origin = Origin::Letterbox
             }
             _ => {}
         }
@@ -121,7 +122,7 @@ fn address_of(message: AddressMessage) -> Option<Address> {
     Some(Address {
         index: message.header.index,
         net,
-        ours,
+        origin,
         message,
     })
 }
@@ -170,7 +171,11 @@ fn default_route_of(message: RouteMessage) -> Option<DefaultRoute> {
     Some(DefaultRoute {
         index: index?,
         gateway: gateway?,
-        ours: message.header.protocol == RouteProtocol::Other(LETTERBOX_PROTOCOL),
+        origin: match message.header.protocol {
+            RouteProtocol::Other(LETTERBOX_PROTOCOL) => Origin::Letterbox,
+            RouteProtocol::Ra => Origin::RouterAdvertisement,
+            _ => Origin::Other,
+        },
         message,
     })
 }
