@@ -574,6 +574,24 @@ fn accept_ra_adds_slaac_beside_static_addresses_and_turning_it_off_removes_it() 
     )));
     assert!(again.trim_end().ends_with("no changes"), "{again}");
     let slaac_address = slaac(&lab.addresses_a()).expect("SLAAC address kept");
+    // A new static gateway next to the advertised default router (same kernel metric would
+    // make the kernel refuse it as a duplicate).
+    let routes = lab.default_routes_a();
+    assert!(
+        routes.iter().any(|(_, proto)| proto == "ra"),
+        "no advertised default route: {routes:?}"
+    );
+    let moved = lab.apply_ok(&provisioning(&interface(
+        &lab.link_a,
+        &format!(
+            "{}\naccept_ra = true",
+            STATIC.replace("2001:db8::1\"", "2001:db8::2\"")
+        ),
+    )));
+    assert!(
+        moved.contains("+ default via 2001:db8::2 (added)"),
+        "{moved}"
+    );
 
     let report = lab.apply_ok(&provisioning(&interface(&lab.link_a, STATIC)));
     assert!(

@@ -223,6 +223,11 @@ pub async fn del_address(handle: &Handle, address: &Address) -> Result<(), rtnet
         .await
 }
 
+/// Metric of letterbox's IPv6 default route. The kernel refuses a second IPv6 route to the
+/// same destination with the same metric, and an advertised default router takes 1024 (the
+/// default); a lower one also makes the file's gateway preferred over advertised routers.
+pub const IPV6_DEFAULT_ROUTE_METRIC: u32 = 512;
+
 pub async fn add_default_route(
     handle: &Handle,
     index: u32,
@@ -239,6 +244,7 @@ pub async fn add_default_route(
             .output_interface(index)
             .gateway(gw)
             .protocol(protocol)
+            .priority(IPV6_DEFAULT_ROUTE_METRIC)
             .build(),
     };
     handle.route().add(message).execute().await
