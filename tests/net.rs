@@ -268,6 +268,27 @@ fn applied_config_is_in_the_kernel_and_reachable_over_ipv4_and_ipv6() {
         ]
     );
 
+    let show = run(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.ns_a,
+        common::letterbox_bin().to_str().unwrap(),
+        "net",
+        "show",
+    ]);
+    for line in [
+        "  192.0.2.10/24 (letterbox)",
+        "  2001:db8::10/64 (letterbox)",
+        "  default via 192.0.2.1 (letterbox)",
+        "  default via 2001:db8::1 (letterbox)",
+    ] {
+        assert!(
+            show.lines().any(|l| l == line),
+            "`net show` lacks {line:?}:\n{show}"
+        );
+    }
+
     assert!(lab.ping_from_b("192.0.2.10"), "no IPv4 ping reply");
     assert!(lab.ping_from_b("2001:db8::10"), "no IPv6 ping reply");
 }

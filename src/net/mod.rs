@@ -231,17 +231,17 @@ async fn configure(
     for net in wanted_addresses {
         // Present already, added by letterbox or not: nothing to do, and not ours to re-mark.
         if existing.addresses.iter().any(|a| a.net == net) {
-            out.entries
-                .push(entry(Item::Address(net), false, Outcome::Added));
+            out.entries.push(Entry::unchanged(Item::Address(net)));
             continue;
         }
         match netlink::add_address(handle, link.index, net)
             .await
             .map_err(netlink_error(format!("add address {net}")))
         {
-            Ok(()) => out
-                .entries
-                .push(entry(Item::Address(net), true, Outcome::Added)),
+            Ok(()) => out.entries.push(Entry {
+                item: Item::Address(net),
+                outcome: Outcome::Added,
+            }),
             Err(e) => out.errors.push(e),
         }
     }
@@ -249,16 +249,17 @@ async fn configure(
     for gateway in wanted_gateways {
         if existing.routes.iter().any(|r| r.gateway == gateway) {
             out.entries
-                .push(entry(Item::DefaultRoute(gateway), false, Outcome::Added));
+                .push(Entry::unchanged(Item::DefaultRoute(gateway)));
             continue;
         }
         match netlink::add_default_route(handle, link.index, gateway)
             .await
             .map_err(netlink_error(format!("add default route via {gateway}")))
         {
-            Ok(()) => out
-                .entries
-                .push(entry(Item::DefaultRoute(gateway), true, Outcome::Added)),
+            Ok(()) => out.entries.push(Entry {
+                item: Item::DefaultRoute(gateway),
+                outcome: Outcome::Added,
+            }),
             Err(e) => out.errors.push(e),
         }
     }

@@ -41,6 +41,15 @@ pub struct Entry {
     pub outcome: Outcome,
 }
 
+impl Entry {
+    pub fn unchanged(item: Item) -> Entry {
+        Entry {
+            item,
+            outcome: Outcome::Unchanged,
+        }
+    }
+}
+
 /// One interface: listed in the file, or holding letterbox's leftovers from an earlier file.
 #[derive(Debug)]
 pub struct LinkReport {
