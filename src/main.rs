@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use letterbox::{config, passwd};
+use letterbox::{config, net, passwd};
 
 #[derive(Parser)]
 #[command(
@@ -27,6 +27,25 @@ enum Command {
     },
     /// Read a password from the terminal (or stdin) and print a hash for letterbox.toml.
     Passwd,
+    /// Configure or show the network of the current network namespace.
+    Net {
+        #[command(subcommand)]
+        command: NetCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum NetCommand {
+    /// Apply the file's interfaces, addresses, routes and system names; exits 1 if any failed.
+    Apply {
+        /// The provisioning file; the embedded default when omitted.
+        file: Option<PathBuf>,
+        /// Where /etc/hostname, /etc/hosts, /etc/resolv.conf and /etc/timezone are written.
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+    },
+    /// List links with their addresses and default routes, as the kernel reports them.
+    Show,
 }
 
 fn main() -> ExitCode {
@@ -59,6 +78,38 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         },
         Command::Passwd => {
             println!("{}", passwd::prompt_and_hash()?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Net { command } => run_net(command),
+    }
+}
+
+fn run_net(command: NetCommand) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    match command {
+        NetCommand::Apply { file, root } => {
+            let cfg = match config::load(file.as_deref()) {
+                Ok((cfg, _)) => cfg,
+                Err(config::LoadError::Invalid(diagnostics)) => {
+                    eprintln!("{diagnostics}");
+                    return Ok(ExitCode::FAILURE);
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let report = runtime.block_on(net::apply(&cfg, &root))?;
+            println!("{report}");
+            Ok(if report.failed() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        NetCommand::Show => {
+            for link in runtime.block_on(net::snapshot())? {
+                println!("{link}");
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

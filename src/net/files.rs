@@ -1,0 +1,200 @@
+//! The system's names on disk: /etc/hostname, /etc/hosts, /etc/resolv.conf and /etc/timezone,
+//! rendered from the provisioning file and written atomically under a configurable root.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::config::Config;
+
+use super::report::{Entry, Item, Outcome};
+use super::NetError;
+
+const HEADER: &str = "# Written by letterbox from letterbox.toml; edit that file instead.\n";
+
+/// The short host name, as /etc/hostname holds it on Debian.
+pub fn render_hostname(cfg: &Config) -> String {
+    format!("{}\n", cfg.system.hostname)
+}
+
+/// Localhost lines, then every static address with the FQDN first (so that the canonical
+/// name of this host is the FQDN) and the short name after it.
+pub fn render_hosts(cfg: &Config) -> String {
+    let names = format!("{} {}", cfg.system.fqdn(), cfg.system.hostname);
+    let mut out = String::from(HEADER);
+    out.push_str("127.0.0.1\tlocalhost\n");
+    out.push_str("::1\tlocalhost ip6-localhost ip6-loopback\n");
+    out.push_str("ff02::1\tip6-allnodes\n");
+    out.push_str("ff02::2\tip6-allrouters\n");
+    let mut addresses = cfg
+        .interfaces
+        .iter()
+        .flat_map(|i| {
+            i.ipv4
+                .iter()
+                .map(|n| n.addr().to_string())
+                .chain(i.ipv6.iter().map(|n| n.addr().to_string()))
+        })
+        .peekable();
+    if addresses.peek().is_none() {
+        // Debian's convention when the host has no static address: the name must still resolve.
+        out.push_str(&format!("127.0.1.1\t{names}\n"));
+    }
+    for address in addresses {
+        out.push_str(&format!("{address}\t{names}\n"));
+    }
+    out
+}
+
+pub fn render_resolv_conf(cfg: &Config) -> String {
+    let mut out = String::from(HEADER);
+    out.push_str(&format!("search {}\n", cfg.system.domain));
+    for ns in &cfg.nameservers {
+        out.push_str(&format!("nameserver {ns}\n"));
+    }
+    out
+}
+
+pub fn render_timezone(cfg: &Config) -> String {
+    format!("{}\n", cfg.system.timezone)
+}
+
+/// Writes the four files under `root` and sets the kernel's host name (of the caller's UTS
+/// namespace). Every step is attempted; each failure is recorded, none stops the others.
+pub fn apply(cfg: &Config, root: &Path, entries: &mut Vec<Entry>, errors: &mut Vec<NetError>) {
+    let files = [
+        ("etc/hostname", render_hostname(cfg)),
+        ("etc/hosts", render_hosts(cfg)),
+        ("etc/resolv.conf", render_resolv_conf(cfg)),
+        ("etc/timezone", render_timezone(cfg)),
+    ];
+    for (relative, content) in files {
+        let path = root.join(relative);
+        match write_if_changed(&path, &content) {
+            Ok(changed) => entries.push(Entry {
+                item: Item::File(path),
+                outcome: if changed {
+                    Outcome::Changed
+                } else {
+                    Outcome::Unchanged
+                },
+            }),
+            Err(e) => errors.push(e),
+        }
+    }
+    match set_hostname(&cfg.system.hostname) {
+        Ok(changed) => entries.push(Entry {
+            item: Item::Hostname(cfg.system.hostname.clone()),
+            outcome: if changed {
+                Outcome::Changed
+            } else {
+                Outcome::Unchanged
+            },
+        }),
+        Err(e) => errors.push(e),
+    }
+}
+
+fn set_hostname(name: &str) -> Result<bool, NetError> {
+    let current = nix::unistd::gethostname().map_err(|source| NetError::Hostname {
+        name: name.into(),
+        source,
+    })?;
+    if current.to_str() == Some(name) {
+        return Ok(false);
+    }
+    nix::unistd::sethostname(name).map_err(|source| NetError::Hostname {
+        name: name.into(),
+        source,
+    })?;
+    Ok(true)
+}
+
+/// Replaces `path` with `content` through a temporary file and a rename, so readers see the old
+/// or the new file, never a partial one. An identical file is left untouched.
+fn write_if_changed(path: &Path, content: &str) -> Result<bool, NetError> {
+    if std::fs::read(path).is_ok_and(|old| old == content.as_bytes()) {
+        return Ok(false);
+    }
+    let err = |source| NetError::WriteFile {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = path
+        .parent()
+        .expect("file paths under the root have a parent");
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let tmp = temporary_path(path);
+    let written = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(content.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.map_err(err)?;
+    Ok(true)
+}
+
+fn temporary_path(path: &Path) -> PathBuf {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    path.with_file_name(format!(".{name}.letterbox-tmp"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn default_config() -> Config {
+        crate::config::parse("default", crate::config::DEFAULT_TOML).unwrap()
+    }
+
+    #[test]
+    fn hostname_matches_golden() {
+        crate::net::check_golden("hostname", &render_hostname(&default_config()));
+    }
+
+    #[test]
+    fn hosts_matches_golden() {
+        crate::net::check_golden("hosts", &render_hosts(&default_config()));
+    }
+
+    #[test]
+    fn resolv_conf_matches_golden() {
+        crate::net::check_golden("resolv.conf", &render_resolv_conf(&default_config()));
+    }
+
+    #[test]
+    fn timezone_matches_golden() {
+        crate::net::check_golden("timezone", &render_timezone(&default_config()));
+    }
+
+    #[test]
+    fn hosts_names_the_fqdn_first() {
+        let hosts = render_hosts(&default_config());
+        assert!(
+            hosts.contains("192.0.2.10\tmail.example.org mail\n"),
+            "{hosts}"
+        );
+        assert!(
+            hosts.contains("2001:db8::10\tmail.example.org mail\n"),
+            "{hosts}"
+        );
+    }
+
+    #[test]
+    fn write_is_atomic_and_skips_identical_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("etc/hosts");
+        assert!(write_if_changed(&path, "a\n").unwrap());
+        assert!(!write_if_changed(&path, "a\n").unwrap());
+        assert!(write_if_changed(&path, "b\n").unwrap());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "b\n");
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("etc"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(leftovers, vec![std::ffi::OsString::from("hosts")]);
+    }
+}

@@ -1,0 +1,444 @@
+//! The network, as `letterbox.toml` describes it: links up with their MTU, static IPv4/IPv6
+//! addresses and default routes (over netlink), the IPv6 router-advertisement sysctls, and the
+//! system's names on disk (hostname, hosts, resolv.conf, timezone).
+//!
+//! `apply` is idempotent and stateless: what letterbox adds carries its mark in the kernel
+//! ([`netlink::LETTERBOX_PROTOCOL`]), so a later apply removes exactly the marked addresses and
+//! routes the file no longer lists and leaves everything else alone.
+
+mod files;
+mod netlink;
+mod report;
+mod sysctl;
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use rtnetlink::Handle;
+
+use crate::config::{Config, Interface};
+
+pub use files::{render_hostname, render_hosts, render_resolv_conf, render_timezone};
+pub use netlink::LETTERBOX_PROTOCOL;
+pub use report::{Entry, Item, LinkReport, Outcome, Report};
+
+const LOOPBACK: &str = "lo";
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("cannot open a netlink socket")]
+    Connect(#[source] std::io::Error),
+    #[error("cannot list {what} over netlink")]
+    Dump {
+        what: &'static str,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    #[error("interface `{name}` not found; expected an existing network link (see `ip link`)")]
+    LinkNotFound { name: String },
+    #[error("cannot {action} on {link}")]
+    Netlink {
+        link: String,
+        action: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    #[error("cannot set {}", path.display())]
+    Sysctl {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write {}", path.display())]
+    WriteFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot set the host name to `{name}`")]
+    Hostname {
+        name: String,
+        #[source]
+        source: nix::Error,
+    },
+}
+
+/// Brings the caller's network namespace to what `cfg` describes and writes the system files
+/// under `root` (`/` on the appliance). Per-interface failures (a missing link, a refused
+/// address) are collected in the report and do not stop the other interfaces; only failing to
+/// talk to netlink at all is an `Err`.
+pub async fn apply(cfg: &Config, root: &Path) -> Result<Report, NetError> {
+    let mut report = Report::default();
+    let (handle, connection) = netlink::connect()?;
+    let applied = apply_links(&handle, cfg, &mut report).await;
+    connection.abort();
+    applied?;
+    files::apply(cfg, root, &mut report.system, &mut report.system_errors);
+    Ok(report)
+}
+
+async fn apply_links(handle: &Handle, cfg: &Config, report: &mut Report) -> Result<(), NetError> {
+    let links = netlink::links(handle).await?;
+    let addresses = netlink::addresses(handle).await?;
+    let routes = netlink::default_routes(handle).await?;
+
+    for iface in &cfg.interfaces {
+        let mut link_report = LinkReport {
+            name: iface.name.clone(),
+            entries: Vec::new(),
+            errors: Vec::new(),
+        };
+        match links.iter().find(|l| l.name == iface.name) {
+            None => link_report.errors.push(NetError::LinkNotFound {
+                name: iface.name.clone(),
+            }),
+            Some(link) => {
+                let existing = Existing::of(link.index, &addresses, &routes);
+                configure(handle, iface, link, &existing, &mut link_report).await;
+            }
+        }
+        report.links.push(link_report);
+    }
+
+    // Links the file no longer lists keep nothing letterbox added to them.
+    for link in links
+        .iter()
+        .filter(|l| !cfg.interfaces.iter().any(|i| i.name == l.name))
+    {
+        let mut link_report = LinkReport {
+            name: link.name.clone(),
+            entries: Vec::new(),
+            errors: Vec::new(),
+        };
+        // As PID 1 nobody else brings loopback up, and local services need it.
+        if link.name == LOOPBACK {
+            bring_up(handle, link, &mut link_report).await;
+        }
+        let existing = Existing::of(link.index, &addresses, &routes);
+        let stale = Stale {
+            addresses: &[],
+            gateways: &[],
+            router_advertised: false,
+        };
+        remove_stale(handle, &link.name, &existing, stale, &mut link_report).await;
+        if !link_report.entries.is_empty() || !link_report.errors.is_empty() {
+            report.links.push(link_report);
+        }
+    }
+    Ok(())
+}
+
+/// The addresses and default routes one link had before this apply.
+struct Existing<'a> {
+    addresses: Vec<&'a netlink::Address>,
+    routes: Vec<&'a netlink::DefaultRoute>,
+}
+
+impl<'a> Existing<'a> {
+    fn of(
+        index: u32,
+        addresses: &'a [netlink::Address],
+        routes: &'a [netlink::DefaultRoute],
+    ) -> Self {
+        Existing {
+            addresses: addresses.iter().filter(|a| a.index == index).collect(),
+            routes: routes.iter().filter(|r| r.index == index).collect(),
+        }
+    }
+}
+
+fn entry(item: Item, changed: bool, outcome: Outcome) -> Entry {
+    Entry {
+        item,
+        outcome: if changed { outcome } else { Outcome::Unchanged },
+    }
+}
+
+async fn configure(
+    handle: &Handle,
+    iface: &Interface,
+    link: &netlink::Link,
+    existing: &Existing<'_>,
+    out: &mut LinkReport,
+) {
+    let netlink_error = |action: String| {
+        let link = iface.name.clone();
+        move |source| NetError::Netlink {
+            link,
+            action,
+            source,
+        }
+    };
+
+    // Before the link comes up, so that a router advertisement cannot add SLAAC addresses
+    // the file did not ask for.
+    let ra = u8::from(iface.accept_ra);
+    for name in ["accept_ra", "autoconf"] {
+        match sysctl::ensure(&iface.name, name, ra) {
+            Ok(changed) => out.entries.push(entry(
+                Item::Sysctl { name, value: ra },
+                changed,
+                Outcome::Changed,
+            )),
+            Err(e) => out.errors.push(e),
+        }
+    }
+
+    if let Some(mtu) = iface.mtu {
+        let changed = link.mtu != Some(mtu);
+        let result = match changed {
+            true => netlink::set_mtu(handle, link.index, mtu)
+                .await
+                .map_err(netlink_error(format!("set mtu {mtu}"))),
+            false => Ok(()),
+        };
+        match result {
+            Ok(()) => out
+                .entries
+                .push(entry(Item::Mtu(mtu), changed, Outcome::Changed)),
+            Err(e) => out.errors.push(e),
+        }
+    }
+
+    bring_up(handle, link, out).await;
+
+    let wanted_addresses: Vec<IpNet> = iface
+        .ipv4
+        .iter()
+        .map(|&n| IpNet::V4(n))
+        .chain(iface.ipv6.iter().map(|&n| IpNet::V6(n)))
+        .collect();
+    let wanted_gateways: Vec<IpAddr> = iface
+        .gateway4
+        .map(IpAddr::V4)
+        .into_iter()
+        .chain(iface.gateway6.map(IpAddr::V6))
+        .collect();
+
+    // Stale first: an IPv6 address that changed its prefix length must go before it can be
+    // added again, and a stale route must go before the address it depends on.
+    let stale = Stale {
+        addresses: &wanted_addresses,
+        gateways: &wanted_gateways,
+        // Without router advertisements only static addresses may remain: what the kernel
+        // learned from them while they were accepted would otherwise linger until it expires.
+        router_advertised: !iface.accept_ra,
+    };
+    remove_stale(handle, &iface.name, existing, stale, out).await;
+
+    for net in wanted_addresses {
+        // Present already, added by letterbox or not: nothing to do, and not ours to re-mark.
+        if existing.addresses.iter().any(|a| a.net == net) {
+            out.entries.push(Entry::unchanged(Item::Address(net)));
+            continue;
+        }
+        match netlink::add_address(handle, link.index, net)
+            .await
+            .map_err(netlink_error(format!("add address {net}")))
+        {
+            Ok(()) => out.entries.push(Entry {
+                item: Item::Address(net),
+                outcome: Outcome::Added,
+            }),
+            Err(e) => out.errors.push(e),
+        }
+    }
+
+    for gateway in wanted_gateways {
+        if existing.routes.iter().any(|r| r.gateway == gateway) {
+            out.entries
+                .push(Entry::unchanged(Item::DefaultRoute(gateway)));
+            continue;
+        }
+        match netlink::add_default_route(handle, link.index, gateway)
+            .await
+            .map_err(netlink_error(format!("add default route via {gateway}")))
+        {
+            Ok(()) => out.entries.push(Entry {
+                item: Item::DefaultRoute(gateway),
+                outcome: Outcome::Added,
+            }),
+            Err(e) => out.errors.push(e),
+        }
+    }
+}
+
+async fn bring_up(handle: &Handle, link: &netlink::Link, out: &mut LinkReport) {
+    let result = match link.up {
+        false => netlink::set_up(handle, link.index).await,
+        true => Ok(()),
+    };
+    match result {
+        Ok(()) => out
+            .entries
+            .push(entry(Item::LinkUp, !link.up, Outcome::Changed)),
+        Err(source) => out.errors.push(NetError::Netlink {
+            link: link.name.clone(),
+            action: "bring the link up".into(),
+            source,
+        }),
+    }
+}
+
+/// What must go from a link: letterbox's addresses and routes the file does not list, and
+/// optionally what router advertisements brought.
+#[derive(Clone, Copy)]
+struct Stale<'a> {
+    /// The file's addresses and gateways for the link; letterbox's others are stale.
+    addresses: &'a [IpNet],
+    gateways: &'a [IpAddr],
+    router_advertised: bool,
+}
+
+impl Stale<'_> {
+    fn is_stale(&self, origin: Origin, listed: bool) -> bool {
+        match origin {
+            Origin::Letterbox => !listed,
+            Origin::RouterAdvertisement => self.router_advertised && !listed,
+            Origin::Other => false,
+        }
+    }
+}
+
+async fn remove_stale(
+    handle: &Handle,
+    link: &str,
+    existing: &Existing<'_>,
+    stale: Stale<'_>,
+    out: &mut LinkReport,
+) {
+    for route in existing
+        .routes
+        .iter()
+        .filter(|r| stale.is_stale(r.origin, stale.gateways.contains(&r.gateway)))
+    {
+        match netlink::del_route(handle, route).await {
+            Ok(()) => out.entries.push(Entry {
+                item: Item::DefaultRoute(route.gateway),
+                outcome: Outcome::Removed,
+            }),
+            Err(source) => out.errors.push(NetError::Netlink {
+                link: link.into(),
+                action: format!("remove default route via {}", route.gateway),
+                source,
+            }),
+        }
+    }
+    for address in existing
+        .addresses
+        .iter()
+        .filter(|a| stale.is_stale(a.origin, stale.addresses.contains(&a.net)))
+    {
+        match netlink::del_address(handle, address).await {
+            Ok(()) => out.entries.push(Entry {
+                item: Item::Address(address.net),
+                outcome: Outcome::Removed,
+            }),
+            Err(source) => out.errors.push(NetError::Netlink {
+                link: link.into(),
+                action: format!("remove address {}", address.net),
+                source,
+            }),
+        }
+    }
+}
+
+/// Who put an address or route in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Letterbox,
+    /// The kernel, from a router advertisement (SLAAC address, default router).
+    RouterAdvertisement,
+    /// Anyone else: the kernel's own (link-local, prefix routes), an administrator, a daemon.
+    Other,
+}
+
+/// One link as the kernel reports it, for `status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkState {
+    pub name: String,
+    pub index: u32,
+    pub up: bool,
+    pub mtu: Option<u32>,
+    pub addresses: Vec<(IpNet, Origin)>,
+    /// Gateways of the main table's default routes through this link.
+    pub default_routes: Vec<(IpAddr, Origin)>,
+}
+
+/// Lists the caller's network namespace's links with their addresses and default routes.
+pub async fn snapshot() -> Result<Vec<LinkState>, NetError> {
+    let (handle, connection) = netlink::connect()?;
+    let read = async {
+        let links = netlink::links(&handle).await?;
+        let addresses = netlink::addresses(&handle).await?;
+        let routes = netlink::default_routes(&handle).await?;
+        Ok::<_, NetError>((links, addresses, routes))
+    }
+    .await;
+    connection.abort();
+    let (links, addresses, routes) = read?;
+    Ok(links
+        .into_iter()
+        .map(|l| LinkState {
+            addresses: addresses
+                .iter()
+                .filter(|a| a.index == l.index)
+                .map(|a| (a.net, a.origin))
+                .collect(),
+            default_routes: routes
+                .iter()
+                .filter(|r| r.index == l.index)
+                .map(|r| (r.gateway, r.origin))
+                .collect(),
+            name: l.name,
+            index: l.index,
+            up: l.up,
+            mtu: l.mtu,
+        })
+        .collect())
+}
+
+impl fmt::Display for LinkState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.name, if self.up { "up" } else { "down" })?;
+        if let Some(mtu) = self.mtu {
+            write!(f, ", mtu {mtu}")?;
+        }
+        let mark = |origin| match origin {
+            Origin::Letterbox => " (letterbox)",
+            Origin::RouterAdvertisement => " (router advertisement)",
+            Origin::Other => "",
+        };
+        for (net, origin) in &self.addresses {
+            write!(f, "\n  {net}{}", mark(*origin))?;
+        }
+        for (gateway, origin) in &self.default_routes {
+            write!(f, "\n  default via {gateway}{}", mark(*origin))?;
+        }
+        Ok(())
+    }
+}
+
+/// Compares a rendering with its golden file in tests/golden/net;
+/// `UPDATE_GOLDEN=1 cargo test --lib net::` rewrites the golden files instead.
+#[cfg(test)]
+fn check_golden(name: &str, rendered: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden/net")
+        .join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, rendered).unwrap();
+        return;
+    }
+    let golden = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}; run with UPDATE_GOLDEN=1", path.display()));
+    assert_eq!(
+        rendered,
+        golden,
+        "{} differs from the rendering",
+        path.display()
+    );
+}
