@@ -105,10 +105,6 @@ pub struct Agent {
 }
 
 impl Agent {
-    pub fn mode(&self) -> Mode {
-        self.options.mode
-    }
-
     /// The configuration in force and the provisioning file's problem, if any.
     pub fn provisioning(&self) -> Provisioning {
         self.provisioning.lock().expect("provisioning").clone()
@@ -154,10 +150,10 @@ pub fn main_pid1(args: InitArgs) -> ExitCode {
 /// Builds the runtime and runs the agent to its end; as PID 1 the end is a reboot or
 /// power-off, which does not return.
 pub fn start(options: Options) -> ExitCode {
+    // Installs the logger; everything from here on is logged.
     let logger = log::logger();
-    match options.mode {
-        Mode::Pid1 => {}
-        Mode::Host => logger.log_to_stderr(true),
+    if options.mode == Mode::Host {
+        logger.log_to_stderr();
     }
     match run(options.clone()) {
         Ok(how) => finish(options.mode, how),
