@@ -282,13 +282,11 @@ async fn boot(options: Options) -> Result<Shutdown, InitError> {
 
 /// The console login, the first unit; log lines go to the console from now on.
 fn start_console(supervisor: &mut Supervisor, agent: &Arc<Agent>, device: &str, baud: u32) {
-    let path = match crate::console::device::resolve(device) {
-        Ok(path) => path,
-        Err(e) => {
-            error!("no console: {}", crate::error_chain(&e));
-            return;
-        }
-    };
+    let path = crate::console::device::resolve(device).unwrap_or_else(|e| {
+        // The kernel's console is where someone is looking: better than no login at all.
+        error!("{}; using /dev/console instead", crate::error_chain(&e));
+        PathBuf::from("/dev/console")
+    });
     match crate::console::device::open_for_log(&path) {
         Ok(file) => log::logger().log_to_console(file),
         Err(e) => warn!("{}", crate::error_chain(&e)),
