@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ::log::{error, info, warn};
+use clap::{CommandFactory, Parser};
 use nix::sys::reboot::{reboot, RebootMode};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -52,6 +53,41 @@ pub struct InitArgs {
     /// Root under which /etc/hostname, /etc/hosts, /etc/resolv.conf are written.
     #[arg(long, default_value = "/")]
     pub root: PathBuf,
+}
+
+impl InitArgs {
+    /// The command line of `letterbox-init`. As PID 1 it is parsed leniently: the kernel
+    /// hands init the boot parameters it does not know (`quiet`, `splash`) as arguments,
+    /// and a stray word must not stop the appliance from booting.
+    pub fn from_command_line() -> InitArgs {
+        if std::process::id() == 1 {
+            InitArgs::parse_lenient(std::env::args_os())
+        } else {
+            InitArgs::parse()
+        }
+    }
+
+    fn parse_lenient(args: impl IntoIterator<Item = std::ffi::OsString>) -> InitArgs {
+        let command = InitArgs::command();
+        let known: Vec<String> = command
+            .get_arguments()
+            .filter_map(|a| a.get_long().map(|long| format!("--{long}")))
+            .collect();
+        let mut args = args.into_iter();
+        let mut kept: Vec<std::ffi::OsString> = args.next().into_iter().collect();
+        while let Some(arg) = args.next() {
+            let text = arg.to_string_lossy();
+            let flag = text.split('=').next().unwrap_or_default();
+            if known.iter().any(|k| k == flag) {
+                let takes_next = !text.contains('=');
+                kept.push(arg);
+                if takes_next {
+                    kept.extend(args.next());
+                }
+            }
+        }
+        InitArgs::try_parse_from(kept).unwrap_or_else(|_| InitArgs::parse_from(["letterbox-init"]))
+    }
 }
 
 /// What the agent needs to know, whichever way it was started.
@@ -375,5 +411,27 @@ fn finish(mode: Mode, how: Shutdown) -> ExitCode {
             error!("{} failed: {e}", describe(how));
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pid1_command_line_ignores_kernel_boot_words() {
+        let args = [
+            "letterbox-init",
+            "quiet",
+            "--console",
+            "ttyS1",
+            "splash",
+            "--root=/r",
+        ];
+        let parsed = InitArgs::parse_lenient(args.map(Into::into));
+        assert_eq!(parsed.console.as_deref(), Some("ttyS1"));
+        assert_eq!(parsed.root, PathBuf::from("/r"));
+        assert_eq!(parsed.boot_dir, PathBuf::from("/boot"));
+        assert_eq!(parsed.state_dir, PathBuf::from("/data/letterbox"));
     }
 }
