@@ -188,8 +188,10 @@ pub fn main_pid1(args: InitArgs) -> ExitCode {
 pub fn start(options: Options) -> ExitCode {
     // Installs the logger; everything from here on is logged.
     let logger = log::logger();
-    if options.mode == Mode::Host {
-        logger.log_to_stderr();
+    match options.mode {
+        Mode::Host => logger.log_to_stderr(),
+        // A panic of PID 1 ends in a kernel panic; its reason must reach the console first.
+        Mode::Pid1 => std::panic::set_hook(Box::new(|panic| error!("{panic}"))),
     }
     match run(options.clone()) {
         Ok(how) => finish(options.mode, how),
