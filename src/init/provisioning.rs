@@ -69,7 +69,7 @@ pub fn load(file: Option<&Path>, state_dir: &Path) -> Provisioning {
         Err(e) => {
             let problem = match &e {
                 // The diagnostics already say the file name, line and column.
-                LoadError::Invalid(diagnostics) => redact_password_lines(&diagnostics.to_string()),
+                LoadError::Invalid(diagnostics) => diagnostics.to_string(),
                 other => crate::error_chain(other),
             };
             let fallback = std::fs::read_to_string(&last_good)
@@ -82,22 +82,6 @@ pub fn load(file: Option<&Path>, state_dir: &Path) -> Provisioning {
             }
         }
     }
-}
-
-/// The diagnostics quote the offending source line; on the admin hash's line that may be a
-/// pasted plaintext password, and these lines go to the console and the kernel log.
-fn redact_password_lines(diagnostics: &str) -> String {
-    const KEY: &str = "admin_password_hash";
-    diagnostics
-        .lines()
-        .map(|line| match line.find(KEY) {
-            Some(at) if line[..at].trim_end().ends_with('|') => {
-                format!("{}{KEY} = (not shown)", &line[..at])
-            }
-            _ => line.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 pub fn last_good_path(state_dir: &Path) -> PathBuf {
