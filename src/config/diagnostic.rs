@@ -114,13 +114,13 @@ impl<'a> Collector<'a> {
 }
 
 /// Diagnostics go to the console and the kernel log, so a quoted line must never carry
-/// what may be a pasted plaintext password: the value of any `*password_hash` key is hidden.
+/// what may be a pasted plaintext password: everything after a `*password_hash` key is hidden,
+/// whether it is written `key = value` or inside an inline table.
 fn redact_secret(line: &str) -> String {
-    match line.split_once('=') {
-        Some((key, _)) if key.trim().ends_with("password_hash") => {
-            format!("{}= (not shown)", key)
-        }
-        _ => line.to_string(),
+    const KEY: &str = "password_hash";
+    match line.find(KEY) {
+        Some(at) => format!("{} = (not shown)", &line[..at + KEY.len()]),
+        None => line.to_string(),
     }
 }
 
