@@ -8,7 +8,7 @@ STAMPS := $(CACHE)/stamps
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends
 
 # What the tests drive: kernel netlink tools, DNS clients and peers.
-TEST_PACKAGES := iproute2 iputils-ping util-linux procps dnsutils knot-dnsutils bind9-utils knot nsd
+TEST_PACKAGES := iproute2 iputils-ping util-linux procps dnsutils knot-dnsutils bind9-utils knot nsd radvd
 
 .PHONY: help test image bench deps-test
 

@@ -93,7 +93,7 @@ fn main() -> ExitCode {
     let argv0 = std::env::args_os().next().unwrap_or_default();
     let called_as = Path::new(&argv0).file_name().unwrap_or_default();
     if called_as == "init" || called_as == "letterbox-init" {
-        return init::main_pid1(init::InitArgs::parse());
+        return init::main_pid1(init::InitArgs::from_command_line());
     }
     match run(Cli::parse()) {
         Ok(code) => code,

@@ -365,6 +365,12 @@ fn pid1_mounts_configures_and_logs_to_the_console() {
         "{boot_log}"
     );
 
+    // The kernel log has the lines too (as PID 1 the agent writes /dev/kmsg).
+    let dmesg = Command::new("dmesg").output().unwrap();
+    let kernel_log = String::from_utf8_lossy(&dmesg.stdout);
+    let reading = format!("letterbox: reading {}", dirs.provisioning_file().display());
+    assert!(kernel_log.contains(&reading), "{reading:?} not in dmesg");
+
     let ours = mounts(&std::fs::read_to_string("/proc/self/mountinfo").unwrap());
     let theirs =
         mounts(&std::fs::read_to_string(format!("/proc/{}/mountinfo", agent.host_pid())).unwrap());
@@ -619,20 +625,7 @@ fn run_mode_serves_the_console_on_the_host_and_exits() {
     let dirs = Dirs::new();
     dirs.write_config(&config("lbxhost", &ns.link, true));
     let mut console = Console::new();
-    let mut agent = Command::new("ip")
-        .args(["netns", "exec", &ns.name])
-        .arg(common::letterbox_bin())
-        .arg("run")
-        .arg(dirs.provisioning_file())
-        .arg("--state")
-        .arg(&dirs.state)
-        .arg("--console")
-        .arg(&console.slave_path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut agent = run_mode(&ns, &dirs, &console);
     // Only the agent holds the pty now: the log lines are its own.
     console.slave = None;
     let boot_log = console.expect(&format!(
@@ -673,7 +666,7 @@ fn run_mode_serves_the_console_on_the_host_and_exits() {
         .unwrap();
     assert!(status.success(), "{status:?}\n{stderr}");
     assert!(
-        stderr.contains("power-off in run mode: exiting"),
+        stderr.contains("run mode: exiting instead of a power-off"),
         "{stderr}"
     );
 }
@@ -725,4 +718,73 @@ fn pid1_reaps_orphans() {
         assert!(Instant::now() < deadline, "orphan {adopted:?} never reaped");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+#[test]
+fn run_mode_exits_cleanly_on_sigterm() {
+    if !can_run("run_mode_exits_cleanly_on_sigterm") {
+        return;
+    }
+    let ns = Netns::new("s");
+    let dirs = Dirs::new();
+    dirs.write_config(&config("lbxsig", &ns.link, true));
+    let mut console = Console::new();
+    let mut agent = run_mode(&ns, &dirs, &console);
+    console.slave = None;
+    console.expect("lbxsig login: ");
+    kill(Pid::from_raw(agent.id() as i32), Signal::SIGTERM).unwrap();
+    let (status, stderr) = wait_for_exit(&mut agent);
+    assert!(status.success(), "{status:?}\n{stderr}");
+    let at = |line: &str| {
+        stderr
+            .find(line)
+            .unwrap_or_else(|| panic!("{line:?} not in:\n{stderr}"))
+    };
+    assert!(
+        at("SIGTERM received") < at("unit console stopped"),
+        "{stderr}"
+    );
+    assert!(
+        at("unit console stopped") < at("run mode: exiting"),
+        "{stderr}"
+    );
+}
+
+/// `letterbox run` in the test's network namespace (`ip netns exec` execs it: its pid is
+/// the agent's), with its console on the pty and its log on stderr.
+fn run_mode(ns: &Netns, dirs: &Dirs, console: &Console) -> Child {
+    Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .arg(common::letterbox_bin())
+        .arg("run")
+        .arg(dirs.provisioning_file())
+        .arg("--state")
+        .arg(&dirs.state)
+        .arg("--console")
+        .arg(&console.slave_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for a run-mode agent to exit; its status and stderr.
+fn wait_for_exit(agent: &mut Child) -> (ExitStatus, String) {
+    let deadline = Instant::now() + TIMEOUT;
+    let status = loop {
+        if let Some(status) = agent.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "run mode did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    agent
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    (status, stderr)
 }

@@ -87,7 +87,7 @@ impl<'a> Collector<'a> {
             line,
             column,
             message: message.into(),
-            source_line: self.text[line_start..line_end].trim_end().to_string(),
+            source_line: redact_secret(self.text[line_start..line_end].trim_end()),
             width,
         });
     }
@@ -113,9 +113,33 @@ impl<'a> Collector<'a> {
     }
 }
 
+/// Diagnostics go to the console and the kernel log, so a quoted line must never carry
+/// what may be a pasted plaintext password: everything after a `*password_hash` key is hidden,
+/// whether it is written `key = value` or inside an inline table.
+fn redact_secret(line: &str) -> String {
+    const KEY: &str = "password_hash";
+    match line.find(KEY) {
+        Some(at) => format!("{} = (not shown)", &line[..at + KEY.len()]),
+        None => line.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn password_hash_values_are_never_quoted() {
+        let text = "admin_password_hash = hunter2\n";
+        let mut c = Collector::new("f.toml", text);
+        c.error(22..29, "not a hash");
+        let shown = c.finish().unwrap_err().to_string();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.contains("1 | admin_password_hash = (not shown)"),
+            "{shown}"
+        );
+    }
 
     #[test]
     fn positions_are_one_based_and_count_characters() {

@@ -139,7 +139,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Diagnostics> {
             "missing `[system]` section; expected `hostname` and `domain` in it",
         );
     }
-    if !has_interfaces {
+    if !has_interfaces || (raw_interfaces.is_empty() && !c.has_errors()) {
         c.error(
             0..0,
             "no `[[interface]]`; expected at least one interface with its addresses",

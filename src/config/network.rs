@@ -70,15 +70,22 @@ pub(super) fn validate_interfaces(raw: Vec<RawInterface>, c: &mut Collector) -> 
             );
         }
 
-        let ipv4: Vec<Ipv4Net> = r.ipv4.iter().filter_map(|s| parse_v4_net(s, c)).collect();
-        let ipv6: Vec<Ipv6Net> = r.ipv6.iter().filter_map(|s| parse_v6_net(s, c)).collect();
-
-        for (spanned, ip) in r
+        // Each parsed prefix stays paired with its own span for the duplicate check.
+        let parsed4: Vec<_> = r
             .ipv4
             .iter()
-            .zip(ipv4.iter().map(|n| IpAddr::V4(n.addr())))
-            .chain(r.ipv6.iter().zip(ipv6.iter().map(|n| IpAddr::V6(n.addr()))))
-        {
+            .filter_map(|s| Some((s, parse_v4_net(s, c)?)))
+            .collect();
+        let parsed6: Vec<_> = r
+            .ipv6
+            .iter()
+            .filter_map(|s| Some((s, parse_v6_net(s, c)?)))
+            .collect();
+        let spanned_ips = parsed4
+            .iter()
+            .map(|(s, n)| (s, IpAddr::V4(n.addr())))
+            .chain(parsed6.iter().map(|(s, n)| (s, IpAddr::V6(n.addr()))));
+        for (spanned, ip) in spanned_ips {
             if !addresses.insert(ip) {
                 c.error(
                     spanned.span(),
@@ -86,6 +93,8 @@ pub(super) fn validate_interfaces(raw: Vec<RawInterface>, c: &mut Collector) -> 
                 );
             }
         }
+        let ipv4: Vec<Ipv4Net> = parsed4.iter().map(|(_, n)| *n).collect();
+        let ipv6: Vec<Ipv6Net> = parsed6.iter().map(|(_, n)| *n).collect();
 
         // On-link checks are only meaningful when every prefix parsed.
         let ipv4_complete = ipv4.len() == r.ipv4.len();
@@ -99,7 +108,12 @@ pub(super) fn validate_interfaces(raw: Vec<RawInterface>, c: &mut Collector) -> 
                 );
             }
             gateway4_seen = true;
-            if ipv4_complete && !ipv4.iter().any(|n| n.contains(&addr) && n.addr() != addr) {
+            if ipv4.iter().any(|n| n.addr() == addr) {
+                c.error(
+                    g.span(),
+                    format!("gateway {addr} is this interface's own address; expected the router's address"),
+                );
+            } else if ipv4_complete && !ipv4.iter().any(|n| n.contains(&addr)) {
                 c.error(
                     g.span(),
                     format!(
@@ -121,10 +135,12 @@ pub(super) fn validate_interfaces(raw: Vec<RawInterface>, c: &mut Collector) -> 
             }
             gateway6_seen = true;
             let link_local = (addr.segments()[0] & 0xffc0) == 0xfe80;
-            if ipv6_complete
-                && !link_local
-                && !ipv6.iter().any(|n| n.contains(&addr) && n.addr() != addr)
-            {
+            if ipv6.iter().any(|n| n.addr() == addr) {
+                c.error(
+                    g.span(),
+                    format!("gateway {addr} is this interface's own address; expected the router's address"),
+                );
+            } else if ipv6_complete && !link_local && !ipv6.iter().any(|n| n.contains(&addr)) {
                 c.error(
                     g.span(),
                     format!(
@@ -163,7 +179,19 @@ pub(super) fn validate_interfaces(raw: Vec<RawInterface>, c: &mut Collector) -> 
     out
 }
 
+/// glibc's resolver reads at most this many `nameserver` lines and ignores the rest.
+const MAX_NAMESERVERS: usize = 3;
+
 pub(super) fn validate_nameservers(raw: &[Spanned<String>], c: &mut Collector) -> Vec<IpAddr> {
+    if let Some(extra) = raw.get(MAX_NAMESERVERS) {
+        c.error(
+            extra.span(),
+            format!(
+                "more than {MAX_NAMESERVERS} nameservers; expected at most {MAX_NAMESERVERS} \
+                 (the resolver ignores the rest)"
+            ),
+        );
+    }
     raw.iter()
         .filter_map(|s| parse_addr::<IpAddr>(s, "an IPv4 or IPv6 address, e.g. \"192.0.2.53\"", c))
         .collect()

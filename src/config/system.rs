@@ -59,7 +59,8 @@ pub(super) struct RawSystem {
 pub(super) struct RawConsole {
     device: Option<Spanned<String>>,
     baud: Option<Spanned<u32>>,
-    admin_password_hash: Option<Spanned<String>>,
+    /// Any TOML value, so that a wrong type never gets echoed by serde's error message.
+    admin_password_hash: Option<Spanned<toml::Value>>,
 }
 
 pub(super) fn validate_system(raw: RawSystem, c: &mut Collector) -> System {
@@ -85,6 +86,19 @@ pub(super) fn validate_system(raw: RawSystem, c: &mut Collector) -> System {
                 "invalid domain {:?}; expected an RFC 1123 domain with at least two labels, \
                  e.g. \"example.org\"",
                 raw.domain.get_ref()
+            ),
+        );
+    }
+    // The FQDN goes into /etc/hosts and the zone, where names are limited to 253 characters.
+    if is_rfc1123_label(&hostname)
+        && is_rfc1123_domain(&domain)
+        && hostname.len() + 1 + domain.len() > 253
+    {
+        c.error(
+            raw.domain.span(),
+            format!(
+                "{hostname}.{domain} is longer than 253 characters; expected a shorter hostname \
+                 or domain"
             ),
         );
     }
@@ -140,13 +154,30 @@ pub(super) fn validate_console(raw: RawConsole, c: &mut Collector) -> Console {
             );
         }
     }
-    if let Some(hash) = raw.admin_password_hash {
-        match check_password_hash(hash.get_ref()) {
-            Ok(()) => console.admin_password_hash = Some(hash.into_inner()),
-            Err(why) => c.error(hash.span(), why),
-        }
+    if let Some(hash) = raw.admin_password_hash.and_then(|v| password_hash(v, c)) {
+        console.admin_password_hash = Some(hash);
     }
     console
+}
+
+/// Checks a `*password_hash` value without ever quoting it in a message.
+pub(crate) fn password_hash(value: Spanned<toml::Value>, c: &mut Collector) -> Option<String> {
+    let span = value.span();
+    let toml::Value::String(hash) = value.into_inner() else {
+        c.error(
+            span,
+            "a password hash must be a quoted string; expected e.g. \"$6$...\" from \
+             `letterbox passwd`",
+        );
+        return None;
+    };
+    match check_password_hash(&hash) {
+        Ok(()) => Some(hash),
+        Err(why) => {
+            c.error(span, why);
+            None
+        }
+    }
 }
 
 /// Accepts crypt(3) SHA-512 (`$6$`) and yescrypt (`$y$`) strings of the right shape.

@@ -66,6 +66,7 @@ fn good_file_parses() {
 fn embedded_default_is_valid_and_uses_documentation_addresses() {
     let c = parse(DEFAULT_NAME, DEFAULT_TOML).unwrap();
     assert_eq!(c.system.domain, "example.org");
+    assert!(!c.interfaces.is_empty());
     let doc4: ipnet::Ipv4Net = "192.0.2.0/24".parse().unwrap();
     let doc6: ipnet::Ipv6Net = "2001:db8::/32".parse().unwrap();
     for i in &c.interfaces {
@@ -196,6 +197,43 @@ fn duplicate_address_across_interfaces() {
 }
 
 #[test]
+fn duplicate_is_reported_at_its_own_entry_after_a_bad_one() {
+    let text = edit(
+        "ipv4 = [\"192.0.2.10/24\"]",
+        "ipv4 = [\"192.0.2.10/99\", \"192.0.2.11/24\", \"192.0.2.11/24\"]",
+    );
+    let errs = errors(&text);
+    let cols: Vec<(usize, usize)> = errs.iter().map(|e| (e.0, e.1)).collect();
+    assert_eq!(cols, vec![(7, 9), (7, 43)], "{errs:#?}");
+    assert!(errs[1].2.contains("configured twice"));
+}
+
+#[test]
+fn gateway_equal_to_own_address() {
+    assert_one(
+        &edit("\"192.0.2.1\"", "\"192.0.2.10\""),
+        8,
+        12,
+        "own address",
+    );
+}
+
+#[test]
+fn empty_interface_list() {
+    let text = "version = 1\ninterface = []\n[system]\nhostname = \"m\"\ndomain = \"e.org\"\n";
+    assert_one(text, 1, 1, "at least one interface");
+}
+
+#[test]
+fn too_many_nameservers() {
+    let text = format!(
+        "nameservers = [\"192.0.2.1\", \"192.0.2.2\", \"192.0.2.3\", \"192.0.2.4\"]\n{}",
+        good()
+    );
+    assert_one(&text, 1, 55, "at most 3");
+}
+
+#[test]
 fn duplicate_interface_name() {
     let text = format!("{}[[interface]]\nname = \"eth0\"\n", good());
     assert_one(&text, 14, 8, "listed twice");
@@ -222,6 +260,15 @@ fn plaintext_password_is_rejected_without_echo() {
         !m.contains("hunter2"),
         "the password must not be echoed: {m}"
     );
+}
+
+#[test]
+fn a_number_as_password_is_rejected_without_echo() {
+    let errs = errors(&edit(&format!("\"{HASH}\""), "271828"));
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert_eq!((errs[0].0, errs[0].1), (12, 23));
+    assert!(errs[0].2.contains("quoted string"), "{errs:#?}");
+    assert!(!errs[0].2.contains("271828"), "{errs:#?}");
 }
 
 #[test]

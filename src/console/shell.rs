@@ -149,7 +149,7 @@ fn status(agent: Arc<Agent>, _: Vec<String>) -> BoxFuture<'static, Reply> {
                 .as_ref()
                 .map_or("(unconfigured)".into(), |(c, _)| c.system.fqdn())
         );
-        let _ = writeln!(out, "uptime:    {}s", agent.uptime().as_secs());
+        let _ = writeln!(out, "uptime:    {}", duration(agent.uptime().as_secs()));
         let source = match &p.config {
             Some((_, source @ Source::LastGood(_))) => {
                 format!("{source} (letterbox.toml has errors; see `check`)")
@@ -175,6 +175,22 @@ fn status(agent: Arc<Agent>, _: Vec<String>) -> BoxFuture<'static, Reply> {
         }
         Reply::text(out)
     })
+}
+
+/// `3d 4h 5m 6s`, leaving out leading zero units.
+fn duration(secs: u64) -> String {
+    let parts = [
+        (secs / 86_400, "d"),
+        (secs / 3600 % 24, "h"),
+        (secs / 60 % 60, "m"),
+    ];
+    let mut out: String = parts
+        .iter()
+        .skip_while(|(n, _)| *n == 0)
+        .map(|(n, unit)| format!("{n}{unit} "))
+        .collect();
+    out.push_str(&format!("{}s", secs % 60));
+    out
 }
 
 fn net(agent: Arc<Agent>, _: Vec<String>) -> BoxFuture<'static, Reply> {
@@ -314,6 +330,14 @@ mod tests {
             name_and_args("reboot now").unwrap_err(),
             "`reboot` takes no arguments; expected just `reboot`"
         );
+    }
+
+    #[test]
+    fn uptime_reads_like_a_person_would_write_it() {
+        assert_eq!(duration(0), "0s");
+        assert_eq!(duration(59), "59s");
+        assert_eq!(duration(3600), "1h 0m 0s");
+        assert_eq!(duration(2 * 86_400 + 3 * 3600 + 4 * 60 + 5), "2d 3h 4m 5s");
     }
 
     #[test]

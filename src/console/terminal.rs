@@ -172,9 +172,13 @@ mod tests {
             Input::Line("help".into())
         );
         assert_eq!(term.read_line(true).await.unwrap(), Input::EndOfInput);
-        let mut echoed = vec![0u8; 4096];
-        let n = master.read(&mut echoed).unwrap();
-        let echoed = String::from_utf8_lossy(&echoed[..n]);
+        // The pty hands the echo over asynchronously: read until the ^D's newline is in.
+        let mut echoed = String::new();
+        while !echoed.ends_with("help\r\n\r\n") {
+            let mut chunk = [0u8; 4096];
+            let n = master.read(&mut chunk).unwrap();
+            echoed.push_str(&String::from_utf8_lossy(&chunk[..n]));
+        }
         assert!(
             echoed.starts_with("stat\x08 \x08x\x08 \x08tus\r\n"),
             "{echoed:?}"

@@ -78,8 +78,9 @@ impl Logger {
         sinks.console = Some(console);
     }
 
-    pub fn log_to_stderr(&self, on: bool) {
-        self.sinks.lock().expect("log sinks").stderr = on;
+    /// Also writes to stderr (run mode, where the caller collects it).
+    pub fn log_to_stderr(&self) {
+        self.sinks.lock().expect("log sinks").stderr = true;
     }
 
     /// The most recent `n` lines, oldest first.

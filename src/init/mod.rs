@@ -7,19 +7,19 @@ pub mod provisioning;
 pub mod reaper;
 pub mod units;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ::log::{error, info, warn};
+use clap::{CommandFactory, Parser};
 use nix::sys::reboot::{reboot, RebootMode};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
-use crate::config::Config;
 use provisioning::{Provisioning, Source};
 use reaper::{Reaper, Scope};
 use units::{Supervisor, UnitState, UnitTable};
@@ -55,6 +55,41 @@ pub struct InitArgs {
     pub root: PathBuf,
 }
 
+impl InitArgs {
+    /// The command line of `letterbox-init`. As PID 1 it is parsed leniently: the kernel
+    /// hands init the boot parameters it does not know (`quiet`, `splash`) as arguments,
+    /// and a stray word must not stop the appliance from booting.
+    pub fn from_command_line() -> InitArgs {
+        if std::process::id() == 1 {
+            InitArgs::parse_lenient(std::env::args_os())
+        } else {
+            InitArgs::parse()
+        }
+    }
+
+    fn parse_lenient(args: impl IntoIterator<Item = std::ffi::OsString>) -> InitArgs {
+        let command = InitArgs::command();
+        let known: Vec<String> = command
+            .get_arguments()
+            .filter_map(|a| a.get_long().map(|long| format!("--{long}")))
+            .collect();
+        let mut args = args.into_iter();
+        let mut kept: Vec<std::ffi::OsString> = args.next().into_iter().collect();
+        while let Some(arg) = args.next() {
+            let text = arg.to_string_lossy();
+            let flag = text.split('=').next().unwrap_or_default();
+            if known.iter().any(|k| k == flag) {
+                let takes_next = !text.contains('=');
+                kept.push(arg);
+                if takes_next {
+                    kept.extend(args.next());
+                }
+            }
+        }
+        InitArgs::try_parse_from(kept).unwrap_or_else(|_| InitArgs::parse_from(["letterbox-init"]))
+    }
+}
+
 /// What the agent needs to know, whichever way it was started.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -87,8 +122,6 @@ pub enum InitError {
     Signal(&'static str, #[source] std::io::Error),
     #[error("cannot start the child reaper")]
     Reaper(#[from] reaper::ReaperError),
-    #[error("cannot give the agent its own UTS namespace (for its host name)")]
-    UtsNamespace(#[source] nix::Error),
 }
 
 /// Why the agent stops.
@@ -108,10 +141,6 @@ pub struct Agent {
 }
 
 impl Agent {
-    pub fn mode(&self) -> Mode {
-        self.options.mode
-    }
-
     /// The configuration in force and the provisioning file's problem, if any.
     pub fn provisioning(&self) -> Provisioning {
         self.provisioning.lock().expect("provisioning").clone()
@@ -142,7 +171,10 @@ impl Agent {
         let Some((cfg, _)) = self.provisioning().config else {
             return Err("no valid configuration to apply".into());
         };
-        apply_network(&cfg, &self.options.system_root).await
+        crate::net::apply(&cfg, &self.options.system_root)
+            .await
+            .map(|report| report.to_string())
+            .map_err(|e| crate::error_chain(&e))
     }
 }
 
@@ -154,10 +186,12 @@ pub fn main_pid1(args: InitArgs) -> ExitCode {
 /// Builds the runtime and runs the agent to its end; as PID 1 the end is a reboot or
 /// power-off, which does not return.
 pub fn start(options: Options) -> ExitCode {
+    // Installs the logger; everything from here on is logged.
     let logger = log::logger();
     match options.mode {
-        Mode::Pid1 => {}
-        Mode::Host => logger.log_to_stderr(true),
+        Mode::Host => logger.log_to_stderr(),
+        // A panic of PID 1 ends in a kernel panic; its reason must reach the console first.
+        Mode::Pid1 => std::panic::set_hook(Box::new(|panic| error!("{panic}"))),
     }
     match run(options.clone()) {
         Ok(how) => finish(options.mode, how),
@@ -176,8 +210,10 @@ fn run(options: Options) -> Result<Shutdown, InitError> {
     if options.mode == Mode::Host {
         // net::apply sets the host name; on a shared host it must stay inside the agent.
         // Done before the runtime starts threads, which then inherit the namespace.
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUTS)
-            .map_err(InitError::UtsNamespace)?;
+        if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUTS) {
+            // Without root nothing can change the host name anyway; net reports that.
+            warn!("no UTS namespace of its own ({e}): the host name will not be set");
+        }
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -210,6 +246,9 @@ async fn boot(options: Options) -> Result<Shutdown, InitError> {
         if let Err(e) = log::logger().log_to_kmsg() {
             warn!("no kernel log: /dev/kmsg: {e}");
         }
+        // Ctrl-alt-del then reaches PID 1 as SIGINT (a clean reboot, below) instead of
+        // resetting at once. Refused inside a PID namespace, where there is no such key.
+        let _ = nix::sys::reboot::set_cad_enabled(false);
     }
 
     // Appliance early boot (mode == Pid1 only): kernel modules and the SD card's
@@ -236,9 +275,10 @@ async fn boot(options: Options) -> Result<Shutdown, InitError> {
 
     if let Some((cfg, _)) = &provisioning.config {
         info!("network up: applying {} interface(s)", cfg.interfaces.len());
-        match apply_network(cfg, &options.system_root).await {
+        match crate::net::apply(cfg, &options.system_root).await {
+            Ok(report) if report.failed() => warn!("{report}"),
             Ok(report) => info!("{report}"),
-            Err(e) => error!("{e}"),
+            Err(e) => error!("network: {}", crate::error_chain(&e)),
         }
     } else {
         warn!("network not configured: no valid configuration");
@@ -255,19 +295,10 @@ async fn boot(options: Options) -> Result<Shutdown, InitError> {
 
     info!("starting units");
     let mut supervisor = Supervisor::new(reaper, agent.units.clone());
-    if let Some((name, baud)) = console {
-        match crate::console::device::resolve(&name) {
-            Ok(path) => {
-                match crate::console::device::open_for_log(&path) {
-                    Ok(file) => log::logger().log_to_console(file),
-                    Err(e) => warn!("{}", crate::error_chain(&e)),
-                }
-                info!("login prompt on {}", path.display());
-                supervisor.start(crate::console::unit(agent.clone(), path, baud));
-            }
-            Err(e) => error!("no console: {}", crate::error_chain(&e)),
-        }
+    if let Some((device, baud)) = console {
+        start_console(&mut supervisor, &agent, &device, baud);
     }
+    // Later units (DNS, containerd) start here, after the console: they stop before it.
 
     let how = tokio::select! {
         Some(how) = shutdown_rx.recv() => {
@@ -295,6 +326,21 @@ async fn boot(options: Options) -> Result<Shutdown, InitError> {
     Ok(how)
 }
 
+/// The console login, the first unit; log lines go to the console from now on.
+fn start_console(supervisor: &mut Supervisor, agent: &Arc<Agent>, device: &str, baud: u32) {
+    let path = crate::console::device::resolve(device).unwrap_or_else(|e| {
+        // The kernel's console is where someone is looking: better than no login at all.
+        error!("{}; using /dev/console instead", crate::error_chain(&e));
+        PathBuf::from("/dev/console")
+    });
+    match crate::console::device::open_for_log(&path) {
+        Ok(file) => log::logger().log_to_console(file),
+        Err(e) => warn!("{}", crate::error_chain(&e)),
+    }
+    info!("login prompt on {}", path.display());
+    supervisor.start(crate::console::unit(agent.clone(), path, baud));
+}
+
 /// Reads the provisioning file, logging what it found and which configuration is used.
 fn read_provisioning(options: &Options) -> Provisioning {
     match &options.provisioning_file {
@@ -317,13 +363,6 @@ fn read_provisioning(options: &Options) -> Provisioning {
         ),
     }
     p
-}
-
-async fn apply_network(cfg: &Config, root: &Path) -> Result<String, String> {
-    crate::net::apply(cfg, root)
-        .await
-        .map(|report| report.to_string())
-        .map_err(|e| crate::error_chain(&e))
 }
 
 /// The console's device and baud: the command line wins, then the configuration; PID 1
@@ -363,7 +402,7 @@ fn finish(mode: Mode, how: Shutdown) -> ExitCode {
     nix::unistd::sync();
     match mode {
         Mode::Host => {
-            info!("{} in run mode: exiting", describe(how));
+            info!("run mode: exiting instead of a {}", describe(how));
             ExitCode::SUCCESS
         }
         Mode::Pid1 => {
@@ -382,5 +421,27 @@ fn finish(mode: Mode, how: Shutdown) -> ExitCode {
             error!("{} failed: {e}", describe(how));
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pid1_command_line_ignores_kernel_boot_words() {
+        let args = [
+            "letterbox-init",
+            "quiet",
+            "--console",
+            "ttyS1",
+            "splash",
+            "--root=/r",
+        ];
+        let parsed = InitArgs::parse_lenient(args.map(Into::into));
+        assert_eq!(parsed.console.as_deref(), Some("ttyS1"));
+        assert_eq!(parsed.root, PathBuf::from("/r"));
+        assert_eq!(parsed.boot_dir, PathBuf::from("/boot"));
+        assert_eq!(parsed.state_dir, PathBuf::from("/data/letterbox"));
     }
 }

@@ -143,6 +143,28 @@ mod tests {
     }
 
     #[test]
+    fn a_pasted_password_is_not_quoted_in_the_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("letterbox.toml");
+        let text = config::DEFAULT_TOML.replace(
+            "# admin_password_hash = \"$6$...\"",
+            "admin_password_hash = \"hunter2\"",
+        );
+        std::fs::write(&file, &text).unwrap();
+        let problem = load(Some(&file), dir.path()).problem.unwrap();
+        let line = text.lines().position(|l| l.contains("hunter2")).unwrap() + 1;
+        assert!(
+            problem.contains(&format!("letterbox.toml:{line}:")),
+            "{problem}"
+        );
+        assert!(
+            problem.contains("admin_password_hash = (not shown)"),
+            "{problem}"
+        );
+        assert!(!problem.contains("hunter2"), "{problem}");
+    }
+
+    #[test]
     fn no_config_at_all_without_a_last_good_copy() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("letterbox.toml");

@@ -2,6 +2,18 @@
 //! server and containerd later). A unit is either an in-process async task or a child
 //! process; when it ends it is restarted after an exponential, capped backoff that resets
 //! once the unit has stayed up a while. Units stop in reverse start order.
+//!
+//! Plugging in a unit (in `init::boot`, after the console):
+//!
+//! ```text
+//! supervisor.start(Unit::task("dns", move |mut stop| async move {
+//!     let server = start_the_server().await.map_err(|e| crate::error_chain(&e))?;
+//!     stop.requested().await;          // until the agent shuts down
+//!     server.shutdown().await;         // within `grace`, or the task is dropped
+//!     Ok(())                           // returning early (Ok or Err) means: restart
+//! }));
+//! supervisor.start(Unit::process("containerd", || Command::new("/usr/bin/containerd")));
+//! ```
 
 use std::fmt;
 use std::future::Future;

@@ -146,49 +146,28 @@ fn temporary_path(path: &Path) -> PathBuf {
 mod tests {
     use super::*;
 
-    /// Compares a rendering of the embedded default file with its golden file;
-    /// `UPDATE_GOLDEN=1 cargo test --lib net::files` rewrites the golden files instead.
-    fn check_golden(name: &str, rendered: &str) {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/golden/net")
-            .join(name);
-        if std::env::var_os("UPDATE_GOLDEN").is_some() {
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(&path, rendered).unwrap();
-            return;
-        }
-        let golden = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("{}: {e}; run with UPDATE_GOLDEN=1", path.display()));
-        assert_eq!(
-            rendered,
-            golden,
-            "{} differs from the rendering",
-            path.display()
-        );
-    }
-
     fn default_config() -> Config {
         crate::config::parse("default", crate::config::DEFAULT_TOML).unwrap()
     }
 
     #[test]
     fn hostname_matches_golden() {
-        check_golden("hostname", &render_hostname(&default_config()));
+        crate::net::check_golden("hostname", &render_hostname(&default_config()));
     }
 
     #[test]
     fn hosts_matches_golden() {
-        check_golden("hosts", &render_hosts(&default_config()));
+        crate::net::check_golden("hosts", &render_hosts(&default_config()));
     }
 
     #[test]
     fn resolv_conf_matches_golden() {
-        check_golden("resolv.conf", &render_resolv_conf(&default_config()));
+        crate::net::check_golden("resolv.conf", &render_resolv_conf(&default_config()));
     }
 
     #[test]
     fn timezone_matches_golden() {
-        check_golden("timezone", &render_timezone(&default_config()));
+        crate::net::check_golden("timezone", &render_timezone(&default_config()));
     }
 
     #[test]

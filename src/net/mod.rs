@@ -24,6 +24,8 @@ pub use files::{render_hostname, render_hosts, render_resolv_conf, render_timezo
 pub use netlink::LETTERBOX_PROTOCOL;
 pub use report::{Entry, Item, LinkReport, Outcome, Report};
 
+const LOOPBACK: &str = "lo";
+
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
     #[error("cannot open a netlink socket")]
@@ -110,8 +112,17 @@ async fn apply_links(handle: &Handle, cfg: &Config, report: &mut Report) -> Resu
             entries: Vec::new(),
             errors: Vec::new(),
         };
+        // As PID 1 nobody else brings loopback up, and local services need it.
+        if link.name == LOOPBACK {
+            bring_up(handle, link, &mut link_report).await;
+        }
         let existing = Existing::of(link.index, &addresses, &routes);
-        remove_stale(handle, &link.name, &existing, &[], &[], &mut link_report).await;
+        let stale = Stale {
+            addresses: &[],
+            gateways: &[],
+            router_advertised: false,
+        };
+        remove_stale(handle, &link.name, &existing, stale, &mut link_report).await;
         if !link_report.entries.is_empty() || !link_report.errors.is_empty() {
             report.links.push(link_report);
         }
@@ -191,18 +202,7 @@ async fn configure(
         }
     }
 
-    let result = match link.up {
-        false => netlink::set_up(handle, link.index)
-            .await
-            .map_err(netlink_error("bring the link up".into())),
-        true => Ok(()),
-    };
-    match result {
-        Ok(()) => out
-            .entries
-            .push(entry(Item::LinkUp, !link.up, Outcome::Changed)),
-        Err(e) => out.errors.push(e),
-    }
+    bring_up(handle, link, out).await;
 
     let wanted_addresses: Vec<IpNet> = iface
         .ipv4
@@ -219,30 +219,29 @@ async fn configure(
 
     // Stale first: an IPv6 address that changed its prefix length must go before it can be
     // added again, and a stale route must go before the address it depends on.
-    remove_stale(
-        handle,
-        &iface.name,
-        existing,
-        &wanted_addresses,
-        &wanted_gateways,
-        out,
-    )
-    .await;
+    let stale = Stale {
+        addresses: &wanted_addresses,
+        gateways: &wanted_gateways,
+        // Without router advertisements only static addresses may remain: what the kernel
+        // learned from them while they were accepted would otherwise linger until it expires.
+        router_advertised: !iface.accept_ra,
+    };
+    remove_stale(handle, &iface.name, existing, stale, out).await;
 
     for net in wanted_addresses {
         // Present already, added by letterbox or not: nothing to do, and not ours to re-mark.
         if existing.addresses.iter().any(|a| a.net == net) {
-            out.entries
-                .push(entry(Item::Address(net), false, Outcome::Added));
+            out.entries.push(Entry::unchanged(Item::Address(net)));
             continue;
         }
         match netlink::add_address(handle, link.index, net)
             .await
             .map_err(netlink_error(format!("add address {net}")))
         {
-            Ok(()) => out
-                .entries
-                .push(entry(Item::Address(net), true, Outcome::Added)),
+            Ok(()) => out.entries.push(Entry {
+                item: Item::Address(net),
+                outcome: Outcome::Added,
+            }),
             Err(e) => out.errors.push(e),
         }
     }
@@ -250,34 +249,70 @@ async fn configure(
     for gateway in wanted_gateways {
         if existing.routes.iter().any(|r| r.gateway == gateway) {
             out.entries
-                .push(entry(Item::DefaultRoute(gateway), false, Outcome::Added));
+                .push(Entry::unchanged(Item::DefaultRoute(gateway)));
             continue;
         }
         match netlink::add_default_route(handle, link.index, gateway)
             .await
             .map_err(netlink_error(format!("add default route via {gateway}")))
         {
-            Ok(()) => out
-                .entries
-                .push(entry(Item::DefaultRoute(gateway), true, Outcome::Added)),
+            Ok(()) => out.entries.push(Entry {
+                item: Item::DefaultRoute(gateway),
+                outcome: Outcome::Added,
+            }),
             Err(e) => out.errors.push(e),
         }
     }
 }
 
-/// Removes what letterbox added to a link earlier and the file no longer lists.
+async fn bring_up(handle: &Handle, link: &netlink::Link, out: &mut LinkReport) {
+    let result = match link.up {
+        false => netlink::set_up(handle, link.index).await,
+        true => Ok(()),
+    };
+    match result {
+        Ok(()) => out
+            .entries
+            .push(entry(Item::LinkUp, !link.up, Outcome::Changed)),
+        Err(source) => out.errors.push(NetError::Netlink {
+            link: link.name.clone(),
+            action: "bring the link up".into(),
+            source,
+        }),
+    }
+}
+
+/// What must go from a link: letterbox's addresses and routes the file does not list, and
+/// optionally what router advertisements brought.
+#[derive(Clone, Copy)]
+struct Stale<'a> {
+    /// The file's addresses and gateways for the link; letterbox's others are stale.
+    addresses: &'a [IpNet],
+    gateways: &'a [IpAddr],
+    router_advertised: bool,
+}
+
+impl Stale<'_> {
+    fn is_stale(&self, origin: Origin, listed: bool) -> bool {
+        match origin {
+            Origin::Letterbox => !listed,
+            Origin::RouterAdvertisement => self.router_advertised && !listed,
+            Origin::Other => false,
+        }
+    }
+}
+
 async fn remove_stale(
     handle: &Handle,
     link: &str,
     existing: &Existing<'_>,
-    wanted_addresses: &[IpNet],
-    wanted_gateways: &[IpAddr],
+    stale: Stale<'_>,
     out: &mut LinkReport,
 ) {
     for route in existing
         .routes
         .iter()
-        .filter(|r| r.ours && !wanted_gateways.contains(&r.gateway))
+        .filter(|r| stale.is_stale(r.origin, stale.gateways.contains(&r.gateway)))
     {
         match netlink::del_route(handle, route).await {
             Ok(()) => out.entries.push(Entry {
@@ -294,7 +329,7 @@ async fn remove_stale(
     for address in existing
         .addresses
         .iter()
-        .filter(|a| a.ours && !wanted_addresses.contains(&a.net))
+        .filter(|a| stale.is_stale(a.origin, stale.addresses.contains(&a.net)))
     {
         match netlink::del_address(handle, address).await {
             Ok(()) => out.entries.push(Entry {
@@ -314,6 +349,9 @@ async fn remove_stale(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
     Letterbox,
+    /// The kernel, from a router advertisement (SLAAC address, default router).
+    RouterAdvertisement,
+    /// Anyone else: the kernel's own (link-local, prefix routes), an administrator, a daemon.
     Other,
 }
 
@@ -341,22 +379,18 @@ pub async fn snapshot() -> Result<Vec<LinkState>, NetError> {
     .await;
     connection.abort();
     let (links, addresses, routes) = read?;
-    let origin = |ours| match ours {
-        true => Origin::Letterbox,
-        false => Origin::Other,
-    };
     Ok(links
         .into_iter()
         .map(|l| LinkState {
             addresses: addresses
                 .iter()
                 .filter(|a| a.index == l.index)
-                .map(|a| (a.net, origin(a.ours)))
+                .map(|a| (a.net, a.origin))
                 .collect(),
             default_routes: routes
                 .iter()
                 .filter(|r| r.index == l.index)
-                .map(|r| (r.gateway, origin(r.ours)))
+                .map(|r| (r.gateway, r.origin))
                 .collect(),
             name: l.name,
             index: l.index,
@@ -374,6 +408,7 @@ impl fmt::Display for LinkState {
         }
         let mark = |origin| match origin {
             Origin::Letterbox => " (letterbox)",
+            Origin::RouterAdvertisement => " (router advertisement)",
             Origin::Other => "",
         };
         for (net, origin) in &self.addresses {
@@ -384,4 +419,26 @@ impl fmt::Display for LinkState {
         }
         Ok(())
     }
+}
+
+/// Compares a rendering with its golden file in tests/golden/net;
+/// `UPDATE_GOLDEN=1 cargo test --lib net::` rewrites the golden files instead.
+#[cfg(test)]
+fn check_golden(name: &str, rendered: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden/net")
+        .join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, rendered).unwrap();
+        return;
+    }
+    let golden = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}; run with UPDATE_GOLDEN=1", path.display()));
+    assert_eq!(
+        rendered,
+        golden,
+        "{} differs from the rendering",
+        path.display()
+    );
 }

@@ -14,7 +14,7 @@ use netlink_packet_route::route::{
 };
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 
-use super::NetError;
+use super::{NetError, Origin};
 
 /// Marks what letterbox added, in the kernel itself: the route protocol of its routes and the
 /// IFA_PROTO of its addresses (Linux >= 6.1). The mark survives agent restarts without a state
@@ -40,8 +40,7 @@ pub struct Link {
 pub struct Address {
     pub index: u32,
     pub net: IpNet,
-    /// Added by letterbox (carries [`LETTERBOX_PROTOCOL`]).
-    pub ours: bool,
+    pub origin: Origin,
     message: AddressMessage,
 }
 
@@ -49,8 +48,7 @@ pub struct Address {
 pub struct DefaultRoute {
     pub index: u32,
     pub gateway: IpAddr,
-    /// Added by letterbox (route protocol [`LETTERBOX_PROTOCOL`]).
-    pub ours: bool,
+    pub origin: Origin,
     message: RouteMessage,
 }
 
@@ -103,13 +101,16 @@ pub async fn addresses(handle: &Handle) -> Result<Vec<Address>, NetError> {
 fn address_of(message: AddressMessage) -> Option<Address> {
     let mut local = None;
     let mut address = None;
-    let mut ours = false;
+    let mut origin = Origin::Other;
     for attr in &message.attributes {
         match attr {
             AddressAttribute::Local(ip) => local = Some(*ip),
             AddressAttribute::Address(ip) => address = Some(*ip),
-            AddressAttribute::Protocol(AddressProtocol::Other(p)) => {
-                ours = *p == LETTERBOX_PROTOCOL
+            AddressAttribute::Protocol(AddressProtocol::RouterAnnouncement) => {
+                origin = Origin::RouterAdvertisement
+            }
+            AddressAttribute::Protocol(AddressProtocol::Other(LETTERBOX_PROTOCOL)) => {
+                origin = Origin::Letterbox
             }
             _ => {}
         }
@@ -121,7 +122,7 @@ fn address_of(message: AddressMessage) -> Option<Address> {
     Some(Address {
         index: message.header.index,
         net,
-        ours,
+        origin,
         message,
     })
 }
@@ -170,7 +171,11 @@ fn default_route_of(message: RouteMessage) -> Option<DefaultRoute> {
     Some(DefaultRoute {
         index: index?,
         gateway: gateway?,
-        ours: message.header.protocol == RouteProtocol::Other(LETTERBOX_PROTOCOL),
+        origin: match message.header.protocol {
+            RouteProtocol::Other(LETTERBOX_PROTOCOL) => Origin::Letterbox,
+            RouteProtocol::Ra => Origin::RouterAdvertisement,
+            _ => Origin::Other,
+        },
         message,
     })
 }
@@ -218,6 +223,11 @@ pub async fn del_address(handle: &Handle, address: &Address) -> Result<(), rtnet
         .await
 }
 
+/// Metric of letterbox's IPv6 default route. The kernel refuses a second IPv6 route to the
+/// same destination with the same metric, and an advertised default router takes 1024 (the
+/// default); a lower one also makes the file's gateway preferred over advertised routers.
+pub const IPV6_DEFAULT_ROUTE_METRIC: u32 = 512;
+
 pub async fn add_default_route(
     handle: &Handle,
     index: u32,
@@ -234,6 +244,7 @@ pub async fn add_default_route(
             .output_interface(index)
             .gateway(gw)
             .protocol(protocol)
+            .priority(IPV6_DEFAULT_ROUTE_METRIC)
             .build(),
     };
     handle.route().add(message).execute().await

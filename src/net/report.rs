@@ -41,6 +41,15 @@ pub struct Entry {
     pub outcome: Outcome,
 }
 
+impl Entry {
+    pub fn unchanged(item: Item) -> Entry {
+        Entry {
+            item,
+            outcome: Outcome::Unchanged,
+        }
+    }
+}
+
 /// One interface: listed in the file, or holding letterbox's leftovers from an earlier file.
 #[derive(Debug)]
 pub struct LinkReport {
@@ -121,20 +130,104 @@ impl fmt::Display for Report {
             write_section(f, &link.name, &link.entries, &link.errors)?;
         }
         write_section(f, "system", &self.system, &self.system_errors)?;
+        write!(
+            f,
+            "{}",
+            if self.changed() {
+                "changes applied"
+            } else {
+                "no changes"
+            }
+        )?;
         let failed: Vec<&str> = self
             .links
             .iter()
             .filter(|l| !l.errors.is_empty())
             .map(|l| l.name.as_str())
             .collect();
-        let changes = match self.changed() {
-            true => "changes applied",
-            false => "no changes",
-        };
-        match (failed.is_empty(), self.system_errors.is_empty()) {
-            (true, true) => write!(f, "{changes}"),
-            (false, _) => write!(f, "{changes}; failed interfaces: {}", failed.join(", ")),
-            (true, false) => write!(f, "{changes}; system files failed"),
+        if !failed.is_empty() {
+            write!(f, "; failed interfaces: {}", failed.join(", "))?;
         }
+        if !self.system_errors.is_empty() {
+            write!(f, "; system settings failed")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_matches_golden() {
+        let report = Report {
+            links: vec![
+                LinkReport {
+                    name: "eth0".into(),
+                    entries: vec![
+                        Entry {
+                            item: Item::Sysctl {
+                                name: "accept_ra",
+                                value: 0,
+                            },
+                            outcome: Outcome::Unchanged,
+                        },
+                        Entry {
+                            item: Item::Mtu(1400),
+                            outcome: Outcome::Changed,
+                        },
+                        Entry {
+                            item: Item::Address("192.0.2.10/24".parse().unwrap()),
+                            outcome: Outcome::Added,
+                        },
+                        Entry {
+                            item: Item::Address("2001:db8::11/64".parse().unwrap()),
+                            outcome: Outcome::Removed,
+                        },
+                        Entry {
+                            item: Item::DefaultRoute("2001:db8::1".parse().unwrap()),
+                            outcome: Outcome::Unchanged,
+                        },
+                    ],
+                    errors: vec![],
+                },
+                LinkReport {
+                    name: "eth1".into(),
+                    entries: vec![],
+                    errors: vec![NetError::LinkNotFound {
+                        name: "eth1".into(),
+                    }],
+                },
+            ],
+            system: vec![
+                Entry {
+                    item: Item::File("/etc/hosts".into()),
+                    outcome: Outcome::Changed,
+                },
+                Entry {
+                    item: Item::Hostname("mail".into()),
+                    outcome: Outcome::Unchanged,
+                },
+            ],
+            system_errors: vec![],
+        };
+        assert!(report.changed());
+        assert!(report.failed());
+        crate::net::check_golden("report.txt", &format!("{report}\n"));
+    }
+
+    #[test]
+    fn unchanged_report_says_no_changes() {
+        let report = Report {
+            system: vec![Entry {
+                item: Item::Hostname("mail".into()),
+                outcome: Outcome::Unchanged,
+            }],
+            ..Report::default()
+        };
+        assert!(!report.changed());
+        assert!(!report.failed());
+        assert!(report.to_string().ends_with("\nno changes"), "{report}");
     }
 }

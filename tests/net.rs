@@ -1,0 +1,672 @@
+//! `letterbox net apply` against the kernel: two network namespaces joined by a veth pair.
+//! Namespace A is the appliance (letterbox configures its end), namespace B is its router
+//! (192.0.2.1, 192.0.2.2, 2001:db8::1, 2001:db8::2). Every apply runs in a private UTS
+//! namespace, so the host's own hostname is never touched.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use serde_json::Value;
+
+static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
+
+/// A pair of network namespaces joined by a veth pair, and a persistent UTS namespace for
+/// the applies; all removed on drop, also when the test fails.
+struct Lab {
+    ns_a: String,
+    ns_b: String,
+    /// The veth end in A, the one letterbox configures.
+    link_a: String,
+    link_b: String,
+    uts: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        // Unique across parallel tests and concurrent test processes; link names stay
+        // within the kernel's 15 bytes.
+        let id = format!(
+            "{:x}{}",
+            std::process::id(),
+            NEXT_LAB.fetch_add(1, Ordering::Relaxed)
+        );
+        let lab = Lab {
+            ns_a: format!("lbnet-{id}-a"),
+            ns_b: format!("lbnet-{id}-b"),
+            link_a: format!("lb{id}a"),
+            link_b: format!("lb{id}b"),
+            uts: PathBuf::from(format!("/run/lbnet-{id}-uts")),
+            dir: tempfile::tempdir().expect("temporary directory"),
+        };
+        run(&["ip", "netns", "add", &lab.ns_a]);
+        run(&["ip", "netns", "add", &lab.ns_b]);
+        run(&[
+            "ip",
+            "link",
+            "add",
+            &lab.link_a,
+            "netns",
+            &lab.ns_a,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &lab.link_b,
+            "netns",
+            &lab.ns_b,
+        ]);
+        for args in [
+            vec!["link", "set", "lo", "up"],
+            vec!["link", "set", &lab.link_b, "up"],
+            vec!["addr", "add", "192.0.2.1/24", "dev", &lab.link_b],
+            vec!["addr", "add", "192.0.2.2/24", "dev", &lab.link_b],
+            // Without DAD on the router's side too: no ping may depend on DAD timing.
+            vec!["addr", "add", "2001:db8::1/64", "dev", &lab.link_b, "nodad"],
+            vec!["addr", "add", "2001:db8::2/64", "dev", &lab.link_b, "nodad"],
+        ] {
+            let mut full = vec!["ip", "-n", &lab.ns_b];
+            full.extend(args);
+            run(&full);
+        }
+        std::fs::write(&lab.uts, "").expect("UTS namespace mount point");
+        let uts = format!("--uts={}", lab.uts.display());
+        run(&["unshare", &uts, "hostname", "lab"]);
+        lab
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    /// Runs `letterbox net apply` with `toml` inside namespace A (and the lab's UTS namespace).
+    fn apply(&self, toml: &str) -> Output {
+        let file = self.dir.path().join("letterbox.toml");
+        std::fs::write(&file, toml).expect("write the provisioning file");
+        let uts = format!("--uts={}", self.uts.display());
+        let bin = common::letterbox_bin();
+        let root = self.root();
+        let output = Command::new("ip")
+            .args(["netns", "exec", &self.ns_a, "nsenter", &uts])
+            .arg(&bin)
+            .args(["net", "apply"])
+            .arg(&file)
+            .arg("--root")
+            .arg(&root)
+            .output()
+            .expect("run letterbox net apply");
+        eprintln!(
+            "letterbox net apply: {}\n{}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output
+    }
+
+    fn apply_ok(&self, toml: &str) -> String {
+        let output = self.apply(toml);
+        assert!(output.status.success(), "apply failed: {output:?}");
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    /// `ip -j ARGS` inside namespace NS, parsed.
+    fn ip_json(&self, ns: &str, args: &[&str]) -> Value {
+        let mut full = vec!["ip", "-n", ns, "-j"];
+        full.extend(args);
+        serde_json::from_str(&run(&full)).expect("ip -j prints JSON")
+    }
+
+    /// The link's addresses in namespace A, as "address/prefix".
+    fn addresses_a(&self) -> Vec<String> {
+        let links = self.ip_json(&self.ns_a, &["addr", "show", "dev", &self.link_a]);
+        links[0]["addr_info"]
+            .as_array()
+            .expect("addr_info")
+            .iter()
+            .map(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]))
+            .collect()
+    }
+
+    /// Gateways of the default routes in namespace A, IPv4 and IPv6, with their protocol.
+    fn default_routes_a(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for family in ["-4", "-6"] {
+            let routes = self.ip_json(&self.ns_a, &[family, "route", "show", "default"]);
+            for r in routes.as_array().expect("route list") {
+                out.push((
+                    r["gateway"].as_str().unwrap_or("").to_string(),
+                    r["protocol"].to_string().trim_matches('"').to_string(),
+                ));
+            }
+        }
+        out
+    }
+
+    /// Everything `ip` reports about namespace A: links, addresses, routes of both families.
+    /// Without `operstate` and `tentative`: the kernel moves those on its own for a while after
+    /// a link comes up (link watch, DAD of its link-local address); no apply sets them.
+    fn kernel_state_a(&self) -> Vec<Value> {
+        fn strip_kernel_driven(value: &mut Value) {
+            match value {
+                Value::Object(map) => {
+                    map.remove("operstate");
+                    map.remove("tentative");
+                    map.values_mut().for_each(strip_kernel_driven);
+                }
+                Value::Array(items) => items.iter_mut().for_each(strip_kernel_driven),
+                _ => {}
+            }
+        }
+        [
+            vec!["link", "show"],
+            vec!["addr", "show"],
+            vec!["-4", "route", "show", "table", "all"],
+            vec!["-6", "route", "show", "table", "all"],
+        ]
+        .iter()
+        .map(|args| {
+            let mut state = self.ip_json(&self.ns_a, args);
+            strip_kernel_driven(&mut state);
+            state
+        })
+        .collect()
+    }
+
+    fn ping_from_b(&self, address: &str) -> bool {
+        Command::new("ip")
+            .args(["netns", "exec", &self.ns_b, "ping", "-c1", "-W2", address])
+            .status()
+            .expect("run ping")
+            .success()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // Deleting the namespaces deletes the veth pair with them.
+        for ns in [&self.ns_a, &self.ns_b] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        let _ = nix::mount::umount(&self.uts);
+        let _ = std::fs::remove_file(&self.uts);
+    }
+}
+
+/// Runs a command that must succeed; returns its stdout.
+fn run(args: &[&str]) -> String {
+    let output = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+fn provisioning(interfaces: &str) -> String {
+    format!(
+        r#"version = 1
+nameservers = ["192.0.2.53", "2001:db8::53"]
+
+[system]
+hostname = "mail"
+domain = "example.org"
+timezone = "Europe/Paris"
+
+{interfaces}"#
+    )
+}
+
+fn interface(name: &str, body: &str) -> String {
+    format!("[[interface]]\nname = \"{name}\"\n{body}\n")
+}
+
+const STATIC: &str = r#"ipv4 = ["192.0.2.10/24"]
+gateway4 = "192.0.2.1"
+ipv6 = ["2001:db8::10/64"]
+gateway6 = "2001:db8::1"
+mtu = 1400"#;
+
+fn runnable(test: &str) -> bool {
+    if !common::is_root() {
+        common::skip(test, "needs root for network namespaces");
+        return false;
+    }
+    true
+}
+
+#[test]
+fn applied_config_is_in_the_kernel_and_reachable_over_ipv4_and_ipv6() {
+    if !runnable("applied_config_is_in_the_kernel_and_reachable_over_ipv4_and_ipv6") {
+        return;
+    }
+    let lab = Lab::new();
+    let report = lab.apply_ok(&provisioning(&interface(&lab.link_a, STATIC)));
+    assert!(report.contains("+ address 192.0.2.10/24"), "{report}");
+
+    let link = &lab.ip_json(&lab.ns_a, &["link", "show", "dev", &lab.link_a])[0];
+    assert_eq!(link["mtu"], 1400);
+    assert!(
+        link["flags"].as_array().unwrap().iter().any(|f| f == "UP"),
+        "link is not up: {link}"
+    );
+    let mut addresses = lab.addresses_a();
+    addresses.retain(|a| !a.starts_with("fe80:"));
+    assert_eq!(addresses, ["192.0.2.10/24", "2001:db8::10/64"]);
+    assert_eq!(
+        lab.default_routes_a(),
+        [
+            ("192.0.2.1".to_string(), "213".to_string()),
+            ("2001:db8::1".to_string(), "213".to_string())
+        ]
+    );
+
+    let show = run(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.ns_a,
+        common::letterbox_bin().to_str().unwrap(),
+        "net",
+        "show",
+    ]);
+    for line in [
+        "  192.0.2.10/24 (letterbox)",
+        "  2001:db8::10/64 (letterbox)",
+        "  default via 192.0.2.1 (letterbox)",
+        "  default via 2001:db8::1 (letterbox)",
+    ] {
+        assert!(
+            show.lines().any(|l| l == line),
+            "`net show` lacks {line:?}:\n{show}"
+        );
+    }
+
+    assert!(lab.ping_from_b("192.0.2.10"), "no IPv4 ping reply");
+    assert!(lab.ping_from_b("2001:db8::10"), "no IPv6 ping reply");
+}
+
+#[test]
+fn applying_twice_changes_nothing() {
+    if !runnable("applying_twice_changes_nothing") {
+        return;
+    }
+    let lab = Lab::new();
+    let toml = provisioning(&interface(&lab.link_a, STATIC));
+    let first = lab.apply_ok(&toml);
+    assert!(first.trim_end().ends_with("changes applied"), "{first}");
+    let before = lab.kernel_state_a();
+
+    let second = lab.apply_ok(&toml);
+    assert_eq!(
+        lab.kernel_state_a(),
+        before,
+        "the second apply changed the kernel"
+    );
+    assert!(second.trim_end().ends_with("no changes"), "{second}");
+    for line in second.lines() {
+        let line = line.trim_start();
+        assert!(
+            !(line.starts_with('+') || line.starts_with('-') || line.starts_with('~')),
+            "second apply reports a change: {line}"
+        );
+    }
+}
+
+#[test]
+fn edited_file_removes_stale_state_and_leaves_foreign_state_alone() {
+    if !runnable("edited_file_removes_stale_state_and_leaves_foreign_state_alone") {
+        return;
+    }
+    let lab = Lab::new();
+    lab.apply_ok(&provisioning(&interface(
+        &lab.link_a,
+        r#"ipv4 = ["192.0.2.10/24", "192.0.2.11/24"]
+gateway4 = "192.0.2.1"
+ipv6 = ["2001:db8::10/64", "2001:db8::11/64"]
+gateway6 = "2001:db8::1""#,
+    )));
+    // Not letterbox's: added by hand, and must survive.
+    for args in [
+        vec!["addr", "add", "198.51.100.7/24", "dev", &lab.link_a],
+        vec![
+            "addr",
+            "add",
+            "2001:db8:1::7/64",
+            "dev",
+            &lab.link_a,
+            "nodad",
+        ],
+        vec!["route", "add", "203.0.113.0/24", "via", "192.0.2.1"],
+    ] {
+        let mut full = vec!["ip", "-n", &lab.ns_a];
+        full.extend(args);
+        run(&full);
+    }
+
+    let report = lab.apply_ok(&provisioning(&interface(
+        &lab.link_a,
+        r#"ipv4 = ["192.0.2.10/24"]
+gateway4 = "192.0.2.2"
+ipv6 = ["2001:db8::10/64"]
+gateway6 = "2001:db8::2""#,
+    )));
+    for line in [
+        "- address 192.0.2.11/24 (removed)",
+        "- address 2001:db8::11/64 (removed)",
+        "- default via 192.0.2.1 (removed)",
+        "+ default via 192.0.2.2 (added)",
+    ] {
+        assert!(report.contains(line), "report lacks {line:?}:\n{report}");
+    }
+
+    let mut addresses = lab.addresses_a();
+    addresses.retain(|a| !a.starts_with("fe80:"));
+    addresses.sort();
+    assert_eq!(
+        addresses,
+        [
+            "192.0.2.10/24",
+            "198.51.100.7/24",
+            "2001:db8:1::7/64",
+            "2001:db8::10/64"
+        ]
+    );
+    assert_eq!(
+        lab.default_routes_a(),
+        [
+            ("192.0.2.2".to_string(), "213".to_string()),
+            ("2001:db8::2".to_string(), "213".to_string())
+        ]
+    );
+    let hand_route = lab.ip_json(&lab.ns_a, &["route", "show", "203.0.113.0/24"]);
+    assert_eq!(hand_route[0]["gateway"], "192.0.2.1", "{hand_route}");
+    assert!(lab.ping_from_b("192.0.2.10"));
+}
+
+#[test]
+fn missing_interface_is_named_and_the_others_are_configured() {
+    if !runnable("missing_interface_is_named_and_the_others_are_configured") {
+        return;
+    }
+    let lab = Lab::new();
+    let missing = format!("{}x", lab.link_a);
+    let output = lab.apply(&provisioning(&format!(
+        "{}{}",
+        interface(&missing, r#"ipv4 = ["198.51.100.10/24"]"#),
+        interface(&lab.link_a, STATIC)
+    )));
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let report = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        report.contains(&format!("interface `{missing}` not found")),
+        "{report}"
+    );
+    assert!(
+        report.contains(&format!("failed interfaces: {missing}")),
+        "{report}"
+    );
+
+    let mut addresses = lab.addresses_a();
+    addresses.retain(|a| !a.starts_with("fe80:"));
+    assert_eq!(addresses, ["192.0.2.10/24", "2001:db8::10/64"]);
+    assert!(lab.ping_from_b("2001:db8::10"));
+}
+
+#[test]
+fn system_files_are_written_under_the_root_and_the_hostname_is_set() {
+    if !runnable("system_files_are_written_under_the_root_and_the_hostname_is_set") {
+        return;
+    }
+    let host_hostname = nix::unistd::gethostname().unwrap();
+    let lab = Lab::new();
+    lab.apply_ok(&provisioning(&interface(&lab.link_a, STATIC)));
+
+    let read = |name: &str| std::fs::read_to_string(lab.root().join("etc").join(name)).unwrap();
+    assert_eq!(read("hostname"), "mail\n");
+    assert_eq!(read("timezone"), "Europe/Paris\n");
+    let hosts = read("hosts");
+    assert!(hosts.contains("127.0.0.1\tlocalhost\n"), "{hosts}");
+    assert!(hosts.contains("::1\tlocalhost"), "{hosts}");
+    assert!(
+        hosts.contains("192.0.2.10\tmail.example.org mail\n"),
+        "{hosts}"
+    );
+    assert!(
+        hosts.contains("2001:db8::10\tmail.example.org mail\n"),
+        "{hosts}"
+    );
+    let resolv = read("resolv.conf");
+    let servers: Vec<&str> = resolv
+        .lines()
+        .filter_map(|l| l.strip_prefix("nameserver "))
+        .collect();
+    assert_eq!(servers, ["192.0.2.53", "2001:db8::53"], "{resolv}");
+    assert!(resolv.contains("search example.org\n"), "{resolv}");
+
+    let uts = format!("--uts={}", lab.uts.display());
+    assert_eq!(run(&["nsenter", &uts, "hostname"]), "mail\n");
+    assert_eq!(nix::unistd::gethostname().unwrap(), host_hostname);
+}
+
+#[test]
+fn accept_ra_sysctls_follow_the_file() {
+    if !runnable("accept_ra_sysctls_follow_the_file") {
+        return;
+    }
+    let lab = Lab::new();
+    let sysctl = |name: &str| {
+        let path = format!("/proc/sys/net/ipv6/conf/{}/{name}", lab.link_a);
+        run(&["ip", "netns", "exec", &lab.ns_a, "cat", &path])
+            .trim()
+            .to_string()
+    };
+    // A fresh link accepts router advertisements; the default file turns that off.
+    assert_eq!(sysctl("accept_ra"), "1");
+    lab.apply_ok(&provisioning(&interface(&lab.link_a, STATIC)));
+    assert_eq!(
+        (sysctl("accept_ra"), sysctl("autoconf")),
+        ("0".into(), "0".into())
+    );
+
+    lab.apply_ok(&provisioning(&interface(
+        &lab.link_a,
+        &format!("{STATIC}\naccept_ra = true"),
+    )));
+    assert_eq!(
+        (sysctl("accept_ra"), sysctl("autoconf")),
+        ("1".into(), "1".into())
+    );
+}
+
+/// radvd in namespace B, advertising 2001:db8:5::/64 for SLAAC; killed on drop.
+struct Radvd(std::process::Child);
+
+impl Radvd {
+    fn start(lab: &Lab) -> Radvd {
+        // radvd advertises only from a router: one that forwards IPv6.
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            &lab.ns_b,
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.all.forwarding=1",
+        ]);
+        let conf = lab.dir.path().join("radvd.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "interface {} {{\n  AdvSendAdvert on;\n  MinRtrAdvInterval 3;\n  MaxRtrAdvInterval 4;\n  \
+                 prefix 2001:db8:5::/64 {{ AdvOnLink on; AdvAutonomous on; }};\n}};\n",
+                lab.link_b
+            ),
+        )
+        .unwrap();
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.ns_b,
+                "radvd",
+                "--nodaemon",
+                "--logmethod",
+                "stderr",
+            ])
+            .arg("--config")
+            .arg(&conf)
+            .arg("--pidfile")
+            .arg(lab.dir.path().join("radvd.pid"))
+            .spawn()
+            .expect("start radvd");
+        Radvd(child)
+    }
+}
+
+impl Drop for Radvd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Polls `condition` every 100 ms for up to `limit`; a deadline, not a timing goal.
+fn wait_for(limit: std::time::Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    condition()
+}
+
+#[test]
+fn accept_ra_adds_slaac_beside_static_addresses_and_turning_it_off_removes_it() {
+    let test = "accept_ra_adds_slaac_beside_static_addresses_and_turning_it_off_removes_it";
+    if !runnable(test) {
+        return;
+    }
+    if Command::new("radvd").arg("--version").output().is_err() {
+        common::skip(test, "radvd is not installed (make test installs it)");
+        return;
+    }
+    let lab = Lab::new();
+    let _radvd = Radvd::start(&lab);
+    let slaac = |addresses: &[String]| {
+        addresses
+            .iter()
+            .find(|a| a.starts_with("2001:db8:5:"))
+            .cloned()
+    };
+
+    lab.apply_ok(&provisioning(&interface(
+        &lab.link_a,
+        &format!("{STATIC}\naccept_ra = true"),
+    )));
+    assert!(
+        wait_for(std::time::Duration::from_secs(30), || slaac(
+            &lab.addresses_a()
+        )
+        .is_some()),
+        "no SLAAC address from radvd's 2001:db8:5::/64 within 30 s: {:?}",
+        lab.addresses_a()
+    );
+    let addresses = lab.addresses_a();
+    for static_address in ["192.0.2.10/24", "2001:db8::10/64"] {
+        assert!(
+            addresses.iter().any(|a| a == static_address),
+            "{addresses:?}"
+        );
+    }
+    // Re-applying with router advertisements on keeps what they brought.
+    let again = lab.apply_ok(&provisioning(&interface(
+        &lab.link_a,
+        &format!("{STATIC}\naccept_ra = true"),
+    )));
+    assert!(again.trim_end().ends_with("no changes"), "{again}");
+    let slaac_address = slaac(&lab.addresses_a()).expect("SLAAC address kept");
+    // A new static gateway next to the advertised default router (same kernel metric would
+    // make the kernel refuse it as a duplicate).
+    let routes = lab.default_routes_a();
+    assert!(
+        routes.iter().any(|(_, proto)| proto == "ra"),
+        "no advertised default route: {routes:?}"
+    );
+    let moved = lab.apply_ok(&provisioning(&interface(
+        &lab.link_a,
+        &format!(
+            "{}\naccept_ra = true",
+            STATIC.replace("2001:db8::1\"", "2001:db8::2\"")
+        ),
+    )));
+    assert!(
+        moved.contains("+ default via 2001:db8::2 (added)"),
+        "{moved}"
+    );
+
+    let report = lab.apply_ok(&provisioning(&interface(&lab.link_a, STATIC)));
+    assert!(
+        report.contains(&format!("- address {slaac_address} (removed)")),
+        "{report}"
+    );
+    let addresses = lab.addresses_a();
+    assert_eq!(slaac(&addresses), None, "{addresses:?}");
+    assert!(
+        addresses.iter().any(|a| a == "2001:db8::10/64"),
+        "{addresses:?}"
+    );
+    assert!(lab.ping_from_b("2001:db8::10"));
+}
+
+/// Runs `net::apply` in this process (in namespace A, in a private UTS namespace, on a thread
+/// of its own since both are per thread) and binds to the new IPv6 address right after it
+/// returns: with duplicate address detection still running the bind would fail.
+#[test]
+fn services_can_bind_the_new_ipv6_address_right_after_apply() {
+    if !runnable("services_can_bind_the_new_ipv6_address_right_after_apply") {
+        return;
+    }
+    let lab = Lab::new();
+    let cfg =
+        letterbox::config::parse("test", &provisioning(&interface(&lab.link_a, STATIC))).unwrap();
+    let netns = Path::new("/run/netns").join(&lab.ns_a);
+    let root = lab.root();
+    let bound = std::thread::spawn(move || {
+        use nix::sched::{setns, unshare, CloneFlags};
+        let ns = std::fs::File::open(&netns).expect("open the namespace");
+        setns(ns, CloneFlags::CLONE_NEWNET).expect("enter namespace A");
+        unshare(CloneFlags::CLONE_NEWUTS).expect("private UTS namespace");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let report = runtime
+            .block_on(letterbox::net::apply(&cfg, &root))
+            .expect("apply");
+        assert!(!report.failed(), "{report}");
+        std::net::TcpListener::bind("[2001:db8::10]:0").map(|l| l.local_addr().unwrap())
+    })
+    .join()
+    .expect("apply thread");
+    let address = bound.expect("bind to 2001:db8::10 right after apply");
+    assert_eq!(address.ip().to_string(), "2001:db8::10");
+
+    let link = &lab.ip_json(&lab.ns_a, &["addr", "show", "dev", &lab.link_a])[0];
+    let static_v6 = link["addr_info"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["local"] == "2001:db8::10")
+        .expect("the static IPv6 address");
+    assert!(static_v6.get("tentative").is_none(), "{static_v6}");
+}
