@@ -42,7 +42,7 @@ TARGET := aarch64-unknown-linux-gnu
 AGENT := target-aarch64/$(TARGET)/release/letterbox
 TEST_IMAGE := out/test-rpi3.img
 # Builds the image: no root, loop devices or mounts; QEMU boots it.
-IMAGE_PACKAGES := mmdebstrap mtools dosfstools e2fsprogs squashfs-tools kmod dpkg qemu-system-arm
+IMAGE_PACKAGES := mmdebstrap mtools dosfstools e2fsprogs squashfs-tools kmod qemu-system-arm
 # The agent for aarch64 with the rustup target when installed, else Debian's Rust.
 CROSS_ENV := CARGO_TARGET_DIR=target-aarch64 RUSTFLAGS='-C target-feature=+crt-static' \
 	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=$(CURDIR)/image/cross/link-static-aarch64

@@ -56,3 +56,33 @@ impl fmt::Display for Board {
 pub fn cmdline_txt(root_partuuid: &str) -> String {
     include_str!("../../image/cmdline.txt").replace("{root_partuuid}", root_partuuid)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cmdline_names_the_console_and_the_root_partition_on_one_line() {
+        let line = cmdline_txt("0a1b2c3d-02");
+        assert_eq!(line.lines().count(), 1);
+        assert!(line.starts_with("console=serial0,115200 console=ttyS1,115200 "));
+        assert!(line.contains(" root=PARTUUID=0a1b2c3d-02 rootfstype=squashfs ro "));
+    }
+
+    #[test]
+    fn each_board_boots_64_bit_with_the_uart_on() {
+        for board in [Board::Rpi3, Board::Rpi4] {
+            let config = board.config_txt();
+            for line in [
+                "arm_64bit=1",
+                "enable_uart=1",
+                "upstream_kernel=1",
+                "kernel=vmlinuz",
+            ] {
+                assert!(config.lines().any(|l| l == line), "{board}: {line}");
+            }
+        }
+        assert!(Board::Rpi3.firmware_files().contains(&"bootcode.bin"));
+        assert!(Board::Rpi4.firmware_files().contains(&"start4.elf"));
+    }
+}
