@@ -161,12 +161,11 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 format!("udp:127.0.0.1:{dns_port}-:53"),
                 format!("tcp:127.0.0.1:{dns_port}-:53"),
             ];
-            let status = image::qemu::command(&prepared, "stdio", &forwards).status()?;
-            Ok(if status.success() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            // Become QEMU: signals (^C, a script's kill) then reach it, not a parent.
+            let err = std::os::unix::process::CommandExt::exec(&mut image::qemu::command(
+                &prepared, "stdio", &forwards,
+            ));
+            Err(format!("cannot run qemu-system-aarch64: {err}").into())
         }
         Command::Run {
             file,
