@@ -47,16 +47,17 @@ for _ in $(seq 600); do
     sleep 1
 done
 sleep 2
-# "[   12.345678] letterbox: ..." lines as the kernel prints them from /dev/kmsg: the
-# kernel's clock, zero at kernel start. (The agent's own console lines, "letterbox: INFO",
-# are left out: they replay early lines later.)
+# The agent's console lines, "[   12.345678] letterbox: INFO  ...", carry its clock:
+# seconds since boot, zero at kernel start. (Its /dev/kmsg copies are rate-limited by
+# the kernel, and early lines are replayed with their original stamps once the console
+# is up, so the first match by content is the right one.)
 stamp() {
-    grep -a -E "$1" "$work/console.log" | grep -a -v -E 'letterbox: (INFO|WARN|ERROR) ' |
-        head -n1 | sed -E 's/^\[ *([0-9.]+)\].*/\1/'
+    grep -a -E "letterbox: (INFO|WARN|ERROR) .*$1" "$work/console.log" | head -n1 |
+        sed -E 's/^\[ *([0-9.]+)\].*/\1/'
 }
-echo "kernel start -> agent start:   $(stamp '\] letterbox: .*starting') s"
+echo "kernel start -> agent start:   $(stamp 'starting \(as PID 1\)') s"
 echo "kernel start -> root mounted:  $(stamp 'switched to the read-only root') s"
-echo "kernel start -> network up:    $(stamp '\] letterbox: changes applied') s"
-dns=$(stamp 'letterbox: .*(dns|DNS).*(serving|listening)' || true)
+echo "kernel start -> network up:    $(stamp 'changes applied') s"
+dns=$(stamp '(dns|DNS).*(serving|listening)' || true)
 echo "kernel start -> DNS serving:   ${dns:-n/a (DNS not in the agent yet)} s"
 echo "kernel start -> login prompt:  $(stamp 'login prompt on') s"
