@@ -2,6 +2,7 @@
 //!
 //! One module per concern; `main.rs` only parses the command line and dispatches.
 pub mod config;
+pub mod dns;
 pub mod passwd;
 
 /// Renders an error and its sources as one readable chain: "a: b: c".

@@ -1,0 +1,514 @@
+//! `[dns]` (the zone this appliance serves), `[[dns.record]]` (extra records) and
+//! `[[account]]` (one mail subdomain each), checked for meaning and for conflicts with
+//! the records the appliance derives itself.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::ops::Range;
+
+use hickory_proto::rr::rdata::{CNAME, MX, SRV, TXT};
+use hickory_proto::rr::{Name, RData, RecordType};
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::diagnostic::Collector;
+use super::system::{check_password_hash, is_rfc1123_label, System};
+
+/// The served zone's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dns {
+    /// Published instead of the interface addresses when the appliance is behind NAT.
+    pub public_ipv4: Option<Ipv4Addr>,
+    pub public_ipv6: Option<Ipv6Addr>,
+    /// Where the server listens; empty means port 53 on every interface address.
+    pub listen: Vec<SocketAddr>,
+    /// Secondaries: the only source addresses allowed AXFR, and where NOTIFY goes
+    /// (port 53 unless the entry names another).
+    pub secondaries: Vec<SocketAddr>,
+    /// Responses per second per source prefix; 0 turns rate limiting off.
+    pub rate_limit: u32,
+    pub records: Vec<ExtraRecord>,
+}
+
+pub const DEFAULT_RATE_LIMIT: u32 = 20;
+
+impl Default for Dns {
+    fn default() -> Self {
+        Dns {
+            public_ipv4: None,
+            public_ipv6: None,
+            listen: Vec::new(),
+            secondaries: Vec::new(),
+            rate_limit: DEFAULT_RATE_LIMIT,
+            records: Vec::new(),
+        }
+    }
+}
+
+/// One `[[dns.record]]`, with its name made absolute and its value parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtraRecord {
+    pub name: Name,
+    pub ttl: Option<u32>,
+    pub rdata: RData,
+}
+
+/// One `[[account]]`: a mail subdomain `<name>.<domain>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub name: String,
+    pub password_hash: String,
+}
+
+/// Labels the appliance publishes itself: an account or record may not take them over.
+pub const NAMESERVER_LABEL: &str = "ns1";
+const RECORD_TYPES: &str = "A, AAAA, CNAME, TXT, MX, SRV or CAA";
+/// Longest TXT value accepted; longer values do not fit a DNS response comfortably.
+const TXT_MAX: usize = 4000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDns {
+    public_ipv4: Option<Spanned<String>>,
+    public_ipv6: Option<Spanned<String>>,
+    #[serde(default)]
+    listen: Vec<Spanned<String>>,
+    #[serde(default)]
+    secondaries: Vec<Spanned<String>>,
+    rate_limit: Option<Spanned<u32>>,
+    #[serde(default)]
+    record: Vec<RawRecord>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRecord {
+    name: Spanned<String>,
+    #[serde(rename = "type")]
+    rtype: Spanned<String>,
+    value: Spanned<String>,
+    ttl: Option<Spanned<u32>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAccount {
+    name: Spanned<String>,
+    password_hash: Spanned<String>,
+}
+
+pub(super) fn validate_dns(raw: Option<RawDns>, system: &System, c: &mut Collector) -> Dns {
+    let Some(raw) = raw else {
+        return Dns::default();
+    };
+    let mut dns = Dns {
+        public_ipv4: raw
+            .public_ipv4
+            .as_ref()
+            .and_then(|s| parse_or_report(s, c, "an IPv4 address such as \"203.0.113.7\"")),
+        public_ipv6: raw
+            .public_ipv6
+            .as_ref()
+            .and_then(|s| parse_or_report(s, c, "an IPv6 address such as \"2001:db8::7\"")),
+        listen: raw
+            .listen
+            .iter()
+            .filter_map(|s| {
+                parse_or_report(
+                    s,
+                    c,
+                    "an address with port such as \"192.0.2.10:53\" or \"[2001:db8::10]:53\"",
+                )
+            })
+            .collect(),
+        secondaries: raw
+            .secondaries
+            .iter()
+            .filter_map(|s| match s.get_ref().parse::<IpAddr>() {
+                Ok(ip) => Some(SocketAddr::new(ip, 53)),
+                Err(_) => parse_or_report(
+                    s,
+                    c,
+                    "an IP address such as \"192.0.2.53\" or \"2001:db8::53\", optionally \
+                     with a NOTIFY port as \"192.0.2.53:5353\"",
+                ),
+            })
+            .collect(),
+        rate_limit: raw.rate_limit.map_or(DEFAULT_RATE_LIMIT, |r| *r.get_ref()),
+        records: Vec::new(),
+    };
+    let Ok(origin) = Name::from_ascii(format!("{}.", system.domain)) else {
+        return dns; // An invalid domain was reported with [system].
+    };
+    dns.records = validate_records(raw.record, system, &origin, c);
+    dns
+}
+
+fn parse_or_report<T: std::str::FromStr>(
+    s: &Spanned<String>,
+    c: &mut Collector,
+    expected: &str,
+) -> Option<T> {
+    let parsed = s.get_ref().parse().ok();
+    if parsed.is_none() {
+        c.error(
+            s.span(),
+            format!("invalid address {:?}; expected {expected}", s.get_ref()),
+        );
+    }
+    parsed
+}
+
+/// What the appliance itself publishes at a name, for conflict checks.
+#[derive(Default)]
+struct Derived {
+    has_data: bool,
+    has_spf: bool,
+}
+
+fn derived_names(system: &System) -> BTreeMap<String, Derived> {
+    let all = Derived {
+        has_data: true,
+        has_spf: true,
+    };
+    let mut m = BTreeMap::new();
+    m.insert("@".to_string(), all);
+    m.insert(
+        system.hostname.clone(),
+        Derived {
+            has_data: true,
+            has_spf: true,
+        },
+    );
+    m.insert(
+        NAMESERVER_LABEL.to_string(),
+        Derived {
+            has_data: true,
+            has_spf: true,
+        },
+    );
+    m.insert(
+        "_dmarc".to_string(),
+        Derived {
+            has_data: true,
+            ..Derived::default()
+        },
+    );
+    m
+}
+
+fn validate_records(
+    raw: Vec<RawRecord>,
+    system: &System,
+    origin: &Name,
+    c: &mut Collector,
+) -> Vec<ExtraRecord> {
+    let derived = derived_names(system);
+    // (relative key, span of the name) of what is seen so far, for the CNAME checks.
+    let mut cname_at: BTreeMap<Name, Range<usize>> = BTreeMap::new();
+    let mut data_at: BTreeMap<Name, Range<usize>> = BTreeMap::new();
+    let mut spf_at: HashSet<Name> = HashSet::new();
+    let mut seen: HashSet<(Name, RData)> = HashSet::new();
+    let mut out = Vec::new();
+
+    for r in raw {
+        let Some(name) = record_name(&r.name, origin, c) else {
+            continue;
+        };
+        let Some(rdata) = record_value(&r.rtype, &r.value, origin, c) else {
+            continue;
+        };
+        let relative = relative_label(&name, origin);
+        let here = derived.get(&relative);
+        let is_dkim_name = relative.ends_with("._domainkey") || relative == "_domainkey";
+        match &rdata {
+            RData::CNAME(_) => {
+                if here.is_some_and(|d| d.has_data) || is_dkim_name {
+                    c.error(
+                        r.rtype.span(),
+                        format!(
+                            "a CNAME at {name} would sit beside the records letterbox publishes \
+                             there; expected a CNAME only at a name with no other data"
+                        ),
+                    );
+                    continue;
+                }
+                if let Some(_other) = data_at.get(&name) {
+                    c.error(
+                        r.rtype.span(),
+                        format!(
+                            "a CNAME at {name} beside other records of that name; expected a \
+                             CNAME to be the only record at its name"
+                        ),
+                    );
+                    continue;
+                }
+                if cname_at.insert(name.clone(), r.name.span()).is_some() {
+                    c.error(
+                        r.rtype.span(),
+                        format!("a second CNAME at {name}; expected at most one CNAME per name"),
+                    );
+                    continue;
+                }
+            }
+            _ => {
+                if cname_at.contains_key(&name) {
+                    c.error(
+                        r.rtype.span(),
+                        format!(
+                            "a {} record at {name} beside its CNAME; expected a CNAME to be the \
+                             only record at its name",
+                            rdata.record_type()
+                        ),
+                    );
+                    continue;
+                }
+                data_at.entry(name.clone()).or_insert_with(|| r.name.span());
+            }
+        }
+        if let RData::MX(_) = &rdata {
+            if relative == NAMESERVER_LABEL {
+                c.error(
+                    r.rtype.span(),
+                    format!(
+                        "an MX at {name}, which letterbox publishes as sending and receiving no \
+                         mail (null MX); expected MX records at other names"
+                    ),
+                );
+                continue;
+            }
+        }
+        if let RData::TXT(txt) = &rdata {
+            let is_spf = txt
+                .txt_data
+                .first()
+                .is_some_and(|s| s.to_ascii_lowercase().starts_with(b"v=spf1"));
+            if is_spf && (here.is_some_and(|d| d.has_spf) || !spf_at.insert(name.clone())) {
+                c.error(
+                    r.value.span(),
+                    format!(
+                        "a second SPF record at {name}; expected one `v=spf1` TXT per name \
+                         (letterbox publishes one at the domain, the host and every account)"
+                    ),
+                );
+                continue;
+            }
+        }
+        if !seen.insert((name.clone(), rdata.clone())) {
+            c.error(
+                r.name.span(),
+                format!(
+                    "duplicate {} record at {name}; expected each record once",
+                    rdata.record_type()
+                ),
+            );
+            continue;
+        }
+        out.push(ExtraRecord {
+            name,
+            ttl: r.ttl.map(|t| *t.get_ref()),
+            rdata,
+        });
+    }
+    out
+}
+
+/// The name relative to the origin: "@" for the apex, else the labels before the domain.
+fn relative_label(name: &Name, origin: &Name) -> String {
+    let n = name.to_ascii().to_ascii_lowercase();
+    let o = origin.to_ascii().to_ascii_lowercase();
+    if n == o {
+        "@".to_string()
+    } else {
+        n.strip_suffix(&format!(".{o}")).unwrap_or(&n).to_string()
+    }
+}
+
+fn record_name(raw: &Spanned<String>, origin: &Name, c: &mut Collector) -> Option<Name> {
+    let text = raw.get_ref().trim();
+    let expected = "expected \"@\" for the domain itself, a name relative to the domain such as \
+                    \"www\" or \"_sip._tcp\", or an absolute name ending in the domain and '.'";
+    let name = if text == "@" {
+        Some(origin.clone())
+    } else if text.is_empty() {
+        None
+    } else if text.ends_with('.') {
+        Name::from_ascii(text).ok()
+    } else {
+        Name::from_ascii(text)
+            .ok()
+            .and_then(|n| n.append_domain(origin).ok())
+    };
+    let ok_labels = name.as_ref().is_some_and(|n| {
+        n.iter().all(|l| {
+            !l.is_empty()
+                && l.iter()
+                    .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_' || *b == b'*')
+        })
+    });
+    match name {
+        Some(n) if ok_labels && origin.zone_of(&n) => Some(n.to_lowercase()),
+        Some(n) if ok_labels => {
+            c.error(
+                raw.span(),
+                format!("name {n} is outside the zone {origin}; {expected}"),
+            );
+            None
+        }
+        _ => {
+            c.error(
+                raw.span(),
+                format!("invalid record name {:?}; {expected}", raw.get_ref()),
+            );
+            None
+        }
+    }
+}
+
+fn record_value(
+    rtype: &Spanned<String>,
+    value: &Spanned<String>,
+    origin: &Name,
+    c: &mut Collector,
+) -> Option<RData> {
+    let t = rtype.get_ref().to_ascii_uppercase();
+    let v = value.get_ref().trim();
+    let (record_type, example) = match t.as_str() {
+        "A" => (RecordType::A, "\"192.0.2.20\""),
+        "AAAA" => (RecordType::AAAA, "\"2001:db8::20\""),
+        "CNAME" => (RecordType::CNAME, "\"mail\" or \"host.example.net.\""),
+        "MX" => (RecordType::MX, "\"10 mail\" (preference, then host)"),
+        "SRV" => (
+            RecordType::SRV,
+            "\"10 5 443 mail\" (priority, weight, port, target)",
+        ),
+        "CAA" => (RecordType::CAA, "'0 issue \"letsencrypt.org\"'"),
+        "TXT" => {
+            if v.is_empty() || v.len() > TXT_MAX {
+                c.error(
+                    value.span(),
+                    format!(
+                        "TXT value of {} bytes; expected 1 to {TXT_MAX} bytes (longer values \
+                         are split into 255-byte strings automatically)",
+                        v.len()
+                    ),
+                );
+                return None;
+            }
+            return Some(RData::TXT(txt_split(v)));
+        }
+        _ => {
+            c.error(
+                rtype.span(),
+                format!(
+                    "unsupported record type {:?}; expected one of {RECORD_TYPES}",
+                    rtype.get_ref()
+                ),
+            );
+            return None;
+        }
+    };
+    let bad = |c: &mut Collector, why: String| {
+        c.error(
+            value.span(),
+            format!("invalid {t} value {v:?} ({why}); expected e.g. {example}"),
+        );
+    };
+    let rdata = match RData::try_from_str(record_type, v) {
+        Ok(r) => r,
+        Err(e) => {
+            bad(c, e.to_string());
+            return None;
+        }
+    };
+    // hickory reads names without an origin: make relative targets absolute in the zone.
+    let absolute = |n: &Name| {
+        if n.is_fqdn() {
+            Ok(n.clone())
+        } else {
+            n.clone().append_domain(origin)
+        }
+    };
+    let rdata = match rdata {
+        RData::CNAME(CNAME(target)) => absolute(&target).map(|t| RData::CNAME(CNAME(t))),
+        RData::MX(mx) => absolute(&mx.exchange).map(|t| RData::MX(MX::new(mx.preference, t))),
+        RData::SRV(srv) => absolute(&srv.target)
+            .map(|t| RData::SRV(SRV::new(srv.priority, srv.weight, srv.port, t))),
+        other => Ok(other),
+    };
+    match rdata {
+        Ok(r) => Some(r),
+        Err(e) => {
+            bad(c, e.to_string());
+            None
+        }
+    }
+}
+
+/// One TXT value as strings of at most 255 bytes, the limit of a DNS character-string.
+pub fn txt_split(value: &str) -> TXT {
+    TXT::from_bytes(value.as_bytes().chunks(255).collect())
+}
+
+pub(super) fn validate_accounts(
+    raw: Vec<RawAccount>,
+    system: &System,
+    dns: &Dns,
+    c: &mut Collector,
+) -> Vec<Account> {
+    let origin = Name::from_ascii(format!("{}.", system.domain)).ok();
+    let mut reserved: Vec<String> = vec![
+        system.hostname.clone(),
+        NAMESERVER_LABEL.to_string(),
+        "_dmarc".to_string(),
+        "_domainkey".to_string(),
+    ];
+    if let Some(origin) = &origin {
+        reserved.extend(
+            dns.records
+                .iter()
+                .map(|r| relative_label(&r.name, origin))
+                .filter(|l| !l.contains('.') && l != "@"),
+        );
+    }
+    let mut names = HashSet::new();
+    let mut out = Vec::new();
+    for a in raw {
+        let name = a.name.get_ref().to_ascii_lowercase();
+        if !is_rfc1123_label(&name) {
+            c.error(
+                a.name.span(),
+                format!(
+                    "invalid account name {:?}; expected one RFC 1123 label: 1 to 63 letters, \
+                     digits or '-', not starting or ending with '-', e.g. \"alice\"",
+                    a.name.get_ref()
+                ),
+            );
+        } else if reserved.contains(&name) {
+            c.error(
+                a.name.span(),
+                format!(
+                    "account name {name:?} clashes with a name letterbox publishes or a \
+                     [[dns.record]]; expected a name other than {}",
+                    reserved.join(", ")
+                ),
+            );
+        } else if !names.insert(name.clone()) {
+            c.error(
+                a.name.span(),
+                format!("account {name:?} is listed twice; expected each account once"),
+            );
+        }
+        if let Err(why) = check_password_hash(a.password_hash.get_ref()) {
+            c.error(
+                a.password_hash.span(),
+                why.replace("admin_password_hash", "password_hash"),
+            );
+        }
+        out.push(Account {
+            name,
+            password_hash: a.password_hash.into_inner(),
+        });
+    }
+    out
+}
