@@ -78,7 +78,7 @@ impl RateLimiter {
             return Verdict::Answer;
         }
         b.over = b.over.wrapping_add(1);
-        if b.over % SLIP == 0 {
+        if b.over.is_multiple_of(SLIP) {
             Verdict::Slip
         } else {
             Verdict::Drop
