@@ -124,6 +124,42 @@ fn zone_passes_knot_check() {
     }
 }
 
+#[test]
+fn serial_survives_restarts_and_grows_on_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let file = dir.path().join("letterbox.toml");
+    let serial = |toml: &str| -> u32 {
+        std::fs::write(&file, toml).unwrap();
+        let out = letterbox(&[
+            "zone",
+            file.to_str().unwrap(),
+            "--state",
+            state.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        let soa = text.lines().find(|l| l.contains(" SOA ")).unwrap();
+        soa.split_whitespace().nth(6).unwrap().parse().unwrap()
+    };
+    let first = serial(&config(0, &[]));
+    assert_eq!(serial(&config(0, &[])), first, "same content, same serial");
+    let mut changed = config(0, &[]);
+    changed.push_str(&format!(
+        "[[account]]\nname = \"frank\"\npassword_hash = \"{HASH}\"\n"
+    ));
+    let second = serial(&changed);
+    assert!(second > first);
+    assert!(
+        serial(&config(0, &[])) > second,
+        "going back is a change too"
+    );
+}
+
 // ---- the running server ----
 
 /// A free port on 127.0.0.1 for both UDP and TCP (as far as one can tell beforehand).

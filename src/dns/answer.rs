@@ -508,3 +508,208 @@ fn negative_soa_tail(zone: &Zone) -> Result<Vec<u8>, DnsError> {
     tail.extend(rdata);
     Ok(tail)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dns::zone::{build, Sources};
+    use hickory_proto::op::Message;
+
+    const TOML: &str = "version = 1\n[system]\nhostname = \"mail\"\ndomain = \"example.org\"\n\
+                        [[interface]]\nname = \"eth0\"\nipv4 = [\"192.0.2.10/24\"]\n\
+                        [dns]\nsecondaries = [\"192.0.2.53\"]\n";
+
+    fn answers() -> Answers {
+        let cfg = crate::config::parse("t.toml", TOML).unwrap();
+        let zone = build(&cfg, &Sources::default(), 7).unwrap();
+        Answers::new(zone, cfg.dns.secondaries.iter().map(|s| s.ip()).collect()).unwrap()
+    }
+
+    fn src() -> SocketAddr {
+        "198.51.100.1:5300".parse().unwrap()
+    }
+
+    fn query(name: &str, t: RecordType, edns: bool) -> Message {
+        let mut m = Message::query();
+        m.metadata.id = 0xbeef;
+        m.metadata.recursion_desired = true;
+        m.add_query(Query::query(Name::from_ascii(name).unwrap(), t));
+        if edns {
+            let mut e = Edns::new();
+            e.set_max_payload(4096);
+            m.set_edns(e);
+        }
+        m
+    }
+
+    fn ask(a: &Answers, m: &Message, transport: Transport) -> Message {
+        let mut out = Vec::new();
+        assert_eq!(
+            a.respond(&m.to_vec().unwrap(), src(), transport, &mut out),
+            Reply::Send
+        );
+        Message::from_vec(&out).unwrap()
+    }
+
+    #[test]
+    fn fast_answer_keeps_id_rd_and_the_question_case() {
+        let a = answers();
+        let r = ask(
+            &a,
+            &query("MaIl.Example.ORG.", RecordType::A, false),
+            Transport::Udp,
+        );
+        assert_eq!(r.metadata.id, 0xbeef);
+        assert!(r.metadata.authoritative && r.metadata.recursion_desired);
+        assert!(!r.metadata.recursion_available);
+        assert_eq!(r.queries[0].name().to_string(), "MaIl.Example.ORG.");
+        assert_eq!(r.answers[0].data.to_string(), "192.0.2.10");
+        assert!(r.edns.is_none());
+    }
+
+    #[test]
+    fn edns_queries_get_our_opt_record() {
+        let a = answers();
+        let r = ask(
+            &a,
+            &query("example.org.", RecordType::MX, true),
+            Transport::Udp,
+        );
+        assert_eq!(r.edns.as_ref().map(|e| e.max_payload()), Some(EDNS_PAYLOAD));
+        assert_eq!(r.answers.len(), 1);
+        assert_eq!(r.additionals.len(), 1, "the mail host's address");
+    }
+
+    #[test]
+    fn negative_answers_carry_the_soa() {
+        let a = answers();
+        let nx = ask(
+            &a,
+            &query("Nope.example.org.", RecordType::A, false),
+            Transport::Udp,
+        );
+        assert_eq!(nx.metadata.response_code, ResponseCode::NXDomain);
+        assert_eq!(nx.authorities[0].record_type(), RecordType::SOA);
+        assert_eq!(
+            nx.authorities[0].name.to_string().to_lowercase(),
+            "example.org."
+        );
+        assert_eq!(nx.authorities[0].ttl, 300);
+        let nodata = ask(
+            &a,
+            &query("mail.example.org.", RecordType::MX, false),
+            Transport::Udp,
+        );
+        assert_eq!(nodata.metadata.response_code, ResponseCode::NoError);
+        assert!(nodata.answers.is_empty());
+        assert_eq!(nodata.authorities.len(), 1);
+    }
+
+    #[test]
+    fn foreign_zones_and_lookalikes_are_refused() {
+        let a = answers();
+        for name in ["example.com.", "badexample.org.", "org."] {
+            let r = ask(&a, &query(name, RecordType::A, false), Transport::Udp);
+            assert_eq!(r.metadata.response_code, ResponseCode::Refused, "{name}");
+            assert!(!r.metadata.authoritative);
+        }
+    }
+
+    #[test]
+    fn unusual_messages_get_the_same_answer_or_a_clear_error() {
+        let a = answers();
+        // An extra additional record sends the query down the slow path.
+        let mut m = query("example.org.", RecordType::MX, false);
+        m.add_additional(Record::from_rdata(
+            Name::from_ascii("x.").unwrap(),
+            0,
+            RData::A(hickory_proto::rr::rdata::A::new(1, 2, 3, 4)),
+        ));
+        let r = ask(&a, &m, Transport::Udp);
+        assert_eq!(r.answers[0].data.to_string(), "10 mail.example.org.");
+
+        let mut update = query("example.org.", RecordType::SOA, false);
+        update.metadata.op_code = OpCode::Update;
+        assert_eq!(
+            ask(&a, &update, Transport::Udp).metadata.response_code,
+            ResponseCode::NotImp
+        );
+
+        let mut chaos = query("example.org.", RecordType::TXT, false);
+        let mut q = chaos.queries[0].clone();
+        q.set_query_class(DNSClass::CH);
+        chaos.queries = vec![q];
+        assert_eq!(
+            ask(&a, &chaos, Transport::Udp).metadata.response_code,
+            ResponseCode::Refused
+        );
+
+        let mut out = Vec::new();
+        let garbage = [
+            0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 0xc0, 0x0c, 0, 1,
+        ];
+        assert_eq!(
+            a.respond(&garbage, src(), Transport::Udp, &mut out),
+            Reply::Send
+        );
+        assert_eq!(&out[..2], &[0x12, 0x34]);
+        assert_eq!(out[3] & 0x0f, 1, "FORMERR");
+        assert_eq!(
+            a.respond(&[1, 2, 3], src(), Transport::Udp, &mut out),
+            Reply::Drop
+        );
+    }
+
+    #[test]
+    fn responses_are_never_answered() {
+        let a = answers();
+        let mut m = query("example.org.", RecordType::SOA, false);
+        m.metadata.message_type = MessageType::Response;
+        let mut out = Vec::new();
+        assert_eq!(
+            a.respond(&m.to_vec().unwrap(), src(), Transport::Udp, &mut out),
+            Reply::Drop
+        );
+    }
+
+    #[test]
+    fn transfers_need_tcp_and_a_secondary() {
+        let a = answers();
+        let axfr = query("example.org.", RecordType::AXFR, false)
+            .to_vec()
+            .unwrap();
+        let secondary: SocketAddr = "192.0.2.53:4000".parse().unwrap();
+        let mut out = Vec::new();
+        let Reply::Transfer(messages) = a.respond(&axfr, secondary, Transport::Tcp, &mut out)
+        else {
+            panic!("no transfer for the secondary over TCP");
+        };
+        let records: Vec<Record> = messages
+            .iter()
+            .flat_map(|m| Message::from_vec(m).unwrap().answers)
+            .collect();
+        assert_eq!(records.first().unwrap().record_type(), RecordType::SOA);
+        assert_eq!(records.last().unwrap().record_type(), RecordType::SOA);
+        assert_eq!(records.len(), a.zone().records.len() + 2);
+        for (from, transport) in [(secondary, Transport::Udp), (src(), Transport::Tcp)] {
+            assert_eq!(a.respond(&axfr, from, transport, &mut out), Reply::Send);
+            assert_eq!(
+                Message::from_vec(&out).unwrap().metadata.response_code,
+                ResponseCode::Refused
+            );
+        }
+    }
+
+    #[test]
+    fn slip_is_a_truncated_empty_answer() {
+        let a = answers();
+        let mut out = Vec::new();
+        let q = query("example.org.", RecordType::MX, false)
+            .to_vec()
+            .unwrap();
+        assert_eq!(a.truncated(&q, &mut out), Reply::Send);
+        let r = Message::from_vec(&out).unwrap();
+        assert!(r.metadata.truncation && r.answers.is_empty());
+        assert_eq!(r.metadata.id, 0xbeef);
+    }
+}
