@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::ops::Range;
 
 use hickory_proto::rr::rdata::{CNAME, MX, SRV, TXT};
 use hickory_proto::rr::{Name, RData, RecordType};
@@ -204,9 +203,9 @@ fn validate_records(
     c: &mut Collector,
 ) -> Vec<ExtraRecord> {
     let derived = derived_names(system);
-    // (relative key, span of the name) of what is seen so far, for the CNAME checks.
-    let mut cname_at: BTreeMap<Name, Range<usize>> = BTreeMap::new();
-    let mut data_at: BTreeMap<Name, Range<usize>> = BTreeMap::new();
+    // Names seen so far with a CNAME, and with other data, for the CNAME checks.
+    let mut cname_at: HashSet<Name> = HashSet::new();
+    let mut data_at: HashSet<Name> = HashSet::new();
     let mut spf_at: HashSet<Name> = HashSet::new();
     let mut seen: HashSet<(Name, RData)> = HashSet::new();
     let mut out = Vec::new();
@@ -233,7 +232,7 @@ fn validate_records(
                     );
                     continue;
                 }
-                if let Some(_other) = data_at.get(&name) {
+                if data_at.contains(&name) {
                     c.error(
                         r.rtype.span(),
                         format!(
@@ -243,7 +242,7 @@ fn validate_records(
                     );
                     continue;
                 }
-                if cname_at.insert(name.clone(), r.name.span()).is_some() {
+                if !cname_at.insert(name.clone()) {
                     c.error(
                         r.rtype.span(),
                         format!("a second CNAME at {name}; expected at most one CNAME per name"),
@@ -252,7 +251,7 @@ fn validate_records(
                 }
             }
             _ => {
-                if cname_at.contains_key(&name) {
+                if cname_at.contains(&name) {
                     c.error(
                         r.rtype.span(),
                         format!(
@@ -263,7 +262,7 @@ fn validate_records(
                     );
                     continue;
                 }
-                data_at.entry(name.clone()).or_insert_with(|| r.name.span());
+                data_at.insert(name.clone());
             }
         }
         if let RData::MX(_) = &rdata {
@@ -326,8 +325,10 @@ fn relative_label(name: &Name, origin: &Name) -> String {
 
 fn record_name(raw: &Spanned<String>, origin: &Name, c: &mut Collector) -> Option<Name> {
     let text = raw.get_ref().trim();
+    // No '*': wildcards are not served, so a wildcard record would silently do nothing.
     let expected = "expected \"@\" for the domain itself, a name relative to the domain such as \
-                    \"www\" or \"_sip._tcp\", or an absolute name ending in the domain and '.'";
+                    \"www\" or \"_sip._tcp\" (letters, digits, '-' and '_'), or an absolute \
+                    name ending in the domain and '.'";
     let name = if text == "@" {
         Some(origin.clone())
     } else if text.is_empty() {
@@ -343,7 +344,7 @@ fn record_name(raw: &Spanned<String>, origin: &Name, c: &mut Collector) -> Optio
         n.iter().all(|l| {
             !l.is_empty()
                 && l.iter()
-                    .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_' || *b == b'*')
+                    .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
         })
     });
     match name {
