@@ -255,8 +255,8 @@ fn validate_records(
                     c.error(
                         r.rtype.span(),
                         format!(
-                            "a {} record at {name} beside its CNAME; expected a CNAME to be the \
-                             only record at its name",
+                            "a record of type {} at {name} beside its CNAME; expected a CNAME \
+                             to be the only record at its name",
                             rdata.record_type()
                         ),
                     );
