@@ -164,6 +164,10 @@ async fn serve_dns(
     threads: usize,
 ) -> Result<(), Box<dyn std::error::Error>> {
     use tokio::signal::unix::{signal, SignalKind};
+    // NOTIFY outcomes and reloads are the operator's business: log them to stderr.
+    if log::set_logger(&StderrLogger).is_ok() {
+        log::set_max_level(log::LevelFilter::Info);
+    }
     let listen = if listen.is_empty() {
         dns::listen_addrs(&cfg)
     } else {
@@ -197,4 +201,21 @@ async fn serve_dns(
             },
         }
     }
+}
+
+/// Logs letterbox's own records (not its dependencies') to stderr, one line each.
+struct StderrLogger;
+
+impl log::Log for StderrLogger {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.target().starts_with("letterbox")
+    }
+
+    fn log(&self, record: &log::Record) {
+        if self.enabled(record.metadata()) {
+            eprintln!("letterbox: {}: {}", record.level(), record.args());
+        }
+    }
+
+    fn flush(&self) {}
 }

@@ -32,6 +32,8 @@ const STOP_POLL: Duration = Duration::from_millis(250);
 /// A TCP client that sends nothing for this long is disconnected.
 const TCP_IDLE: Duration = Duration::from_secs(10);
 const TCP_RESPONSE_BUFFER: usize = 64;
+/// UDP socket buffers, as NSD sizes them: bursts queue instead of being dropped.
+const UDP_BUFFER: usize = 1 << 20;
 
 /// What every query reads: swapped as a whole, so a query sees one consistent zone.
 struct Current {
@@ -109,6 +111,7 @@ impl DnsServer {
                 let udp = std::net::UdpSocket::bind(addr).map_err(|e| bind("UDP", e))?;
                 udp.set_read_timeout(Some(STOP_POLL))
                     .map_err(|e| bind("UDP", e))?;
+                enlarge_buffers(&udp);
                 // Port 0 means "any": TCP takes the port UDP got, so both match.
                 let tcp_addr = udp.local_addr().map_err(|e| bind("UDP", e))?;
                 let listener = std::net::TcpListener::bind(tcp_addr).map_err(|e| bind("TCP", e))?;
@@ -231,6 +234,17 @@ fn load(
         rrl,
         secondaries,
     })
+}
+
+/// Past `net.core.rmem_max` when privileged (the FORCE options); else as far as allowed.
+fn enlarge_buffers(udp: &std::net::UdpSocket) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    if setsockopt(udp, sockopt::RcvBufForce, &UDP_BUFFER).is_err() {
+        let _ = setsockopt(udp, sockopt::RcvBuf, &UDP_BUFFER);
+    }
+    if setsockopt(udp, sockopt::SndBufForce, &UDP_BUFFER).is_err() {
+        let _ = setsockopt(udp, sockopt::SndBuf, &UDP_BUFFER);
+    }
 }
 
 fn udp_worker(socket: &std::net::UdpSocket, shared: &Shared, stop: &AtomicBool) {
