@@ -247,45 +247,94 @@ fn enlarge_buffers(udp: &std::net::UdpSocket) {
     }
 }
 
+/// Datagrams taken (and answers sent) per system call when queries queue up: with
+/// recvmmsg/sendmmsg a loaded server spends far fewer syscalls per query, as NSD does.
+const BATCH: usize = 32;
+/// Larger queries are cut short by the kernel and then fail to parse: FORMERR.
+const MAX_QUERY: usize = 4096;
+
 fn udp_worker(socket: &std::net::UdpSocket, shared: &Shared, stop: &AtomicBool) {
-    let mut buf = [0u8; 4096];
-    let mut out = Vec::with_capacity(4096);
+    use nix::errno::Errno;
+    use nix::sys::socket::{recvmmsg, sendmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
+    use std::io::{IoSlice, IoSliceMut};
+    use std::os::fd::AsRawFd;
+
+    let fd = socket.as_raw_fd();
+    let mut queries = vec![[0u8; MAX_QUERY]; BATCH];
+    let mut responses: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(MAX_QUERY)).collect();
+    let mut received: Vec<(usize, Option<SockaddrStorage>)> = Vec::with_capacity(BATCH);
+    let mut destinations: Vec<Option<SockaddrStorage>> = Vec::with_capacity(BATCH);
+    let mut recv_headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
+    let mut send_headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
     while !stop.load(Ordering::Relaxed) {
-        let (n, src) = match socket.recv_from(&mut buf) {
-            Ok(received) => received,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                continue
+        received.clear();
+        {
+            let mut slices: Vec<[IoSliceMut; 1]> =
+                queries.iter_mut().map(|q| [IoSliceMut::new(q)]).collect();
+            // Waits for one datagram (or the read timeout), then takes what else is queued.
+            match recvmmsg(
+                fd,
+                &mut recv_headers,
+                slices.iter_mut(),
+                MsgFlags::MSG_WAITFORONE,
+                None,
+            ) {
+                Ok(results) => received.extend(results.map(|r| (r.bytes, r.address))),
+                Err(Errno::EAGAIN | Errno::EINTR) => continue,
+                Err(e) => {
+                    log::warn!("dns: UDP receive failed: {e}");
+                    continue;
+                }
             }
-            Err(e) => {
-                log::warn!("dns: UDP receive failed: {e}");
-                continue;
-            }
-        };
-        if src.port() == 0 {
-            continue; // cannot be answered
         }
         let current = shared.current.load();
-        let query = &buf[..n];
-        let reply = match current.rrl.as_ref().map(|r| r.check(src.ip())) {
-            Some(Verdict::Drop) => continue,
-            Some(Verdict::Slip) => current.answers.truncated(query, &mut out),
-            Some(Verdict::Answer) | None => {
-                current
-                    .answers
-                    .respond(query, src, Transport::Udp, &mut out)
+        destinations.clear();
+        for (query, (len, from)) in queries.iter().zip(&received) {
+            let Some(src) = from.as_ref().and_then(socket_addr) else {
+                continue;
+            };
+            if src.port() == 0 {
+                continue; // cannot be answered
             }
-        };
-        if reply == Reply::Send {
-            if let Err(e) = socket.send_to(&out, src) {
-                log::debug!("dns: UDP send to {src} failed: {e}");
+            let query = &query[..*len];
+            let out = &mut responses[destinations.len()];
+            let reply = match current.rrl.as_ref().map(|r| r.check(src.ip())) {
+                Some(Verdict::Drop) => continue,
+                Some(Verdict::Slip) => current.answers.truncated(query, out),
+                Some(Verdict::Answer) | None => {
+                    current.answers.respond(query, src, Transport::Udp, out)
+                }
+            };
+            if reply == Reply::Send {
+                destinations.push(*from);
             }
         }
+        if destinations.is_empty() {
+            continue;
+        }
+        let slices: Vec<[IoSlice; 1]> = responses[..destinations.len()]
+            .iter()
+            .map(|r| [IoSlice::new(r)])
+            .collect();
+        if let Err(e) = sendmmsg(
+            fd,
+            &mut send_headers,
+            slices.iter(),
+            &destinations,
+            [],
+            MsgFlags::empty(),
+        ) {
+            log::debug!("dns: UDP send failed: {e}");
+        }
     }
+}
+
+fn socket_addr(addr: &nix::sys::socket::SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = addr.as_sockaddr_in() {
+        return Some(SocketAddr::V4((*v4).into()));
+    }
+    addr.as_sockaddr_in6()
+        .map(|v6| SocketAddr::V6((*v6).into()))
 }
 
 struct TcpHandler {
