@@ -4,6 +4,11 @@
 //! across restarts, `answer` turns a query into a response (precomputed where it can),
 //! `rrl` limits responses per source, `notify` tells secondaries about changes, and
 //! `server` runs it all over UDP and TCP with zone swaps that never drop a query.
+//!
+//! In the agent: `DnsServer::start(&cfg, state, &listen_addrs(&cfg), threads).await`
+//! inside the Tokio runtime, keep `server.handle()` to call `DnsHandle::reload(&cfg)`
+//! when the configuration changes (accounts, console `dns reload`), and supervise
+//! `server.run()`. Dropping the server stops it.
 
 mod answer;
 mod notify;
