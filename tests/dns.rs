@@ -718,3 +718,33 @@ fn malformed_packets_do_not_stop_the_server() {
         .expect("still answering");
     assert_eq!(answer.answers.len(), 1);
 }
+
+#[test]
+fn an_invalid_file_on_reload_keeps_the_old_zone() {
+    let s = Served::start(&config(0, &[]));
+    let before = s.serial();
+    s.reload("version = 1\n[system]\nhostname = \"-bad-\"\n");
+    // Give the server time to read the file and reject it.
+    std::thread::sleep(Duration::from_millis(500));
+    let mx = s
+        .query("alice.example.org.", RecordType::MX)
+        .expect("still answering");
+    assert_eq!(mx.answers.len(), 1, "the old zone is still served");
+    assert_eq!(s.serial(), before);
+    // A good file afterwards is taken again.
+    let mut changed = config(0, &[]);
+    changed.push_str(&format!(
+        "[[account]]\nname = \"gina\"\npassword_hash = \"{HASH}\"\n"
+    ));
+    s.reload(&changed);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s
+        .query("gina.example.org.", RecordType::MX)
+        .unwrap()
+        .answers
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "the good file was not taken");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
