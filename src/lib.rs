@@ -3,6 +3,7 @@
 //! One module per concern; `main.rs` only parses the command line and dispatches.
 pub mod config;
 pub mod console;
+pub mod dns;
 pub mod init;
 pub mod net;
 pub mod passwd;
