@@ -263,8 +263,10 @@ async fn configure(
     };
 
     for &gateway in &wanted_gateways {
-        // An advertised default router expires with the advert, so it cannot stand in for
-        // the file's gateway; letterbox's own (IPv6 metric 512) coexists with it.
+        // A route of letterbox's or of anyone else's (an administrator's, a static one) to
+        // the gateway stays until someone removes it, so it serves; the kernel would refuse a
+        // second IPv4 one of the same metric anyway. An advertised default router expires
+        // with the advert, so it cannot stand in; letterbox's (IPv6 metric 512) coexists.
         if routes
             .iter()
             .any(|r| r.gateway == gateway && r.origin != Origin::RouterAdvertisement)
