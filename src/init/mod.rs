@@ -1,6 +1,7 @@
 //! `letterbox-init`: PID 1 of the appliance, and the same agent on an ordinary host under
 //! `letterbox run`. [`boot`] reads top to bottom as the boot sequence.
 
+mod dns_unit;
 pub mod log;
 mod mounts;
 pub mod provisioning;
@@ -138,6 +139,8 @@ pub struct Agent {
     units: UnitTable,
     started: Instant,
     shutdown: mpsc::UnboundedSender<Shutdown>,
+    /// The DNS server's zone switch, while the DNS unit runs.
+    dns: Mutex<Option<crate::dns::DnsHandle>>,
 }
 
 impl Agent {
@@ -164,6 +167,47 @@ impl Agent {
 
     pub fn units(&self) -> Vec<(String, UnitState)> {
         self.units.snapshot()
+    }
+
+    pub fn state_dir(&self) -> &std::path::Path {
+        &self.options.state_dir
+    }
+
+    fn set_dns(&self, handle: Option<crate::dns::DnsHandle>) {
+        *self.dns.lock().expect("dns handle") = handle;
+    }
+
+    /// The serial the DNS server is serving, if it runs.
+    pub fn dns_serial(&self) -> Option<u32> {
+        self.dns
+            .lock()
+            .expect("dns handle")
+            .as_ref()
+            .map(|h| h.serial())
+    }
+
+    /// Re-reads the provisioning file and serves its zone without a restart (console
+    /// `dns reload`, SIGHUP). Returns what happened, as text.
+    pub fn reload_dns(&self) -> Result<String, String> {
+        let p = self.reload();
+        let Some((cfg, source)) = p.config else {
+            return Err(p.problem.unwrap_or_else(|| "no valid configuration".into()));
+        };
+        let handle = self.dns.lock().expect("dns handle").clone();
+        let Some(handle) = handle else {
+            return Err("the DNS server is not running (see `status` and `logs`)".into());
+        };
+        let serial = handle.reload(&cfg).map_err(|e| crate::error_chain(&e))?;
+        let mut out = String::new();
+        if let Some(problem) = p.problem {
+            out.push_str(&problem);
+            out.push('\n');
+        }
+        out.push_str(&format!(
+            "zone {} from {source}: serving serial {serial}",
+            cfg.system.domain
+        ));
+        Ok(out)
     }
 
     /// Applies the network of the configuration in force; the report or the error, as text.
@@ -258,6 +302,7 @@ async fn boot(options: Options) -> Result<Shutdown, InitError> {
     let mut sigterm =
         signal(SignalKind::terminate()).map_err(|e| InitError::Signal("SIGTERM", e))?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| InitError::Signal("SIGINT", e))?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(|e| InitError::Signal("SIGHUP", e))?;
     let reaper = Reaper::start(match mode {
         Mode::Pid1 => Scope::AllChildren,
         Mode::Host => Scope::Spawned,
@@ -283,6 +328,7 @@ async fn boot(options: Options) -> Result<Shutdown, InitError> {
         units: UnitTable::default(),
         started: Instant::now(),
         shutdown: shutdown_tx,
+        dns: Mutex::new(None),
     });
 
     info!("starting units");
@@ -290,23 +336,33 @@ async fn boot(options: Options) -> Result<Shutdown, InitError> {
     if let Some((device, baud)) = console {
         start_console(&mut supervisor, &agent, &device, baud);
     }
-    // Later units (DNS, containerd) start here, after the console: they stop before it.
+    // Later units (containerd) start here, after the console: they stop before it.
+    supervisor.start(dns_unit::unit(agent.clone()));
 
-    let how = tokio::select! {
-        Some(how) = shutdown_rx.recv() => {
-            info!("{} requested from the console", describe(how));
-            how
-        }
-        _ = sigterm.recv() => {
-            // As PID 1, SIGTERM is how a supervisor (or `kill 1`) asks the appliance to
-            // stop: power off. In run mode it only ends the agent.
-            info!("SIGTERM received");
-            Shutdown::PowerOff
-        }
-        _ = sigint.recv() => {
-            // The kernel sends PID 1 SIGINT for ctrl-alt-del: the traditional reboot.
-            info!("SIGINT received");
-            Shutdown::Reboot
+    let how = loop {
+        tokio::select! {
+            Some(how) = shutdown_rx.recv() => {
+                info!("{} requested from the console", describe(how));
+                break how;
+            }
+            _ = sigterm.recv() => {
+                // As PID 1, SIGTERM is how a supervisor (or `kill 1`) asks the appliance to
+                // stop: power off. In run mode it only ends the agent.
+                info!("SIGTERM received");
+                break Shutdown::PowerOff;
+            }
+            _ = sigint.recv() => {
+                // The kernel sends PID 1 SIGINT for ctrl-alt-del: the traditional reboot.
+                info!("SIGINT received");
+                break Shutdown::Reboot;
+            }
+            _ = sighup.recv() => {
+                info!("SIGHUP received: reloading the zone");
+                match agent.reload_dns() {
+                    Ok(done) => info!("{done}"),
+                    Err(e) => warn!("DNS reload: {e}"),
+                }
+            }
         }
     };
 
