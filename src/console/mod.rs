@@ -8,6 +8,7 @@ mod terminal;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::init::units::{StopSignal, Unit};
 use crate::init::Agent;
@@ -55,6 +56,10 @@ async fn serve(
     let file = device::open_for_login(device, baud)?;
     let mut term = Terminal::new(file).map_err(io_error)?;
     log::info!("console ready on {}", device.display());
+    // The boot's log lines go first: the prompt is then the last thing on the screen.
+    crate::init::log::logger()
+        .flushed(Duration::from_secs(2))
+        .await;
     tokio::select! {
         result = sessions(&agent, &mut term) => result.map_err(io_error),
         _ = stop.requested() => {
