@@ -346,6 +346,13 @@ fn pid1_mounts_configures_and_logs_to_the_console() {
     let agent = Pid1::boot(&ns, &dirs, &console);
 
     let boot_log = console.expect("console ready on /proc/self/fd/0");
+    // Written once: to stderr (the kernel's console) during boot, and no replay when the
+    // console unit takes over the same tty.
+    assert_eq!(
+        boot_log.matches("mounting pseudo filesystems").count(),
+        1,
+        "{boot_log}"
+    );
     for step in [
         "starting (as PID 1)",
         "mounting pseudo filesystems",
@@ -802,4 +809,54 @@ fn wait_for_exit(agent: &mut Child) -> (ExitStatus, String) {
         .read_to_string(&mut stderr)
         .unwrap();
     (status, stderr)
+}
+
+#[test]
+fn shutdown_kills_what_ignores_sigterm_and_reaps_it_before_powering_off() {
+    let test = "shutdown_kills_what_ignores_sigterm_and_reaps_it_before_powering_off";
+    if !can_run(test) {
+        return;
+    }
+    if Command::new("nsenter").arg("--version").output().is_err() {
+        common::skip(test, "`nsenter` is not installed");
+        return;
+    }
+    let ns = Netns::new("k");
+    let dirs = Dirs::new();
+    dirs.write_config(&config("lbxkill", &ns.link, true));
+    let mut console = Console::new();
+    let agent = Pid1::boot(&ns, &dirs, &console);
+    console.expect("lbxkill login: ");
+    let init = agent.host_pid();
+    // An orphan in the agent's PID namespace that ignores SIGTERM.
+    run_ok(
+        Command::new("nsenter")
+            .arg("-t")
+            .arg(init.to_string())
+            .args([
+                "--pid",
+                "sh",
+                "-c",
+                "sh -c 'trap \"\" TERM; while :; do sleep 1; done' >/dev/null 2>&1 &",
+            ]),
+    );
+    kill(init, Signal::SIGTERM).unwrap();
+    let shutdown = console.expect("powering off");
+    let order = [
+        "sent SIGTERM to the remaining processes",
+        "sending SIGKILL",
+        "powering off",
+    ];
+    let mut at = 0;
+    for line in order {
+        let found = shutdown[at..]
+            .find(line)
+            .unwrap_or_else(|| panic!("{line:?} missing or out of order in:\n{shutdown}"));
+        at += found;
+    }
+    assert!(
+        !shutdown.contains("processes left after SIGKILL"),
+        "{shutdown}"
+    );
+    assert_eq!(agent.wait().signal(), Some(Signal::SIGINT as i32));
 }
