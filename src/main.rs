@@ -81,18 +81,22 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     match cli.command {
-        Command::Check { file } => {
-            let Some(cfg) = load_or_print_diagnostics(file.as_deref())? else {
-                return Ok(ExitCode::FAILURE);
-            };
-            println!(
-                "ok: {} ({} interface{})",
-                cfg.system.fqdn(),
-                cfg.interfaces.len(),
-                if cfg.interfaces.len() == 1 { "" } else { "s" }
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Check { file } => match config::load(file.as_deref()) {
+            Ok((cfg, _)) => {
+                println!(
+                    "ok: {} ({} interface{})",
+                    cfg.system.fqdn(),
+                    cfg.interfaces.len(),
+                    if cfg.interfaces.len() == 1 { "" } else { "s" }
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(config::LoadError::Invalid(diagnostics)) => {
+                eprintln!("{diagnostics}");
+                Ok(ExitCode::FAILURE)
+            }
+            Err(e) => Err(e.into()),
+        },
         Command::Run {
             file,
             state,
@@ -113,29 +117,19 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     }
 }
 
-/// Loads the configuration; an invalid file's diagnostics are printed and give `None`
-/// (the command fails), an unreadable file is an error.
-fn load_or_print_diagnostics(
-    file: Option<&Path>,
-) -> Result<Option<config::Config>, config::LoadError> {
-    match config::load(file) {
-        Ok((cfg, _)) => Ok(Some(cfg)),
-        Err(config::LoadError::Invalid(diagnostics)) => {
-            eprintln!("{diagnostics}");
-            Ok(None)
-        }
-        Err(e) => Err(e),
-    }
-}
-
 fn run_net(command: NetCommand) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     match command {
         NetCommand::Apply { file, root } => {
-            let Some(cfg) = load_or_print_diagnostics(file.as_deref())? else {
-                return Ok(ExitCode::FAILURE);
+            let cfg = match config::load(file.as_deref()) {
+                Ok((cfg, _)) => cfg,
+                Err(config::LoadError::Invalid(diagnostics)) => {
+                    eprintln!("{diagnostics}");
+                    return Ok(ExitCode::FAILURE);
+                }
+                Err(e) => return Err(e.into()),
             };
             let report = runtime.block_on(net::apply(&cfg, &root))?;
             println!("{report}");
