@@ -840,6 +840,25 @@ fn shutdown_kills_what_ignores_sigterm_and_reaps_it_before_powering_off() {
                 "sh -c 'trap \"\" TERM; while :; do sleep 1; done' >/dev/null 2>&1 &",
             ]),
     );
+    // Only once the agent has adopted it and it has set its trap is it a real test.
+    let children = format!("/proc/{init}/task/{init}/children");
+    let ignores_sigterm = |pid: &str| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigIgn:"))
+            .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+            .is_some_and(|mask| mask & (1 << (Signal::SIGTERM as u64 - 1)) != 0)
+    };
+    let deadline = Instant::now() + TIMEOUT;
+    while !std::fs::read_to_string(&children)
+        .unwrap_or_default()
+        .split_whitespace()
+        .any(ignores_sigterm)
+    {
+        assert!(Instant::now() < deadline, "no orphan ignoring SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     kill(init, Signal::SIGTERM).unwrap();
     let shutdown = console.expect("powering off");
     let order = [

@@ -98,6 +98,22 @@ pub fn open_for_log(path: &Path) -> Result<File, DeviceError> {
     open(path, 0)
 }
 
+/// [`open_for_log`] of `path`, else of `fallback`: the path opened, its handle and why
+/// `path` could not be used; the error of `path` when neither opens.
+pub fn open_for_log_or(
+    path: &Path,
+    fallback: &Path,
+) -> Result<(PathBuf, File, Option<DeviceError>), DeviceError> {
+    match open_for_log(path) {
+        Ok(file) => Ok((path.to_path_buf(), file, None)),
+        Err(e) if path != fallback => match open_for_log(fallback) {
+            Ok(file) => Ok((fallback.to_path_buf(), file, Some(e))),
+            Err(_) => Err(e),
+        },
+        Err(e) => Err(e),
+    }
+}
+
 /// Whether `console` is the tty that stderr writes to: the same device, or stderr is the
 /// kernel's /dev/console and `console` its active tty (`/sys/class/tty/console/active`,
 /// the last one listed is /dev/console).
@@ -187,5 +203,27 @@ mod tests {
             Some("ttyS1")
         );
         assert_eq!(tty_of_alias("serial1", &dt, &class), None);
+    }
+
+    #[test]
+    fn a_console_that_does_not_open_falls_back() {
+        let pair = nix::pty::openpty(None, None).unwrap();
+        let fallback = std::fs::read_link(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&pair.slave)
+        ))
+        .unwrap();
+        let missing = Path::new("/dev/ttyLETTERBOXMISSING");
+        let (path, _file, why) = open_for_log_or(missing, &fallback).unwrap();
+        assert_eq!(path, fallback);
+        let why = why.unwrap().to_string();
+        assert!(why.contains("/dev/ttyLETTERBOXMISSING"), "{why}");
+        // A console that opens is used as it is.
+        let (path, _file, why) = open_for_log_or(&fallback, missing).unwrap();
+        assert_eq!(path, fallback);
+        assert!(why.is_none());
+        // Neither: the configured one's error.
+        let err = open_for_log_or(missing, Path::new("/dev/ttyLETTERBOXGONE")).unwrap_err();
+        assert!(err.to_string().contains("ttyLETTERBOXMISSING"), "{err}");
     }
 }

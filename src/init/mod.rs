@@ -379,18 +379,22 @@ fn start_console(
         error!("{}; using /dev/console instead", crate::error_chain(&e));
         dev_console.clone()
     });
-    let mut opened = device::open_for_log(&path);
-    if let Err(e) = &opened {
-        // As PID 1 a missing UART (`ttyAMA0` on a board without it) would leave the login
-        // restarting for ever. On a host the error on stderr is the better answer.
-        if mode == Mode::Pid1 && path != dev_console {
-            error!("{}; using /dev/console instead", crate::error_chain(e));
-            path = dev_console;
-            opened = device::open_for_log(&path);
-        }
-    }
+    // As PID 1 a missing UART (`ttyAMA0` on a board without it) would leave the login
+    // restarting for ever. On a host the error on stderr is the better answer.
+    let opened = match mode {
+        Mode::Pid1 => device::open_for_log_or(&path, &dev_console),
+        Mode::Host => device::open_for_log(&path).map(|file| (path.clone(), file, None)),
+    };
     match opened {
-        Ok(file) => {
+        Ok((opened, file, why)) => {
+            if let Some(e) = why {
+                error!(
+                    "{}; using {} instead",
+                    crate::error_chain(&e),
+                    opened.display()
+                );
+            }
+            path = opened;
             let same_tty = device::is_stderr_tty(&file, &path);
             log::logger().log_to_console(file, same_tty);
         }
