@@ -666,6 +666,71 @@ fn run_mode_serves_the_console_on_the_host_and_exits() {
 }
 
 #[test]
+fn console_dns_reload_serves_an_edited_file_without_a_restart() {
+    if !can_run("console_dns_reload_serves_an_edited_file_without_a_restart") {
+        return;
+    }
+    let ns = Netns::new("d");
+    let dirs = Dirs::new();
+    let base = config("lbxdns", &ns.link, true);
+    dirs.write_config(&base);
+    let mut console = Console::new();
+    let _agent = run_mode(&ns, &dirs, &console);
+    console.slave = None;
+    console.login("lbxdns", PASSWORD);
+    console.expect("lbxdns# ");
+
+    let serial = |text: &str| -> u32 {
+        let at = text
+            .find("serving serial ")
+            .unwrap_or_else(|| panic!("no serial in {text:?}"));
+        text[at + 15..]
+            .split_whitespace()
+            .next()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no serial number in {text:?}"))
+    };
+    // The DNS unit starts beside the console; ask until it serves.
+    let deadline = Instant::now() + TIMEOUT;
+    let before = loop {
+        let reply = console.command("lbxdns", "dns");
+        if reply.contains("serving serial") {
+            break serial(&reply);
+        }
+        assert!(Instant::now() < deadline, "DNS never started: {reply}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+
+    let hash = letterbox::passwd::hash("box").unwrap();
+    dirs.write_config(&format!(
+        "{base}\n[[account]]\nname = \"carol\"\npassword_hash = \"{hash}\"\n"
+    ));
+    let reply = console.command("lbxdns", "dns reload");
+    let after = serial(&reply);
+    assert!(
+        after > before,
+        "serial {after} should exceed {before}: {reply}"
+    );
+    let mx = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            "dig",
+            "+short",
+            "+time=2",
+            "@192.0.2.10",
+        ])
+        .args(["carol.example.org", "MX"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&mx.stdout).trim(),
+        "10 lbxdns.example.org."
+    );
+}
+
+#[test]
 fn pid1_reaps_orphans() {
     if !can_run("pid1_reaps_orphans") {
         return;
