@@ -9,8 +9,10 @@ APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-re
 
 # What the tests drive: kernel netlink tools, DNS clients and peers.
 TEST_PACKAGES := iproute2 iputils-ping util-linux procps dnsutils knot-dnsutils bind9-utils knot nsd radvd
+# What the benchmarks drive: the load generator and the peers.
+BENCH_PACKAGES := dnsperf nsd knot dnsutils python3
 
-.PHONY: help test image bench deps-test
+.PHONY: help test image bench bench-dns deps-test deps-bench
 
 help:
 	@echo "make image   build the SD-card image from letterbox.toml (or the embedded default)"
@@ -32,6 +34,19 @@ test: deps-test test-image
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 	tests/run
+
+$(STAMPS)/deps-bench: $(STAMPS)/apt-update Makefile
+	$(APT_INSTALL) $(BENCH_PACKAGES)
+	@touch $@
+
+deps-bench: $(STAMPS)/deps-bench
+
+bench: bench-dns
+
+# letterbox's authoritative DNS against NSD and Knot (dnsperf, same zone, same query mix).
+bench-dns: deps-bench
+	cargo build --release
+	benches/dns.sh
 
 # --- SD-card image (src/image, src/boot): cross-built agent, Debian packages, QEMU ---
 # make image [CONFIG=letterbox.toml] [BOARD=rpi3|rpi4] [OUT=out/letterbox-rpi3.img]

@@ -4,6 +4,7 @@
 pub mod boot;
 pub mod config;
 pub mod console;
+pub mod dns;
 pub mod image;
 pub mod init;
 pub mod net;

@@ -1,11 +1,12 @@
 //! `letterbox`: the command line. Each subcommand dispatches to the module that owns it.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use letterbox::{config, image, init, net, passwd};
+use letterbox::{config, dns, image, init, net, passwd};
 
 #[derive(Parser)]
 #[command(
@@ -72,6 +73,23 @@ enum Command {
         #[arg(long)]
         root: Option<PathBuf>,
     },
+    /// Print the DNS zone derived from a provisioning file, in master-file format.
+    Zone {
+        /// The provisioning file; the embedded default when omitted.
+        file: Option<PathBuf>,
+        /// State directory: DKIM keys and the SOA serial (bumped when the zone changed).
+        /// Without it: no DKIM records, and today's date-based serial.
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// Print with this SOA serial instead (nothing is recorded).
+        #[arg(long)]
+        serial: Option<u32>,
+    },
+    /// The authoritative DNS server.
+    Dns {
+        #[command(subcommand)]
+        command: DnsCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -86,6 +104,25 @@ enum NetCommand {
     },
     /// List links with their addresses and default routes, as the kernel reports them.
     Show,
+}
+
+#[derive(Subcommand)]
+enum DnsCommand {
+    /// Serve the zone over UDP and TCP until stopped; SIGHUP rereads the file.
+    Serve {
+        /// The provisioning file; the embedded default when omitted.
+        file: Option<PathBuf>,
+        /// Address and port to serve on (repeatable); default `[dns] listen`, else port
+        /// 53 on every interface address of the file.
+        #[arg(long)]
+        listen: Vec<SocketAddr>,
+        /// State directory: DKIM keys and the SOA serial.
+        #[arg(long, default_value = "/var/lib/letterbox")]
+        state: PathBuf,
+        /// UDP worker threads per address (and Tokio worker threads); default: one per CPU.
+        #[arg(long)]
+        threads: Option<usize>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -106,22 +143,18 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     match cli.command {
-        Command::Check { file } => match config::load(file.as_deref()) {
-            Ok((cfg, _)) => {
-                println!(
-                    "ok: {} ({} interface{})",
-                    cfg.system.fqdn(),
-                    cfg.interfaces.len(),
-                    if cfg.interfaces.len() == 1 { "" } else { "s" }
-                );
-                Ok(ExitCode::SUCCESS)
-            }
-            Err(config::LoadError::Invalid(diagnostics)) => {
-                eprintln!("{diagnostics}");
-                Ok(ExitCode::FAILURE)
-            }
-            Err(e) => Err(e.into()),
-        },
+        Command::Check { file } => {
+            let Some(cfg) = load_or_report(file.as_deref())? else {
+                return Ok(ExitCode::FAILURE);
+            };
+            println!(
+                "ok: {} ({} interface{})",
+                cfg.system.fqdn(),
+                cfg.interfaces.len(),
+                if cfg.interfaces.len() == 1 { "" } else { "s" }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Build {
             file,
             board,
@@ -179,6 +212,47 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             state_dir: state,
             console,
         })),
+        Command::Zone {
+            file,
+            state,
+            serial,
+        } => {
+            let Some(cfg) = load_or_report(file.as_deref())? else {
+                return Ok(ExitCode::FAILURE);
+            };
+            let zone = match state {
+                Some(state) => dns::Zone::load(&cfg, &state, serial)?,
+                None => dns::build(
+                    &cfg,
+                    &dns::Sources::default(),
+                    serial.unwrap_or_else(dns::today_serial),
+                )?,
+            };
+            print!("{}", zone.render());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dns {
+            command:
+                DnsCommand::Serve {
+                    file,
+                    listen,
+                    state,
+                    threads,
+                },
+        } => {
+            let Some(cfg) = load_or_report(file.as_deref())? else {
+                return Ok(ExitCode::FAILURE);
+            };
+            let threads = threads.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+            });
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads)
+                .enable_all()
+                .build()?;
+            runtime.block_on(serve_dns(file, cfg, listen, state, threads))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Passwd => {
             println!("{}", passwd::prompt_and_hash()?);
             Ok(ExitCode::SUCCESS)
@@ -193,13 +267,8 @@ fn run_net(command: NetCommand) -> Result<ExitCode, Box<dyn std::error::Error>> 
         .build()?;
     match command {
         NetCommand::Apply { file, root } => {
-            let cfg = match config::load(file.as_deref()) {
-                Ok((cfg, _)) => cfg,
-                Err(config::LoadError::Invalid(diagnostics)) => {
-                    eprintln!("{diagnostics}");
-                    return Ok(ExitCode::FAILURE);
-                }
-                Err(e) => return Err(e.into()),
+            let Some(cfg) = load_or_report(file.as_deref())? else {
+                return Ok(ExitCode::FAILURE);
             };
             let report = runtime.block_on(net::apply(&cfg, &root))?;
             println!("{report}");
@@ -216,4 +285,82 @@ fn run_net(command: NetCommand) -> Result<ExitCode, Box<dyn std::error::Error>> 
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Loads a provisioning file, printing its diagnostics; `None` when it is invalid.
+fn load_or_report(file: Option<&Path>) -> Result<Option<config::Config>, config::LoadError> {
+    match config::load(file) {
+        Ok((cfg, _)) => Ok(Some(cfg)),
+        Err(config::LoadError::Invalid(diagnostics)) => {
+            eprintln!("{diagnostics}");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// `letterbox dns serve`: runs until the server fails or SIGTERM/SIGINT; SIGHUP rereads
+/// the file and swaps the zone in, keeping the old one when the new file is invalid.
+async fn serve_dns(
+    file: Option<PathBuf>,
+    cfg: config::Config,
+    listen: Vec<SocketAddr>,
+    state: PathBuf,
+    threads: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    // NOTIFY outcomes and reloads are the operator's business: log them to stderr.
+    if log::set_logger(&StderrLogger).is_ok() {
+        log::set_max_level(log::LevelFilter::Info);
+    }
+    let listen = if listen.is_empty() {
+        dns::listen_addrs(&cfg)
+    } else {
+        listen
+    };
+    let server = dns::DnsServer::start(&cfg, state, &listen, threads).await?;
+    let handle = server.handle();
+    eprintln!("letterbox dns: serving serial {}", handle.serial());
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let run = server.run();
+    tokio::pin!(run);
+    loop {
+        tokio::select! {
+            result = &mut run => return Ok(result?),
+            _ = term.recv() => return Ok(()),
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = hup.recv() => match load_or_report(file.as_deref()) {
+                Ok(Some(cfg)) => match handle.reload(&cfg) {
+                    Ok(serial) => eprintln!("letterbox dns: reloaded, serving serial {serial}"),
+                    Err(e) => eprintln!(
+                        "letterbox dns: reload failed, still serving the old zone: {}",
+                        letterbox::error_chain(&e)
+                    ),
+                },
+                Ok(None) => eprintln!("letterbox dns: invalid file, still serving the old zone"),
+                Err(e) => eprintln!(
+                    "letterbox dns: cannot reload, still serving the old zone: {}",
+                    letterbox::error_chain(&e)
+                ),
+            },
+        }
+    }
+}
+
+/// Logs letterbox's own records (not its dependencies') to stderr, one line each.
+struct StderrLogger;
+
+impl log::Log for StderrLogger {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.target().starts_with("letterbox")
+    }
+
+    fn log(&self, record: &log::Record) {
+        if self.enabled(record.metadata()) {
+            eprintln!("letterbox: {}: {}", record.level(), record.args());
+        }
+    }
+
+    fn flush(&self) {}
 }

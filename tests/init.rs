@@ -346,6 +346,13 @@ fn pid1_mounts_configures_and_logs_to_the_console() {
     let agent = Pid1::boot(&ns, &dirs, &console);
 
     let boot_log = console.expect("console ready on /proc/self/fd/0");
+    // Written once: to stderr (the kernel's console) during boot, and no replay when the
+    // console unit takes over the same tty.
+    assert_eq!(
+        boot_log.matches("mounting pseudo filesystems").count(),
+        1,
+        "{boot_log}"
+    );
     for step in [
         "starting (as PID 1)",
         "mounting pseudo filesystems",
@@ -433,8 +440,9 @@ fn console_login_accepts_the_password_and_delays_wrong_ones_longer_each_time() {
             "password echoed: {answer:?}"
         );
     }
+    // The schedule's lower bounds (1 s, then 2 s): a loaded machine only adds to them.
     assert!(
-        delays[1] > delays[0],
+        delays[0] >= Duration::from_secs(1) && delays[1] >= Duration::from_secs(2),
         "second failure not slower: {delays:?}"
     );
 
@@ -649,25 +657,76 @@ fn run_mode_serves_the_console_on_the_host_and_exits() {
         "lbxhost\n"
     );
     console.send("poweroff");
-    let deadline = Instant::now() + TIMEOUT;
-    let status = loop {
-        if let Some(status) = agent.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "run mode did not exit");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    agent
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let (status, stderr) = wait_for_exit(&mut agent);
     assert!(status.success(), "{status:?}\n{stderr}");
     assert!(
         stderr.contains("run mode: exiting instead of a power-off"),
         "{stderr}"
+    );
+}
+
+#[test]
+fn console_dns_reload_serves_an_edited_file_without_a_restart() {
+    if !can_run("console_dns_reload_serves_an_edited_file_without_a_restart") {
+        return;
+    }
+    let ns = Netns::new("d");
+    let dirs = Dirs::new();
+    let base = config("lbxdns", &ns.link, true);
+    dirs.write_config(&base);
+    let mut console = Console::new();
+    let _agent = run_mode(&ns, &dirs, &console);
+    console.slave = None;
+    console.login("lbxdns", PASSWORD);
+    console.expect("lbxdns# ");
+
+    let serial = |text: &str| -> u32 {
+        let at = text
+            .find("serving serial ")
+            .unwrap_or_else(|| panic!("no serial in {text:?}"));
+        text[at + 15..]
+            .split_whitespace()
+            .next()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no serial number in {text:?}"))
+    };
+    // The DNS unit starts beside the console; ask until it serves.
+    let deadline = Instant::now() + TIMEOUT;
+    let before = loop {
+        let reply = console.command("lbxdns", "dns");
+        if reply.contains("serving serial") {
+            break serial(&reply);
+        }
+        assert!(Instant::now() < deadline, "DNS never started: {reply}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+
+    let hash = letterbox::passwd::hash("box").unwrap();
+    dirs.write_config(&format!(
+        "{base}\n[[account]]\nname = \"carol\"\npassword_hash = \"{hash}\"\n"
+    ));
+    let reply = console.command("lbxdns", "dns reload");
+    let after = serial(&reply);
+    assert!(
+        after > before,
+        "serial {after} should exceed {before}: {reply}"
+    );
+    let mx = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            "dig",
+            "+short",
+            "+time=2",
+            "@192.0.2.10",
+        ])
+        .args(["carol.example.org", "MX"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&mx.stdout).trim(),
+        "10 lbxdns.example.org."
     );
 }
 
@@ -689,12 +748,13 @@ fn pid1_reaps_orphans() {
     let init = agent.host_pid();
 
     // A shell in the agent's PID namespace leaves a `sleep` behind: the orphan is
-    // re-parented to the namespace's init, which must collect it when it exits.
+    // re-parented to the namespace's init, which must collect it when it exits. It
+    // sleeps until the test ends it, so it cannot be gone before it is looked for.
     run_ok(
         Command::new("nsenter")
             .arg("-t")
             .arg(init.to_string())
-            .args(["--pid", "sh", "-c", "sleep 1 &"]),
+            .args(["--pid", "sh", "-c", "sleep 3600 >/dev/null 2>&1 &"]),
     );
     let children = format!("/proc/{init}/task/{init}/children");
     let comm = |pid: &str| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
@@ -712,6 +772,9 @@ fn pid1_reaps_orphans() {
         1,
         "the orphan was not re-parented to the agent"
     );
+    for pid in &adopted {
+        kill(Pid::from_raw(pid.parse().unwrap()), Signal::SIGKILL).unwrap();
+    }
     // A zombie stays in the parent's children until reaped.
     let deadline = Instant::now() + TIMEOUT;
     while !orphans().is_empty() {
@@ -750,10 +813,33 @@ fn run_mode_exits_cleanly_on_sigterm() {
     );
 }
 
+/// A run-mode agent; killed and waited for if the test fails before it exits.
+struct RunMode(Child);
+
+impl std::ops::Deref for RunMode {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for RunMode {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for RunMode {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `letterbox run` in the test's network namespace (`ip netns exec` execs it: its pid is
 /// the agent's), with its console on the pty and its log on stderr.
-fn run_mode(ns: &Netns, dirs: &Dirs, console: &Console) -> Child {
-    Command::new("ip")
+fn run_mode(ns: &Netns, dirs: &Dirs, console: &Console) -> RunMode {
+    let agent = Command::new("ip")
         .args(["netns", "exec", &ns.name])
         .arg(common::letterbox_bin())
         .arg("run")
@@ -766,7 +852,8 @@ fn run_mode(ns: &Netns, dirs: &Dirs, console: &Console) -> Child {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap()
+        .unwrap();
+    RunMode(agent)
 }
 
 /// Waits for a run-mode agent to exit; its status and stderr.
@@ -787,4 +874,73 @@ fn wait_for_exit(agent: &mut Child) -> (ExitStatus, String) {
         .read_to_string(&mut stderr)
         .unwrap();
     (status, stderr)
+}
+
+#[test]
+fn shutdown_kills_what_ignores_sigterm_and_reaps_it_before_powering_off() {
+    let test = "shutdown_kills_what_ignores_sigterm_and_reaps_it_before_powering_off";
+    if !can_run(test) {
+        return;
+    }
+    if Command::new("nsenter").arg("--version").output().is_err() {
+        common::skip(test, "`nsenter` is not installed");
+        return;
+    }
+    let ns = Netns::new("k");
+    let dirs = Dirs::new();
+    dirs.write_config(&config("lbxkill", &ns.link, true));
+    let mut console = Console::new();
+    let agent = Pid1::boot(&ns, &dirs, &console);
+    console.expect("lbxkill login: ");
+    let init = agent.host_pid();
+    // An orphan in the agent's PID namespace that ignores SIGTERM.
+    run_ok(
+        Command::new("nsenter")
+            .arg("-t")
+            .arg(init.to_string())
+            .args([
+                "--pid",
+                "sh",
+                "-c",
+                "sh -c 'trap \"\" TERM; while :; do sleep 1; done' >/dev/null 2>&1 &",
+            ]),
+    );
+    // Only once the agent has adopted it and it has set its trap is it a real test.
+    let children = format!("/proc/{init}/task/{init}/children");
+    let ignores_sigterm = |pid: &str| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigIgn:"))
+            .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+            .is_some_and(|mask| mask & (1 << (Signal::SIGTERM as u64 - 1)) != 0)
+    };
+    let deadline = Instant::now() + TIMEOUT;
+    while !std::fs::read_to_string(&children)
+        .unwrap_or_default()
+        .split_whitespace()
+        .any(ignores_sigterm)
+    {
+        assert!(Instant::now() < deadline, "no orphan ignoring SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    kill(init, Signal::SIGTERM).unwrap();
+    let shutdown = console.expect("powering off");
+    let order = [
+        "sent SIGTERM to the remaining processes",
+        "sending SIGKILL",
+        "powering off",
+    ];
+    let mut at = 0;
+    for line in order {
+        let found = shutdown[at..]
+            .find(line)
+            .unwrap_or_else(|| panic!("{line:?} missing or out of order in:\n{shutdown}"));
+        at += found;
+    }
+    assert!(
+        !shutdown.contains("processes left after SIGKILL"),
+        "{shutdown}"
+    );
+    assert_eq!(agent.wait().signal(), Some(Signal::SIGINT as i32));
 }

@@ -27,10 +27,11 @@ struct Lab {
 
 impl Lab {
     fn new() -> Lab {
-        // Unique across parallel tests and concurrent test processes; link names stay
-        // within the kernel's 15 bytes.
+        // Unique across parallel tests and concurrent test processes (the separator keeps
+        // pid 0x1a with lab 2 apart from pid 0x1 with lab 12); link names stay within the
+        // kernel's 15 bytes: "lb" + at most 6 hex digits + "-" + lab + one letter.
         let id = format!(
-            "{:x}{}",
+            "{:x}-{}",
             std::process::id(),
             NEXT_LAB.fetch_add(1, Ordering::Relaxed)
         );
@@ -78,6 +79,18 @@ impl Lab {
         lab
     }
 
+    /// A second veth pair inside namespace A, both ends up; returns the end letterbox may
+    /// configure. Removed with the namespace.
+    fn add_second_link(&self) -> String {
+        let link = format!("{}c", self.link_a.trim_end_matches('a'));
+        let peer = format!("{}d", self.link_a.trim_end_matches('a'));
+        run(&[
+            "ip", "-n", &self.ns_a, "link", "add", &link, "type", "veth", "peer", "name", &peer,
+        ]);
+        run(&["ip", "-n", &self.ns_a, "link", "set", &peer, "up"]);
+        link
+    }
+
     fn root(&self) -> PathBuf {
         self.dir.path().join("root")
     }
@@ -122,7 +135,12 @@ impl Lab {
 
     /// The link's addresses in namespace A, as "address/prefix".
     fn addresses_a(&self) -> Vec<String> {
-        let links = self.ip_json(&self.ns_a, &["addr", "show", "dev", &self.link_a]);
+        self.addresses_of(&self.link_a)
+    }
+
+    /// The addresses of a link in namespace A, as "address/prefix".
+    fn addresses_of(&self, link: &str) -> Vec<String> {
+        let links = self.ip_json(&self.ns_a, &["addr", "show", "dev", link]);
         links[0]["addr_info"]
             .as_array()
             .expect("addr_info")
@@ -133,9 +151,20 @@ impl Lab {
 
     /// Gateways of the default routes in namespace A, IPv4 and IPv6, with their protocol.
     fn default_routes_a(&self) -> Vec<(String, String)> {
+        self.default_routes_of(&[])
+    }
+
+    /// Like `default_routes_a`, of the routes through one link.
+    fn default_routes_via(&self, link: &str) -> Vec<(String, String)> {
+        self.default_routes_of(&["dev", link])
+    }
+
+    fn default_routes_of(&self, filter: &[&str]) -> Vec<(String, String)> {
         let mut out = Vec::new();
         for family in ["-4", "-6"] {
-            let routes = self.ip_json(&self.ns_a, &[family, "route", "show", "default"]);
+            let mut args = vec![family, "route", "show", "default"];
+            args.extend(filter);
+            let routes = self.ip_json(&self.ns_a, &args);
             for r in routes.as_array().expect("route list") {
                 out.push((
                     r["gateway"].as_str().unwrap_or("").to_string(),
@@ -669,4 +698,192 @@ fn services_can_bind_the_new_ipv6_address_right_after_apply() {
         .find(|a| a["local"] == "2001:db8::10")
         .expect("the static IPv6 address");
     assert!(static_v6.get("tentative").is_none(), "{static_v6}");
+}
+
+#[test]
+fn dropped_link_loses_letterbox_addresses_and_routes_and_keeps_foreign_ones() {
+    if !runnable("dropped_link_loses_letterbox_addresses_and_routes_and_keeps_foreign_ones") {
+        return;
+    }
+    let lab = Lab::new();
+    let second = lab.add_second_link();
+    lab.apply_ok(&provisioning(&format!(
+        "{}{}",
+        interface(
+            &lab.link_a,
+            r#"ipv4 = ["192.0.2.10/24"]
+ipv6 = ["2001:db8::10/64"]"#
+        ),
+        interface(
+            &second,
+            r#"ipv4 = ["198.51.100.10/24"]
+gateway4 = "198.51.100.1"
+ipv6 = ["2001:db8:c::10/64"]
+gateway6 = "2001:db8:c::1""#
+        ),
+    )));
+    assert_eq!(lab.default_routes_via(&second).len(), 2);
+    run(&[
+        "ip",
+        "-n",
+        &lab.ns_a,
+        "addr",
+        "add",
+        "203.0.113.7/24",
+        "dev",
+        &second,
+    ]);
+
+    // The gateways move to the first link: the second link's routes must go before the
+    // kernel accepts them there.
+    let report = lab.apply_ok(&provisioning(&interface(&lab.link_a, STATIC)));
+    for line in [
+        "- address 198.51.100.10/24 (removed)",
+        "- address 2001:db8:c::10/64 (removed)",
+        "- default via 198.51.100.1 (removed)",
+        "- default via 2001:db8:c::1 (removed)",
+        "+ default via 192.0.2.1 (added)",
+        "+ default via 2001:db8::1 (added)",
+    ] {
+        assert!(report.contains(line), "report lacks {line:?}:\n{report}");
+    }
+    let mut addresses = lab.addresses_of(&second);
+    addresses.retain(|a| !a.starts_with("fe80:"));
+    assert_eq!(addresses, ["203.0.113.7/24"]);
+    assert_eq!(lab.default_routes_via(&second), []);
+    assert_eq!(
+        lab.default_routes_a(),
+        [
+            ("192.0.2.1".to_string(), "213".to_string()),
+            ("2001:db8::1".to_string(), "213".to_string())
+        ]
+    );
+}
+
+#[test]
+fn changed_prefix_length_replaces_the_address_and_keeps_the_gateway() {
+    if !runnable("changed_prefix_length_replaces_the_address_and_keeps_the_gateway") {
+        return;
+    }
+    let lab = Lab::new();
+    lab.apply_ok(&provisioning(&interface(&lab.link_a, STATIC)));
+    let report = lab.apply_ok(&provisioning(&interface(
+        &lab.link_a,
+        &STATIC
+            .replace("192.0.2.10/24", "192.0.2.10/25")
+            .replace("2001:db8::10/64", "2001:db8::10/80"),
+    )));
+    for line in [
+        "- address 192.0.2.10/24 (removed)",
+        "+ address 192.0.2.10/25 (added)",
+        "- address 2001:db8::10/64 (removed)",
+        "+ address 2001:db8::10/80 (added)",
+    ] {
+        assert!(report.contains(line), "report lacks {line:?}:\n{report}");
+    }
+    let mut addresses = lab.addresses_a();
+    addresses.retain(|a| !a.starts_with("fe80:"));
+    assert_eq!(addresses, ["192.0.2.10/25", "2001:db8::10/80"]);
+    // The kernel drops a link's IPv4 routes with its last IPv4 address; the gateway must be
+    // back all the same.
+    assert_eq!(
+        lab.default_routes_a(),
+        [
+            ("192.0.2.1".to_string(), "213".to_string()),
+            ("2001:db8::1".to_string(), "213".to_string())
+        ]
+    );
+    assert!(lab.ping_from_b("192.0.2.10"));
+    assert!(lab.ping_from_b("2001:db8::10"));
+}
+
+#[test]
+fn link_local_gateway6_is_the_ipv6_default_route() {
+    if !runnable("link_local_gateway6_is_the_ipv6_default_route") {
+        return;
+    }
+    let lab = Lab::new();
+    let toml = provisioning(&interface(
+        &lab.link_a,
+        &STATIC.replace("2001:db8::1\"", "fe80::1\""),
+    ));
+    let report = lab.apply_ok(&toml);
+    assert!(report.contains("+ default via fe80::1 (added)"), "{report}");
+    assert_eq!(
+        lab.default_routes_a(),
+        [
+            ("192.0.2.1".to_string(), "213".to_string()),
+            ("fe80::1".to_string(), "213".to_string())
+        ]
+    );
+    let again = lab.apply_ok(&toml);
+    assert!(again.trim_end().ends_with("no changes"), "{again}");
+}
+
+/// gateway6 is the advertising router's own link-local address: the advertised default route
+/// (it expires with the advert) must not stand in for letterbox's, with or without accept_ra.
+#[test]
+fn advertised_route_to_the_link_local_gateway6_does_not_replace_letterbox_route() {
+    let test = "advertised_route_to_the_link_local_gateway6_does_not_replace_letterbox_route";
+    if !runnable(test) {
+        return;
+    }
+    if Command::new("radvd").arg("--version").output().is_err() {
+        common::skip(test, "radvd is not installed (make test installs it)");
+        return;
+    }
+    let lab = Lab::new();
+    let _radvd = Radvd::start(&lab);
+    let without_gateway6 = r#"ipv4 = ["192.0.2.10/24"]
+gateway4 = "192.0.2.1"
+ipv6 = ["2001:db8::10/64"]"#;
+    lab.apply_ok(&provisioning(&interface(
+        &lab.link_a,
+        &format!("{without_gateway6}\naccept_ra = true"),
+    )));
+    let advertised = || {
+        lab.default_routes_a()
+            .into_iter()
+            .find(|(_, proto)| proto == "ra")
+            .map(|(gateway, _)| gateway)
+    };
+    assert!(
+        wait_for(std::time::Duration::from_secs(30), || advertised()
+            .is_some()),
+        "no advertised default route within 30 s: {:?}",
+        lab.default_routes_a()
+    );
+    let router = advertised().unwrap();
+    assert!(router.starts_with("fe80:"), "{router}");
+    let with_gateway6 =
+        |accept_ra| format!("{without_gateway6}\ngateway6 = \"{router}\"\naccept_ra = {accept_ra}");
+
+    let report = lab.apply_ok(&provisioning(&interface(&lab.link_a, &with_gateway6(true))));
+    assert!(
+        report.contains(&format!("+ default via {router} (added)")),
+        "{report}"
+    );
+    let routes = lab.default_routes_a();
+    for proto in ["ra", "213"] {
+        assert!(
+            routes.contains(&(router.clone(), proto.to_string())),
+            "no {proto} route via {router}: {routes:?}"
+        );
+    }
+
+    let report = lab.apply_ok(&provisioning(&interface(
+        &lab.link_a,
+        &with_gateway6(false),
+    )));
+    assert!(
+        report.contains(&format!("- default via {router} (removed)")),
+        "{report}"
+    );
+    assert_eq!(
+        lab.default_routes_a(),
+        [
+            ("192.0.2.1".to_string(), "213".to_string()),
+            (router.clone(), "213".to_string())
+        ]
+    );
 }

@@ -6,6 +6,7 @@
 //! file, line and column.
 
 mod diagnostic;
+mod dns;
 mod network;
 mod system;
 
@@ -17,6 +18,7 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 pub use diagnostic::{Diagnostic, Diagnostics};
+pub use dns::{txt_split, Account, Dns, ExtraRecord, DEFAULT_RATE_LIMIT, NAMESERVER_LABEL};
 pub use network::Interface;
 pub use system::{check_password_hash, Console, System};
 
@@ -27,7 +29,8 @@ pub const DEFAULT_TOML: &str = include_str!("../../image/letterbox.toml");
 pub const DEFAULT_NAME: &str = "letterbox.toml (embedded default)";
 
 const VERSION: i64 = 1;
-const SECTIONS: &str = "`version`, `system`, `interface`, `nameservers`, `console`";
+const SECTIONS: &str =
+    "`version`, `system`, `interface`, `nameservers`, `console`, `dns`, `account`";
 
 /// A validated provisioning file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +39,8 @@ pub struct Config {
     pub interfaces: Vec<Interface>,
     pub nameservers: Vec<IpAddr>,
     pub console: Console,
+    pub dns: Dns,
+    pub accounts: Vec<Account>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +93,8 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Diagnostics> {
     let mut raw_interfaces = Vec::new();
     let mut raw_nameservers = Vec::new();
     let mut raw_console = None;
+    let mut raw_dns = None;
+    let mut raw_accounts = Vec::new();
 
     for (key, value) in root.into_inner() {
         let span = key.span();
@@ -111,6 +118,16 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Diagnostics> {
                 raw_nameservers = section::<Vec<Spanned<String>>>(value, &mut c).unwrap_or_default()
             }
             "console" => raw_console = section::<system::RawConsole>(value, &mut c),
+            "dns" => raw_dns = section::<dns::RawDns>(value, &mut c),
+            "account" => match value.into_inner() {
+                DeValue::Array(items) => {
+                    raw_accounts.extend(items.into_iter().filter_map(|v| section(v, &mut c)))
+                }
+                _ => c.error(
+                    span,
+                    "`account` must be an array of tables; expected `[[account]]` headers",
+                ),
+            },
             other => c.error(
                 span,
                 format!("unknown section `{other}`; expected one of {SECTIONS}"),
@@ -151,12 +168,24 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Diagnostics> {
         .map(|raw| system::validate_console(raw, &mut c))
         .unwrap_or_default();
 
+    // The zone is derived from [system]: without it there is nothing to check against.
+    let (dns, accounts) = match &system {
+        Some(system) => {
+            let dns = dns::validate_dns(raw_dns, system, &mut c);
+            let accounts = dns::validate_accounts(raw_accounts, system, &dns, &mut c);
+            (dns, accounts)
+        }
+        None => (Dns::default(), Vec::new()),
+    };
+
     c.finish()?;
     Ok(Config {
         system: system.expect("a missing or invalid [system] is an error above"),
         interfaces,
         nameservers,
         console,
+        dns,
+        accounts,
     })
 }
 

@@ -1,6 +1,7 @@
 //! Finding and setting up the console's tty.
 
 use std::fs::File;
+use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -25,8 +26,6 @@ pub enum DeviceError {
         #[source]
         source: nix::Error,
     },
-    #[error("unsupported baud rate {0}; expected one of 1200 ... 460800")]
-    Baud(u32),
 }
 
 /// Resolves the configured console: a /dev path as given, a tty name (`ttyAMA0`) under
@@ -82,7 +81,7 @@ pub fn open_for_login(path: &Path, baud: u32) -> Result<File, DeviceError> {
     t.control_flags |= termios::ControlFlags::CLOCAL | termios::ControlFlags::CREAD;
     t.control_chars[SpecialCharacterIndices::VMIN as usize] = 1;
     t.control_chars[SpecialCharacterIndices::VTIME as usize] = 0;
-    termios::cfsetspeed(&mut t, baud_rate(baud)?).map_err(|source| DeviceError::Termios {
+    termios::cfsetspeed(&mut t, baud_rate(baud)).map_err(|source| DeviceError::Termios {
         path: display(),
         source,
     })?;
@@ -93,10 +92,50 @@ pub fn open_for_login(path: &Path, baud: u32) -> Result<File, DeviceError> {
     Ok(file)
 }
 
-/// A second, blocking handle for log lines, so a slow line holds up logging rather than
-/// dropping it.
+/// A second, blocking handle for log lines. Only the logger's writer thread writes to it,
+/// so a stalled line holds up that thread alone (and lines are dropped, counted).
 pub fn open_for_log(path: &Path) -> Result<File, DeviceError> {
     open(path, 0)
+}
+
+/// [`open_for_log`] of `path`, else of `fallback`: the path opened, its handle and why
+/// `path` could not be used; the error of `path` when neither opens.
+pub fn open_for_log_or(
+    path: &Path,
+    fallback: &Path,
+) -> Result<(PathBuf, File, Option<DeviceError>), DeviceError> {
+    match open_for_log(path) {
+        Ok(file) => Ok((path.to_path_buf(), file, None)),
+        Err(e) if path != fallback => match open_for_log(fallback) {
+            Ok(file) => Ok((fallback.to_path_buf(), file, Some(e))),
+            Err(_) => Err(e),
+        },
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether `console` is the tty that stderr writes to: the same device, or stderr is the
+/// kernel's /dev/console and `console` its active tty (`/sys/class/tty/console/active`,
+/// the last one listed is /dev/console).
+pub fn is_stderr_tty(console: &File, console_path: &Path) -> bool {
+    const DEV_CONSOLE: u64 = nix::sys::stat::makedev(5, 1);
+    let rdev = |fd: std::os::fd::BorrowedFd<'_>| nix::sys::stat::fstat(fd).ok().map(|s| s.st_rdev);
+    let stderr = rdev(std::io::stderr().as_fd());
+    let ours = rdev(console.as_fd());
+    if stderr.is_none() || stderr == Some(0) {
+        return false;
+    }
+    if stderr == ours {
+        return true;
+    }
+    let active = std::fs::read_to_string("/sys/class/tty/console/active").unwrap_or_default();
+    let name = console_path.canonicalize().ok();
+    let name = name
+        .as_deref()
+        .and_then(Path::file_name)
+        .map(|n| n.to_string_lossy());
+    stderr == Some(DEV_CONSOLE)
+        && name.is_some_and(|name| active.split_whitespace().last() == Some(&*name))
 }
 
 fn open(path: &Path, flags: i32) -> Result<File, DeviceError> {
@@ -111,8 +150,9 @@ fn open(path: &Path, flags: i32) -> Result<File, DeviceError> {
         })
 }
 
-fn baud_rate(baud: u32) -> Result<BaudRate, DeviceError> {
-    Ok(match baud {
+/// The termios speed of a rate the configuration accepted (it refuses any other).
+fn baud_rate(baud: u32) -> BaudRate {
+    match baud {
         1200 => BaudRate::B1200,
         2400 => BaudRate::B2400,
         4800 => BaudRate::B4800,
@@ -123,8 +163,11 @@ fn baud_rate(baud: u32) -> Result<BaudRate, DeviceError> {
         115_200 => BaudRate::B115200,
         230_400 => BaudRate::B230400,
         460_800 => BaudRate::B460800,
-        other => return Err(DeviceError::Baud(other)),
-    })
+        other => {
+            log::warn!("baud rate {other} has no termios speed; using 115200");
+            BaudRate::B115200
+        }
+    }
 }
 
 #[cfg(test)]
@@ -160,5 +203,27 @@ mod tests {
             Some("ttyS1")
         );
         assert_eq!(tty_of_alias("serial1", &dt, &class), None);
+    }
+
+    #[test]
+    fn a_console_that_does_not_open_falls_back() {
+        let pair = nix::pty::openpty(None, None).unwrap();
+        let fallback = std::fs::read_link(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&pair.slave)
+        ))
+        .unwrap();
+        let missing = Path::new("/dev/ttyLETTERBOXMISSING");
+        let (path, _file, why) = open_for_log_or(missing, &fallback).unwrap();
+        assert_eq!(path, fallback);
+        let why = why.unwrap().to_string();
+        assert!(why.contains("/dev/ttyLETTERBOXMISSING"), "{why}");
+        // A console that opens is used as it is.
+        let (path, _file, why) = open_for_log_or(&fallback, missing).unwrap();
+        assert_eq!(path, fallback);
+        assert!(why.is_none());
+        // Neither: the configured one's error.
+        let err = open_for_log_or(missing, Path::new("/dev/ttyLETTERBOXGONE")).unwrap_err();
+        assert!(err.to_string().contains("ttyLETTERBOXMISSING"), "{err}");
     }
 }

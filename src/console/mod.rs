@@ -8,6 +8,7 @@ mod terminal;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::init::units::{StopSignal, Unit};
 use crate::init::Agent;
@@ -28,6 +29,8 @@ pub enum ConsoleError {
 }
 
 const USER: &str = "admin";
+/// How long the console waits for the log lines before it writes a prompt or notice.
+const LOG_FLUSH_LIMIT: Duration = Duration::from_secs(2);
 
 /// The console login as a supervised unit.
 pub fn unit(agent: Arc<Agent>, device: PathBuf, baud: u32) -> Unit {
@@ -55,9 +58,13 @@ async fn serve(
     let file = device::open_for_login(device, baud)?;
     let mut term = Terminal::new(file).map_err(io_error)?;
     log::info!("console ready on {}", device.display());
+    // The boot's log lines go first: the prompt is then the last thing on the screen.
+    crate::init::log::logger().flushed(LOG_FLUSH_LIMIT).await;
     tokio::select! {
         result = sessions(&agent, &mut term) => result.map_err(io_error),
         _ = stop.requested() => {
+            // After the shutdown's log lines so far, as at boot.
+            crate::init::log::logger().flushed(LOG_FLUSH_LIMIT).await;
             let _ = term.write("\nletterbox is shutting down\n").await;
             Ok(())
         }

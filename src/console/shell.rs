@@ -60,6 +60,12 @@ pub const COMMANDS: &[Command] = &[
         run: check,
     },
     Command {
+        name: "dns",
+        args: "[reload]",
+        help: "the zone's serial; `dns reload` re-reads letterbox.toml and serves its zone",
+        run: dns,
+    },
+    Command {
         name: "logs",
         args: "[LINES]",
         help: "recent log lines (default 40)",
@@ -162,6 +168,9 @@ fn status(agent: Arc<Agent>, _: Vec<String>) -> BoxFuture<'static, Reply> {
         for (name, state) in agent.units() {
             let _ = writeln!(out, "  {name:<12} {state}");
         }
+        if let Some(serial) = agent.dns_serial() {
+            let _ = writeln!(out, "dns:       serving serial {serial}");
+        }
         let _ = writeln!(out, "interfaces:");
         match crate::net::snapshot().await {
             Ok(links) => {
@@ -199,6 +208,23 @@ fn net(agent: Arc<Agent>, _: Vec<String>) -> BoxFuture<'static, Reply> {
             Ok(report) => Reply::text(format!("{report}\n")),
             Err(e) => Reply::text(format!("error: {e}\n")),
         }
+    })
+}
+
+fn dns(agent: Arc<Agent>, args: Vec<String>) -> BoxFuture<'static, Reply> {
+    Box::pin(async move {
+        let text = match args.first().map(String::as_str) {
+            None => match agent.dns_serial() {
+                Some(serial) => format!("DNS serving serial {serial}\n"),
+                None => "DNS is not running (see `status` and `logs`)\n".into(),
+            },
+            Some("reload") => match agent.reload_dns() {
+                Ok(done) => format!("{done}\n"),
+                Err(e) => format!("error: {e}\n"),
+            },
+            Some(other) => format!("unknown `dns {other}`; expected `dns` or `dns reload`\n"),
+        };
+        Reply::text(text)
     })
 }
 

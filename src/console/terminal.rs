@@ -18,6 +18,10 @@ const CTRL_C: u8 = 0x03;
 const CTRL_D: u8 = 0x04;
 const CTRL_U: u8 = 0x15;
 const ESCAPE: u8 = 0x1b;
+const BELL: &str = "\x07";
+/// The longest line kept: more than any command or password; a line noise storm or a
+/// pasted file must not grow the agent's memory.
+pub const MAX_LINE: usize = 1024;
 
 /// What one line read ended with.
 #[derive(Debug, PartialEq, Eq)]
@@ -69,7 +73,8 @@ impl Terminal {
     }
 
     /// Reads one line with backspace, ^U (erase line) and ^C (abandon line); arrow keys
-    /// and other escape sequences are ignored. `echo: false` for passwords.
+    /// and other escape sequences are ignored. `echo: false` for passwords. Beyond
+    /// [`MAX_LINE`] bytes further characters ring the bell and are dropped.
     pub async fn read_line(&mut self, echo: bool) -> io::Result<Input> {
         let mut line: Vec<u8> = Vec::new();
         loop {
@@ -103,6 +108,7 @@ impl Terminal {
                     return Ok(Input::EndOfInput);
                 }
                 ESCAPE => self.skip_escape_sequence().await?,
+                b if b >= 0x20 && line.len() >= MAX_LINE => self.write(BELL).await?,
                 b if b >= 0x20 => {
                     line.push(b);
                     if echo {
@@ -184,5 +190,35 @@ mod tests {
             "{echoed:?}"
         );
         assert!(!echoed.contains("secret"), "{echoed:?}");
+    }
+
+    #[tokio::test]
+    async fn a_line_stops_growing_at_the_limit() {
+        let (mut master, mut term) = pty();
+        let long = "a".repeat(MAX_LINE + 500);
+        // From another thread: the pty buffer is smaller than the line and its echo.
+        let writer = std::thread::spawn(move || {
+            master.write_all(long.as_bytes()).unwrap();
+            master.write_all(b"\rok\r").unwrap();
+            master
+        });
+        let Input::Line(line) = term.read_line(false).await.unwrap() else {
+            panic!("no line");
+        };
+        assert_eq!(line, "a".repeat(MAX_LINE));
+        // The input after the cut-off line is intact.
+        assert_eq!(
+            term.read_line(false).await.unwrap(),
+            Input::Line("ok".into())
+        );
+        let mut master = writer.join().unwrap();
+        let mut echoed = Vec::new();
+        // Both lines' ends are in: every bell was written before them.
+        while echoed.windows(2).filter(|w| w == b"\r\n").count() < 2 {
+            let mut chunk = [0u8; 4096];
+            let n = master.read(&mut chunk).unwrap();
+            echoed.extend_from_slice(&chunk[..n]);
+        }
+        assert_eq!(echoed.iter().filter(|&&b| b == 0x07).count(), 500);
     }
 }

@@ -1,37 +1,86 @@
 //! The agent's logger: every line goes to the kernel log (appliance), to the console
 //! device and/or stderr, and into a ring buffer that the console's `logs` command shows.
 //!
+//! Logging never waits for a device: a `log!` call stores the line in the ring and queues
+//! it for a writer thread, the only code that writes to the sinks. A stalled tty (a pty
+//! nobody reads, flow control, a slow line) then holds up that thread alone; when its
+//! queue is full further lines are dropped, counted and reported as "N lines dropped".
+//!
 //! Lines carry the kernel's kind of timestamp (seconds since boot) so they line up with
 //! `dmesg`, plus the wall clock once it is plausible (the Pi has no RTC).
 
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender, TrySendError};
 use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use nix::time::{clock_gettime, ClockId};
 
 /// How many recent lines `logs` can show.
 const RING_LINES: usize = 500;
+/// How many lines may wait for the writer thread before new ones are dropped.
+const QUEUE_LINES: usize = 1000;
 /// Before this (2020-01-01) the clock was never set: the Pi boots at 1970.
 const PLAUSIBLE_EPOCH_SECS: i64 = 1_577_836_800;
 
-/// Where log lines go besides the ring buffer.
+/// A sink to attach; handed to the writer thread, which owns the sinks.
+enum Attach {
+    Kmsg(File),
+    Console {
+        file: File,
+        /// Whether the ring's earlier lines are written first (the kernel console's replay).
+        replay: bool,
+        /// The console is the tty stderr has been writing to: stderr stops, no replay.
+        replaces_stderr: bool,
+    },
+    Stderr {
+        /// CR LF: as PID 1, stderr is the kernel's console, whose tty may be raw.
+        crlf: bool,
+    },
+}
+
+/// What the writer thread owns: each file sink with the sequence number of its first
+/// queued line (the lines before it were replayed or are not its business).
 #[derive(Default)]
 struct Sinks {
-    kmsg: Option<File>,
-    console: Option<File>,
-    stderr: bool,
+    kmsg: Option<(File, u64)>,
+    console: Option<(File, u64)>,
+    /// Whether lines go to stderr: the CR LF flag and the sequence number of the first
+    /// line stderr no longer gets, once the console took over.
+    stderr: Option<(bool, Option<u64>)>,
+}
+
+enum Message {
+    Line(Line),
+    /// A sink is waiting in `Logger::attach`.
+    Attach,
+    /// Answers once every line queued before it is written.
+    Flush(Sender<()>),
 }
 
 pub struct Logger {
-    sinks: Mutex<Sinks>,
-    ring: Mutex<VecDeque<Line>>,
+    ring: Mutex<Ring>,
+    queue: SyncSender<Message>,
+    /// Sinks waiting for the writer thread, each with the sequence number of the next
+    /// line when it was attached. Kept here rather than queued: a sink is never dropped.
+    attach: Mutex<Vec<(Attach, u64)>>,
+    /// Lines dropped because the queue was full, not yet reported.
+    dropped: AtomicU64,
+}
+
+struct Ring {
+    lines: VecDeque<Line>,
+    /// Sequence number of the next line.
+    next: u64,
 }
 
 /// One logged line, kept for `logs` and for sinks that join late.
 #[derive(Clone)]
 struct Line {
+    seq: u64,
     level: log::Level,
     message: String,
     /// With timestamp, prefix and level: what the console and `logs` show.
@@ -45,9 +94,19 @@ pub fn logger() -> &'static Logger {
     let mut fresh = false;
     let logger = LOGGER.get_or_init(|| {
         fresh = true;
+        let (queue, lines) = sync_channel(QUEUE_LINES);
+        std::thread::Builder::new()
+            .name("log writer".into())
+            .spawn(move || write_lines(lines))
+            .expect("cannot start the log writer thread");
         Logger {
-            sinks: Mutex::new(Sinks::default()),
-            ring: Mutex::new(VecDeque::with_capacity(RING_LINES)),
+            ring: Mutex::new(Ring {
+                lines: VecDeque::with_capacity(RING_LINES),
+                next: 0,
+            }),
+            queue,
+            attach: Mutex::default(),
+            dropped: AtomicU64::new(0),
         }
     });
     if fresh && log::set_logger(logger).is_ok() {
@@ -59,28 +118,62 @@ pub fn logger() -> &'static Logger {
 impl Logger {
     /// Also writes to the kernel log (`/dev/kmsg`); appliance only, where dmesg is the log.
     pub fn log_to_kmsg(&self) -> std::io::Result<()> {
-        let mut kmsg = std::fs::OpenOptions::new().write(true).open("/dev/kmsg")?;
-        let mut sinks = self.sinks.lock().expect("log sinks");
-        for line in self.recent_lines(RING_LINES) {
-            write_kmsg(&mut kmsg, line.level, &line.message);
-        }
-        sinks.kmsg = Some(kmsg);
+        let kmsg = std::fs::OpenOptions::new().write(true).open("/dev/kmsg")?;
+        self.attach(Attach::Kmsg(kmsg));
         Ok(())
     }
 
     /// Also writes to the console device (a second handle of the console's tty), starting
-    /// with the lines logged before it was known, as the kernel's console does.
-    pub fn log_to_console(&self, mut console: File) {
-        let mut sinks = self.sinks.lock().expect("log sinks");
-        for line in self.recent_lines(RING_LINES) {
-            let _ = console.write_all(format!("{}\r\n", line.stamped).as_bytes());
-        }
-        sinks.console = Some(console);
+    /// with the lines logged before it was known, as the kernel's console does; unless it
+    /// is the tty stderr has been writing to, which then stops instead.
+    pub fn log_to_console(&self, console: File, same_tty_as_stderr: bool) {
+        self.attach(Attach::Console {
+            file: console,
+            replay: !same_tty_as_stderr,
+            replaces_stderr: same_tty_as_stderr,
+        });
     }
 
-    /// Also writes to stderr (run mode, where the caller collects it).
-    pub fn log_to_stderr(&self) {
-        self.sinks.lock().expect("log sinks").stderr = true;
+    /// Also writes to stderr: run mode, where the caller collects it, and PID 1 until the
+    /// console takes over, where it is the kernel's console (`crlf`: end lines with CR LF).
+    pub fn log_to_stderr(&self, crlf: bool) {
+        self.attach(Attach::Stderr { crlf });
+    }
+
+    /// Hands a sink to the writer thread: the lines logged so far are its past (replayed
+    /// or not at all), the later ones go to it as they come.
+    fn attach(&self, sink: Attach) {
+        let ring = self.ring.lock().expect("log ring");
+        let mut waiting = self.attach.lock().expect("log sinks");
+        waiting.push((sink, ring.next));
+        drop((waiting, ring));
+        // When the queue is full the writer is busy and picks the sink up at its next line.
+        let _ = self.queue.try_send(Message::Attach);
+    }
+
+    /// Waits until the lines logged so far are written, but no longer than `limit`: the
+    /// last lines before an exit or a reboot should be seen, a stalled tty must not stop it.
+    pub fn flush_within(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        let (done, written) = channel();
+        let mut flush = Message::Flush(done);
+        loop {
+            match self.queue.try_send(flush) {
+                Ok(()) => break,
+                Err(TrySendError::Full(again)) if Instant::now() < deadline => {
+                    flush = again;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(_) => return,
+            }
+        }
+        let _ = written.recv_timeout(deadline.saturating_duration_since(Instant::now()));
+    }
+
+    /// [`Logger::flush_within`] for async code: the console calls it before a prompt, so
+    /// the lines logged before it come before it on the tty.
+    pub async fn flushed(&'static self, limit: Duration) {
+        let _ = tokio::task::spawn_blocking(move || self.flush_within(limit)).await;
     }
 
     /// The most recent `n` lines, oldest first.
@@ -93,36 +186,115 @@ impl Logger {
 
     fn recent_lines(&self, n: usize) -> Vec<Line> {
         let ring = self.ring.lock().expect("log ring");
-        ring.iter()
-            .skip(ring.len().saturating_sub(n))
+        ring.lines
+            .iter()
+            .skip(ring.lines.len().saturating_sub(n))
             .cloned()
             .collect()
     }
 
     fn write_line(&self, level: log::Level, message: &str) {
         let stamped = format!("{} letterbox: {level:<5} {message}", timestamp());
-        {
+        let line = {
             let mut ring = self.ring.lock().expect("log ring");
-            if ring.len() == RING_LINES {
-                ring.pop_front();
+            if ring.lines.len() == RING_LINES {
+                ring.lines.pop_front();
             }
-            ring.push_back(Line {
+            let line = Line {
+                seq: ring.next,
                 level,
                 message: message.to_string(),
-                stamped: stamped.clone(),
+                stamped,
+            };
+            ring.next += 1;
+            ring.lines.push_back(line.clone());
+            line
+        };
+        if let Err(TrySendError::Full(_)) = self.queue.try_send(Message::Line(line)) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The writer thread: the only code that writes to the sinks, so the only one a stalled
+/// device can hold up.
+fn write_lines(queue: Receiver<Message>) {
+    let mut sinks = Sinks::default();
+    for message in queue {
+        let Some(logger) = LOGGER.get() else { continue };
+        let waiting = std::mem::take(&mut *logger.attach.lock().expect("log sinks"));
+        for (sink, next) in waiting {
+            sinks.adopt(logger, sink, next);
+        }
+        match message {
+            Message::Line(line) => sinks.write(&line),
+            Message::Attach => {}
+            Message::Flush(done) => {
+                let _ = done.send(());
+            }
+        }
+        let dropped = logger.dropped.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            let message = format!("{dropped} log lines dropped: the console could not keep up");
+            sinks.write(&Line {
+                seq: u64::MAX,
+                level: log::Level::Warn,
+                stamped: format!("{} letterbox: WARN  {message}", timestamp()),
+                message,
             });
         }
-        let mut sinks = self.sinks.lock().expect("log sinks");
-        // A sink that fails (console unplugged, kmsg rate limit) must not stop the others.
-        if let Some(kmsg) = sinks.kmsg.as_mut() {
-            write_kmsg(kmsg, level, message);
+    }
+}
+
+impl Sinks {
+    fn adopt(&mut self, logger: &Logger, sink: Attach, next: u64) {
+        let past = || {
+            logger
+                .recent_lines(RING_LINES)
+                .into_iter()
+                .filter(move |line| line.seq < next)
+        };
+        match sink {
+            Attach::Kmsg(mut kmsg) => {
+                for line in past() {
+                    write_kmsg(&mut kmsg, line.level, &line.message);
+                }
+                self.kmsg = Some((kmsg, next));
+            }
+            Attach::Console {
+                mut file,
+                replay,
+                replaces_stderr,
+            } => {
+                if replay {
+                    for line in past() {
+                        let _ = file.write_all(format!("{}\r\n", line.stamped).as_bytes());
+                    }
+                }
+                if let Some((_, until)) = self.stderr.as_mut().filter(|_| replaces_stderr) {
+                    *until = Some(next);
+                }
+                self.console = Some((file, next));
+            }
+            Attach::Stderr { crlf } => self.stderr = Some((crlf, None)),
         }
-        if let Some(console) = sinks.console.as_mut() {
-            let _ = console.write_all(format!("{stamped}\r\n").as_bytes());
+    }
+
+    /// A sink that fails (console unplugged, kmsg rate limit) must not stop the others.
+    fn write(&mut self, line: &Line) {
+        if let Some((kmsg, _)) = self.kmsg.as_mut().filter(|(_, from)| line.seq >= *from) {
+            write_kmsg(kmsg, line.level, &line.message);
         }
-        if sinks.stderr {
-            let _ = writeln!(std::io::stderr(), "{stamped}");
+        if let Some((console, _)) = self.console.as_mut().filter(|(_, from)| line.seq >= *from) {
+            let _ = console.write_all(format!("{}\r\n", line.stamped).as_bytes());
         }
+        let ending = match self.stderr {
+            Some((_, Some(until))) if line.seq >= until => return,
+            Some((true, _)) => "\r\n",
+            Some((false, _)) => "\n",
+            None => return,
+        };
+        let _ = write!(std::io::stderr(), "{}{ending}", line.stamped);
     }
 }
 
@@ -144,7 +316,9 @@ impl log::Log for Logger {
         }
     }
 
-    fn flush(&self) {}
+    fn flush(&self) {
+        self.flush_within(Duration::from_secs(1));
+    }
 }
 
 /// The kernel adds its own timestamp; `<N>` is the syslog level.
@@ -210,9 +384,43 @@ mod tests {
         for i in 0..(RING_LINES + 5) {
             l.write_line(log::Level::Info, &format!("ring test {i}"));
         }
-        let recent = l.recent(2);
-        assert_eq!(recent.len(), 2);
-        assert!(recent[1].ends_with(&format!("ring test {}", RING_LINES + 4)));
+        assert_eq!(l.recent(2).len(), 2);
+        // Other tests log concurrently: the newest of this test's lines is the last one.
+        let recent = l.recent(RING_LINES);
+        let ours = recent.iter().rfind(|line| line.contains("ring test "));
+        assert!(ours
+            .unwrap()
+            .ends_with(&format!("ring test {}", RING_LINES + 4)));
         assert!(l.recent(usize::MAX).len() <= RING_LINES);
+    }
+
+    #[test]
+    fn a_console_nobody_reads_does_not_hold_up_logging() {
+        // A pty whose master is never read: its buffer fills and a blocking write stalls.
+        let pair = nix::pty::openpty(None, None).unwrap();
+        let slave_path = std::fs::read_link(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&pair.slave)
+        ))
+        .unwrap();
+        let stalled = crate::console::device::open_for_log(&slave_path).unwrap();
+        let l = logger();
+        l.log_to_console(stalled, false);
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // Far more than the pty buffer and the queue hold together.
+            for i in 0..(QUEUE_LINES * 20) {
+                log::info!("stall test line {i} {}", "x".repeat(200));
+            }
+            let _ = done.send(());
+        });
+        // Generous: the calls only queue, but CI machines stall; a blocked logger never ends.
+        finished
+            .recv_timeout(Duration::from_secs(60))
+            .expect("logging blocked on a console nobody reads");
+        let last = format!("stall test line {} ", QUEUE_LINES * 20 - 1);
+        assert!(l.recent(RING_LINES).iter().any(|line| line.contains(&last)));
+        // Keeps the master open (an unread pty, not a hung-up one) until the end.
+        drop(pair.master);
     }
 }

@@ -1,6 +1,7 @@
 //! `letterbox-init`: PID 1 of the appliance, and the same agent on an ordinary host under
 //! `letterbox run`. [`boot`] reads top to bottom as the boot sequence.
 
+mod dns_unit;
 pub mod log;
 mod mounts;
 pub mod provisioning;
@@ -23,6 +24,11 @@ use tokio::sync::mpsc;
 use provisioning::{Provisioning, Source};
 use reaper::{Reaper, Scope};
 use units::{Supervisor, UnitState, UnitTable};
+
+/// How long boot waits for the network before it goes on to the console.
+const BOOT_NETWORK_LIMIT: Duration = Duration::from_secs(30);
+/// How long the remaining processes get after SIGTERM at shutdown, before SIGKILL.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// How the agent was started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +59,9 @@ pub struct InitArgs {
     /// Root under which /etc/hostname, /etc/hosts, /etc/resolv.conf are written.
     #[arg(long, default_value = "/")]
     pub root: PathBuf,
+    /// As PID 1: what was wrong with the command line, logged once the logger is up.
+    #[arg(skip)]
+    pub command_line_problem: Option<String>,
 }
 
 impl InitArgs {
@@ -75,18 +84,32 @@ impl InitArgs {
             .collect();
         let mut args = args.into_iter();
         let mut kept: Vec<std::ffi::OsString> = args.next().into_iter().collect();
+        let mut problems = Vec::new();
         while let Some(arg) = args.next() {
             let text = arg.to_string_lossy();
-            let flag = text.split('=').next().unwrap_or_default();
-            if known.iter().any(|k| k == flag) {
-                let takes_next = !text.contains('=');
+            let flag = text.split('=').next().unwrap_or_default().to_string();
+            if !known.contains(&flag) {
+                continue;
+            }
+            if text.contains('=') {
                 kept.push(arg);
-                if takes_next {
-                    kept.extend(args.next());
-                }
+                continue;
+            }
+            match args.next() {
+                Some(value) => kept.extend([arg, value]),
+                // A trailing `--console`: without it the rest still counts.
+                None => problems.push(format!("{flag} has no value; ignored")),
             }
         }
-        InitArgs::try_parse_from(kept).unwrap_or_else(|_| InitArgs::parse_from(["letterbox-init"]))
+        let mut parsed = InitArgs::try_parse_from(kept).unwrap_or_else(|e| {
+            problems.push(format!("{}; using the default paths", e.kind()));
+            InitArgs::parse_from(["letterbox-init"])
+        });
+        if !problems.is_empty() {
+            parsed.command_line_problem =
+                Some(format!("init command line: {}", problems.join("; ")));
+        }
+        parsed
     }
 }
 
@@ -138,6 +161,8 @@ pub struct Agent {
     units: UnitTable,
     started: Instant,
     shutdown: mpsc::UnboundedSender<Shutdown>,
+    /// The DNS server's zone switch, while the DNS unit runs.
+    dns: Mutex<Option<crate::dns::DnsHandle>>,
 }
 
 impl Agent {
@@ -166,6 +191,47 @@ impl Agent {
         self.units.snapshot()
     }
 
+    pub fn state_dir(&self) -> &std::path::Path {
+        &self.options.state_dir
+    }
+
+    fn set_dns(&self, handle: Option<crate::dns::DnsHandle>) {
+        *self.dns.lock().expect("dns handle") = handle;
+    }
+
+    /// The serial the DNS server is serving, if it runs.
+    pub fn dns_serial(&self) -> Option<u32> {
+        self.dns
+            .lock()
+            .expect("dns handle")
+            .as_ref()
+            .map(|h| h.serial())
+    }
+
+    /// Re-reads the provisioning file and serves its zone without a restart (console
+    /// `dns reload`, SIGHUP). Returns what happened, as text.
+    pub fn reload_dns(&self) -> Result<String, String> {
+        let p = self.reload();
+        let Some((cfg, source)) = p.config else {
+            return Err(p.problem.unwrap_or_else(|| "no valid configuration".into()));
+        };
+        let handle = self.dns.lock().expect("dns handle").clone();
+        let Some(handle) = handle else {
+            return Err("the DNS server is not running (see `status` and `logs`)".into());
+        };
+        let serial = handle.reload(&cfg).map_err(|e| crate::error_chain(&e))?;
+        let mut out = String::new();
+        if let Some(problem) = p.problem {
+            out.push_str(&problem);
+            out.push('\n');
+        }
+        out.push_str(&format!(
+            "zone {} from {source}: serving serial {serial}",
+            cfg.system.domain
+        ));
+        Ok(out)
+    }
+
     /// Applies the network of the configuration in force; the report or the error, as text.
     pub async fn apply_network(&self) -> Result<String, String> {
         let Some((cfg, _)) = self.provisioning().config else {
@@ -179,19 +245,32 @@ impl Agent {
 }
 
 /// Entry point of `letterbox-init`.
-pub fn main_pid1(args: InitArgs) -> ExitCode {
-    start(args.into())
+pub fn main_pid1(mut args: InitArgs) -> ExitCode {
+    let problem = args.command_line_problem.take();
+    start_with(args.into(), problem)
 }
 
 /// Builds the runtime and runs the agent to its end; as PID 1 the end is a reboot or
 /// power-off, which does not return.
 pub fn start(options: Options) -> ExitCode {
-    // Installs the logger; everything from here on is logged.
+    start_with(options, None)
+}
+
+fn start_with(options: Options, command_line_problem: Option<String>) -> ExitCode {
+    // Installs the logger; everything from here on is logged. As PID 1 stderr is the
+    // kernel's /dev/console, which shows a boot that stalls before the console unit.
     let logger = log::logger();
-    match options.mode {
-        Mode::Host => logger.log_to_stderr(),
-        // A panic of PID 1 ends in a kernel panic; its reason must reach the console first.
-        Mode::Pid1 => std::panic::set_hook(Box::new(|panic| error!("{panic}"))),
+    logger.log_to_stderr(options.mode == Mode::Pid1);
+    if options.mode == Mode::Pid1 {
+        // PID 1 must not end (the kernel would panic): a panic is logged, then the box
+        // reboots. With panic=abort the hook still runs, before the abort.
+        std::panic::set_hook(Box::new(|panic| {
+            error!("{panic}");
+            reboot_forever(Shutdown::Reboot)
+        }));
+    }
+    if let Some(problem) = command_line_problem {
+        error!("{problem}");
     }
     match run(options.clone()) {
         Ok(how) => finish(options.mode, how),
@@ -237,11 +316,15 @@ async fn boot(options: Options) -> Result<Shutdown, InitError> {
 
     if mode == Mode::Pid1 {
         info!("mounting pseudo filesystems");
-        match mounts::mount_pseudo_filesystems() {
-            Ok(mounted) if mounted.is_empty() => info!("pseudo filesystems already mounted"),
-            Ok(mounted) => info!("mounted {}", mounted.join(", ")),
-            // Keep going: the console is still the best place to see what is wrong.
-            Err(e) => error!("{}", crate::error_chain(&e)),
+        let result = mounts::mount_pseudo_filesystems();
+        match &result.mounted[..] {
+            [] if result.failed.is_empty() => info!("pseudo filesystems already mounted"),
+            [] => {}
+            mounted => info!("mounted {}", mounted.join(", ")),
+        }
+        // Keep going: the console is still the best place to see what is wrong.
+        for e in &result.failed {
+            error!("{}", crate::error_chain(e));
         }
         if let Err(e) = log::logger().log_to_kmsg() {
             warn!("no kernel log: /dev/kmsg: {e}");
@@ -266,6 +349,7 @@ async fn boot(options: Options) -> Result<Shutdown, InitError> {
     let mut sigterm =
         signal(SignalKind::terminate()).map_err(|e| InitError::Signal("SIGTERM", e))?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| InitError::Signal("SIGINT", e))?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(|e| InitError::Signal("SIGHUP", e))?;
     let reaper = Reaper::start(match mode {
         Mode::Pid1 => Scope::AllChildren,
         Mode::Host => Scope::Spawned,
@@ -275,46 +359,64 @@ async fn boot(options: Options) -> Result<Shutdown, InitError> {
 
     if let Some((cfg, _)) = &provisioning.config {
         info!("network up: applying {} interface(s)", cfg.interfaces.len());
-        match crate::net::apply(cfg, &options.system_root).await {
-            Ok(report) if report.failed() => warn!("{report}"),
-            Ok(report) => info!("{report}"),
-            Err(e) => error!("network: {}", crate::error_chain(&e)),
+        let apply = crate::net::apply(cfg, &options.system_root);
+        match tokio::time::timeout(BOOT_NETWORK_LIMIT, apply).await {
+            Ok(Ok(report)) if report.failed() => warn!("{report}"),
+            Ok(Ok(report)) => info!("{report}"),
+            Ok(Err(e)) => error!("network: {}", crate::error_chain(&e)),
+            // The console must come up regardless; `net` on it retries.
+            Err(_) => error!(
+                "network: not configured within {}s; going on without it",
+                BOOT_NETWORK_LIMIT.as_secs()
+            ),
         }
     } else {
         warn!("network not configured: no valid configuration");
     }
 
     let console = console_device(&options, &provisioning);
+    let mode = options.mode;
     let agent = Arc::new(Agent {
         options,
         provisioning: Mutex::new(provisioning),
         units: UnitTable::default(),
         started: Instant::now(),
         shutdown: shutdown_tx,
+        dns: Mutex::new(None),
     });
 
     info!("starting units");
     let mut supervisor = Supervisor::new(reaper, agent.units.clone());
     if let Some((device, baud)) = console {
-        start_console(&mut supervisor, &agent, &device, baud);
+        start_console(&mut supervisor, &agent, mode, &device, baud);
     }
-    // Later units (DNS, containerd) start here, after the console: they stop before it.
+    // Later units (containerd) start here, after the console: they stop before it.
+    supervisor.start(dns_unit::unit(agent.clone()));
 
-    let how = tokio::select! {
-        Some(how) = shutdown_rx.recv() => {
-            info!("{} requested from the console", describe(how));
-            how
-        }
-        _ = sigterm.recv() => {
-            // As PID 1, SIGTERM is how a supervisor (or `kill 1`) asks the appliance to
-            // stop: power off. In run mode it only ends the agent.
-            info!("SIGTERM received");
-            Shutdown::PowerOff
-        }
-        _ = sigint.recv() => {
-            // The kernel sends PID 1 SIGINT for ctrl-alt-del: the traditional reboot.
-            info!("SIGINT received");
-            Shutdown::Reboot
+    let how = loop {
+        tokio::select! {
+            Some(how) = shutdown_rx.recv() => {
+                info!("{} requested from the console", describe(how));
+                break how;
+            }
+            _ = sigterm.recv() => {
+                // As PID 1, SIGTERM is how a supervisor (or `kill 1`) asks the appliance to
+                // stop: power off. In run mode it only ends the agent.
+                info!("SIGTERM received");
+                break Shutdown::PowerOff;
+            }
+            _ = sigint.recv() => {
+                // The kernel sends PID 1 SIGINT for ctrl-alt-del: the traditional reboot.
+                info!("SIGINT received");
+                break Shutdown::Reboot;
+            }
+            _ = sighup.recv() => {
+                info!("SIGHUP received: reloading the zone");
+                match agent.reload_dns() {
+                    Ok(done) => info!("{done}"),
+                    Err(e) => warn!("DNS reload: {e}"),
+                }
+            }
         }
     };
 
@@ -327,14 +429,39 @@ async fn boot(options: Options) -> Result<Shutdown, InitError> {
 }
 
 /// The console login, the first unit; log lines go to the console from now on.
-fn start_console(supervisor: &mut Supervisor, agent: &Arc<Agent>, device: &str, baud: u32) {
-    let path = crate::console::device::resolve(device).unwrap_or_else(|e| {
-        // The kernel's console is where someone is looking: better than no login at all.
+fn start_console(
+    supervisor: &mut Supervisor,
+    agent: &Arc<Agent>,
+    mode: Mode,
+    device: &str,
+    baud: u32,
+) {
+    use crate::console::device;
+    // The kernel's console is where someone is looking: better than no login at all.
+    let dev_console = PathBuf::from("/dev/console");
+    let mut path = device::resolve(device).unwrap_or_else(|e| {
         error!("{}; using /dev/console instead", crate::error_chain(&e));
-        PathBuf::from("/dev/console")
+        dev_console.clone()
     });
-    match crate::console::device::open_for_log(&path) {
-        Ok(file) => log::logger().log_to_console(file),
+    // As PID 1 a missing UART (`ttyAMA0` on a board without it) would leave the login
+    // restarting for ever. On a host the error on stderr is the better answer.
+    let opened = match mode {
+        Mode::Pid1 => device::open_for_log_or(&path, &dev_console),
+        Mode::Host => device::open_for_log(&path).map(|file| (path.clone(), file, None)),
+    };
+    match opened {
+        Ok((opened, file, why)) => {
+            if let Some(e) = why {
+                error!(
+                    "{}; using {} instead",
+                    crate::error_chain(&e),
+                    opened.display()
+                );
+            }
+            path = opened;
+            let same_tty = device::is_stderr_tty(&file, &path);
+            log::logger().log_to_console(file, same_tty);
+        }
         Err(e) => warn!("{}", crate::error_chain(&e)),
     }
     info!("login prompt on {}", path.display());
@@ -380,14 +507,39 @@ fn console_device(options: &Options, p: &Provisioning) -> Option<(String, u32)> 
     }
 }
 
-/// PID 1 only: whatever is still running (orphans, helpers) gets SIGTERM, then SIGKILL.
+/// PID 1 only: whatever is still running (orphans, helpers) gets SIGTERM and, if still
+/// there after the grace period, SIGKILL. The reaper collects them meanwhile, so none is
+/// left (not even a zombie) when the disks are synced.
 async fn stop_remaining_processes() {
     let everyone = Pid::from_raw(-1);
-    if kill(everyone, Signal::SIGTERM).is_ok() {
-        info!("sent SIGTERM to the remaining processes");
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let _ = kill(everyone, Signal::SIGKILL);
+    if kill(everyone, Signal::SIGTERM).is_err() {
+        return;
     }
+    info!("sent SIGTERM to the remaining processes");
+    if wait_until_none_left(SHUTDOWN_GRACE).await {
+        return;
+    }
+    warn!(
+        "processes left after {}s: sending SIGKILL",
+        SHUTDOWN_GRACE.as_secs()
+    );
+    let _ = kill(everyone, Signal::SIGKILL);
+    if !wait_until_none_left(SHUTDOWN_GRACE).await {
+        error!("processes left after SIGKILL; going on");
+    }
+}
+
+/// Whether every other process (zombies included) was gone within `limit`: kill(-1, 0)
+/// finds nobody to signal once the reaper has collected them all.
+async fn wait_until_none_left(limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while kill(Pid::from_raw(-1), None).is_ok() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
 }
 
 fn describe(how: Shutdown) -> &'static str {
@@ -403,24 +555,44 @@ fn finish(mode: Mode, how: Shutdown) -> ExitCode {
     match mode {
         Mode::Host => {
             info!("run mode: exiting instead of a {}", describe(how));
+            log::logger().flush_within(LOG_FLUSH_LIMIT);
             ExitCode::SUCCESS
         }
-        Mode::Pid1 => {
-            info!(
-                "{}",
-                match how {
-                    Shutdown::Reboot => "rebooting",
-                    Shutdown::PowerOff => "powering off",
-                }
-            );
-            let result = reboot(match how {
-                Shutdown::Reboot => RebootMode::RB_AUTOBOOT,
-                Shutdown::PowerOff => RebootMode::RB_POWER_OFF,
-            });
-            let Err(e) = result;
-            error!("{} failed: {e}", describe(how));
-            ExitCode::FAILURE
-        }
+        Mode::Pid1 => reboot_forever(how),
+    }
+}
+
+/// How long the last lines may take to reach the console before an exit or reboot.
+const LOG_FLUSH_LIMIT: Duration = Duration::from_secs(2);
+
+/// PID 1 never returns (the kernel would panic): syncs and reboots or powers off; if the
+/// kernel refuses, tries the other, and failing both waits for ever with the reason logged.
+fn reboot_forever(how: Shutdown) -> ! {
+    nix::unistd::sync();
+    let other = match how {
+        Shutdown::Reboot => Shutdown::PowerOff,
+        Shutdown::PowerOff => Shutdown::Reboot,
+    };
+    for attempt in [how, other] {
+        info!(
+            "{}",
+            match attempt {
+                Shutdown::Reboot => "rebooting",
+                Shutdown::PowerOff => "powering off",
+            }
+        );
+        log::logger().flush_within(LOG_FLUSH_LIMIT);
+        let result = reboot(match attempt {
+            Shutdown::Reboot => RebootMode::RB_AUTOBOOT,
+            Shutdown::PowerOff => RebootMode::RB_POWER_OFF,
+        });
+        let Err(e) = result;
+        error!("{} failed: {e}", describe(attempt));
+    }
+    error!("cannot reboot or power off: waiting for a power cycle");
+    log::logger().flush_within(LOG_FLUSH_LIMIT);
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
     }
 }
 
@@ -443,5 +615,18 @@ mod tests {
         assert_eq!(parsed.root, PathBuf::from("/r"));
         assert_eq!(parsed.boot_dir, PathBuf::from("/boot"));
         assert_eq!(parsed.state_dir, PathBuf::from("/data/letterbox"));
+    }
+
+    #[test]
+    fn pid1_command_line_keeps_what_it_can_and_says_what_it_ignored() {
+        let args = ["letterbox-init", "--root=/r", "--console"];
+        let parsed = InitArgs::parse_lenient(args.map(Into::into));
+        assert_eq!(parsed.root, PathBuf::from("/r"));
+        assert_eq!(parsed.console, None);
+        let problem = parsed.command_line_problem.unwrap();
+        assert!(problem.contains("--console has no value"), "{problem}");
+
+        let fine = InitArgs::parse_lenient(["letterbox-init", "quiet"].map(Into::into));
+        assert_eq!(fine.command_line_problem, None);
     }
 }

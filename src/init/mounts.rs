@@ -72,28 +72,42 @@ const PSEUDO_FILESYSTEMS: [PseudoFs; 6] = [
     },
 ];
 
+/// What [`mount_pseudo_filesystems`] did.
+#[derive(Debug, Default)]
+pub struct Mounted {
+    pub mounted: Vec<&'static str>,
+    pub failed: Vec<MountError>,
+}
+
 /// Mounts /proc, /sys, /dev, /dev/pts, /run and /tmp unless the same filesystem type is
-/// already mounted there; returns the mount points it mounted.
-pub fn mount_pseudo_filesystems() -> Result<Vec<&'static str>, MountError> {
-    let mut mounted = Vec::new();
+/// already mounted there. Every one is attempted: a failed /sys must not cost the console
+/// its /dev.
+pub fn mount_pseudo_filesystems() -> Mounted {
+    let mut result = Mounted::default();
     for fs in &PSEUDO_FILESYSTEMS {
         if already_mounted(fs) {
             continue;
         }
-        std::fs::create_dir_all(fs.path).map_err(|source| MountError::MountPoint {
-            path: fs.path.into(),
-            source,
-        })?;
-        mount(Some(fs.fstype), fs.path, Some(fs.fstype), fs.flags, fs.data).map_err(|source| {
-            MountError::Mount {
-                fstype: fs.fstype,
-                path: fs.path,
-                source,
-            }
-        })?;
-        mounted.push(fs.path);
+        match mount_one(fs) {
+            Ok(()) => result.mounted.push(fs.path),
+            Err(e) => result.failed.push(e),
+        }
     }
-    Ok(mounted)
+    result
+}
+
+fn mount_one(fs: &PseudoFs) -> Result<(), MountError> {
+    std::fs::create_dir_all(fs.path).map_err(|source| MountError::MountPoint {
+        path: fs.path.into(),
+        source,
+    })?;
+    mount(Some(fs.fstype), fs.path, Some(fs.fstype), fs.flags, fs.data).map_err(|source| {
+        MountError::Mount {
+            fstype: fs.fstype,
+            path: fs.path,
+            source,
+        }
+    })
 }
 
 fn already_mounted(fs: &PseudoFs) -> bool {

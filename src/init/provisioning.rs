@@ -72,13 +72,28 @@ pub fn load(file: Option<&Path>, state_dir: &Path) -> Provisioning {
                 LoadError::Invalid(diagnostics) => diagnostics.to_string(),
                 other => crate::error_chain(other),
             };
-            let fallback = std::fs::read_to_string(&last_good)
-                .ok()
-                .and_then(|text| config::parse(&last_good.display().to_string(), &text).ok())
-                .map(|cfg| (cfg, Source::LastGood(last_good)));
-            Provisioning {
-                config: fallback,
-                problem: Some(problem),
+            let name = last_good.display().to_string();
+            let fallback = match std::fs::read_to_string(&last_good) {
+                Ok(text) => config::parse(&name, &text).map_err(|d| Some(d.to_string())),
+                // No copy yet (first boot): nothing more to say.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(None),
+                Err(e) => Err(Some(format!("cannot read it: {e}"))),
+            };
+            match fallback {
+                Ok(cfg) => Provisioning {
+                    config: Some((cfg, Source::LastGood(last_good))),
+                    problem: Some(problem),
+                },
+                Err(None) => Provisioning {
+                    config: None,
+                    problem: Some(problem),
+                },
+                Err(Some(why)) => Provisioning {
+                    config: None,
+                    problem: Some(format!(
+                        "{problem}\nthe last good copy {name} is unusable too: {why}"
+                    )),
+                },
             }
         }
     }
@@ -171,5 +186,25 @@ mod tests {
         let p = load(Some(&missing), dir.path());
         assert!(p.config.is_none());
         assert!(p.problem.unwrap().contains("cannot read provisioning file"));
+    }
+
+    #[test]
+    fn an_unusable_last_good_copy_is_reported_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("letterbox.toml");
+        std::fs::write(last_good_path(dir.path()), "version = 1\n[system\n").unwrap();
+        let p = load(Some(&missing), dir.path());
+        assert!(p.config.is_none());
+        let problem = p.problem.unwrap();
+        assert!(
+            problem.contains("cannot read provisioning file"),
+            "{problem}"
+        );
+        let copy = format!(
+            "the last good copy {} is unusable too: ",
+            last_good_path(dir.path()).display()
+        );
+        assert!(problem.contains(&copy), "{problem}");
+        assert!(problem.contains("last-good.toml:2:"), "{problem}");
     }
 }

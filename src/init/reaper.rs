@@ -4,9 +4,15 @@
 //! As PID 1 it reaps with `waitpid(-1)`, which also collects orphans re-parented to us. On
 //! an ordinary host (`letterbox run`, and unit tests that share a process with other
 //! code) it waits only for the children it spawned, so it never steals someone else's.
+//!
+//! **No std or tokio process APIs in the agent** (`Command::output`/`status`/`wait`,
+//! `Child::wait`, `tokio::process`): as PID 1 the reaper's `waitpid(-1)` takes their
+//! child's exit status first and they fail with ECHILD. Run children through
+//! [`Reaper::spawn`] (supervised) or [`Reaper::output`] (one-shot commands).
 
 use std::collections::HashMap;
-use std::process::Command;
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -26,12 +32,28 @@ pub enum Scope {
 pub enum ReaperError {
     #[error("cannot watch SIGCHLD")]
     Signal(#[source] std::io::Error),
+    #[error("cannot read the output of {program}")]
+    Output {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{program} vanished: its exit status was lost")]
+    Lost { program: String },
     #[error("cannot start {program}")]
     Spawn {
         program: String,
         #[source]
         source: std::io::Error,
     },
+}
+
+/// What [`Reaper::output`] collected.
+#[derive(Debug)]
+pub struct Output {
+    pub status: WaitStatus,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
 }
 
 #[derive(Clone)]
@@ -67,6 +89,53 @@ impl Reaper {
         &self,
         command: &mut Command,
     ) -> Result<(Pid, oneshot::Receiver<WaitStatus>), ReaperError> {
+        self.spawn_child(command)
+            .map(|(_child, pid, exit)| (pid, exit))
+    }
+
+    /// Runs a one-shot command to its end (stdin empty) and returns its exit status and
+    /// what it wrote: the reaper-aware `Command::output`.
+    pub async fn output(&self, mut command: Command) -> Result<Output, ReaperError> {
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let program = command.get_program().to_string_lossy().into_owned();
+        let (mut child, _pid, exit) = self.spawn_child(&mut command)?;
+        let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+        // Blocking reads on their own threads: both pipes are drained at once, so a child
+        // that fills one while we read the other cannot deadlock.
+        let stdout = read_to_end(stdout);
+        let stderr = read_to_end(stderr);
+        let read_error = |source| ReaperError::Output {
+            program: program.clone(),
+            source,
+        };
+        let joined = |e: tokio::task::JoinError| std::io::Error::other(e.to_string());
+        let stdout = stdout
+            .await
+            .map_err(joined)
+            .and_then(|r| r)
+            .map_err(read_error)?;
+        let stderr = stderr
+            .await
+            .map_err(joined)
+            .and_then(|r| r)
+            .map_err(read_error)?;
+        let status = exit.await.map_err(|_| ReaperError::Lost {
+            program: program.clone(),
+        })?;
+        Ok(Output {
+            status,
+            stdout,
+            stderr,
+        })
+    }
+
+    fn spawn_child(
+        &self,
+        command: &mut Command,
+    ) -> Result<(Child, Pid, oneshot::Receiver<WaitStatus>), ReaperError> {
         let mut waiters = self.waiters.lock().expect("reaper waiters");
         let child = command.spawn().map_err(|source| ReaperError::Spawn {
             program: command.get_program().to_string_lossy().into_owned(),
@@ -79,7 +148,7 @@ impl Reaper {
         drop(waiters);
         // The child may have exited before it was registered; look again.
         self.reap();
-        Ok((pid, rx))
+        Ok((child, pid, rx))
     }
 
     fn reap(&self) {
@@ -116,5 +185,54 @@ impl Reaper {
                 }
             }
         }
+    }
+}
+
+fn read_to_end<R: Read + Send + 'static>(
+    pipe: Option<R>,
+) -> tokio::task::JoinHandle<std::io::Result<Vec<u8>>> {
+    tokio::task::spawn_blocking(move || {
+        let mut bytes = Vec::new();
+        if let Some(mut pipe) = pipe {
+            pipe.read_to_end(&mut bytes)?;
+        }
+        Ok(bytes)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn output_collects_both_streams_and_the_exit_status() {
+        let reaper = Reaper::start(Scope::Spawned).unwrap();
+        let mut command = Command::new("sh");
+        // More than a pipe's buffer on both streams: neither may block the other.
+        command.args([
+            "-c",
+            "head -c 200000 /dev/zero | tr '\\0' o; head -c 100000 /dev/zero | tr '\\0' e >&2; exit 7",
+        ]);
+        let out = reaper.output(command).await.unwrap();
+        assert!(
+            matches!(out.status, WaitStatus::Exited(_, 7)),
+            "{:?}",
+            out.status
+        );
+        assert_eq!(out.stdout, vec![b'o'; 200_000]);
+        assert_eq!(out.stderr, vec![b'e'; 100_000]);
+    }
+
+    #[tokio::test]
+    async fn output_says_which_program_did_not_start() {
+        let reaper = Reaper::start(Scope::Spawned).unwrap();
+        let err = reaper
+            .output(Command::new("/nonexistent/letterbox-test"))
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("/nonexistent/letterbox-test"),
+            "{err}"
+        );
     }
 }

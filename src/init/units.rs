@@ -365,6 +365,7 @@ fn describe_exit(status: Option<WaitStatus>) -> String {
 mod tests {
     use super::*;
     use crate::init::reaper::Scope;
+    use std::os::fd::{AsFd, FromRawFd};
 
     #[test]
     fn backoff_doubles_up_to_the_cap_and_resets_after_a_stable_run() {
@@ -401,7 +402,9 @@ mod tests {
             c
         })));
         let mut restarted = false;
-        for _ in 0..200 {
+        // Generous: three restarts take ~70 ms, but CI machines stall.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
             if let Some((
                 _,
                 UnitState::Restarting {
@@ -424,13 +427,27 @@ mod tests {
         else {
             panic!("sleep is not running: {:?}", table.snapshot());
         };
+        // A pidfd names this very process, whatever later reuses the pid.
+        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+        let pidfd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid.as_raw(), 0) };
+        assert!(
+            pidfd >= 0,
+            "pidfd_open: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: the descriptor was just opened and is owned here alone.
+        let pidfd = unsafe { std::os::fd::OwnedFd::from_raw_fd(pidfd as i32) };
         sup.stop_all().await;
         assert!(table
             .snapshot()
             .iter()
             .all(|(_, s)| *s == UnitState::Stopped));
-        // SIGTERM ended the sleep and it was reaped: the pid is gone.
-        assert!(kill(pid, None).is_err());
+        // SIGTERM ended the sleep and it was reaped: nothing is left to wait for.
+        let left = nix::sys::wait::waitid(
+            nix::sys::wait::Id::PIDFd(pidfd.as_fd()),
+            nix::sys::wait::WaitPidFlag::WEXITED | nix::sys::wait::WaitPidFlag::WNOHANG,
+        );
+        assert_eq!(left, Err(nix::errno::Errno::ECHILD), "sleep was not reaped");
     }
 
     #[tokio::test]

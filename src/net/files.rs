@@ -70,26 +70,16 @@ pub fn apply(cfg: &Config, root: &Path, entries: &mut Vec<Entry>, errors: &mut V
     for (relative, content) in files {
         let path = root.join(relative);
         match write_if_changed(&path, &content) {
-            Ok(changed) => entries.push(Entry {
-                item: Item::File(path),
-                outcome: if changed {
-                    Outcome::Changed
-                } else {
-                    Outcome::Unchanged
-                },
-            }),
+            Ok(changed) => entries.push(Entry::new(Item::File(path), changed, Outcome::Changed)),
             Err(e) => errors.push(e),
         }
     }
     match set_hostname(&cfg.system.hostname) {
-        Ok(changed) => entries.push(Entry {
-            item: Item::Hostname(cfg.system.hostname.clone()),
-            outcome: if changed {
-                Outcome::Changed
-            } else {
-                Outcome::Unchanged
-            },
-        }),
+        Ok(changed) => entries.push(Entry::new(
+            Item::Hostname(cfg.system.hostname.clone()),
+            changed,
+            Outcome::Changed,
+        )),
         Err(e) => errors.push(e),
     }
 }
@@ -144,6 +134,8 @@ fn temporary_path(path: &Path) -> PathBuf {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::MetadataExt;
+
     use super::*;
 
     fn default_config() -> Config {
@@ -188,7 +180,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("etc/hosts");
         assert!(write_if_changed(&path, "a\n").unwrap());
+        let first = std::fs::metadata(&path).unwrap();
         assert!(!write_if_changed(&path, "a\n").unwrap());
+        // Left alone: a rewrite would have renamed a new inode over it.
+        let second = std::fs::metadata(&path).unwrap();
+        assert_eq!(second.ino(), first.ino(), "identical content was rewritten");
+        assert_eq!(second.modified().unwrap(), first.modified().unwrap());
         assert!(write_if_changed(&path, "b\n").unwrap());
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "b\n");
         let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("etc"))

@@ -3,7 +3,7 @@
 //! system's names on disk (hostname, hosts, resolv.conf, timezone).
 //!
 //! `apply` is idempotent and stateless: what letterbox adds carries its mark in the kernel
-//! ([`netlink::LETTERBOX_PROTOCOL`]), so a later apply removes exactly the marked addresses and
+//! (protocol 213, see `netlink`), so a later apply removes exactly the marked addresses and
 //! routes the file no longer lists and leaves everything else alone.
 
 mod files;
@@ -20,8 +20,6 @@ use rtnetlink::Handle;
 
 use crate::config::{Config, Interface};
 
-pub use files::{render_hostname, render_hosts, render_resolv_conf, render_timezone};
-pub use netlink::LETTERBOX_PROTOCOL;
 pub use report::{Entry, Item, LinkReport, Outcome, Report};
 
 const LOOPBACK: &str = "lo";
@@ -84,34 +82,15 @@ async fn apply_links(handle: &Handle, cfg: &Config, report: &mut Report) -> Resu
     let addresses = netlink::addresses(handle).await?;
     let routes = netlink::default_routes(handle).await?;
 
-    for iface in &cfg.interfaces {
-        let mut link_report = LinkReport {
-            name: iface.name.clone(),
-            entries: Vec::new(),
-            errors: Vec::new(),
-        };
-        match links.iter().find(|l| l.name == iface.name) {
-            None => link_report.errors.push(NetError::LinkNotFound {
-                name: iface.name.clone(),
-            }),
-            Some(link) => {
-                let existing = Existing::of(link.index, &addresses, &routes);
-                configure(handle, iface, link, &existing, &mut link_report).await;
-            }
-        }
-        report.links.push(link_report);
-    }
-
-    // Links the file no longer lists keep nothing letterbox added to them.
+    // Links the file no longer lists keep nothing letterbox added to them. They go first: a
+    // gateway that moved to another link could not be added while its old route remains (the
+    // kernel refuses a second default route of the same metric).
+    let mut dropped = Vec::new();
     for link in links
         .iter()
         .filter(|l| !cfg.interfaces.iter().any(|i| i.name == l.name))
     {
-        let mut link_report = LinkReport {
-            name: link.name.clone(),
-            entries: Vec::new(),
-            errors: Vec::new(),
-        };
+        let mut link_report = LinkReport::new(&link.name);
         // As PID 1 nobody else brings loopback up, and local services need it.
         if link.name == LOOPBACK {
             bring_up(handle, link, &mut link_report).await;
@@ -124,9 +103,24 @@ async fn apply_links(handle: &Handle, cfg: &Config, report: &mut Report) -> Resu
         };
         remove_stale(handle, &link.name, &existing, stale, &mut link_report).await;
         if !link_report.entries.is_empty() || !link_report.errors.is_empty() {
-            report.links.push(link_report);
+            dropped.push(link_report);
         }
     }
+
+    for iface in &cfg.interfaces {
+        let mut link_report = LinkReport::new(&iface.name);
+        match links.iter().find(|l| l.name == iface.name) {
+            None => link_report.errors.push(NetError::LinkNotFound {
+                name: iface.name.clone(),
+            }),
+            Some(link) => {
+                let existing = Existing::of(link.index, &addresses, &routes);
+                configure(handle, iface, link, &existing, &mut link_report).await;
+            }
+        }
+        report.links.push(link_report);
+    }
+    report.links.append(&mut dropped);
     Ok(())
 }
 
@@ -146,13 +140,6 @@ impl<'a> Existing<'a> {
             addresses: addresses.iter().filter(|a| a.index == index).collect(),
             routes: routes.iter().filter(|r| r.index == index).collect(),
         }
-    }
-}
-
-fn entry(item: Item, changed: bool, outcome: Outcome) -> Entry {
-    Entry {
-        item,
-        outcome: if changed { outcome } else { Outcome::Unchanged },
     }
 }
 
@@ -177,7 +164,7 @@ async fn configure(
     let ra = u8::from(iface.accept_ra);
     for name in ["accept_ra", "autoconf"] {
         match sysctl::ensure(&iface.name, name, ra) {
-            Ok(changed) => out.entries.push(entry(
+            Ok(changed) => out.entries.push(Entry::new(
                 Item::Sysctl { name, value: ra },
                 changed,
                 Outcome::Changed,
@@ -197,7 +184,7 @@ async fn configure(
         match result {
             Ok(()) => out
                 .entries
-                .push(entry(Item::Mtu(mtu), changed, Outcome::Changed)),
+                .push(Entry::new(Item::Mtu(mtu), changed, Outcome::Changed)),
             Err(e) => out.errors.push(e),
         }
     }
@@ -226,11 +213,17 @@ async fn configure(
         // learned from them while they were accepted would otherwise linger until it expires.
         router_advertised: !iface.accept_ra,
     };
-    remove_stale(handle, &iface.name, existing, stale, out).await;
+    let mut addresses_changed = remove_stale(handle, &iface.name, existing, stale, out).await;
 
-    for net in wanted_addresses {
-        // Present already, added by letterbox or not: nothing to do, and not ours to re-mark.
-        if existing.addresses.iter().any(|a| a.net == net) {
+    let mut added = Vec::new();
+    for &net in &wanted_addresses {
+        // Present already and staying, added by letterbox or not: nothing to do, and not ours
+        // to re-mark.
+        if existing
+            .addresses
+            .iter()
+            .any(|a| a.net == net && !stale.is_stale(a.origin, true))
+        {
             out.entries.push(Entry::unchanged(Item::Address(net)));
             continue;
         }
@@ -238,16 +231,46 @@ async fn configure(
             .await
             .map_err(netlink_error(format!("add address {net}")))
         {
-            Ok(()) => out.entries.push(Entry {
-                item: Item::Address(net),
-                outcome: Outcome::Added,
-            }),
+            Ok(()) => {
+                added.push(net);
+                out.entries.push(Entry {
+                    item: Item::Address(net),
+                    outcome: Outcome::Added,
+                })
+            }
             Err(e) => out.errors.push(e),
         }
     }
+    addresses_changed |= !added.is_empty();
 
-    for gateway in wanted_gateways {
-        if existing.routes.iter().any(|r| r.gateway == gateway) {
+    // Once addresses changed, the routes read before are out of date: the kernel drops a
+    // link's IPv4 routes with its last IPv4 address, so a renumbered link needs its gateway
+    // again.
+    let read_back;
+    let routes = match addresses_changed {
+        false => existing.routes.clone(),
+        true => match read_back_link(handle, link.index).await {
+            Ok((addresses, routes)) => {
+                warn_if_unmarked(&added, &addresses);
+                read_back = routes;
+                read_back.iter().collect()
+            }
+            Err(e) => {
+                out.errors.push(e);
+                return;
+            }
+        },
+    };
+
+    for &gateway in &wanted_gateways {
+        // A route of letterbox's or of anyone else's (an administrator's, a static one) to
+        // the gateway stays until someone removes it, so it serves; the kernel would refuse a
+        // second IPv4 one of the same metric anyway. An advertised default router expires
+        // with the advert, so it cannot stand in; letterbox's (IPv6 metric 512) coexists.
+        if routes
+            .iter()
+            .any(|r| r.gateway == gateway && r.origin != Origin::RouterAdvertisement)
+        {
             out.entries
                 .push(Entry::unchanged(Item::DefaultRoute(gateway)));
             continue;
@@ -265,6 +288,36 @@ async fn configure(
     }
 }
 
+/// The addresses and default routes of one link as the kernel has them now.
+async fn read_back_link(
+    handle: &Handle,
+    index: u32,
+) -> Result<(Vec<netlink::Address>, Vec<netlink::DefaultRoute>), NetError> {
+    let mut addresses = netlink::addresses(handle).await?;
+    let mut routes = netlink::default_routes(handle).await?;
+    addresses.retain(|a| a.index == index);
+    routes.retain(|r| r.index == index);
+    Ok((addresses, routes))
+}
+
+/// Kernels before 6.1 drop an address's IFA_PROTO, so letterbox cannot tell its addresses
+/// from others later and never removes one the file stops listing; said once per process.
+fn warn_if_unmarked(added: &[IpNet], addresses: &[netlink::Address]) {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    let unmarked = addresses
+        .iter()
+        .any(|a| added.contains(&a.net) && a.origin != Origin::Letterbox);
+    if unmarked {
+        WARNED.call_once(|| {
+            log::warn!(
+                "this kernel does not keep the protocol mark of addresses (IFA_PROTO, Linux 6.1 \
+                 and later): addresses removed from letterbox.toml will stay on their links \
+                 until removed by hand"
+            )
+        });
+    }
+}
+
 async fn bring_up(handle: &Handle, link: &netlink::Link, out: &mut LinkReport) {
     let result = match link.up {
         false => netlink::set_up(handle, link.index).await,
@@ -273,7 +326,7 @@ async fn bring_up(handle: &Handle, link: &netlink::Link, out: &mut LinkReport) {
     match result {
         Ok(()) => out
             .entries
-            .push(entry(Item::LinkUp, !link.up, Outcome::Changed)),
+            .push(Entry::new(Item::LinkUp, !link.up, Outcome::Changed)),
         Err(source) => out.errors.push(NetError::Netlink {
             link: link.name.clone(),
             action: "bring the link up".into(),
@@ -289,6 +342,8 @@ struct Stale<'a> {
     /// The file's addresses and gateways for the link; letterbox's others are stale.
     addresses: &'a [IpNet],
     gateways: &'a [IpAddr],
+    /// Everything router advertisements brought is stale, also what the file lists: it
+    /// would expire with the advert, and letterbox adds its own in its place.
     router_advertised: bool,
 }
 
@@ -296,19 +351,20 @@ impl Stale<'_> {
     fn is_stale(&self, origin: Origin, listed: bool) -> bool {
         match origin {
             Origin::Letterbox => !listed,
-            Origin::RouterAdvertisement => self.router_advertised && !listed,
+            Origin::RouterAdvertisement => self.router_advertised,
             Origin::Other => false,
         }
     }
 }
 
+/// Removes what `stale` says must go; returns whether any address went.
 async fn remove_stale(
     handle: &Handle,
     link: &str,
     existing: &Existing<'_>,
     stale: Stale<'_>,
     out: &mut LinkReport,
-) {
+) -> bool {
     for route in existing
         .routes
         .iter()
@@ -326,16 +382,20 @@ async fn remove_stale(
             }),
         }
     }
+    let mut removed = false;
     for address in existing
         .addresses
         .iter()
         .filter(|a| stale.is_stale(a.origin, stale.addresses.contains(&a.net)))
     {
         match netlink::del_address(handle, address).await {
-            Ok(()) => out.entries.push(Entry {
-                item: Item::Address(address.net),
-                outcome: Outcome::Removed,
-            }),
+            Ok(()) => {
+                removed = true;
+                out.entries.push(Entry {
+                    item: Item::Address(address.net),
+                    outcome: Outcome::Removed,
+                })
+            }
             Err(source) => out.errors.push(NetError::Netlink {
                 link: link.into(),
                 action: format!("remove address {}", address.net),
@@ -343,6 +403,7 @@ async fn remove_stale(
             }),
         }
     }
+    removed
 }
 
 /// Who put an address or route in place.
@@ -359,7 +420,6 @@ pub enum Origin {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkState {
     pub name: String,
-    pub index: u32,
     pub up: bool,
     pub mtu: Option<u32>,
     pub addresses: Vec<(IpNet, Origin)>,
@@ -381,21 +441,23 @@ pub async fn snapshot() -> Result<Vec<LinkState>, NetError> {
     let (links, addresses, routes) = read?;
     Ok(links
         .into_iter()
-        .map(|l| LinkState {
-            addresses: addresses
-                .iter()
-                .filter(|a| a.index == l.index)
-                .map(|a| (a.net, a.origin))
-                .collect(),
-            default_routes: routes
-                .iter()
-                .filter(|r| r.index == l.index)
-                .map(|r| (r.gateway, r.origin))
-                .collect(),
-            name: l.name,
-            index: l.index,
-            up: l.up,
-            mtu: l.mtu,
+        .map(|l| {
+            let existing = Existing::of(l.index, &addresses, &routes);
+            LinkState {
+                addresses: existing
+                    .addresses
+                    .iter()
+                    .map(|a| (a.net, a.origin))
+                    .collect(),
+                default_routes: existing
+                    .routes
+                    .iter()
+                    .map(|r| (r.gateway, r.origin))
+                    .collect(),
+                name: l.name,
+                up: l.up,
+                mtu: l.mtu,
+            }
         })
         .collect())
 }

@@ -42,6 +42,14 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// `outcome` if the step `changed` anything, `Unchanged` otherwise.
+    pub fn new(item: Item, changed: bool, outcome: Outcome) -> Entry {
+        Entry {
+            item,
+            outcome: if changed { outcome } else { Outcome::Unchanged },
+        }
+    }
+
     pub fn unchanged(item: Item) -> Entry {
         Entry {
             item,
@@ -56,6 +64,16 @@ pub struct LinkReport {
     pub name: String,
     pub entries: Vec<Entry>,
     pub errors: Vec<NetError>,
+}
+
+impl LinkReport {
+    pub fn new(name: &str) -> LinkReport {
+        LinkReport {
+            name: name.into(),
+            entries: Vec::new(),
+            errors: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Default)]

@@ -1,0 +1,64 @@
+//! The authoritative DNS server for the appliance's own zone.
+//!
+//! `zone` derives the records from the provisioning file, `serial` keeps the SOA serial
+//! across restarts, `answer` turns a query into a response (precomputed where it can),
+//! `rrl` limits responses per source, `notify` tells secondaries about changes, and
+//! `server` runs it all over UDP and TCP with zone swaps that never drop a query.
+//!
+//! In the agent: `DnsServer::start(&cfg, state, &listen_addrs(&cfg), threads).await`
+//! inside the Tokio runtime, keep `server.handle()` to call `DnsHandle::reload(&cfg)`
+//! when the configuration changes (accounts, console `dns reload`), and supervise
+//! `server.run()`. Dropping the server stops it.
+
+mod answer;
+mod notify;
+mod rrl;
+mod serial;
+mod server;
+mod zone;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+pub use answer::{Answers, Transport};
+pub use notify::notify_secondaries;
+pub use rrl::RateLimiter;
+pub use serial::{next_serial, today_serial};
+pub use server::{listen_addrs, DnsHandle, DnsServer};
+pub use zone::{build, read_dkim_keys, DkimKey, Sources, Zone};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DnsError {
+    #[error("cannot access {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is corrupt; expected \"<serial> <hash>\" (remove it to start a new serial)")]
+    SerialCorrupt { path: PathBuf },
+    #[error("DKIM key {path}: {why}")]
+    DkimKey { path: PathBuf, why: String },
+    #[error("invalid DNS name {name:?}: {why}")]
+    Name { name: String, why: String },
+    #[error("cannot encode the response for {name} {rtype}")]
+    Encode {
+        name: String,
+        rtype: String,
+        #[source]
+        source: hickory_proto::ProtoError,
+    },
+    #[error("cannot listen on {addr} ({proto})")]
+    Bind {
+        addr: SocketAddr,
+        proto: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the DNS listener on {addr} stopped")]
+    Listener {
+        addr: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}

@@ -1,0 +1,126 @@
+//! The SOA serial: increases whenever the zone's content changes and survives restarts.
+//!
+//! `STATE/dns/serial` holds "<serial> <content hash>". A new hash moves the serial to
+//! today's date-based value (YYYYMMDD00) or, when that is not higher, to the old serial
+//! plus one, so it never goes backwards even with a wrong clock.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use super::DnsError;
+
+/// Returns the serial for zone content with hash `hash`, recording it when it changes.
+pub fn serial_for(state: &Path, hash: u64) -> Result<u32, DnsError> {
+    let path = serial_path(state);
+    let stored = match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            Some(parse(&text).ok_or_else(|| DnsError::SerialCorrupt { path: path.clone() })?)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(source) => return Err(DnsError::Io { path, source }),
+    };
+    match stored {
+        Some((serial, old)) if old == hash => Ok(serial),
+        stored => {
+            let serial = next_serial(stored.map(|(s, _)| s), today_serial());
+            write_atomically(&path, &format!("{serial} {hash:016x}\n"))?;
+            Ok(serial)
+        }
+    }
+}
+
+fn serial_path(state: &Path) -> PathBuf {
+    state.join("dns").join("serial")
+}
+
+fn parse(text: &str) -> Option<(u32, u64)> {
+    let mut it = text.split_whitespace();
+    let serial = it.next()?.parse().ok()?;
+    let hash = u64::from_str_radix(it.next()?, 16).ok()?;
+    it.next().is_none().then_some((serial, hash))
+}
+
+/// The next serial after `old`: the date-based one when higher, else old + 1 (RFC 1982
+/// arithmetic wraps, but a u32 from dates will not reach the top before year 4294).
+pub fn next_serial(old: Option<u32>, today: u32) -> u32 {
+    match old {
+        Some(old) if old >= today => old.wrapping_add(1),
+        _ => today,
+    }
+}
+
+/// Today's first date-based serial, YYYYMMDD00 (UTC).
+pub fn today_serial() -> u32 {
+    let days = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    (y as u32) * 1_000_000 + m * 10_000 + d * 100
+}
+
+/// Gregorian date of a day count since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// Writes via a temporary file and rename, so a crash never leaves a torn serial.
+fn write_atomically(path: &Path, text: &str) -> Result<(), DnsError> {
+    let io = |source| DnsError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(io)?;
+    f.write_all(text.as_bytes()).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_become_serials() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_415), (2025, 11, 23));
+        assert_eq!(next_serial(None, 2025112300), 2025112300);
+        assert_eq!(next_serial(Some(2025112300), 2025112300), 2025112301);
+        assert_eq!(next_serial(Some(2025112399), 2025112200), 2025112400);
+        assert_eq!(next_serial(Some(7), 2025112300), 2025112300);
+    }
+
+    #[test]
+    fn serial_is_stable_for_same_content_and_increases_on_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = serial_for(dir.path(), 1).unwrap();
+        assert_eq!(serial_for(dir.path(), 1).unwrap(), a);
+        let b = serial_for(dir.path(), 2).unwrap();
+        assert!(b > a);
+        let c = serial_for(dir.path(), 1).unwrap();
+        assert!(c > b, "going back to old content still moves forward");
+    }
+
+    #[test]
+    fn corrupt_serial_file_is_an_error_not_a_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("dns")).unwrap();
+        std::fs::write(dir.path().join("dns/serial"), "garbage").unwrap();
+        assert!(matches!(
+            serial_for(dir.path(), 1),
+            Err(DnsError::SerialCorrupt { .. })
+        ));
+    }
+}

@@ -1,0 +1,35 @@
+//! The authoritative DNS server as a supervised unit of the agent.
+
+use std::sync::Arc;
+
+use super::units::{StopSignal, TaskResult, Unit};
+use super::Agent;
+use crate::dns::{self, DnsServer};
+
+/// UDP worker threads per address: the Pi 3 and 4 have four cores, shared with mail.
+const UDP_WORKERS: usize = 2;
+
+/// Serves the zone of the configuration in force. Without a valid configuration the unit
+/// fails, and the supervisor's backoff retries it, so a file fixed at the console (`check`)
+/// brings DNS up without a reboot.
+pub fn unit(agent: Arc<Agent>) -> Unit {
+    Unit::task("dns", move |stop| serve(agent.clone(), stop))
+}
+
+async fn serve(agent: Arc<Agent>, mut stop: StopSignal) -> TaskResult {
+    let Some((cfg, _)) = agent.provisioning().config else {
+        return Err("no valid configuration to serve".into());
+    };
+    let listen = dns::listen_addrs(&cfg);
+    let server = DnsServer::start(&cfg, agent.state_dir().to_path_buf(), &listen, UDP_WORKERS)
+        .await
+        .map_err(|e| crate::error_chain(&e))?;
+    log::info!("DNS serving serial {}", server.handle().serial());
+    agent.set_dns(Some(server.handle()));
+    let result = tokio::select! {
+        r = server.run() => r.map_err(|e| crate::error_chain(&e)),
+        _ = stop.requested() => Ok(()),
+    };
+    agent.set_dns(None);
+    result
+}

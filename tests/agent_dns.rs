@@ -1,0 +1,161 @@
+//! The DNS server as a unit of the agent: `letterbox run` serves the zone on the
+//! configured address, and SIGHUP (the path the console's `dns reload` takes) serves an
+//! edited file without a restart.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A network namespace with one veth end for the agent; removed on drop.
+struct Lab {
+    netns: String,
+    link: String,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        let id = std::process::id();
+        let lab = Lab {
+            netns: format!("lbx-adns-{id}"),
+            link: format!("lbad{}a", id % 10_000),
+        };
+        run_ok(Command::new("ip").args(["netns", "add", &lab.netns]));
+        let peer = lab.link.replace('a', "b");
+        run_ok(Command::new("ip").args([
+            "-n", &lab.netns, "link", "add", &lab.link, "type", "veth", "peer", "name", &peer,
+        ]));
+        lab
+    }
+
+    /// `dig` inside the namespace against the agent; the answer section, one record a line.
+    fn dig(&self, name: &str, qtype: &str) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.netns, "dig", "@192.0.2.10", "+short"])
+            .args(["+time=2", "+tries=1", name, qtype])
+            .output()
+            .expect("dig runs");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn serial(&self) -> Option<u32> {
+        self.dig("example.org", "SOA")
+            .split_whitespace()
+            .nth(2)
+            .and_then(|s| s.parse().ok())
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .status();
+    }
+}
+
+/// The agent, killed and reaped on drop so that a failing test leaves nothing behind.
+struct Agent(Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn run_ok(cmd: &mut Command) {
+    let out = cmd.output().expect("command runs");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn config(link: &str, accounts: &[&str]) -> String {
+    let hash = letterbox::passwd::hash("box-password").unwrap();
+    let mut text = format!(
+        r#"version = 1
+
+[system]
+hostname = "mail"
+domain = "example.org"
+
+[[interface]]
+name = "{link}"
+ipv4 = ["192.0.2.10/24"]
+
+[dns]
+listen = ["192.0.2.10:53"]
+"#
+    );
+    for name in accounts {
+        text.push_str(&format!(
+            "\n[[account]]\nname = \"{name}\"\npassword_hash = \"{hash}\"\n"
+        ));
+    }
+    text
+}
+
+fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn start_agent(lab: &Lab, file: &Path, state: &Path) -> Agent {
+    Agent(
+        Command::new("ip")
+            .args(["netns", "exec", &lab.netns])
+            .arg(common::letterbox_bin())
+            .arg("run")
+            .arg(file)
+            .arg("--state")
+            .arg(state)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("letterbox run starts"),
+    )
+}
+
+#[test]
+fn run_mode_serves_the_zone_and_sighup_serves_an_added_account() {
+    let test = "run_mode_serves_the_zone_and_sighup_serves_an_added_account";
+    if !common::is_root() {
+        return common::skip(test, "needs root for network namespaces");
+    }
+    if Command::new("dig").arg("-v").output().is_err() {
+        return common::skip(test, "`dig` (dnsutils) is not installed");
+    }
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("letterbox.toml");
+    std::fs::write(&file, config(&lab.link, &["alice"])).unwrap();
+    let agent = start_agent(&lab, &file, &dir.path().join("state"));
+
+    wait_until("the agent's DNS unit to answer", || lab.serial().is_some());
+    let before = lab.serial().unwrap();
+    assert_eq!(lab.dig("example.org", "MX"), "10 mail.example.org.");
+    assert_eq!(lab.dig("alice.example.org", "MX"), "10 mail.example.org.");
+    assert_eq!(lab.dig("bob.example.org", "MX"), "");
+
+    std::fs::write(&file, config(&lab.link, &["alice", "bob"])).unwrap();
+    kill(Pid::from_raw(agent.0.id() as i32), Signal::SIGHUP).unwrap();
+    wait_until("bob's MX after SIGHUP", || {
+        lab.dig("bob.example.org", "MX") == "10 mail.example.org."
+    });
+    let after = lab.serial().unwrap();
+    assert!(after > before, "serial {after} should exceed {before}");
+    assert_eq!(lab.dig("alice.example.org", "MX"), "10 mail.example.org.");
+}

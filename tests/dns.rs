@@ -1,0 +1,750 @@
+//! The zone and the authoritative server, driven from outside: `letterbox zone` against
+//! goldens and the BIND and Knot zone checkers; `letterbox dns serve` against dig,
+//! hickory-resolver and raw sockets.
+
+mod common;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::{Name, RData, RecordType};
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/dns");
+const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/dns");
+const SERIAL: &str = "2025010100";
+const HASH: &str = "$6$rounds=5000$D2qZzs.Rnw9kukJH$sow4kApAYL9XT4PkGJ1FxWfMC4ZMuT7dGDJEie/ewJ6R7FP3jsLNzbzYuuEarHS3E/c0DvdIU0Mgsihx2495h0";
+
+fn letterbox(args: &[&str]) -> Output {
+    Command::new(common::letterbox_bin())
+        .args(args)
+        .output()
+        .expect("run letterbox")
+}
+
+fn zone_text(file: Option<&str>) -> String {
+    let state = format!("{FIXTURES}/state");
+    let mut args = vec!["zone", "--state", &state, "--serial", SERIAL];
+    if let Some(f) = file {
+        args.insert(1, f);
+    }
+    let out = letterbox(&args);
+    assert!(
+        out.status.success(),
+        "letterbox zone failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn accounts_file() -> String {
+    format!("{FIXTURES}/accounts.toml")
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn zone_of_default_file_matches_golden() {
+    // With the fixture state's DKIM key, which is published whenever the state has one.
+    let golden = std::fs::read_to_string(format!("{GOLDEN}/default.zone")).unwrap();
+    assert_eq!(zone_text(None), golden);
+}
+
+#[test]
+fn zone_with_accounts_and_extra_records_matches_golden() {
+    let golden = std::fs::read_to_string(format!("{GOLDEN}/accounts.zone")).unwrap();
+    assert_eq!(zone_text(Some(&accounts_file())), golden);
+}
+
+#[test]
+fn zone_passes_named_checkzone() {
+    if !have("named-checkzone") {
+        return common::skip(
+            "zone_passes_named_checkzone",
+            "named-checkzone not installed",
+        );
+    }
+    for file in [None, Some(accounts_file())] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("example.org.zone");
+        std::fs::write(&path, zone_text(file.as_deref())).unwrap();
+        let out = Command::new("named-checkzone")
+            .args(["-k", "fail", "-n", "fail", "example.org"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "named-checkzone rejected {file:?}:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}
+
+#[test]
+fn zone_passes_knot_check() {
+    if !have("knotc") {
+        return common::skip("zone_passes_knot_check", "knotc not installed");
+    }
+    for file in [None, Some(accounts_file())] {
+        let dir = tempfile::tempdir().unwrap();
+        let zone = dir.path().join("example.org.zone");
+        std::fs::write(&zone, zone_text(file.as_deref())).unwrap();
+        let d = dir.path().display();
+        let conf = dir.path().join("knot.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "server:\n  rundir: \"{d}\"\ndatabase:\n  storage: \"{d}\"\n\
+                 zone:\n  - domain: example.org\n    file: \"{}\"\n",
+                zone.display()
+            ),
+        )
+        .unwrap();
+        let out = Command::new("knotc")
+            .arg("-c")
+            .arg(&conf)
+            .args(["zone-check", "example.org"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "knot rejected {file:?}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn serial_survives_restarts_and_grows_on_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let file = dir.path().join("letterbox.toml");
+    let serial = |toml: &str| -> u32 {
+        std::fs::write(&file, toml).unwrap();
+        let out = letterbox(&[
+            "zone",
+            file.to_str().unwrap(),
+            "--state",
+            state.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        let soa = text.lines().find(|l| l.contains(" SOA ")).unwrap();
+        soa.split_whitespace().nth(6).unwrap().parse().unwrap()
+    };
+    let first = serial(&config(0, &[]));
+    assert_eq!(serial(&config(0, &[])), first, "same content, same serial");
+    let mut changed = config(0, &[]);
+    changed.push_str(&format!(
+        "[[account]]\nname = \"frank\"\npassword_hash = \"{HASH}\"\n"
+    ));
+    let second = serial(&changed);
+    assert!(second > first);
+    assert!(
+        serial(&config(0, &[])) > second,
+        "going back is a change too"
+    );
+}
+
+// ---- the running server ----
+
+/// A free port on 127.0.0.1 for both UDP and TCP (as far as one can tell beforehand).
+fn free_port() -> u16 {
+    loop {
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// `letterbox dns serve` on 127.0.0.1, killed on drop.
+struct Served {
+    child: Child,
+    port: u16,
+    file: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+const BASE: &str = r#"version = 1
+[system]
+hostname = "mail"
+domain = "example.org"
+[[interface]]
+name = "eth0"
+ipv4 = ["192.0.2.10/24"]
+ipv6 = ["2001:db8::10/64"]
+[dns]
+rate_limit = RATE
+secondaries = [SECONDARIES]
+[[account]]
+name = "alice"
+password_hash = "HASH"
+"#;
+
+fn config(rate: u32, secondaries: &[String]) -> String {
+    let list: Vec<String> = secondaries.iter().map(|s| format!("\"{s}\"")).collect();
+    BASE.replace("RATE", &rate.to_string())
+        .replace("SECONDARIES", &list.join(", "))
+        .replace("HASH", HASH)
+}
+
+impl Served {
+    fn start(toml: &str) -> Served {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir_all(state.join("dkim")).unwrap();
+        std::fs::copy(
+            format!("{FIXTURES}/state/dkim/letterbox.pub"),
+            state.join("dkim/letterbox.pub"),
+        )
+        .unwrap();
+        let file = dir.path().join("letterbox.toml");
+        std::fs::write(&file, toml).unwrap();
+        let port = free_port();
+        let child = Command::new(common::letterbox_bin())
+            .args(["dns", "serve"])
+            .arg(&file)
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--threads", "2"])
+            .arg("--state")
+            .arg(&state)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let served = Served {
+            child,
+            port,
+            file,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while served.query("example.org.", RecordType::SOA).is_none() {
+            assert!(Instant::now() < deadline, "server did not start answering");
+        }
+        served
+    }
+
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// One UDP query without EDNS; None when no answer came within a second.
+    fn query(&self, name: &str, rtype: RecordType) -> Option<Message> {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .unwrap();
+        let mut m = Message::query();
+        m.metadata.id = 4242;
+        m.add_query(Query::query(Name::from_ascii(name).unwrap(), rtype));
+        socket.send_to(&m.to_vec().unwrap(), self.addr()).unwrap();
+        let mut buf = [0u8; 4096];
+        let (n, _) = socket.recv_from(&mut buf).ok()?;
+        Message::from_vec(&buf[..n]).ok()
+    }
+
+    fn dig(&self, args: &[&str]) -> String {
+        let out = Command::new("dig")
+            .args([
+                "@127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "+time=2",
+                "+tries=1",
+                "+norec",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn serial(&self) -> u32 {
+        let m = self.query("example.org.", RecordType::SOA).expect("SOA");
+        match &m.answers[0].data {
+            RData::SOA(soa) => soa.serial,
+            other => panic!("not a SOA: {other:?}"),
+        }
+    }
+
+    fn reload(&self, toml: &str) {
+        std::fs::write(&self.file, toml).unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .unwrap();
+    }
+
+    fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn need_dig(test: &str) -> bool {
+    if have("dig") {
+        return true;
+    }
+    common::skip(test, "dig not installed");
+    false
+}
+
+#[test]
+fn dig_gets_every_derived_record_over_udp_and_tcp() {
+    if !need_dig("dig_gets_every_derived_record_over_udp_and_tcp") {
+        return;
+    }
+    let s = Served::start(&config(0, &[]));
+    for transport in ["+notcp", "+tcp"] {
+        let short = |name: &str, t: &str| s.dig(&[transport, "+short", name, t]);
+        assert!(
+            short("example.org", "SOA").starts_with("ns1.example.org. hostmaster.example.org. ")
+        );
+        assert_eq!(short("example.org", "NS"), "ns1.example.org.\n");
+        assert_eq!(short("example.org", "MX"), "10 mail.example.org.\n");
+        assert_eq!(short("alice.example.org", "MX"), "10 mail.example.org.\n");
+        assert_eq!(short("ns1.example.org", "MX"), "0 .\n");
+        assert_eq!(short("mail.example.org", "A"), "192.0.2.10\n");
+        assert_eq!(short("mail.example.org", "AAAA"), "2001:db8::10\n");
+        assert_eq!(short("example.org", "TXT"), "\"v=spf1 mx -all\"\n");
+        assert_eq!(short("ns1.example.org", "TXT"), "\"v=spf1 -all\"\n");
+        assert_eq!(
+            short("_dmarc.example.org", "TXT"),
+            "\"v=DMARC1; p=reject; adkim=s; aspf=s\"\n"
+        );
+        let full = s.dig(&[transport, "example.org", "NS"]);
+        assert!(full.contains("flags: qr aa;"), "AA set, RA clear:\n{full}");
+        assert!(
+            full.contains("ns1.example.org.\t3600\tIN\tA\t192.0.2.10"),
+            "glue in the additional section:\n{full}"
+        );
+    }
+}
+
+#[test]
+fn long_dkim_is_whole_over_tcp_and_truncated_over_udp() {
+    if !need_dig("long_dkim_is_whole_over_tcp_and_truncated_over_udp") {
+        return;
+    }
+    let s = Served::start(&config(0, &[]));
+    let name = "letterbox._domainkey.example.org";
+    let pem = std::fs::read_to_string(format!("{FIXTURES}/state/dkim/letterbox.pub")).unwrap();
+    let key: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let tcp = s.dig(&["+tcp", "+short", name, "TXT"]);
+    let joined: String = tcp
+        .trim()
+        .split("\" \"")
+        .map(|p| p.trim_matches('"'))
+        .collect();
+    assert_eq!(joined, format!("v=DKIM1; k=rsa; p={key}"));
+    assert!(tcp.contains("\" \""), "split into 255-byte strings: {tcp}");
+    let udp = s.dig(&["+notcp", "+noedns", "+ignore", name, "TXT"]);
+    assert!(udp.contains("flags: qr aa tc;"), "TC over UDP:\n{udp}");
+    assert!(udp.contains("ANSWER: 0"), "no partial answer:\n{udp}");
+}
+
+#[test]
+fn nxdomain_nodata_and_refused() {
+    if !need_dig("nxdomain_nodata_and_refused") {
+        return;
+    }
+    let s = Served::start(&config(0, &[]));
+    let nx = s.dig(&["nobody.example.org", "A"]);
+    assert!(nx.contains("status: NXDOMAIN"), "{nx}");
+    assert!(
+        nx.contains("example.org.\t\t300\tIN\tSOA\tns1.example.org."),
+        "{nx}"
+    );
+    let nodata = s.dig(&["alice.example.org", "A"]);
+    assert!(nodata.contains("status: NOERROR"), "{nodata}");
+    assert!(nodata.contains("ANSWER: 0, AUTHORITY: 1"), "{nodata}");
+    // An empty non-terminal exists: NODATA, not NXDOMAIN.
+    let ent = s.dig(&["_domainkey.example.org", "TXT"]);
+    assert!(ent.contains("status: NOERROR"), "{ent}");
+    let foreign = s.dig(&["example.com", "A"]);
+    assert!(foreign.contains("status: REFUSED"), "{foreign}");
+    assert!(!foreign.contains(" ra"), "no recursion offered: {foreign}");
+    let any = s.dig(&["example.org", "ANY"]);
+    assert!(any.contains("HINFO\t\"RFC8482\""), "minimal ANY: {any}");
+}
+
+#[test]
+fn hickory_resolver_over_udp_and_tcp() {
+    use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
+    use hickory_resolver::net::runtime::TokioRuntimeProvider;
+    use hickory_resolver::Resolver;
+
+    let s = Served::start(&config(0, &[]));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for make in [NameServerConfig::udp, NameServerConfig::tcp] {
+        let mut ns = make("127.0.0.1".parse().unwrap());
+        for c in &mut ns.connections {
+            c.port = s.port;
+        }
+        let mut opts = ResolverOpts::default();
+        opts.cache_size = 0;
+        opts.recursion_desired = false;
+        let resolver = Resolver::builder_with_config(
+            ResolverConfig::from_name_servers(vec![ns]),
+            TokioRuntimeProvider::default(),
+        )
+        .with_options(opts)
+        .build()
+        .unwrap();
+        rt.block_on(async {
+            let get = |name: &'static str, t: RecordType| {
+                let resolver = &resolver;
+                async move {
+                    let lookup = resolver.lookup(name, t).await.unwrap();
+                    lookup
+                        .answers()
+                        .iter()
+                        .filter(|r| r.record_type() == t)
+                        .map(|r| r.data.to_string())
+                        .collect::<Vec<_>>()
+                }
+            };
+            assert_eq!(
+                get("example.org.", RecordType::NS).await,
+                ["ns1.example.org."]
+            );
+            assert_eq!(
+                get("alice.example.org.", RecordType::MX).await,
+                ["10 mail.example.org."]
+            );
+            assert_eq!(
+                get("mail.example.org.", RecordType::A).await,
+                ["192.0.2.10"]
+            );
+            assert_eq!(
+                get("mail.example.org.", RecordType::AAAA).await,
+                ["2001:db8::10"]
+            );
+            assert_eq!(
+                get("example.org.", RecordType::TXT).await,
+                ["v=spf1 mx -all"]
+            );
+            let soa = get("example.org.", RecordType::SOA).await;
+            assert!(soa[0].starts_with("ns1.example.org. hostmaster.example.org."));
+            // The whole key arrives: over UDP it fits hickory's EDNS payload of 1232 bytes.
+            let dkim = get("letterbox._domainkey.example.org.", RecordType::TXT).await;
+            assert!(dkim[0].starts_with("v=DKIM1; k=rsa; p=MII") && dkim[0].len() > 700);
+        });
+    }
+}
+
+#[test]
+fn axfr_only_for_secondaries() {
+    if !need_dig("axfr_only_for_secondaries") {
+        return;
+    }
+    let s = Served::start(&config(0, &["127.0.0.2".to_string()]));
+    let allowed = s.dig(&["-b", "127.0.0.2", "example.org", "AXFR"]);
+    assert!(
+        allowed.contains("alice.example.org.\t3600\tIN\tMX\t10 mail.example.org."),
+        "{allowed}"
+    );
+    assert_eq!(
+        allowed.matches("\tSOA\t").count(),
+        2,
+        "SOA first and last:\n{allowed}"
+    );
+    let refused = s.dig(&["-b", "127.0.0.1", "example.org", "AXFR"]);
+    assert!(refused.contains("Transfer failed"), "{refused}");
+    assert!(!refused.contains("\tMX\t"), "{refused}");
+}
+
+#[test]
+fn notify_reaches_a_secondary_on_start_and_on_change() {
+    let secondary = UdpSocket::bind("127.0.0.3:0").unwrap();
+    secondary
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let at = secondary.local_addr().unwrap().to_string();
+    let s = Served::start(&config(0, std::slice::from_ref(&at)));
+
+    let receive_and_ack = || -> (u32, SocketAddr) {
+        let mut buf = [0u8; 4096];
+        let (n, from) = secondary.recv_from(&mut buf).expect("a NOTIFY arrives");
+        let m = Message::from_vec(&buf[..n]).expect("NOTIFY parses");
+        assert_eq!(m.metadata.op_code, OpCode::Notify);
+        assert_eq!(m.metadata.message_type, MessageType::Query);
+        assert!(m.metadata.authoritative, "AA set");
+        assert_eq!(m.queries[0].query_type(), RecordType::SOA);
+        assert_eq!(m.queries[0].name().to_string(), "example.org.");
+        let serial = match &m.answers[0].data {
+            RData::SOA(soa) => soa.serial,
+            other => panic!("expected the SOA hint, got {other:?}"),
+        };
+        let mut ack = Message::response(m.metadata.id, OpCode::Notify);
+        ack.metadata.authoritative = true;
+        ack.add_queries(m.queries.iter().cloned());
+        secondary.send_to(&ack.to_vec().unwrap(), from).unwrap();
+        (serial, from)
+    };
+    let (first, _) = receive_and_ack();
+    assert_eq!(first, s.serial());
+
+    let mut changed = config(0, std::slice::from_ref(&at));
+    changed.push_str(&format!(
+        "[[account]]\nname = \"dave\"\npassword_hash = \"{HASH}\"\n"
+    ));
+    s.reload(&changed);
+    let (second, _) = receive_and_ack();
+    assert!(second > first, "NOTIFY carries the new serial");
+    // Acknowledged: no retransmission follows.
+    secondary
+        .set_read_timeout(Some(Duration::from_millis(2500)))
+        .unwrap();
+    let mut buf = [0u8; 512];
+    assert!(
+        secondary.recv_from(&mut buf).is_err(),
+        "NOTIFY retried after ack"
+    );
+}
+
+#[test]
+fn rate_limiting_starts_under_a_flood() {
+    let s = Served::start(&config(10, &[]));
+    // A fresh prefix: the start-up probes came from 127.0.0.1.
+    let socket = UdpSocket::bind("127.0.1.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut m = Message::query();
+    m.add_query(Query::query(
+        Name::from_ascii("example.org.").unwrap(),
+        RecordType::MX,
+    ));
+    let sent = 200;
+    for id in 0..sent {
+        m.metadata.id = id;
+        socket.send_to(&m.to_vec().unwrap(), s.addr()).unwrap();
+    }
+    let (mut answered, mut truncated) = (0, 0);
+    let mut buf = [0u8; 4096];
+    while let Ok((n, _)) = socket.recv_from(&mut buf) {
+        let r = Message::from_vec(&buf[..n]).unwrap();
+        if r.metadata.truncation {
+            truncated += 1;
+        } else {
+            answered += 1;
+        }
+    }
+    assert!(
+        answered >= 10,
+        "the burst allowance is answered: {answered}"
+    );
+    assert!(
+        answered < 30,
+        "the flood is limited: {answered} of {sent} answered"
+    );
+    assert!(truncated > 0, "some responses slip through truncated");
+    assert!(answered + truncated < sent, "the rest are dropped");
+    // Another source is unaffected.
+    assert!(s.query("example.org.", RecordType::MX).is_some());
+}
+
+#[test]
+fn live_change_loses_no_query() {
+    let s = Served::start(&config(0, &[]));
+    let before = s.serial();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let addr = s.addr();
+    let looper = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+            socket
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .unwrap();
+            let mut m = Message::query();
+            m.add_query(Query::query(
+                Name::from_ascii("example.org.").unwrap(),
+                RecordType::MX,
+            ));
+            let (mut ok, mut failed) = (0u32, 0u32);
+            let mut buf = [0u8; 4096];
+            let mut id = 0u16;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                id = id.wrapping_add(1);
+                m.metadata.id = id;
+                socket.send_to(&m.to_vec().unwrap(), addr).unwrap();
+                match socket.recv_from(&mut buf) {
+                    Ok((n, _)) => match Message::from_vec(&buf[..n]) {
+                        Ok(r)
+                            if r.metadata.id == id
+                                && r.metadata.response_code == ResponseCode::NoError
+                                && r.answers.len() == 1 =>
+                        {
+                            ok += 1
+                        }
+                        _ => failed += 1,
+                    },
+                    Err(_) => failed += 1,
+                }
+            }
+            (ok, failed)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let mut changed = config(0, &[]);
+    changed.push_str(&format!(
+        "[[account]]\nname = \"erin\"\npassword_hash = \"{HASH}\"\n"
+    ));
+    s.reload(&changed);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mx = s.query("erin.example.org.", RecordType::MX).unwrap();
+        if mx.answers.len() == 1 {
+            assert_eq!(mx.answers[0].data.to_string(), "10 mail.example.org.");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new account never appeared");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let added = s.serial();
+    assert!(added > before, "serial increased");
+    // And an account removed: alice's MX goes, the serial moves on again.
+    s.reload(&changed.replacen("name = \"alice\"", "name = \"alyssa\"", 1));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s
+        .query("alice.example.org.", RecordType::MX)
+        .unwrap()
+        .metadata
+        .response_code
+        != ResponseCode::NXDomain
+    {
+        assert!(Instant::now() < deadline, "the removed account stayed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(s.serial() > added);
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = looper.join().unwrap();
+    assert_eq!(failed, 0, "{failed} queries failed ({ok} answered)");
+    assert!(ok > 10, "the loop ran: {ok}");
+}
+
+#[test]
+fn malformed_packets_do_not_stop_the_server() {
+    let mut s = Served::start(&config(0, &[]));
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut q = Message::query();
+    q.metadata.id = 7;
+    q.add_query(Query::query(
+        Name::from_ascii("alice.example.org.").unwrap(),
+        RecordType::MX,
+    ));
+    let real = q.to_vec().unwrap();
+    let mut corpus: Vec<Vec<u8>> = vec![
+        Vec::new(),
+        vec![0],
+        vec![0xff; 12],
+        vec![0xff; 600],
+        // A compression loop in the question.
+        [&real[..12], &[0xc0, 12, 0, 1, 0, 1]].concat(),
+        // A label length running past the end.
+        [&real[..12], &[63, b'a']].concat(),
+        // Counts far larger than the message.
+        [
+            &real[..4],
+            &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+        ]
+        .concat(),
+    ];
+    for cut in 0..real.len() {
+        corpus.push(real[..cut].to_vec());
+    }
+    // Deterministic pseudo-random bytes and bit flips of the real query.
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for _ in 0..500 {
+        let len = (next() % 300) as usize;
+        corpus.push((0..len).map(|_| next() as u8).collect());
+        let mut flipped = real.clone();
+        for _ in 0..1 + next() % 4 {
+            let i = (next() as usize) % flipped.len();
+            flipped[i] ^= 1 << (next() % 8);
+        }
+        corpus.push(flipped);
+    }
+    for packet in &corpus {
+        socket.send_to(packet, s.addr()).unwrap();
+    }
+    // TCP too: garbage after a length prefix, and a truncated frame.
+    for packet in corpus.iter().take(50) {
+        if let Ok(mut tcp) = std::net::TcpStream::connect(s.addr()) {
+            use std::io::Write;
+            let _ = tcp.write_all(&(packet.len() as u16).to_be_bytes());
+            let _ = tcp.write_all(packet);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(s.alive(), "the server process died");
+    let answer = s
+        .query("alice.example.org.", RecordType::MX)
+        .expect("still answering");
+    assert_eq!(answer.answers.len(), 1);
+}
+
+#[test]
+fn an_invalid_file_on_reload_keeps_the_old_zone() {
+    let s = Served::start(&config(0, &[]));
+    let before = s.serial();
+    s.reload("version = 1\n[system]\nhostname = \"-bad-\"\n");
+    // Give the server time to read the file and reject it.
+    std::thread::sleep(Duration::from_millis(500));
+    let mx = s
+        .query("alice.example.org.", RecordType::MX)
+        .expect("still answering");
+    assert_eq!(mx.answers.len(), 1, "the old zone is still served");
+    assert_eq!(s.serial(), before);
+    // A good file afterwards is taken again.
+    let mut changed = config(0, &[]);
+    changed.push_str(&format!(
+        "[[account]]\nname = \"gina\"\npassword_hash = \"{HASH}\"\n"
+    ));
+    s.reload(&changed);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s
+        .query("gina.example.org.", RecordType::MX)
+        .unwrap()
+        .answers
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "the good file was not taken");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
