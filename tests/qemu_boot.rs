@@ -1,6 +1,7 @@
 //! Boots the test image under `qemu-system-aarch64 -M raspi3b` and drives its serial
 //! console: early boot (coldplugged modules, partitions, data growth), the network on
-//! QEMU's USB adapter with the file's static address, the login and `status`; then, on
+//! QEMU's USB adapter with the file's static address, the login and `status`, the zone's
+//! MX answered to `dig` on the host through a forwarded port; then, on
 //! the same SD card, a broken letterbox.toml: the boot continues, the console shows the
 //! error with line and column, and the login still works (last good configuration).
 //!
@@ -31,8 +32,8 @@ struct Vm {
 }
 
 impl Vm {
-    fn boot(prepared: &qemu::Prepared) -> Vm {
-        let mut child = qemu::command(prepared, "stdio", &[])
+    fn boot(prepared: &qemu::Prepared, forwards: &[String]) -> Vm {
+        let mut child = qemu::command(prepared, "stdio", forwards)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -114,6 +115,24 @@ impl Drop for Vm {
     }
 }
 
+/// The zone's MX as `dig +short` prints it, asked from the host through QEMU's
+/// forwarded port; retried while the emulated guest is slow to answer.
+fn dig_mx(port: u16) -> String {
+    let start = Instant::now();
+    loop {
+        let out = Command::new("dig")
+            .args(["@127.0.0.1", "-p", &port.to_string()])
+            .args(["example.org", "MX", "+short", "+time=3", "+tries=1"])
+            .output()
+            .expect("run dig");
+        let answer = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() && !answer.trim().is_empty() || start.elapsed() > REPLY_TIMEOUT {
+            return answer;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
 fn fat_offset(image: &Path) -> u64 {
     let mut f = std::fs::File::open(image).unwrap();
     let mbr = mbrman::MBR::read_from(&mut f, 512).unwrap();
@@ -134,8 +153,10 @@ fn qemu_boots_to_login_with_network_and_survives_a_broken_file() {
     let work = tempfile::tempdir().unwrap();
     let prepared = qemu::prepare(&image, work.path()).expect("extract boot files from the image");
 
-    // First boot: a good letterbox.toml.
-    let mut vm = Vm::boot(&prepared);
+    // First boot: a good letterbox.toml; the appliance's DNS port forwarded to the host.
+    let dns_port = 20_000 + (std::process::id() % 20_000) as u16;
+    let forwards = [format!("udp:127.0.0.1:{dns_port}-:53")];
+    let mut vm = Vm::boot(&prepared, &forwards);
     vm.wait_for("Machine model: Raspberry Pi 3 Model B", BOOT_TIMEOUT);
     vm.wait_for("letterbox: ", BOOT_TIMEOUT);
     vm.wait_for("early boot: found SD card mmcblk0", BOOT_TIMEOUT);
@@ -171,8 +192,13 @@ fn qemu_boots_to_login_with_network_and_survives_a_broken_file() {
             status.contains("eth0") && status.contains("10.0.2.15/24")
         },
     );
-    // DNS from the host through a forwarded port is asserted once the DNS server has
-    // landed in the agent (issue: dns); see the report.
+    vm.wait_for("DNS serving", REPLY_TIMEOUT);
+    let mx = dig_mx(dns_port);
+    assert!(
+        mx.lines().any(|l| l.trim() == "10 mail.example.org."),
+        "MX answer through the forwarded port: {mx:?}; console log:\n{}",
+        vm.log()
+    );
     vm.send("poweroff");
     vm.wait_for("reboot: Power down", REPLY_TIMEOUT);
     drop(vm);
@@ -202,7 +228,7 @@ fn qemu_boots_to_login_with_network_and_survives_a_broken_file() {
         "mcopy: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let mut vm = Vm::boot(&prepared);
+    let mut vm = Vm::boot(&prepared, &[]);
     vm.wait_for("early boot: done", BOOT_TIMEOUT);
     vm.wait_for("letterbox.toml:4:", BOOT_TIMEOUT);
     vm.login();
