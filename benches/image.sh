@@ -53,11 +53,11 @@ sleep 2
 # is up, so the first match by content is the right one.)
 stamp() {
     grep -a -E "letterbox: (INFO|WARN|ERROR) .*$1" "$work/console.log" | head -n1 |
-        sed -E 's/^\[ *([0-9.]+)\].*/\1/'
+        sed -E 's/^.*\[ *([0-9.]+)\] letterbox: .*/\1/'
 }
 echo "kernel start -> agent start:   $(stamp 'starting \(as PID 1\)') s"
 echo "kernel start -> root mounted:  $(stamp 'switched to the read-only root') s"
 echo "kernel start -> network up:    $(stamp 'changes applied') s"
-dns=$(stamp '(dns|DNS).*(serving|listening)' || true)
+dns=$(stamp 'dns: serving' || true)
 echo "kernel start -> DNS serving:   ${dns:-n/a (DNS not in the agent yet)} s"
 echo "kernel start -> login prompt:  $(stamp 'login prompt on') s"
