@@ -12,6 +12,17 @@ TEST_PACKAGES := iproute2 iputils-ping util-linux procps dnsutils knot-dnsutils 
 # What the benchmarks drive: the load generator and the peers.
 BENCH_PACKAGES := dnsperf nsd knot dnsutils python3
 
+# The host toolchain: the machine's cargo when it has one, else Debian's Rust 1.96 from
+# bookworm-security (a fresh Debian 12 has no cargo, and bookworm's own is too old).
+ifeq ($(filter-out /usr/bin/cargo,$(shell command -v cargo)),)
+CARGO := /usr/bin/cargo
+HOST_RUST_PACKAGES := rustc-web cargo-web rustfmt-web rust-web-clippy
+else
+CARGO := cargo
+HOST_RUST_PACKAGES :=
+endif
+export CARGO
+
 .PHONY: help test image bench bench-dns deps-test deps-bench
 
 help:
@@ -25,18 +36,18 @@ $(STAMPS)/apt-update:
 	@touch $@
 
 $(STAMPS)/deps-test: $(STAMPS)/apt-update Makefile
-	$(APT_INSTALL) $(TEST_PACKAGES)
+	$(APT_INSTALL) $(TEST_PACKAGES) $(HOST_RUST_PACKAGES)
 	@touch $@
 
 deps-test: $(STAMPS)/deps-test
 
 test: deps-test test-image
-	cargo fmt --check
-	cargo clippy --all-targets -- -D warnings
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
 	tests/run
 
 $(STAMPS)/deps-bench: $(STAMPS)/apt-update Makefile
-	$(APT_INSTALL) $(BENCH_PACKAGES)
+	$(APT_INSTALL) $(BENCH_PACKAGES) $(HOST_RUST_PACKAGES)
 	@touch $@
 
 deps-bench: $(STAMPS)/deps-bench
@@ -45,7 +56,7 @@ bench: bench-dns
 
 # letterbox's authoritative DNS against NSD and Knot (dnsperf, same zone, same query mix).
 bench-dns: deps-bench
-	cargo build --release
+	$(CARGO) build --release
 	benches/dns.sh
 
 # --- SD-card image (src/image, src/boot): cross-built agent, Debian packages, QEMU ---
@@ -62,7 +73,7 @@ IMAGE_PACKAGES := mmdebstrap mtools dosfstools e2fsprogs squashfs-tools kmod qem
 CROSS_ENV := CARGO_TARGET_DIR=target-aarch64 RUSTFLAGS='-C target-feature=+crt-static' \
 	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=$(CURDIR)/image/cross/link-static-aarch64
 ifeq ($(shell rustup target list --installed 2>/dev/null | grep -x $(TARGET)),$(TARGET))
-CROSS_CARGO := cargo
+CROSS_CARGO := $(CARGO)
 CROSS_PACKAGES := gcc-aarch64-linux-gnu libc6-dev-arm64-cross
 else
 CROSS_CARGO := RUSTC=/usr/bin/rustc /usr/bin/cargo
@@ -74,7 +85,7 @@ endif
 $(STAMPS)/deps-image: $(STAMPS)/apt-update Makefile
 	dpkg --add-architecture arm64
 	apt-get update
-	$(APT_INSTALL) $(IMAGE_PACKAGES) $(CROSS_PACKAGES)
+	$(APT_INSTALL) $(IMAGE_PACKAGES) $(CROSS_PACKAGES) $(HOST_RUST_PACKAGES)
 	@touch $@
 
 deps-image: $(STAMPS)/deps-image
@@ -83,14 +94,14 @@ cross: deps-image
 	$(CROSS_ENV) $(CROSS_CARGO) build --release --target $(TARGET) --bin letterbox
 
 image: cross
-	cargo run --quiet -- build $(CONFIG) --board $(BOARD) -o $(OUT) --agent $(AGENT)
+	$(CARGO) run --quiet -- build $(CONFIG) --board $(BOARD) -o $(OUT) --agent $(AGENT)
 
 # The image the image and QEMU tests check, from the test provisioning file.
 test-image: cross
-	cargo run --quiet -- build tests/fixtures/qemu-letterbox.toml --board rpi3 -o $(TEST_IMAGE) --agent $(AGENT)
+	$(CARGO) run --quiet -- build tests/fixtures/qemu-letterbox.toml --board rpi3 -o $(TEST_IMAGE) --agent $(AGENT)
 
 qemu: image
-	cargo run --quiet -- qemu $(OUT)
+	$(CARGO) run --quiet -- qemu $(OUT)
 
 bench-image: cross
 	benches/image.sh

@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 agent=target-aarch64/aarch64-unknown-linux-gnu/release/letterbox
-cargo build --quiet
+"${CARGO:-cargo}" build --quiet
 bin=target/debug/letterbox
 work=$(mktemp -d)
 qemu_pid=
