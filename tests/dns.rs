@@ -4,9 +4,11 @@
 
 mod common;
 
+use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
@@ -124,61 +126,16 @@ fn zone_passes_knot_check() {
     }
 }
 
-#[test]
-fn serial_survives_restarts_and_grows_on_change() {
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let file = dir.path().join("letterbox.toml");
-    let serial = |toml: &str| -> u32 {
-        std::fs::write(&file, toml).unwrap();
-        let out = letterbox(&[
-            "zone",
-            file.to_str().unwrap(),
-            "--state",
-            state.to_str().unwrap(),
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8(out.stdout).unwrap();
-        let soa = text.lines().find(|l| l.contains(" SOA ")).unwrap();
-        soa.split_whitespace().nth(6).unwrap().parse().unwrap()
-    };
-    let first = serial(&config(0, &[]));
-    assert_eq!(serial(&config(0, &[])), first, "same content, same serial");
-    let mut changed = config(0, &[]);
-    changed.push_str(&format!(
-        "[[account]]\nname = \"frank\"\npassword_hash = \"{HASH}\"\n"
-    ));
-    let second = serial(&changed);
-    assert!(second > first);
-    assert!(
-        serial(&config(0, &[])) > second,
-        "going back is a change too"
-    );
-}
-
 // ---- the running server ----
 
-/// A free port on 127.0.0.1 for both UDP and TCP (as far as one can tell beforehand).
-fn free_port() -> u16 {
-    loop {
-        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = udp.local_addr().unwrap().port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
-/// `letterbox dns serve` on 127.0.0.1, killed on drop.
+/// `letterbox dns serve` on 127.0.0.1 (a port of its choosing), killed on drop; its
+/// stderr lines are collected for `wait_for_line`.
 struct Served {
     child: Child,
     port: u16,
     file: PathBuf,
-    _dir: tempfile::TempDir,
+    stderr: Arc<Mutex<Vec<String>>>,
+    _dir: Option<tempfile::TempDir>,
 }
 
 const BASE: &str = r#"version = 1
@@ -207,37 +164,92 @@ fn config(rate: u32, secondaries: &[String]) -> String {
 impl Served {
     fn start(toml: &str) -> Served {
         let dir = tempfile::tempdir().unwrap();
-        let state = dir.path().join("state");
-        std::fs::create_dir_all(state.join("dkim")).unwrap();
-        std::fs::copy(
-            format!("{FIXTURES}/state/dkim/letterbox.pub"),
-            state.join("dkim/letterbox.pub"),
-        )
-        .unwrap();
-        let file = dir.path().join("letterbox.toml");
+        let mut served = Served::start_in(dir.path(), toml);
+        served._dir = Some(dir);
+        served
+    }
+
+    /// Serves `toml` with `dir/state` as the state directory (made with the fixture's
+    /// DKIM key when missing), so that a second server can reuse the state.
+    fn start_in(dir: &std::path::Path, toml: &str) -> Served {
+        let state = dir.join("state");
+        if !state.exists() {
+            std::fs::create_dir_all(state.join("dkim")).unwrap();
+            std::fs::copy(
+                format!("{FIXTURES}/state/dkim/letterbox.pub"),
+                state.join("dkim/letterbox.pub"),
+            )
+            .unwrap();
+        }
+        let file = dir.join("letterbox.toml");
         std::fs::write(&file, toml).unwrap();
-        let port = free_port();
-        let child = Command::new(common::letterbox_bin())
+        // Port 0: the server binds a free port itself and logs it, so no other test can
+        // take the port between our choosing it and the server binding it.
+        let mut child = Command::new(common::letterbox_bin())
             .args(["dns", "serve"])
             .arg(&file)
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--threads", "2"])
+            .args(["--listen", "127.0.0.1:0", "--threads", "2"])
             .arg("--state")
             .arg(&state)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let served = Served {
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        {
+            let lines = stderr.clone();
+            let pipe = BufReader::new(child.stderr.take().unwrap());
+            std::thread::spawn(move || {
+                for line in pipe.lines().map_while(Result::ok) {
+                    eprintln!("server: {line}");
+                    lines.lock().unwrap().push(line);
+                }
+            });
+        }
+        let mut served = Served {
             child,
-            port,
+            port: 0,
             file,
-            _dir: dir,
+            stderr,
+            _dir: None,
         };
+        let line = served.wait_for_line("serving example.org on ");
+        let addr: SocketAddr = line
+            .split(" on ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        served.port = addr.port();
         let deadline = Instant::now() + Duration::from_secs(10);
         while served.query("example.org.", RecordType::SOA).is_none() {
+            assert!(served.alive(), "the server exited");
             assert!(Instant::now() < deadline, "server did not start answering");
         }
         served
+    }
+
+    /// The first stderr line containing `needle` (waiting up to 10 s for it); the
+    /// server must stay alive meanwhile.
+    fn wait_for_line(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(line) = self
+                .stderr
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+            {
+                return line.clone();
+            }
+            assert!(self.alive(), "the server exited before logging {needle:?}");
+            assert!(
+                Instant::now() < deadline,
+                "the server never logged {needle:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     fn addr(&self) -> SocketAddr {
@@ -327,10 +339,19 @@ fn dig_gets_every_derived_record_over_udp_and_tcp() {
         assert_eq!(short("example.org", "MX"), "10 mail.example.org.\n");
         assert_eq!(short("alice.example.org", "MX"), "10 mail.example.org.\n");
         assert_eq!(short("ns1.example.org", "MX"), "0 .\n");
-        assert_eq!(short("mail.example.org", "A"), "192.0.2.10\n");
-        assert_eq!(short("mail.example.org", "AAAA"), "2001:db8::10\n");
+        for name in ["example.org", "mail.example.org", "ns1.example.org"] {
+            assert_eq!(short(name, "A"), "192.0.2.10\n", "{name} A");
+            assert_eq!(short(name, "AAAA"), "2001:db8::10\n", "{name} AAAA");
+        }
         assert_eq!(short("example.org", "TXT"), "\"v=spf1 mx -all\"\n");
+        assert_eq!(short("mail.example.org", "TXT"), "\"v=spf1 a -all\"\n");
+        assert_eq!(short("alice.example.org", "TXT"), "\"v=spf1 mx -all\"\n");
         assert_eq!(short("ns1.example.org", "TXT"), "\"v=spf1 -all\"\n");
+        let dkim = short("letterbox._domainkey.example.org", "TXT");
+        assert!(
+            dkim.starts_with("\"v=DKIM1; k=rsa; p=MII"),
+            "DKIM over {transport}: {dkim}"
+        );
         assert_eq!(
             short("_dmarc.example.org", "TXT"),
             "\"v=DMARC1; p=reject; adkim=s; aspf=s\"\n"
@@ -516,7 +537,14 @@ fn notify_reaches_a_secondary_on_start_and_on_change() {
         "[[account]]\nname = \"dave\"\npassword_hash = \"{HASH}\"\n"
     ));
     s.reload(&changed);
-    let (second, _) = receive_and_ack();
+    // A retransmission of the start-up NOTIFY may still arrive: acknowledge everything
+    // until the new serial comes.
+    let second = loop {
+        let (serial, _) = receive_and_ack();
+        if serial != first {
+            break serial;
+        }
+    };
     assert!(second > first, "NOTIFY carries the new serial");
     // Acknowledged: no retransmission follows.
     secondary
@@ -721,11 +749,10 @@ fn malformed_packets_do_not_stop_the_server() {
 
 #[test]
 fn an_invalid_file_on_reload_keeps_the_old_zone() {
-    let s = Served::start(&config(0, &[]));
+    let mut s = Served::start(&config(0, &[]));
     let before = s.serial();
     s.reload("version = 1\n[system]\nhostname = \"-bad-\"\n");
-    // Give the server time to read the file and reject it.
-    std::thread::sleep(Duration::from_millis(500));
+    s.wait_for_line("invalid file, still serving the old zone");
     let mx = s
         .query("alice.example.org.", RecordType::MX)
         .expect("still answering");
@@ -747,4 +774,53 @@ fn an_invalid_file_on_reload_keeps_the_old_zone() {
         assert!(Instant::now() < deadline, "the good file was not taken");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+#[test]
+fn serial_survives_restarts_and_grows_on_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let serial_file = dir.path().join("state/dns/serial");
+    let serve = |toml: &str| -> u32 { Served::start_in(dir.path(), toml).serial() };
+    let first = serve(&config(0, &[]));
+    assert_eq!(serve(&config(0, &[])), first, "same content, same serial");
+    let mut changed = config(0, &[]);
+    changed.push_str(&format!(
+        "[[account]]\nname = \"frank\"\npassword_hash = \"{HASH}\"\n"
+    ));
+
+    // `letterbox zone --state` shows the serial the server would serve, recording nothing.
+    let recorded = std::fs::read(&serial_file).unwrap();
+    let file = dir.path().join("preview.toml");
+    std::fs::write(&file, &changed).unwrap();
+    let state = dir.path().join("state");
+    let out = letterbox(&[
+        "zone",
+        file.to_str().unwrap(),
+        "--state",
+        state.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let soa = text.lines().find(|l| l.contains(" SOA ")).unwrap();
+    let previewed: u32 = soa.split_whitespace().nth(6).unwrap().parse().unwrap();
+    assert_eq!(
+        std::fs::read(&serial_file).unwrap(),
+        recorded,
+        "zone wrote the serial"
+    );
+
+    let second = serve(&changed);
+    assert!(second > first);
+    assert_eq!(
+        previewed, second,
+        "the preview matched what the server serves"
+    );
+    assert!(
+        serve(&config(0, &[])) > second,
+        "going back is a change too"
+    );
 }

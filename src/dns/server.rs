@@ -45,6 +45,8 @@ struct Current {
 struct Shared {
     current: ArcSwap<Current>,
     state: PathBuf,
+    /// The addresses served on: NOTIFY goes out from the one of the secondary's family.
+    listen: Vec<SocketAddr>,
     /// Reloads run one at a time, so serials are assigned in order.
     reloading: Mutex<()>,
 }
@@ -94,6 +96,7 @@ impl DnsServer {
         let shared = Arc::new(Shared {
             current: ArcSwap::from_pointee(current),
             state,
+            listen: listen.to_vec(),
             reloading: Mutex::new(()),
         });
         let stop = Arc::new(AtomicBool::new(false));
@@ -165,10 +168,20 @@ impl DnsServer {
 }
 
 impl Drop for DnsServer {
+    /// Tells the UDP workers to stop; they notice within `STOP_POLL`. Joining them on a
+    /// runtime worker would block it, so inside a runtime they are joined on the
+    /// blocking pool.
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        for w in self.udp_workers.drain(..) {
-            let _ = w.join();
+        let workers = std::mem::take(&mut self.udp_workers);
+        let join = move || {
+            for w in workers {
+                let _ = w.join();
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(join)),
+            Err(_) => join(),
         }
     }
 }
@@ -205,12 +218,19 @@ impl DnsHandle {
         if current.secondaries.is_empty() {
             return;
         }
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                let zone = current.answers.zone();
-                notify_secondaries(&zone.origin, &zone.soa, &current.secondaries).await;
-            });
-        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            log::warn!(
+                "dns: not sending NOTIFY for serial {} (no async runtime here); the \
+                 secondaries will see the change at their next SOA refresh",
+                current.answers.zone().serial()
+            );
+            return;
+        };
+        let sources = self.shared.listen.clone();
+        rt.spawn(async move {
+            let zone = current.answers.zone();
+            notify_secondaries(&zone.origin, &zone.soa, &current.secondaries, &sources).await;
+        });
     }
 }
 
@@ -220,7 +240,7 @@ fn load(
     state: &std::path::Path,
     old_rrl: Option<&Arc<RateLimiter>>,
 ) -> Result<Current, DnsError> {
-    let zone = Zone::load(cfg, state, None)?;
+    let zone = Zone::load(cfg, state)?;
     let secondaries = cfg.dns.secondaries.clone();
     let answers = Answers::new(zone, secondaries.iter().map(SocketAddr::ip).collect())?;
     let rate = cfg.dns.rate_limit;
@@ -266,6 +286,10 @@ fn udp_worker(socket: &std::net::UdpSocket, shared: &Shared, stop: &AtomicBool) 
     let mut destinations: Vec<Option<SockaddrStorage>> = Vec::with_capacity(BATCH);
     let mut recv_headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
     let mut send_headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
+    let mut failures = SendFailures {
+        count: 0,
+        logged: None,
+    };
     while !stop.load(Ordering::Relaxed) {
         received.clear();
         {
@@ -298,7 +322,12 @@ fn udp_worker(socket: &std::net::UdpSocket, shared: &Shared, stop: &AtomicBool) 
             }
             let query = &query[..*len];
             let out = &mut responses[destinations.len()];
-            let reply = match current.rrl.as_ref().map(|r| r.check(src.ip())) {
+            // An IPv4 client on an IPv6 socket counts as its IPv4 prefix.
+            let reply = match current
+                .rrl
+                .as_ref()
+                .map(|r| r.check(src.ip().to_canonical()))
+            {
                 Some(Verdict::Drop) => continue,
                 Some(Verdict::Slip) => current.answers.truncated(query, out),
                 Some(Verdict::Answer) | None => {
@@ -316,16 +345,54 @@ fn udp_worker(socket: &std::net::UdpSocket, shared: &Shared, stop: &AtomicBool) 
             .iter()
             .map(|r| [IoSlice::new(r)])
             .collect();
-        if let Err(e) = sendmmsg(
-            fd,
-            &mut send_headers,
-            slices.iter(),
-            &destinations,
-            [],
-            MsgFlags::empty(),
-        ) {
-            log::debug!("dns: UDP send failed: {e}");
+        // sendmmsg stops at the first datagram that fails (and reports that error on
+        // the next call, where it comes first): skip it and send the rest.
+        let mut from = 0;
+        while from < destinations.len() {
+            match sendmmsg(
+                fd,
+                &mut send_headers,
+                slices[from..].iter(),
+                &destinations[from..],
+                [],
+                MsgFlags::empty(),
+            ) {
+                Ok(results) => from += results.count().max(1),
+                Err(Errno::EINTR) => {}
+                Err(e) => {
+                    failures.record(e, destinations[from].as_ref().and_then(socket_addr));
+                    from += 1;
+                }
+            }
         }
+    }
+}
+
+/// Failed UDP sends, logged at most once per `SEND_FAILURE_LOG_INTERVAL` with a count:
+/// a flood of unreachable sources must not flood the log too.
+struct SendFailures {
+    count: u64,
+    logged: Option<std::time::Instant>,
+}
+
+const SEND_FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+impl SendFailures {
+    fn record(&mut self, e: nix::errno::Errno, to: Option<SocketAddr>) {
+        self.count += 1;
+        if self
+            .logged
+            .is_some_and(|at| at.elapsed() < SEND_FAILURE_LOG_INTERVAL)
+        {
+            return;
+        }
+        let to = to.map_or_else(|| "?".to_string(), |a| a.to_string());
+        log::warn!(
+            "dns: {} UDP response(s) not sent since the last report; latest to {to}: {e}",
+            self.count
+        );
+        self.count = 0;
+        self.logged = Some(std::time::Instant::now());
     }
 }
 

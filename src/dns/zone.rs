@@ -49,18 +49,40 @@ pub struct Zone {
 }
 
 impl Zone {
-    /// Builds the zone for `cfg` with the DKIM keys found in `state`; the serial comes
-    /// from `state` (bumped when the content changed) unless `fixed_serial` is given.
-    pub fn load(cfg: &Config, state: &Path, fixed_serial: Option<u32>) -> Result<Zone, DnsError> {
+    /// Builds the zone for `cfg` with the DKIM keys found in `state`, with the serial
+    /// recorded in `state` (bumped, and recorded, when the content changed). For the
+    /// server only: one process owns the serial file.
+    pub fn load(cfg: &Config, state: &Path) -> Result<Zone, DnsError> {
+        let unserialed = Self::unserialed(cfg, state)?;
+        let serial = serial::serial_for(state, unserialed.content_hash())?;
+        Ok(unserialed.with_serial(serial))
+    }
+
+    /// Like [`Zone::load`] but read-only (for `letterbox zone --state`, which may run
+    /// beside the agent): the serial the server would serve for this content, or
+    /// `fixed_serial`. Nothing is written.
+    pub fn preview(
+        cfg: &Config,
+        state: &Path,
+        fixed_serial: Option<u32>,
+    ) -> Result<Zone, DnsError> {
+        let unserialed = Self::unserialed(cfg, state)?;
+        let serial = match fixed_serial {
+            Some(s) => s,
+            None => serial::peek_serial(state, unserialed.content_hash())?,
+        };
+        Ok(unserialed.with_serial(serial))
+    }
+
+    fn unserialed(cfg: &Config, state: &Path) -> Result<Zone, DnsError> {
         let sources = Sources {
             dkim: read_dkim_keys(state)?,
         };
-        let unserialed = build(cfg, &sources, 0)?;
-        let serial = match fixed_serial {
-            Some(s) => s,
-            None => serial::serial_for(state, fnv1a(unserialed.render().as_bytes()))?,
-        };
-        Ok(unserialed.with_serial(serial))
+        build(cfg, &sources, 0)
+    }
+
+    fn content_hash(&self) -> u64 {
+        fnv1a(self.render().as_bytes())
     }
 
     pub fn serial(&self) -> u32 {
