@@ -79,14 +79,37 @@ fn zone_passes_named_checkzone() {
         let path = dir.path().join("example.org.zone");
         std::fs::write(&path, zone_text(file.as_deref())).unwrap();
         let out = Command::new("named-checkzone")
-            .args(["-k", "fail", "-n", "fail", "example.org"])
+            // Every check that can fail, failing: names, NS, MX and SRV targets (no
+            // CNAMEs, addresses present), DNSSEC-equal records, full integrity.
+            .args([
+                "-k", "fail", "-n", "fail", "-m", "fail", "-M", "fail", "-S", "fail",
+            ])
+            .args([
+                "-r",
+                "fail",
+                "-i",
+                "full",
+                "-T",
+                "warn",
+                "-W",
+                "warn",
+                "example.org",
+            ])
             .arg(&path)
             .output()
             .unwrap();
+        let report = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(
             out.status.success(),
-            "named-checkzone rejected {file:?}:\n{}",
-            String::from_utf8_lossy(&out.stdout)
+            "named-checkzone rejected {file:?}:\n{report}"
+        );
+        assert!(
+            !report.to_lowercase().contains("warning") && !report.contains("TTL set to prior"),
+            "named-checkzone warned about {file:?}:\n{report}"
         );
     }
 }
@@ -823,4 +846,138 @@ fn serial_survives_restarts_and_grows_on_change() {
         serve(&config(0, &[])) > second,
         "going back is a change too"
     );
+}
+
+/// One raw UDP exchange: the response, or None after a second.
+fn exchange(s: &Served, bytes: &[u8]) -> Option<Message> {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    socket.send_to(bytes, s.addr()).unwrap();
+    let mut buf = [0u8; 4096];
+    let (n, _) = socket.recv_from(&mut buf).ok()?;
+    Some(Message::from_vec(&buf[..n]).expect("the response parses"))
+}
+
+#[test]
+fn wire_edge_cases() {
+    if !need_dig("wire_edge_cases") {
+        return;
+    }
+    let s = Served::start(&config(0, &[]));
+    // EDNS version 1: BADVERS, with our OPT (version 0).
+    let badvers = s.dig(&["+edns=1", "+noednsnegotiation", "example.org", "SOA"]);
+    assert!(badvers.contains("status: BADVERS"), "{badvers}");
+    assert!(badvers.contains("; EDNS: version: 0"), "{badvers}");
+    // EDNS echoed with our payload size; the DO bit copied.
+    let opt = s.dig(&["+dnssec", "example.org", "SOA"]);
+    assert!(
+        opt.contains("; EDNS: version: 0, flags: do; udp: 1232"),
+        "{opt}"
+    );
+    // CD echoed.
+    let cd = s.dig(&["+cdflag", "example.org", "SOA"]);
+    assert!(cd.contains("flags: qr aa cd;"), "{cd}");
+    // A small payload: the DKIM record does not fit, TC.
+    let tc = s.dig(&[
+        "+bufsize=512",
+        "+ignore",
+        "letterbox._domainkey.example.org",
+        "TXT",
+    ]);
+    assert!(tc.contains("flags: qr aa tc;"), "{tc}");
+    // Class CH: not ours.
+    let chaos = s.dig(&["-c", "CH", "version.bind", "TXT"]);
+    assert!(chaos.contains("status: REFUSED"), "{chaos}");
+    // ANY over TCP: the same minimal answer as over UDP (RFC 8482).
+    let any = s.dig(&["+tcp", "example.org", "ANY"]);
+    assert!(any.contains("HINFO\t\"RFC8482\""), "{any}");
+
+    // QDCOUNT 0 and 2: FORMERR.
+    let mut none = Message::query();
+    none.metadata.id = 11;
+    let mut two = Message::query();
+    two.metadata.id = 12;
+    for name in ["example.org.", "mail.example.org."] {
+        two.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+    }
+    for m in [none, two] {
+        let r = exchange(&s, &m.to_vec().unwrap()).expect("an answer");
+        assert_eq!(r.metadata.id, m.metadata.id);
+        assert_eq!(r.metadata.response_code, ResponseCode::FormErr);
+    }
+    // QTYPE OPT: FORMERR, not silence.
+    let mut q = Message::query();
+    q.add_query(Query::query(
+        Name::from_ascii("example.org.").unwrap(),
+        RecordType::OPT,
+    ));
+    let r = exchange(&s, &q.to_vec().unwrap()).expect("an answer to QTYPE OPT");
+    assert_eq!(r.metadata.response_code, ResponseCode::FormErr);
+    // AXFR over UDP: refused, even for the loopback.
+    let mut q = Message::query();
+    q.add_query(Query::query(
+        Name::from_ascii("example.org.").unwrap(),
+        RecordType::AXFR,
+    ));
+    let r = exchange(&s, &q.to_vec().unwrap()).expect("an answer to AXFR over UDP");
+    assert_eq!(r.metadata.response_code, ResponseCode::Refused);
+    assert!(r.answers.is_empty());
+}
+
+#[test]
+fn kdig_over_udp_and_tcp_and_axfr() {
+    if !have("kdig") {
+        return common::skip("kdig_over_udp_and_tcp_and_axfr", "kdig not installed");
+    }
+    let s = Served::start(&config(0, &["127.0.0.4".to_string()]));
+    let kdig = |args: &[&str]| {
+        let out = Command::new("kdig")
+            .args([
+                "@127.0.0.1",
+                "-p",
+                &s.port.to_string(),
+                "+time=2",
+                "+retry=0",
+                "+norec",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        // kdig reports a failed transfer on stderr.
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    for transport in ["+notcp", "+tcp"] {
+        let short = |name: &str, t: &str| kdig(&[transport, "+short", name, t]);
+        assert!(
+            short("example.org", "SOA").starts_with("ns1.example.org. hostmaster.example.org. "),
+            "{transport}"
+        );
+        assert_eq!(short("example.org", "MX"), "10 mail.example.org.\n");
+        assert_eq!(short("alice.example.org", "TXT"), "\"v=spf1 mx -all\"\n");
+        let full = kdig(&[transport, "example.org", "MX"]);
+        assert!(full.contains("NOERROR"), "{full}");
+        assert!(full.contains(" aa"), "authoritative: {full}");
+    }
+    let allowed = kdig(&["-b", "127.0.0.4", "example.org", "AXFR"]);
+    assert_eq!(allowed.matches("\tSOA\t").count(), 2, "{allowed}");
+    // kdig pads the owner column: compare with whitespace collapsed.
+    let lines: Vec<String> = allowed
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l == "alice.example.org. 3600 IN MX 10 mail.example.org."),
+        "{allowed}"
+    );
+    let refused = kdig(&["-b", "127.0.0.1", "example.org", "AXFR"]);
+    assert!(!refused.contains("\tMX\t"), "{refused}");
+    assert!(refused.contains("REFUSED"), "{refused}");
 }
