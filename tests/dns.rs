@@ -981,3 +981,59 @@ fn kdig_over_udp_and_tcp_and_axfr() {
     assert!(!refused.contains("\tMX\t"), "{refused}");
     assert!(refused.contains("REFUSED"), "{refused}");
 }
+
+#[test]
+fn tcp_connections_are_capped_per_source() {
+    if !need_dig("tcp_connections_are_capped_per_source") {
+        return;
+    }
+    use std::io::{Read, Write};
+    let s = Served::start(&config(0, &[]));
+    let mut q = Message::query();
+    q.add_query(Query::query(
+        Name::from_ascii("example.org.").unwrap(),
+        RecordType::SOA,
+    ));
+    let query = q.to_vec().unwrap();
+    let frame = [&(query.len() as u16).to_be_bytes()[..], &query].concat();
+    // Answers one query on `tcp`: Some(response length), None when closed or silent.
+    let ask = |tcp: &mut std::net::TcpStream| -> Option<usize> {
+        tcp.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        tcp.write_all(&frame).ok()?;
+        let mut len = [0u8; 2];
+        tcp.read_exact(&mut len).ok()?;
+        let mut body = vec![0u8; u16::from_be_bytes(len).into()];
+        tcp.read_exact(&mut body).ok()?;
+        Some(body.len())
+    };
+    // 16 connections from 127.0.0.1, each in use (answered), held open.
+    let mut held = Vec::new();
+    for i in 0..16 {
+        let mut tcp = std::net::TcpStream::connect(s.addr()).unwrap();
+        assert!(ask(&mut tcp).is_some(), "connection {i} is answered");
+        held.push(tcp);
+    }
+    let mut extra = std::net::TcpStream::connect(s.addr()).unwrap();
+    assert_eq!(
+        ask(&mut extra),
+        None,
+        "a 17th connection from one source is closed"
+    );
+    // Another source is still served over TCP.
+    let other = s.dig(&["+tcp", "-b", "127.0.0.5", "+short", "example.org", "MX"]);
+    assert_eq!(other, "10 mail.example.org.\n");
+    // Closing one frees its place.
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut again = std::net::TcpStream::connect(s.addr()).unwrap();
+        if ask(&mut again).is_some() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the freed place was not given back"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

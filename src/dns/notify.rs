@@ -1,4 +1,4 @@
-//! NOTIFY (RFC 1996) to the secondaries when the zone changes: hickory-server does not
+//! NOTIFY (RFC 1996) to the secondaries when the zone changes: hickory does not
 //! send it. One UDP message per secondary, retried until it answers or we give up.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
