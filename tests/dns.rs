@@ -533,7 +533,7 @@ fn notify_reaches_a_secondary_on_start_and_on_change() {
     let at = secondary.local_addr().unwrap().to_string();
     let s = Served::start(&config(0, std::slice::from_ref(&at)));
 
-    let receive_and_ack = || -> (u32, SocketAddr) {
+    let receive_and_answer = |rcode: ResponseCode| -> (u32, SocketAddr) {
         let mut buf = [0u8; 4096];
         let (n, from) = secondary.recv_from(&mut buf).expect("a NOTIFY arrives");
         let m = Message::from_vec(&buf[..n]).expect("NOTIFY parses");
@@ -548,12 +548,17 @@ fn notify_reaches_a_secondary_on_start_and_on_change() {
         };
         let mut ack = Message::response(m.metadata.id, OpCode::Notify);
         ack.metadata.authoritative = true;
+        ack.metadata.response_code = rcode;
         ack.add_queries(m.queries.iter().cloned());
         secondary.send_to(&ack.to_vec().unwrap(), from).unwrap();
         (serial, from)
     };
-    let (first, _) = receive_and_ack();
+    let receive_and_ack = || receive_and_answer(ResponseCode::NoError);
+    // REFUSED is no acknowledgement: the NOTIFY comes again.
+    let (first, _) = receive_and_answer(ResponseCode::Refused);
     assert_eq!(first, s.serial());
+    let (again, _) = receive_and_ack();
+    assert_eq!(again, first, "NOTIFY retried after REFUSED");
 
     let mut changed = config(0, std::slice::from_ref(&at));
     changed.push_str(&format!(
