@@ -275,29 +275,23 @@ impl Answers {
             }
             return self.transfer(&request);
         }
-        // An ordinary question in an unusual message (extra records, cookies and the
-        // like): ask it again as a plain query so that it gets the one common answer.
-        let mut plain = Message::query();
-        plain.metadata.id = request.metadata.id;
-        plain.metadata.recursion_desired = request.metadata.recursion_desired;
-        plain.metadata.checking_disabled = request.metadata.checking_disabled;
-        plain.add_query(question.clone());
-        if let Some(edns) = &request.edns {
-            let mut e = Edns::new();
-            e.set_max_payload(edns.max_payload());
-            e.set_dnssec_ok(edns.flags().dnssec_ok);
-            plain.set_edns(e);
-        }
-        let Ok(plain) = plain.to_vec() else {
-            return Reply::Drop;
-        };
-        match parse_common(&plain) {
-            Some(q) => {
-                self.respond_common(&plain, &q, transport, out);
-                Reply::Send
+        // An ordinary question in an unusual message (extra records, EDNS options such
+        // as cookies): its question sits where a common query's does, so it gets the
+        // one common answer, with the EDNS hickory parsed.
+        match parse_question(query) {
+            Some(mut q) => {
+                q.edns = request.edns.as_ref().map(Edns::max_payload);
+                q.dnssec_ok = request.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok);
+                self.respond_common(query, &q, transport, out);
             }
-            None => Reply::Drop,
+            // Only a compression pointer can stop it here, and in the sole question
+            // there is nothing earlier for it to point to.
+            None => {
+                response.metadata.response_code = ResponseCode::FormErr;
+                return encode(&response, out);
+            }
         }
+        Reply::Send
     }
 
     /// AXFR (and IXFR, answered with the whole zone as RFC 1995 allows): SOA, the
@@ -355,6 +349,25 @@ fn parse_common(q: &[u8]) -> Option<Common> {
     if count(4) != 1 || count(6) != 0 || count(8) != 0 || count(10) > 1 {
         return None;
     }
+    let mut common = parse_question(q)?;
+    let question_end = common.question_end;
+    if count(10) == 1 {
+        let opt = q.get(question_end..question_end + 11)?;
+        let rdlen = u16::from_be_bytes([opt[9], opt[10]]) as usize;
+        let is_opt = opt[0] == 0 && u16::from_be_bytes([opt[1], opt[2]]) == TYPE_OPT;
+        if !is_opt || opt[6] != 0 || question_end + 11 + rdlen != q.len() {
+            return None; // not OPT, an EDNS version other than 0, or trailing bytes
+        }
+        common.dnssec_ok = opt[7] & 0x80 != 0;
+        common.edns = Some(u16::from_be_bytes([opt[3], opt[4]]));
+    } else if question_end != q.len() {
+        return None;
+    }
+    Some(common)
+}
+
+/// The first question, uncompressed, of class IN and not a transfer or OPT; no EDNS yet.
+fn parse_question(q: &[u8]) -> Option<Common> {
     let mut lower = [0u8; 255];
     let mut i = HEADER;
     loop {
@@ -378,28 +391,13 @@ fn parse_common(q: &[u8]) -> Option<Common> {
     if qclass != CLASS_IN || matches!(qtype, TYPE_AXFR | TYPE_IXFR | TYPE_OPT) {
         return None;
     }
-    let mut dnssec_ok = false;
-    let edns = if count(10) == 1 {
-        let opt = q.get(question_end..question_end + 11)?;
-        let rdlen = u16::from_be_bytes([opt[9], opt[10]]) as usize;
-        let is_opt = opt[0] == 0 && u16::from_be_bytes([opt[1], opt[2]]) == TYPE_OPT;
-        if !is_opt || opt[6] != 0 || question_end + 11 + rdlen != q.len() {
-            return None; // not OPT, an EDNS version other than 0, or trailing bytes
-        }
-        dnssec_ok = opt[7] & 0x80 != 0;
-        Some(u16::from_be_bytes([opt[3], opt[4]]))
-    } else if question_end != q.len() {
-        return None;
-    } else {
-        None
-    };
     Some(Common {
         lower,
         qname_len,
         qtype,
         question_end,
-        edns,
-        dnssec_ok,
+        edns: None,
+        dnssec_ok: false,
     })
 }
 
