@@ -8,7 +8,8 @@
 //! In the agent: `DnsServer::start(&cfg, state, &listen_addrs(&cfg), threads).await`
 //! inside the Tokio runtime, keep `server.handle()` to call `DnsHandle::reload(&cfg)`
 //! when the configuration changes (accounts, console `dns reload`), and supervise
-//! `server.run()`. Dropping the server stops it.
+//! `server.run()`. `reload` reads files and fsyncs the serial: from async code, call it
+//! through `tokio::task::spawn_blocking`. Dropping the server stops it.
 
 mod answer;
 mod notify;
