@@ -3,9 +3,11 @@
 #
 # All three serve the same zone (the output of `letterbox zone` for the 3-account fixture)
 # on loopback, on different ports, with 2 server threads each and rate limiting off, and
-# get the same dnsperf query mix (MX, A, AAAA, TXT and NXDOMAIN) for the same duration.
+# get the same dnsperf query mix (MX, A, AAAA, TXT and NXDOMAIN, with EDNS) for the same
+# duration, taking turns in an order rotated every round. No server is pinned to a CPU.
 # dnsperf 2.10 (Debian 12) has no latency histogram, so p99 comes from its per-query
-# verbose lines. Prints a table of QPS, mean and p99 latency and letterbox's ratios.
+# verbose lines. Prints a table of QPS, mean and p99 latency, the average response size
+# (to show the answers are comparable) and letterbox's ratios to each peer.
 # DURATION (s per server), ROUNDS, CLIENTS and THREADS may be set in the environment.
 set -euo pipefail
 
@@ -82,6 +84,9 @@ server:
     logfile: "$WORK/nsd/nsd.log"
     rrl-ratelimit: 0
     rrl-whitelist-ratelimit: 0
+    # Like letterbox and Knot: no NS in the authority section of every answer, so the
+    # responses (and the work) are comparable; see the response size column.
+    minimal-responses: yes
     verbosity: 0
 remote-control:
     control-enable: no
@@ -126,11 +131,12 @@ wait_for "$KNOT_PORT"
 ROUNDS=${ROUNDS:-3}
 LATENCY_QPS=${LATENCY_QPS:-20000}
 LATENCY_SECONDS=${LATENCY_SECONDS:-3}
+# EDNS (-e) for every server alike, as real resolvers send it.
 measure() { # name port round
     dnsperf -s 127.0.0.1 -p "$2" -d "$WORK/queries" -l "$((DURATION / ROUNDS))" \
-        -c "$CLIENTS" -T 1 -q 200 > "$WORK/$1.tput.$3.out" 2>&1
+        -c "$CLIENTS" -T 1 -q 200 -e > "$WORK/$1.tput.$3.out" 2>&1
     dnsperf -s 127.0.0.1 -p "$2" -d "$WORK/queries" -l "$LATENCY_SECONDS" \
-        -c "$CLIENTS" -T 1 -Q "$LATENCY_QPS" -v > "$WORK/$1.lat.$3.out" 2>&1
+        -c "$CLIENTS" -T 1 -Q "$LATENCY_QPS" -e -v > "$WORK/$1.lat.$3.out" 2>&1
 }
 summarize() { # name
     cat "$WORK/$1".lat.*.out | grep '^> ' | awk '{ print $NF * 1000 }' | sort -g > "$WORK/$1.lat"
@@ -139,29 +145,41 @@ summarize() { # name
     p99=$(sed -n "$(( (n * 99 + 99) / 100 ))p" "$WORK/$1.lat")
     qps=$(grep -h 'Queries per second:' "$WORK/$1".tput.*.out | awk '{ print $4 }' | sort -g \
         | sed -n "$(( (ROUNDS + 1) / 2 ))p")
+    # "Average packet size: request 40, response 120": the response size, per round.
     cat "$WORK/$1".tput.*.out | awk -v name="$1" -v p99="${p99:-0}" -v qps="$qps" '
         /Average Latency \(s\):/ { mean += $4 * 1000; rounds++ }
         /Queries lost:/ { lost += $3 }
-        END { printf "%s %.0f %.3f %.3f %d\n", name, qps, mean / rounds, p99, lost }'
+        /Average packet size:/ { size += $NF; sizes++ }
+        END { printf "%s %.0f %.3f %.3f %d %.0f\n", name, qps, mean / rounds, p99, lost, size / sizes }'
 }
 
+SERVERS=(letterbox nsd knot)
+declare -A PORT=([letterbox]=$LB_PORT [nsd]=$NSD_PORT [knot]=$KNOT_PORT)
 for round in $(seq "$ROUNDS"); do
-    measure letterbox "$LB_PORT" "$round"
-    measure nsd "$NSD_PORT" "$round"
-    measure knot "$KNOT_PORT" "$round"
+    # Rotate who goes first, so that no server always runs on a warmer (or busier) machine.
+    for i in 0 1 2; do
+        name=${SERVERS[$(( (i + round - 1) % 3 ))]}
+        measure "$name" "${PORT[$name]}" "$round"
+    done
 done
 for name in letterbox nsd knot; do summarize "$name"; done > "$WORK/results"
 
 printf "DNS benchmark: dnsperf, %ss per server in %s turns, %s clients, %s server threads, loopback\n" \
     "$DURATION" "$ROUNDS" "$CLIENTS" "$THREADS"
 printf "QPS and mean latency at full load; p99 at %s queries/s offered\n" "$LATENCY_QPS"
+printf "ratios are letterbox / peer: QPS above 1 is better, mean and p99 below 1 are better\n"
 awk '
-    { name[NR] = $1; qps[NR] = $2; mean[NR] = $3; p99[NR] = $4; lost[NR] = $5 }
+    { name[NR] = $1; qps[NR] = $2; mean[NR] = $3; p99[NR] = $4; lost[NR] = $5; size[NR] = $6 }
+    function ratio(a, b) { return b > 0 ? sprintf("%.2f", a / b) : "n/a" }
     END {
-        printf "%-10s %12s %14s %13s %8s %18s\n", "server", "QPS", "mean (ms)", "p99 (ms)", "lost", "letterbox/peer QPS"
+        printf "%-10s %10s %10s %10s %8s %11s %10s %10s %10s\n", "server", "QPS", "mean (ms)", \
+            "p99 (ms)", "lost", "resp bytes", "QPS ratio", "mean ratio", "p99 ratio"
         for (i = 1; i <= NR; i++) {
-            ratio = (i == 1) ? "-" : sprintf("%.2f", qps[1] / qps[i])
-            printf "%-10s %12d %14.3f %13.3f %8s %18s\n", name[i], qps[i], mean[i], p99[i], lost[i], ratio
+            q = (i == 1) ? "-" : ratio(qps[1], qps[i])
+            m = (i == 1) ? "-" : ratio(mean[1], mean[i])
+            p = (i == 1) ? "-" : ratio(p99[1], p99[i])
+            printf "%-10s %10d %10.3f %10.3f %8s %11d %10s %10s %10s\n", name[i], qps[i], mean[i], \
+                p99[i], lost[i], size[i], q, m, p
         }
     }' "$WORK/results"
 for name in letterbox nsd knot; do

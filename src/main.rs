@@ -77,8 +77,9 @@ enum Command {
     Zone {
         /// The provisioning file; the embedded default when omitted.
         file: Option<PathBuf>,
-        /// State directory: DKIM keys and the SOA serial (bumped when the zone changed).
-        /// Without it: no DKIM records, and today's date-based serial.
+        /// State directory: DKIM keys, and the SOA serial the server would serve for this
+        /// content (read only: the serial is recorded by the server, never by this
+        /// command). Without it: no DKIM records, and today's date-based serial.
         #[arg(long)]
         state: Option<PathBuf>,
         /// Print with this SOA serial instead (nothing is recorded).
@@ -221,7 +222,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 return Ok(ExitCode::FAILURE);
             };
             let zone = match state {
-                Some(state) => dns::Zone::load(&cfg, &state, serial)?,
+                Some(state) => dns::Zone::preview(&cfg, &state, serial)?,
                 None => dns::build(
                     &cfg,
                     &dns::Sources::default(),
@@ -331,12 +332,11 @@ async fn serve_dns(
             _ = term.recv() => return Ok(()),
             _ = tokio::signal::ctrl_c() => return Ok(()),
             _ = hup.recv() => match load_or_report(file.as_deref()) {
-                Ok(Some(cfg)) => match handle.reload(&cfg) {
+                Ok(Some(cfg)) => match reload_off_runtime(&handle, cfg).await {
                     Ok(serial) => eprintln!("letterbox dns: reloaded, serving serial {serial}"),
-                    Err(e) => eprintln!(
-                        "letterbox dns: reload failed, still serving the old zone: {}",
-                        letterbox::error_chain(&e)
-                    ),
+                    Err(e) => {
+                        eprintln!("letterbox dns: reload failed, still serving the old zone: {e}")
+                    }
                 },
                 Ok(None) => eprintln!("letterbox dns: invalid file, still serving the old zone"),
                 Err(e) => eprintln!(
@@ -345,6 +345,15 @@ async fn serve_dns(
                 ),
             },
         }
+    }
+}
+
+/// Reloads on the blocking pool: it reads files and fsyncs the serial.
+async fn reload_off_runtime(handle: &dns::DnsHandle, cfg: config::Config) -> Result<u32, String> {
+    let handle = handle.clone();
+    match tokio::task::spawn_blocking(move || handle.reload(&cfg)).await {
+        Ok(result) => result.map_err(|e| letterbox::error_chain(&e)),
+        Err(e) => Err(format!("the reload task failed: {e}")),
     }
 }
 

@@ -4,9 +4,11 @@
 
 mod common;
 
+use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
@@ -77,14 +79,37 @@ fn zone_passes_named_checkzone() {
         let path = dir.path().join("example.org.zone");
         std::fs::write(&path, zone_text(file.as_deref())).unwrap();
         let out = Command::new("named-checkzone")
-            .args(["-k", "fail", "-n", "fail", "example.org"])
+            // Every check that can fail, failing: names, NS, MX and SRV targets (no
+            // CNAMEs, addresses present), DNSSEC-equal records, full integrity.
+            .args([
+                "-k", "fail", "-n", "fail", "-m", "fail", "-M", "fail", "-S", "fail",
+            ])
+            .args([
+                "-r",
+                "fail",
+                "-i",
+                "full",
+                "-T",
+                "warn",
+                "-W",
+                "warn",
+                "example.org",
+            ])
             .arg(&path)
             .output()
             .unwrap();
+        let report = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(
             out.status.success(),
-            "named-checkzone rejected {file:?}:\n{}",
-            String::from_utf8_lossy(&out.stdout)
+            "named-checkzone rejected {file:?}:\n{report}"
+        );
+        assert!(
+            !report.to_lowercase().contains("warning") && !report.contains("TTL set to prior"),
+            "named-checkzone warned about {file:?}:\n{report}"
         );
     }
 }
@@ -124,61 +149,16 @@ fn zone_passes_knot_check() {
     }
 }
 
-#[test]
-fn serial_survives_restarts_and_grows_on_change() {
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let file = dir.path().join("letterbox.toml");
-    let serial = |toml: &str| -> u32 {
-        std::fs::write(&file, toml).unwrap();
-        let out = letterbox(&[
-            "zone",
-            file.to_str().unwrap(),
-            "--state",
-            state.to_str().unwrap(),
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8(out.stdout).unwrap();
-        let soa = text.lines().find(|l| l.contains(" SOA ")).unwrap();
-        soa.split_whitespace().nth(6).unwrap().parse().unwrap()
-    };
-    let first = serial(&config(0, &[]));
-    assert_eq!(serial(&config(0, &[])), first, "same content, same serial");
-    let mut changed = config(0, &[]);
-    changed.push_str(&format!(
-        "[[account]]\nname = \"frank\"\npassword_hash = \"{HASH}\"\n"
-    ));
-    let second = serial(&changed);
-    assert!(second > first);
-    assert!(
-        serial(&config(0, &[])) > second,
-        "going back is a change too"
-    );
-}
-
 // ---- the running server ----
 
-/// A free port on 127.0.0.1 for both UDP and TCP (as far as one can tell beforehand).
-fn free_port() -> u16 {
-    loop {
-        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = udp.local_addr().unwrap().port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
-/// `letterbox dns serve` on 127.0.0.1, killed on drop.
+/// `letterbox dns serve` on 127.0.0.1 (a port of its choosing), killed on drop; its
+/// stderr lines are collected for `wait_for_line`.
 struct Served {
     child: Child,
     port: u16,
     file: PathBuf,
-    _dir: tempfile::TempDir,
+    stderr: Arc<Mutex<Vec<String>>>,
+    _dir: Option<tempfile::TempDir>,
 }
 
 const BASE: &str = r#"version = 1
@@ -207,37 +187,92 @@ fn config(rate: u32, secondaries: &[String]) -> String {
 impl Served {
     fn start(toml: &str) -> Served {
         let dir = tempfile::tempdir().unwrap();
-        let state = dir.path().join("state");
-        std::fs::create_dir_all(state.join("dkim")).unwrap();
-        std::fs::copy(
-            format!("{FIXTURES}/state/dkim/letterbox.pub"),
-            state.join("dkim/letterbox.pub"),
-        )
-        .unwrap();
-        let file = dir.path().join("letterbox.toml");
+        let mut served = Served::start_in(dir.path(), toml);
+        served._dir = Some(dir);
+        served
+    }
+
+    /// Serves `toml` with `dir/state` as the state directory (made with the fixture's
+    /// DKIM key when missing), so that a second server can reuse the state.
+    fn start_in(dir: &std::path::Path, toml: &str) -> Served {
+        let state = dir.join("state");
+        if !state.exists() {
+            std::fs::create_dir_all(state.join("dkim")).unwrap();
+            std::fs::copy(
+                format!("{FIXTURES}/state/dkim/letterbox.pub"),
+                state.join("dkim/letterbox.pub"),
+            )
+            .unwrap();
+        }
+        let file = dir.join("letterbox.toml");
         std::fs::write(&file, toml).unwrap();
-        let port = free_port();
-        let child = Command::new(common::letterbox_bin())
+        // Port 0: the server binds a free port itself and logs it, so no other test can
+        // take the port between our choosing it and the server binding it.
+        let mut child = Command::new(common::letterbox_bin())
             .args(["dns", "serve"])
             .arg(&file)
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--threads", "2"])
+            .args(["--listen", "127.0.0.1:0", "--threads", "2"])
             .arg("--state")
             .arg(&state)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let served = Served {
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        {
+            let lines = stderr.clone();
+            let pipe = BufReader::new(child.stderr.take().unwrap());
+            std::thread::spawn(move || {
+                for line in pipe.lines().map_while(Result::ok) {
+                    eprintln!("server: {line}");
+                    lines.lock().unwrap().push(line);
+                }
+            });
+        }
+        let mut served = Served {
             child,
-            port,
+            port: 0,
             file,
-            _dir: dir,
+            stderr,
+            _dir: None,
         };
+        let line = served.wait_for_line("serving example.org on ");
+        let addr: SocketAddr = line
+            .split(" on ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        served.port = addr.port();
         let deadline = Instant::now() + Duration::from_secs(10);
         while served.query("example.org.", RecordType::SOA).is_none() {
+            assert!(served.alive(), "the server exited");
             assert!(Instant::now() < deadline, "server did not start answering");
         }
         served
+    }
+
+    /// The first stderr line containing `needle` (waiting up to 10 s for it); the
+    /// server must stay alive meanwhile.
+    fn wait_for_line(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(line) = self
+                .stderr
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+            {
+                return line.clone();
+            }
+            assert!(self.alive(), "the server exited before logging {needle:?}");
+            assert!(
+                Instant::now() < deadline,
+                "the server never logged {needle:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     fn addr(&self) -> SocketAddr {
@@ -327,10 +362,19 @@ fn dig_gets_every_derived_record_over_udp_and_tcp() {
         assert_eq!(short("example.org", "MX"), "10 mail.example.org.\n");
         assert_eq!(short("alice.example.org", "MX"), "10 mail.example.org.\n");
         assert_eq!(short("ns1.example.org", "MX"), "0 .\n");
-        assert_eq!(short("mail.example.org", "A"), "192.0.2.10\n");
-        assert_eq!(short("mail.example.org", "AAAA"), "2001:db8::10\n");
+        for name in ["example.org", "mail.example.org", "ns1.example.org"] {
+            assert_eq!(short(name, "A"), "192.0.2.10\n", "{name} A");
+            assert_eq!(short(name, "AAAA"), "2001:db8::10\n", "{name} AAAA");
+        }
         assert_eq!(short("example.org", "TXT"), "\"v=spf1 mx -all\"\n");
+        assert_eq!(short("mail.example.org", "TXT"), "\"v=spf1 a -all\"\n");
+        assert_eq!(short("alice.example.org", "TXT"), "\"v=spf1 mx -all\"\n");
         assert_eq!(short("ns1.example.org", "TXT"), "\"v=spf1 -all\"\n");
+        let dkim = short("letterbox._domainkey.example.org", "TXT");
+        assert!(
+            dkim.starts_with("\"v=DKIM1; k=rsa; p=MII"),
+            "DKIM over {transport}: {dkim}"
+        );
         assert_eq!(
             short("_dmarc.example.org", "TXT"),
             "\"v=DMARC1; p=reject; adkim=s; aspf=s\"\n"
@@ -489,7 +533,7 @@ fn notify_reaches_a_secondary_on_start_and_on_change() {
     let at = secondary.local_addr().unwrap().to_string();
     let s = Served::start(&config(0, std::slice::from_ref(&at)));
 
-    let receive_and_ack = || -> (u32, SocketAddr) {
+    let receive_and_answer = |rcode: ResponseCode| -> (u32, SocketAddr) {
         let mut buf = [0u8; 4096];
         let (n, from) = secondary.recv_from(&mut buf).expect("a NOTIFY arrives");
         let m = Message::from_vec(&buf[..n]).expect("NOTIFY parses");
@@ -504,19 +548,31 @@ fn notify_reaches_a_secondary_on_start_and_on_change() {
         };
         let mut ack = Message::response(m.metadata.id, OpCode::Notify);
         ack.metadata.authoritative = true;
+        ack.metadata.response_code = rcode;
         ack.add_queries(m.queries.iter().cloned());
         secondary.send_to(&ack.to_vec().unwrap(), from).unwrap();
         (serial, from)
     };
-    let (first, _) = receive_and_ack();
+    let receive_and_ack = || receive_and_answer(ResponseCode::NoError);
+    // REFUSED is no acknowledgement: the NOTIFY comes again.
+    let (first, _) = receive_and_answer(ResponseCode::Refused);
     assert_eq!(first, s.serial());
+    let (again, _) = receive_and_ack();
+    assert_eq!(again, first, "NOTIFY retried after REFUSED");
 
     let mut changed = config(0, std::slice::from_ref(&at));
     changed.push_str(&format!(
         "[[account]]\nname = \"dave\"\npassword_hash = \"{HASH}\"\n"
     ));
     s.reload(&changed);
-    let (second, _) = receive_and_ack();
+    // A retransmission of the start-up NOTIFY may still arrive: acknowledge everything
+    // until the new serial comes.
+    let second = loop {
+        let (serial, _) = receive_and_ack();
+        if serial != first {
+            break serial;
+        }
+    };
     assert!(second > first, "NOTIFY carries the new serial");
     // Acknowledged: no retransmission follows.
     secondary
@@ -721,11 +777,10 @@ fn malformed_packets_do_not_stop_the_server() {
 
 #[test]
 fn an_invalid_file_on_reload_keeps_the_old_zone() {
-    let s = Served::start(&config(0, &[]));
+    let mut s = Served::start(&config(0, &[]));
     let before = s.serial();
     s.reload("version = 1\n[system]\nhostname = \"-bad-\"\n");
-    // Give the server time to read the file and reject it.
-    std::thread::sleep(Duration::from_millis(500));
+    s.wait_for_line("invalid file, still serving the old zone");
     let mx = s
         .query("alice.example.org.", RecordType::MX)
         .expect("still answering");
@@ -745,6 +800,245 @@ fn an_invalid_file_on_reload_keeps_the_old_zone() {
         .is_empty()
     {
         assert!(Instant::now() < deadline, "the good file was not taken");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn serial_survives_restarts_and_grows_on_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let serial_file = dir.path().join("state/dns/serial");
+    let serve = |toml: &str| -> u32 { Served::start_in(dir.path(), toml).serial() };
+    let first = serve(&config(0, &[]));
+    assert_eq!(serve(&config(0, &[])), first, "same content, same serial");
+    let mut changed = config(0, &[]);
+    changed.push_str(&format!(
+        "[[account]]\nname = \"frank\"\npassword_hash = \"{HASH}\"\n"
+    ));
+
+    // `letterbox zone --state` shows the serial the server would serve, recording nothing.
+    let recorded = std::fs::read(&serial_file).unwrap();
+    let file = dir.path().join("preview.toml");
+    std::fs::write(&file, &changed).unwrap();
+    let state = dir.path().join("state");
+    let out = letterbox(&[
+        "zone",
+        file.to_str().unwrap(),
+        "--state",
+        state.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let soa = text.lines().find(|l| l.contains(" SOA ")).unwrap();
+    let previewed: u32 = soa.split_whitespace().nth(6).unwrap().parse().unwrap();
+    assert_eq!(
+        std::fs::read(&serial_file).unwrap(),
+        recorded,
+        "zone wrote the serial"
+    );
+
+    let second = serve(&changed);
+    assert!(second > first);
+    assert_eq!(
+        previewed, second,
+        "the preview matched what the server serves"
+    );
+    assert!(
+        serve(&config(0, &[])) > second,
+        "going back is a change too"
+    );
+}
+
+/// One raw UDP exchange: the response, or None after a second.
+fn exchange(s: &Served, bytes: &[u8]) -> Option<Message> {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    socket.send_to(bytes, s.addr()).unwrap();
+    let mut buf = [0u8; 4096];
+    let (n, _) = socket.recv_from(&mut buf).ok()?;
+    Some(Message::from_vec(&buf[..n]).expect("the response parses"))
+}
+
+#[test]
+fn wire_edge_cases() {
+    if !need_dig("wire_edge_cases") {
+        return;
+    }
+    let s = Served::start(&config(0, &[]));
+    // EDNS version 1: BADVERS, with our OPT (version 0).
+    let badvers = s.dig(&["+edns=1", "+noednsnegotiation", "example.org", "SOA"]);
+    assert!(badvers.contains("status: BADVERS"), "{badvers}");
+    assert!(badvers.contains("; EDNS: version: 0"), "{badvers}");
+    // EDNS echoed with our payload size; the DO bit copied.
+    let opt = s.dig(&["+dnssec", "example.org", "SOA"]);
+    assert!(
+        opt.contains("; EDNS: version: 0, flags: do; udp: 1232"),
+        "{opt}"
+    );
+    // CD echoed.
+    let cd = s.dig(&["+cdflag", "example.org", "SOA"]);
+    assert!(cd.contains("flags: qr aa cd;"), "{cd}");
+    // A small payload: the DKIM record does not fit, TC.
+    let tc = s.dig(&[
+        "+bufsize=512",
+        "+ignore",
+        "letterbox._domainkey.example.org",
+        "TXT",
+    ]);
+    assert!(tc.contains("flags: qr aa tc;"), "{tc}");
+    // Class CH: not ours.
+    let chaos = s.dig(&["-c", "CH", "version.bind", "TXT"]);
+    assert!(chaos.contains("status: REFUSED"), "{chaos}");
+    // ANY over TCP: the same minimal answer as over UDP (RFC 8482).
+    let any = s.dig(&["+tcp", "example.org", "ANY"]);
+    assert!(any.contains("HINFO\t\"RFC8482\""), "{any}");
+
+    // QDCOUNT 0 and 2: FORMERR.
+    let mut none = Message::query();
+    none.metadata.id = 11;
+    let mut two = Message::query();
+    two.metadata.id = 12;
+    for name in ["example.org.", "mail.example.org."] {
+        two.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+    }
+    for m in [none, two] {
+        let r = exchange(&s, &m.to_vec().unwrap()).expect("an answer");
+        assert_eq!(r.metadata.id, m.metadata.id);
+        assert_eq!(r.metadata.response_code, ResponseCode::FormErr);
+    }
+    // QTYPE OPT: FORMERR, not silence.
+    let mut q = Message::query();
+    q.add_query(Query::query(
+        Name::from_ascii("example.org.").unwrap(),
+        RecordType::OPT,
+    ));
+    let r = exchange(&s, &q.to_vec().unwrap()).expect("an answer to QTYPE OPT");
+    assert_eq!(r.metadata.response_code, ResponseCode::FormErr);
+    // AXFR over UDP: refused, even for the loopback.
+    let mut q = Message::query();
+    q.add_query(Query::query(
+        Name::from_ascii("example.org.").unwrap(),
+        RecordType::AXFR,
+    ));
+    let r = exchange(&s, &q.to_vec().unwrap()).expect("an answer to AXFR over UDP");
+    assert_eq!(r.metadata.response_code, ResponseCode::Refused);
+    assert!(r.answers.is_empty());
+}
+
+#[test]
+fn kdig_over_udp_and_tcp_and_axfr() {
+    if !have("kdig") {
+        return common::skip("kdig_over_udp_and_tcp_and_axfr", "kdig not installed");
+    }
+    let s = Served::start(&config(0, &["127.0.0.4".to_string()]));
+    let kdig = |args: &[&str]| {
+        let out = Command::new("kdig")
+            .args([
+                "@127.0.0.1",
+                "-p",
+                &s.port.to_string(),
+                "+time=2",
+                "+retry=0",
+                "+norec",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        // kdig reports a failed transfer on stderr.
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    for transport in ["+notcp", "+tcp"] {
+        let short = |name: &str, t: &str| kdig(&[transport, "+short", name, t]);
+        assert!(
+            short("example.org", "SOA").starts_with("ns1.example.org. hostmaster.example.org. "),
+            "{transport}"
+        );
+        assert_eq!(short("example.org", "MX"), "10 mail.example.org.\n");
+        assert_eq!(short("alice.example.org", "TXT"), "\"v=spf1 mx -all\"\n");
+        let full = kdig(&[transport, "example.org", "MX"]);
+        assert!(full.contains("NOERROR"), "{full}");
+        assert!(full.contains(" aa"), "authoritative: {full}");
+    }
+    let allowed = kdig(&["-b", "127.0.0.4", "example.org", "AXFR"]);
+    assert_eq!(allowed.matches("\tSOA\t").count(), 2, "{allowed}");
+    // kdig pads the owner column: compare with whitespace collapsed.
+    let lines: Vec<String> = allowed
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l == "alice.example.org. 3600 IN MX 10 mail.example.org."),
+        "{allowed}"
+    );
+    let refused = kdig(&["-b", "127.0.0.1", "example.org", "AXFR"]);
+    assert!(!refused.contains("\tMX\t"), "{refused}");
+    assert!(refused.contains("REFUSED"), "{refused}");
+}
+
+#[test]
+fn tcp_connections_are_capped_per_source() {
+    if !need_dig("tcp_connections_are_capped_per_source") {
+        return;
+    }
+    use std::io::{Read, Write};
+    let s = Served::start(&config(0, &[]));
+    let mut q = Message::query();
+    q.add_query(Query::query(
+        Name::from_ascii("example.org.").unwrap(),
+        RecordType::SOA,
+    ));
+    let query = q.to_vec().unwrap();
+    let frame = [&(query.len() as u16).to_be_bytes()[..], &query].concat();
+    // Answers one query on `tcp`: Some(response length), None when closed or silent.
+    let ask = |tcp: &mut std::net::TcpStream| -> Option<usize> {
+        tcp.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        tcp.write_all(&frame).ok()?;
+        let mut len = [0u8; 2];
+        tcp.read_exact(&mut len).ok()?;
+        let mut body = vec![0u8; u16::from_be_bytes(len).into()];
+        tcp.read_exact(&mut body).ok()?;
+        Some(body.len())
+    };
+    // 16 connections from 127.0.0.1, each in use (answered), held open.
+    let mut held = Vec::new();
+    for i in 0..16 {
+        let mut tcp = std::net::TcpStream::connect(s.addr()).unwrap();
+        assert!(ask(&mut tcp).is_some(), "connection {i} is answered");
+        held.push(tcp);
+    }
+    let mut extra = std::net::TcpStream::connect(s.addr()).unwrap();
+    assert_eq!(
+        ask(&mut extra),
+        None,
+        "a 17th connection from one source is closed"
+    );
+    // Another source is still served over TCP.
+    let other = s.dig(&["+tcp", "-b", "127.0.0.5", "+short", "example.org", "MX"]);
+    assert_eq!(other, "10 mail.example.org.\n");
+    // Closing one frees its place.
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut again = std::net::TcpStream::connect(s.addr()).unwrap();
+        if ask(&mut again).is_some() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the freed place was not given back"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }

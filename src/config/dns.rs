@@ -2,10 +2,10 @@
 //! `[[account]]` (one mail subdomain each), checked for meaning and for conflicts with
 //! the records the appliance derives itself.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use hickory_proto::rr::rdata::{CNAME, MX, SRV, TXT};
+use hickory_proto::rr::rdata::{CNAME, MX, NS, SRV, TXT};
 use hickory_proto::rr::{Name, RData, RecordType};
 use serde::Deserialize;
 use toml::Spanned;
@@ -97,6 +97,18 @@ pub(super) struct RawAccount {
 }
 
 pub(super) fn validate_dns(raw: Option<RawDns>, system: &System, c: &mut Collector) -> Dns {
+    if system.hostname == NAMESERVER_LABEL {
+        // [system] is validated on its own, so the hostname's position is not at hand here.
+        c.error(
+            0..0,
+            format!(
+                "[system] hostname = \"{NAMESERVER_LABEL}\" is the name letterbox gives its \
+                 nameserver (ns1.{0}), which publishes no mail; expected another hostname, \
+                 such as \"mail\"",
+                system.domain
+            ),
+        );
+    }
     let Some(raw) = raw else {
         return Dns::default();
     };
@@ -113,11 +125,25 @@ pub(super) fn validate_dns(raw: Option<RawDns>, system: &System, c: &mut Collect
             .listen
             .iter()
             .filter_map(|s| {
-                parse_or_report(
-                    s,
-                    c,
-                    "an address with port such as \"192.0.2.10:53\" or \"[2001:db8::10]:53\"",
-                )
+                let expected =
+                    "an address with port such as \"192.0.2.10:53\" or \"[2001:db8::10]:53\"";
+                let addr: SocketAddr = parse_or_report(s, c, expected)?;
+                // A wildcard socket sees IPv4 clients as ::ffff:a.b.c.d and answers from
+                // whichever address routing picks: rate limiting, the AXFR list and the
+                // reply's source address all need the real one.
+                if addr.ip().is_unspecified() {
+                    c.error(
+                        s.span(),
+                        format!(
+                            "wildcard address {:?}; expected a specific address with port \
+                             such as \"192.0.2.10:53\" (leave `listen` out to serve on every \
+                             interface address)",
+                            s.get_ref()
+                        ),
+                    );
+                    return None;
+                }
+                Some(addr)
             })
             .collect(),
         secondaries: raw
@@ -158,42 +184,64 @@ fn parse_or_report<T: std::str::FromStr>(
     parsed
 }
 
-/// What the appliance itself publishes at a name, for conflict checks.
-#[derive(Default)]
-struct Derived {
-    has_data: bool,
-    has_spf: bool,
+/// TTL of every record letterbox derives, and of extra records without their own.
+pub const DERIVED_TTL: u32 = 3600;
+const DMARC: &str = "v=DMARC1; p=reject; adkim=s; aspf=s";
+/// SPF of names that receive mail (the domain and accounts), of the mail host (its HELO
+/// identity sends), and of names that send no mail at all.
+pub const SPF_MAIL: &str = "v=spf1 mx -all";
+const SPF_HOST: &str = "v=spf1 a -all";
+pub const SPF_NONE: &str = "v=spf1 -all";
+
+/// One entry of what letterbox itself publishes at a name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Derived {
+    /// The appliance's public A and AAAA records.
+    Addresses,
+    Data(RData),
+    /// `<selector>._domainkey` TXT for each DKIM key in the state directory; the name is
+    /// the `_domainkey` parent.
+    DkimKeys,
 }
 
-fn derived_names(system: &System) -> BTreeMap<String, Derived> {
-    let all = Derived {
-        has_data: true,
-        has_spf: true,
-    };
-    let mut m = BTreeMap::new();
-    m.insert("@".to_string(), all);
-    m.insert(
-        system.hostname.clone(),
-        Derived {
-            has_data: true,
-            has_spf: true,
-        },
-    );
-    m.insert(
-        NAMESERVER_LABEL.to_string(),
-        Derived {
-            has_data: true,
-            has_spf: true,
-        },
-    );
-    m.insert(
-        "_dmarc".to_string(),
-        Derived {
-            has_data: true,
-            ..Derived::default()
-        },
-    );
-    m
+/// Everything letterbox publishes from `[system]`, in publication order (accounts come
+/// after it). The one table: `zone::build` publishes it and validation checks
+/// `[[dns.record]]` against it.
+pub fn derived_records(system: &System) -> Result<Vec<(Name, Derived)>, hickory_proto::ProtoError> {
+    let origin = Name::from_ascii(format!("{}.", system.domain))?;
+    let at = |label: &str| Name::from_ascii(label)?.append_domain(&origin);
+    let host = at(&system.hostname)?;
+    let ns1 = at(NAMESERVER_LABEL)?;
+    let txt = |s: &str| Derived::Data(RData::TXT(txt_split(s)));
+    let mx = |pref: u16, to: &Name| Derived::Data(RData::MX(MX::new(pref, to.clone())));
+    Ok(vec![
+        (origin.clone(), Derived::Data(RData::NS(NS(ns1.clone())))),
+        (origin.clone(), Derived::Addresses),
+        (origin.clone(), mx(10, &host)),
+        (origin.clone(), txt(SPF_MAIL)),
+        (at("_dmarc")?, txt(DMARC)),
+        (at("_domainkey")?, Derived::DkimKeys),
+        // The mail host sends (HELO identity) but receives only for the domain and accounts.
+        (host.clone(), Derived::Addresses),
+        (host, txt(SPF_HOST)),
+        (ns1.clone(), Derived::Addresses),
+        (ns1.clone(), mx(0, &Name::root())),
+        (ns1, txt(SPF_NONE)),
+    ])
+}
+
+fn starts_with(rdata: &RData, prefix: &str) -> bool {
+    match rdata {
+        RData::TXT(txt) => txt.txt_data.first().is_some_and(|s| {
+            s.len() >= prefix.len() && s[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+        }),
+        _ => false,
+    }
+}
+
+/// Whether `rdata` is an SPF record (a TXT starting `v=spf1`).
+pub fn is_spf(rdata: &RData) -> bool {
+    starts_with(rdata, "v=spf1")
 }
 
 fn validate_records(
@@ -202,12 +250,41 @@ fn validate_records(
     origin: &Name,
     c: &mut Collector,
 ) -> Vec<ExtraRecord> {
-    let derived = derived_names(system);
+    let Ok(derived) = derived_records(system) else {
+        return Vec::new(); // An invalid hostname or domain was reported with [system].
+    };
+    let mut derived_at: HashSet<Name> = HashSet::new();
+    let mut addresses_at: HashSet<Name> = HashSet::new();
+    let mut dkim_parent = None;
+    // Every record seen so far, derived ones included, so that copies are caught.
+    let mut seen: HashSet<(Name, RData)> = HashSet::new();
+    // The TTL of each RRset so far: all records of one name and type share it.
+    let mut rrset_ttl: HashMap<(Name, RecordType), u32> = HashMap::new();
+    for (name, d) in &derived {
+        derived_at.insert(name.clone());
+        match d {
+            Derived::Addresses => {
+                addresses_at.insert(name.clone());
+                for t in [RecordType::A, RecordType::AAAA] {
+                    rrset_ttl.insert((name.clone(), t), DERIVED_TTL);
+                }
+            }
+            Derived::Data(rdata) => {
+                seen.insert((name.clone(), rdata.clone()));
+                rrset_ttl.insert((name.clone(), rdata.record_type()), DERIVED_TTL);
+            }
+            Derived::DkimKeys => dkim_parent = Some(name.clone()),
+        }
+    }
+    let derived_has = |name: &Name, is: &dyn Fn(&RData) -> bool| {
+        derived
+            .iter()
+            .any(|(n, d)| n == name && matches!(d, Derived::Data(r) if is(r)))
+    };
     // Names seen so far with a CNAME, and with other data, for the CNAME checks.
     let mut cname_at: HashSet<Name> = HashSet::new();
     let mut data_at: HashSet<Name> = HashSet::new();
     let mut spf_at: HashSet<Name> = HashSet::new();
-    let mut seen: HashSet<(Name, RData)> = HashSet::new();
     let mut out = Vec::new();
 
     for r in raw {
@@ -217,12 +294,21 @@ fn validate_records(
         let Some(rdata) = record_value(&r.rtype, &r.value, origin, c) else {
             continue;
         };
-        let relative = relative_label(&name, origin);
-        let here = derived.get(&relative);
-        let is_dkim_name = relative.ends_with("._domainkey") || relative == "_domainkey";
+        let is_derived = derived_at.contains(&name);
+        if let Some(parent) = dkim_parent.as_ref().filter(|p| p.zone_of(&name)) {
+            c.error(
+                r.name.span(),
+                format!(
+                    "a record under {parent}, where letterbox publishes the DKIM keys of \
+                     STATE/dkim/<selector>.pub; expected records at other names (add a key \
+                     file instead)"
+                ),
+            );
+            continue;
+        }
         match &rdata {
             RData::CNAME(_) => {
-                if here.is_some_and(|d| d.has_data) || is_dkim_name {
+                if is_derived {
                     c.error(
                         r.rtype.span(),
                         format!(
@@ -265,39 +351,75 @@ fn validate_records(
                 data_at.insert(name.clone());
             }
         }
-        if let RData::MX(_) = &rdata {
-            if relative == NAMESERVER_LABEL {
-                c.error(
-                    r.rtype.span(),
-                    format!(
-                        "an MX at {name}, which letterbox publishes as sending and receiving no \
-                         mail (null MX); expected MX records at other names"
-                    ),
-                );
-                continue;
-            }
+        if matches!(rdata, RData::A(_) | RData::AAAA(_)) && addresses_at.contains(&name) {
+            c.error(
+                r.rtype.span(),
+                format!(
+                    "an address record at {name}, where letterbox publishes the appliance's \
+                     addresses (public_ipv4/public_ipv6 or the interface addresses); expected \
+                     address records at other names"
+                ),
+            );
+            continue;
         }
-        if let RData::TXT(txt) = &rdata {
-            let is_spf = txt
-                .txt_data
-                .first()
-                .is_some_and(|s| s.to_ascii_lowercase().starts_with(b"v=spf1"));
-            if is_spf && (here.is_some_and(|d| d.has_spf) || !spf_at.insert(name.clone())) {
-                c.error(
-                    r.value.span(),
-                    format!(
-                        "a second SPF record at {name}; expected one `v=spf1` TXT per name \
-                         (letterbox publishes one at the domain, the host and every account)"
-                    ),
-                );
-                continue;
-            }
+        let null_mx = |d: &RData| matches!(d, RData::MX(mx) if mx.exchange.is_root());
+        if matches!(rdata, RData::MX(_)) && derived_has(&name, &null_mx) {
+            c.error(
+                r.rtype.span(),
+                format!(
+                    "an MX at {name}, which letterbox publishes as sending and receiving no \
+                     mail (null MX); expected MX records at other names"
+                ),
+            );
+            continue;
+        }
+        if is_spf(&rdata) && (derived_has(&name, &is_spf) || !spf_at.insert(name.clone())) {
+            c.error(
+                r.value.span(),
+                format!(
+                    "a second SPF record at {name}; expected one `v=spf1` TXT per name \
+                     (letterbox publishes one at the domain, the host and every account)"
+                ),
+            );
+            continue;
+        }
+        let is_dmarc = |d: &RData| starts_with(d, "v=DMARC1");
+        if is_dmarc(&rdata) && derived_has(&name, &is_dmarc) {
+            c.error(
+                r.value.span(),
+                format!(
+                    "a second DMARC record at {name}; expected none there (letterbox \
+                     publishes \"{DMARC}\")"
+                ),
+            );
+            continue;
         }
         if !seen.insert((name.clone(), rdata.clone())) {
+            let by = if is_derived {
+                " (letterbox publishes it)"
+            } else {
+                ""
+            };
             c.error(
                 r.name.span(),
                 format!(
-                    "duplicate {} record at {name}; expected each record once",
+                    "duplicate {} record at {name}{by}; expected each record once",
+                    rdata.record_type()
+                ),
+            );
+            continue;
+        }
+        let ttl = r.ttl.as_ref().map_or(DERIVED_TTL, |t| *t.get_ref());
+        let set_ttl = *rrset_ttl
+            .entry((name.clone(), rdata.record_type()))
+            .or_insert(ttl);
+        if set_ttl != ttl {
+            let span = r.ttl.as_ref().map_or(r.name.span(), |t| t.span());
+            c.error(
+                span,
+                format!(
+                    "TTL {ttl} for a {} record at {name}; expected TTL {set_ttl} like the rest \
+                     of the set (all records of one name and type share one TTL)",
                     rdata.record_type()
                 ),
             );
@@ -736,6 +858,107 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("hunter2\" ("));
+    }
+
+    fn record_ttl(name: &str, rtype: &str, value: &str, ttl: u32) -> String {
+        format!("{}ttl = {ttl}\n", record(name, rtype, value))
+    }
+
+    #[test]
+    fn wildcard_listen_addresses() {
+        for wildcard in ["[::]:53", "0.0.0.0:53"] {
+            let text = file(&format!("[dns]\nlisten = [\"{wildcard}\"]\n"));
+            assert_error(
+                &text,
+                "listen",
+                &format!("\"{wildcard}"),
+                "wildcard address",
+            );
+            assert!(parse("t.toml", &text)
+                .unwrap_err()
+                .to_string()
+                .contains("expected a specific address"));
+        }
+        let text = file("[dns]\nlisten = [\"127.0.0.1:5353\", \"[::1]:5353\"]\n");
+        assert_eq!(parse("t.toml", &text).unwrap().dns.listen.len(), 2);
+    }
+
+    #[test]
+    fn mixed_ttls_in_one_rrset() {
+        // Joining a derived set (the domain's MX) with another TTL.
+        let text = file(&format!(
+            "[dns]\n{}",
+            record_ttl("@", "MX", "20 backup.example.net.", 600)
+        ));
+        assert_error(
+            &text,
+            "ttl =",
+            "600",
+            "expected TTL 3600 like the rest of the set",
+        );
+        // Two extra records of one set with different TTLs; the second has the default.
+        let text = file(&format!(
+            "[dns]\n{}{}",
+            record_ttl("files", "A", "192.0.2.20", 60),
+            record("files", "A", "192.0.2.21")
+        ));
+        assert_error(
+            &text,
+            "ttl = 60",
+            "\"files\"",
+            "expected TTL 60 like the rest of the set",
+        );
+        // One TTL for the whole set is fine, and so is the derived TTL spelled out.
+        let text = file(&format!(
+            "[dns]\n{}{}{}",
+            record_ttl("files", "A", "192.0.2.20", 60),
+            record_ttl("files", "A", "192.0.2.21", 60),
+            record_ttl("@", "MX", "20 backup.example.net.", 3600),
+        ));
+        assert_eq!(parse("t.toml", &text).unwrap().dns.records.len(), 3);
+    }
+
+    #[test]
+    fn records_that_repeat_what_letterbox_publishes() {
+        let text = file(&format!("[dns]\n{}", record("@", "MX", "10 mail")));
+        assert_error(
+            &text,
+            "[[dns.record]]",
+            "\"@\"",
+            "duplicate MX record at example.org. (letterbox publishes it)",
+        );
+        let text = file(&format!(
+            "[dns]\n{}",
+            record("_dmarc", "TXT", "v=DMARC1; p=none")
+        ));
+        assert_error(&text, "value =", "'v=DMARC1", "second DMARC record");
+        let text = file(&format!(
+            "[dns]\n{}",
+            record("sel._domainkey", "TXT", "v=DKIM1; p=AAAA")
+        ));
+        assert_error(&text, "[[dns.record]]", "\"sel._domainkey\"", "DKIM keys");
+        let text = file(&format!("[dns]\n{}", record("mail", "A", "192.0.2.99")));
+        assert_error(&text, "type =", "\"A\"", "appliance's addresses");
+        // A non-DMARC TXT at _dmarc and a second MX at the domain are fine.
+        let text = file(&format!(
+            "[dns]\n{}{}",
+            record("_dmarc", "TXT", "hello"),
+            record("@", "MX", "20 backup.example.net.")
+        ));
+        assert_eq!(parse("t.toml", &text).unwrap().dns.records.len(), 2);
+    }
+
+    #[test]
+    fn hostname_ns1_is_the_nameserver() {
+        let text = file("").replace("hostname = \"mail\"", "hostname = \"ns1\"");
+        let errs = parse("t.toml", &text).expect_err("ns1 as hostname").0;
+        assert_eq!(errs.len(), 1, "{errs:#?}");
+        assert!(
+            errs[0].message.contains("hostname = \"ns1\""),
+            "{}",
+            errs[0].message
+        );
+        assert!(errs[0].message.contains("expected another hostname"));
     }
 
     #[test]

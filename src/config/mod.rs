@@ -18,7 +18,10 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 pub use diagnostic::{Diagnostic, Diagnostics};
-pub use dns::{txt_split, Account, Dns, ExtraRecord, DEFAULT_RATE_LIMIT, NAMESERVER_LABEL};
+pub use dns::{
+    derived_records, is_spf, txt_split, Account, Derived, Dns, ExtraRecord, DEFAULT_RATE_LIMIT,
+    DERIVED_TTL, NAMESERVER_LABEL, SPF_MAIL, SPF_NONE,
+};
 pub use network::Interface;
 pub use system::{check_password_hash, Console, System};
 

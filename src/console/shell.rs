@@ -218,7 +218,7 @@ fn dns(agent: Arc<Agent>, args: Vec<String>) -> BoxFuture<'static, Reply> {
                 Some(serial) => format!("DNS serving serial {serial}\n"),
                 None => "DNS is not running (see `status` and `logs`)\n".into(),
             },
-            Some("reload") => match agent.reload_dns() {
+            Some("reload") => match agent.reload_dns().await {
                 Ok(done) => format!("{done}\n"),
                 Err(e) => format!("error: {e}\n"),
             },

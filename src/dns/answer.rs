@@ -61,9 +61,24 @@ pub struct Answers {
 
 #[derive(Default)]
 struct NameAnswers {
-    /// (qtype, complete response message) for each type present at the name.
-    by_type: Vec<(u16, Box<[u8]>)>,
-    cname: Option<Box<[u8]>>,
+    /// For each type present at the name (and, at an in-zone CNAME, each type present
+    /// at its target): the complete response message, with the CNAME answering any
+    /// other type.
+    by_type: Vec<(u16, Precomputed)>,
+}
+
+/// A positive response, and where its additional section starts, so that a response
+/// too large for UDP can drop it first (RFC 2181 section 9).
+struct Precomputed {
+    message: Box<[u8]>,
+    answer_end: usize,
+}
+
+impl NameAnswers {
+    fn find(&self, qtype: u16) -> Option<&Precomputed> {
+        let of = |t: u16| self.by_type.iter().find(|(x, _)| *x == t).map(|(_, m)| m);
+        of(qtype).or_else(|| of(u16::from(RecordType::CNAME)))
+    }
 }
 
 impl Answers {
@@ -80,12 +95,22 @@ impl Answers {
         let mut names: HashMap<Box<[u8]>, NameAnswers> = HashMap::new();
         for ((name, rtype), rrset) in &rrsets {
             let additional = additional_for(rrset, &rrsets);
-            let message = positive(name, *rtype, rrset, &additional)?;
+            let message = positive(name, *rtype, rrset, &[], &additional)?;
             let entry = names.entry(wire(name)?.into()).or_default();
-            if *rtype == RecordType::CNAME {
-                entry.cname = Some(message.clone().into());
+            entry.by_type.push((u16::from(*rtype), message));
+            // An in-zone CNAME target's data comes along, one level deep, so that the
+            // client needs no second query.
+            if let Some(RData::CNAME(target)) = rrset.first().map(|r| &r.data) {
+                let target = target.0.to_lowercase();
+                for ((_, t), set) in rrsets.iter().filter(|((n, _), _)| *n == target) {
+                    if *t == RecordType::CNAME {
+                        continue; // a chain: the client follows it
+                    }
+                    let additional = additional_for(set, &rrsets);
+                    let message = positive(name, *t, rrset, set, &additional)?;
+                    entry.by_type.push((u16::from(*t), message));
+                }
             }
-            entry.by_type.push((u16::from(*rtype), message.into()));
             // Every ancestor inside the zone exists, with or without data of its own.
             let mut parent = name.base_name();
             while origin.zone_of(&parent) && parent != origin {
@@ -130,8 +155,10 @@ impl Answers {
         out.clear();
         match parse_common(query) {
             Some(q) => {
-                header_only(query, &q, 0, true, out);
+                let authoritative = in_zone(&q.lower[..q.qname_len], &self.origin_wire);
+                header_only(query, &q, 0, authoritative, out);
                 out[2] |= 0x02;
+                append_opt(&q, out);
                 Reply::Send
             }
             None => Reply::Drop,
@@ -142,8 +169,9 @@ impl Answers {
         let qname = &q.lower[..q.qname_len];
         if !in_zone(qname, &self.origin_wire) {
             header_only(query, q, RCODE_REFUSED, false, out);
-            return finish(q, transport, out, query);
+            return finish(q, transport, None, out, query);
         }
+        let mut answer_end = None;
         match self.names.get(qname) {
             Some(_) if q.qtype == TYPE_ANY => {
                 // RFC 8482: a minimal answer instead of everything at the name.
@@ -157,15 +185,10 @@ impl Answers {
                 out.push(0);
             }
             Some(entry) => {
-                let found = entry
-                    .by_type
-                    .iter()
-                    .find(|(t, _)| *t == q.qtype)
-                    .map(|(_, m)| m)
-                    .or(entry.cname.as_ref());
-                match found {
-                    Some(message) => {
-                        out.extend_from_slice(message);
+                match entry.find(q.qtype) {
+                    Some(found) => {
+                        out.extend_from_slice(&found.message);
+                        answer_end = Some(found.answer_end);
                         // The client's ID, RD and CD; its question, with its letter case.
                         out[0..2].copy_from_slice(&query[0..2]);
                         out[2] |= query[2] & 0x01;
@@ -177,7 +200,7 @@ impl Answers {
             }
             None => self.negative(query, q, RCODE_NXDOMAIN, out),
         }
-        finish(q, transport, out, query)
+        finish(q, transport, answer_end, out, query)
     }
 
     /// NODATA (rcode 0) or NXDOMAIN, with the zone's SOA in the authority section.
@@ -212,9 +235,10 @@ impl Answers {
         };
         let mut response = Message::response(request.metadata.id, request.metadata.op_code);
         response.metadata.recursion_desired = request.metadata.recursion_desired;
+        response.metadata.checking_disabled = request.metadata.checking_disabled;
         response.add_queries(request.queries.iter().cloned());
         if let Some(edns) = &request.edns {
-            response.set_edns(our_edns());
+            response.set_edns(our_edns(edns.flags().dnssec_ok));
             if edns.version() > 0 {
                 response.metadata.response_code = ResponseCode::BADVERS;
                 return encode(&response, out);
@@ -222,7 +246,10 @@ impl Answers {
         }
         let code = if request.metadata.op_code != OpCode::Query {
             Some(ResponseCode::NotImp)
-        } else if request.queries.len() != 1 {
+        } else if request.queries.len() != 1
+            // OPT is a pseudo-record: it cannot be asked for (RFC 6891 section 6.1.1).
+            || request.queries[0].query_type() == RecordType::OPT
+        {
             Some(ResponseCode::FormErr)
         } else {
             None
@@ -241,34 +268,30 @@ impl Answers {
         if transfer {
             let allowed = transport == Transport::Tcp
                 && qname == self.zone.origin.to_lowercase()
-                && self.secondaries.contains(&src.ip());
+                && self.secondaries.contains(&src.ip().to_canonical());
             if !allowed {
                 response.metadata.response_code = ResponseCode::Refused;
                 return encode(&response, out);
             }
             return self.transfer(&request);
         }
-        // An ordinary question in an unusual message (extra records, cookies and the
-        // like): ask it again as a plain query so that it gets the one common answer.
-        let mut plain = Message::query();
-        plain.metadata.id = request.metadata.id;
-        plain.metadata.recursion_desired = request.metadata.recursion_desired;
-        plain.add_query(question.clone());
-        if let Some(edns) = &request.edns {
-            let mut e = Edns::new();
-            e.set_max_payload(edns.max_payload());
-            plain.set_edns(e);
-        }
-        let Ok(plain) = plain.to_vec() else {
-            return Reply::Drop;
-        };
-        match parse_common(&plain) {
-            Some(q) => {
-                self.respond_common(&plain, &q, transport, out);
-                Reply::Send
+        // An ordinary question in an unusual message (extra records, EDNS options such
+        // as cookies): its question sits where a common query's does, so it gets the
+        // one common answer, with the EDNS hickory parsed.
+        match parse_question(query) {
+            Some(mut q) => {
+                q.edns = request.edns.as_ref().map(Edns::max_payload);
+                q.dnssec_ok = request.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok);
+                self.respond_common(query, &q, transport, out);
             }
-            None => Reply::Drop,
+            // Only a compression pointer can stop it here, and in the sole question
+            // there is nothing earlier for it to point to.
+            None => {
+                response.metadata.response_code = ResponseCode::FormErr;
+                return encode(&response, out);
+            }
         }
+        Reply::Send
     }
 
     /// AXFR (and IXFR, answered with the whole zone as RFC 1995 allows): SOA, the
@@ -314,6 +337,8 @@ struct Common {
     question_end: usize,
     /// The client's UDP payload size when it sent EDNS.
     edns: Option<u16>,
+    /// The client's DO bit, which our OPT copies (RFC 3225).
+    dnssec_ok: bool,
 }
 
 fn parse_common(q: &[u8]) -> Option<Common> {
@@ -324,6 +349,25 @@ fn parse_common(q: &[u8]) -> Option<Common> {
     if count(4) != 1 || count(6) != 0 || count(8) != 0 || count(10) > 1 {
         return None;
     }
+    let mut common = parse_question(q)?;
+    let question_end = common.question_end;
+    if count(10) == 1 {
+        let opt = q.get(question_end..question_end + 11)?;
+        let rdlen = u16::from_be_bytes([opt[9], opt[10]]) as usize;
+        let is_opt = opt[0] == 0 && u16::from_be_bytes([opt[1], opt[2]]) == TYPE_OPT;
+        if !is_opt || opt[6] != 0 || question_end + 11 + rdlen != q.len() {
+            return None; // not OPT, an EDNS version other than 0, or trailing bytes
+        }
+        common.dnssec_ok = opt[7] & 0x80 != 0;
+        common.edns = Some(u16::from_be_bytes([opt[3], opt[4]]));
+    } else if question_end != q.len() {
+        return None;
+    }
+    Some(common)
+}
+
+/// The first question, uncompressed, of class IN and not a transfer or OPT; no EDNS yet.
+fn parse_question(q: &[u8]) -> Option<Common> {
     let mut lower = [0u8; 255];
     let mut i = HEADER;
     loop {
@@ -347,25 +391,13 @@ fn parse_common(q: &[u8]) -> Option<Common> {
     if qclass != CLASS_IN || matches!(qtype, TYPE_AXFR | TYPE_IXFR | TYPE_OPT) {
         return None;
     }
-    let edns = if count(10) == 1 {
-        let opt = q.get(question_end..question_end + 11)?;
-        let rdlen = u16::from_be_bytes([opt[9], opt[10]]) as usize;
-        let is_opt = opt[0] == 0 && u16::from_be_bytes([opt[1], opt[2]]) == TYPE_OPT;
-        if !is_opt || opt[6] != 0 || question_end + 11 + rdlen != q.len() {
-            return None; // not OPT, an EDNS version other than 0, or trailing bytes
-        }
-        Some(u16::from_be_bytes([opt[3], opt[4]]))
-    } else if question_end != q.len() {
-        return None;
-    } else {
-        None
-    };
     Some(Common {
         lower,
         qname_len,
         qtype,
         question_end,
-        edns,
+        edns: None,
+        dnssec_ok: false,
     })
 }
 
@@ -391,14 +423,28 @@ fn header_only(query: &[u8], q: &Common, rcode: u8, authoritative: bool, out: &m
     out.extend_from_slice(&query[HEADER..q.question_end]);
 }
 
-/// Adds our OPT record when the client sent EDNS, and truncates what UDP cannot carry.
-fn finish(q: &Common, transport: Transport, out: &mut Vec<u8>, query: &[u8]) {
+/// Adds our OPT record when the client sent EDNS, and fits the response to what UDP
+/// can carry: first without the additional section (which starts at `answer_end`),
+/// else truncated to the header and question with TC set (RFC 2181 section 9).
+fn finish(
+    q: &Common,
+    transport: Transport,
+    answer_end: Option<usize>,
+    out: &mut Vec<u8>,
+    query: &[u8],
+) {
     let limit = match (transport, q.edns) {
         (Transport::Tcp, _) => usize::from(u16::MAX),
         (Transport::Udp, None) => 512,
         (Transport::Udp, Some(size)) => usize::from(size.clamp(512, EDNS_PAYLOAD)),
     };
-    let opt_len = if q.edns.is_some() { 11 } else { 0 };
+    let opt_len = if q.edns.is_some() { OPT_LEN } else { 0 };
+    if out.len() + opt_len > limit {
+        if let Some(end) = answer_end.filter(|e| *e < out.len()) {
+            out.truncate(end);
+            out[10..12].copy_from_slice(&[0, 0]); // ARCOUNT
+        }
+    }
     if out.len() + opt_len > limit {
         let rcode = out[3] & 0x0f;
         let aa = out[2] & 0x04 != 0;
@@ -406,18 +452,28 @@ fn finish(q: &Common, transport: Transport, out: &mut Vec<u8>, query: &[u8]) {
         header_only(query, q, rcode, aa, out);
         out[2] |= 0x02; // TC
     }
-    if q.edns.is_some() {
-        let arcount = u16::from_be_bytes([out[10], out[11]]) + 1;
-        out[10..12].copy_from_slice(&arcount.to_be_bytes());
-        out.extend_from_slice(&[0, 0, 41]);
-        out.extend_from_slice(&EDNS_PAYLOAD.to_be_bytes());
-        out.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
-    }
+    append_opt(q, out);
 }
 
-fn our_edns() -> Edns {
+const OPT_LEN: usize = 11;
+
+/// Our OPT record, when the client sent EDNS: our payload size and its DO bit.
+fn append_opt(q: &Common, out: &mut Vec<u8>) {
+    if q.edns.is_none() {
+        return;
+    }
+    let arcount = u16::from_be_bytes([out[10], out[11]]) + 1;
+    out[10..12].copy_from_slice(&arcount.to_be_bytes());
+    out.extend_from_slice(&[0, 0, 41]); // root owner, TYPE OPT
+    out.extend_from_slice(&EDNS_PAYLOAD.to_be_bytes());
+    let flags = if q.dnssec_ok { 0x80 } else { 0 };
+    out.extend_from_slice(&[0, 0, flags, 0, 0, 0]); // rcode, version, flags, RDLEN
+}
+
+fn our_edns(dnssec_ok: bool) -> Edns {
     let mut e = Edns::new();
     e.set_max_payload(EDNS_PAYLOAD);
+    e.set_dnssec_ok(dnssec_ok);
     e
 }
 
@@ -457,32 +513,48 @@ fn additional_for(
         let target = target.to_lowercase();
         for t in [RecordType::A, RecordType::AAAA] {
             if let Some(set) = rrsets.get(&(target.clone(), t)) {
-                out.extend(set.iter().cloned());
+                // Several records may share a target: its addresses go in once.
+                for r in set {
+                    if !out.contains(r) {
+                        out.push(r.clone());
+                    }
+                }
             }
         }
     }
     out
 }
 
-/// A complete response for (name, type) with a lower-case question and ID 0.
+/// A complete response for (name, type) with a lower-case question and ID 0: `answers`,
+/// then `chased` (a CNAME target's records), then `additional`.
 fn positive(
     name: &Name,
     rtype: RecordType,
     answers: &[Record],
+    chased: &[Record],
     additional: &[Record],
-) -> Result<Vec<u8>, DnsError> {
+) -> Result<Precomputed, DnsError> {
     let mut m = Message::response(0, OpCode::Query);
     m.metadata.message_type = MessageType::Response;
     m.metadata.authoritative = true;
     let mut query = Query::query(name.clone(), rtype);
     query.set_query_class(DNSClass::IN);
     m.add_query(query);
-    m.add_answers(answers.iter().cloned());
+    m.add_answers(answers.iter().chain(chased).cloned());
+    let encode = |m: &Message| {
+        m.to_vec().map_err(|source| DnsError::Encode {
+            name: name.to_string(),
+            rtype: rtype.to_string(),
+            source,
+        })
+    };
+    // Names in the answer compress only against what precedes them, so the message
+    // without additionals is a prefix of the one with them.
+    let answer_end = encode(&m)?.len();
     m.add_additionals(additional.iter().cloned());
-    m.to_vec().map_err(|source| DnsError::Encode {
-        name: name.to_string(),
-        rtype: rtype.to_string(),
-        source,
+    Ok(Precomputed {
+        message: encode(&m)?.into(),
+        answer_end,
     })
 }
 
@@ -711,5 +783,128 @@ mod tests {
         let r = Message::from_vec(&out).unwrap();
         assert!(r.metadata.truncation && r.answers.is_empty());
         assert_eq!(r.metadata.id, 0xbeef);
+    }
+
+    fn answers_with(records: &str) -> Answers {
+        let cfg = crate::config::parse("t.toml", &format!("{TOML}{records}")).unwrap();
+        let zone = build(&cfg, &Sources::default(), 7).unwrap();
+        Answers::new(zone, cfg.dns.secondaries.iter().map(|s| s.ip()).collect()).unwrap()
+    }
+
+    fn record(name: &str, rtype: &str, value: &str) -> String {
+        format!("[[dns.record]]\nname = \"{name}\"\ntype = \"{rtype}\"\nvalue = \"{value}\"\n")
+    }
+
+    #[test]
+    fn udp_drops_the_additional_section_before_truncating() {
+        let mut records = String::new();
+        for i in 0..12 {
+            records += &record(&format!("h{i}"), "A", &format!("192.0.2.{}", 100 + i));
+            records += &record(&format!("h{i}"), "AAAA", &format!("2001:db8::{}", 100 + i));
+            records += &record("big", "MX", &format!("10 h{i}"));
+        }
+        let a = answers_with(&records);
+        let q = query("big.example.org.", RecordType::MX, false);
+        let tcp = ask(&a, &q, Transport::Tcp);
+        assert_eq!((tcp.answers.len(), tcp.additionals.len()), (12, 24));
+        let udp = ask(&a, &q, Transport::Udp);
+        assert!(
+            !udp.metadata.truncation,
+            "the answer fits without additionals"
+        );
+        assert_eq!((udp.answers.len(), udp.additionals.len()), (12, 0));
+    }
+
+    #[test]
+    fn in_zone_cname_targets_come_along() {
+        let a = answers_with(&record("www", "CNAME", "mail"));
+        let r = ask(
+            &a,
+            &query("www.example.org.", RecordType::A, false),
+            Transport::Udp,
+        );
+        let got: Vec<String> = r
+            .answers
+            .iter()
+            .map(|r| format!("{} {}", r.record_type(), r.data))
+            .collect();
+        assert_eq!(got, ["CNAME mail.example.org.", "A 192.0.2.10"]);
+        // A type the target lacks: the CNAME alone.
+        let r = ask(
+            &a,
+            &query("www.example.org.", RecordType::SRV, false),
+            Transport::Udp,
+        );
+        assert_eq!(r.answers.len(), 1);
+        assert_eq!(r.answers[0].record_type(), RecordType::CNAME);
+    }
+
+    #[test]
+    fn our_opt_copies_the_do_bit_and_cd_is_echoed() {
+        let a = answers();
+        for dnssec_ok in [false, true] {
+            let mut q = query("example.org.", RecordType::SOA, true);
+            q.edns.as_mut().unwrap().set_dnssec_ok(dnssec_ok);
+            q.metadata.checking_disabled = true;
+            let r = ask(&a, &q, Transport::Udp);
+            assert_eq!(r.edns.unwrap().flags().dnssec_ok, dnssec_ok, "fast path");
+            assert!(r.metadata.checking_disabled);
+            // An extra record sends the same question down the slow path.
+            q.add_additional(Record::from_rdata(
+                Name::from_ascii("x.").unwrap(),
+                0,
+                RData::A(hickory_proto::rr::rdata::A::new(1, 2, 3, 4)),
+            ));
+            let r = ask(&a, &q, Transport::Udp);
+            assert_eq!(r.edns.unwrap().flags().dnssec_ok, dnssec_ok, "slow path");
+            assert!(r.metadata.checking_disabled, "slow path echoes CD");
+        }
+    }
+
+    #[test]
+    fn a_query_for_opt_is_a_format_error() {
+        let a = answers();
+        for edns in [false, true] {
+            let r = ask(
+                &a,
+                &query("example.org.", RecordType::OPT, edns),
+                Transport::Udp,
+            );
+            assert_eq!(r.metadata.response_code, ResponseCode::FormErr);
+        }
+    }
+
+    #[test]
+    fn slips_carry_opt_and_claim_authority_only_in_the_zone() {
+        let a = answers();
+        let mut out = Vec::new();
+        let q = query("example.org.", RecordType::MX, true)
+            .to_vec()
+            .unwrap();
+        assert_eq!(a.truncated(&q, &mut out), Reply::Send);
+        let r = Message::from_vec(&out).unwrap();
+        assert!(r.metadata.truncation && r.metadata.authoritative);
+        assert_eq!(r.edns.map(|e| e.max_payload()), Some(EDNS_PAYLOAD));
+        let q = query("example.com.", RecordType::MX, false)
+            .to_vec()
+            .unwrap();
+        assert_eq!(a.truncated(&q, &mut out), Reply::Send);
+        let r = Message::from_vec(&out).unwrap();
+        assert!(r.metadata.truncation && !r.metadata.authoritative);
+        assert!(r.edns.is_none());
+    }
+
+    #[test]
+    fn ipv4_mapped_secondaries_may_transfer() {
+        let a = answers();
+        let axfr = query("example.org.", RecordType::AXFR, false)
+            .to_vec()
+            .unwrap();
+        let mapped: SocketAddr = "[::ffff:192.0.2.53]:4000".parse().unwrap();
+        let mut out = Vec::new();
+        assert!(matches!(
+            a.respond(&axfr, mapped, Transport::Tcp, &mut out),
+            Reply::Transfer(_)
+        ));
     }
 }

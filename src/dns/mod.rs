@@ -8,7 +8,8 @@
 //! In the agent: `DnsServer::start(&cfg, state, &listen_addrs(&cfg), threads).await`
 //! inside the Tokio runtime, keep `server.handle()` to call `DnsHandle::reload(&cfg)`
 //! when the configuration changes (accounts, console `dns reload`), and supervise
-//! `server.run()`. Dropping the server stops it.
+//! `server.run()`. `reload` reads files and fsyncs the serial: from async code, call it
+//! through `tokio::task::spawn_blocking`. Dropping the server stops it.
 
 mod answer;
 mod notify;
@@ -20,12 +21,9 @@ mod zone;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-pub use answer::{Answers, Transport};
-pub use notify::notify_secondaries;
-pub use rrl::RateLimiter;
-pub use serial::{next_serial, today_serial};
+pub use serial::today_serial;
 pub use server::{listen_addrs, DnsHandle, DnsServer};
-pub use zone::{build, read_dkim_keys, DkimKey, Sources, Zone};
+pub use zone::{build, DkimKey, Sources, Zone};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DnsError {
@@ -55,10 +53,9 @@ pub enum DnsError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the DNS listener on {addr} stopped")]
+    #[error("a DNS TCP listener stopped")]
     Listener {
-        addr: String,
         #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        source: tokio::task::JoinError,
     },
 }

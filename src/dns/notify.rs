@@ -1,19 +1,32 @@
-//! NOTIFY (RFC 1996) to the secondaries when the zone changes: hickory-server does not
+//! NOTIFY (RFC 1996) to the secondaries when the zone changes: hickory does not
 //! send it. One UDP message per secondary, retried until it answers or we give up.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use hickory_proto::op::{Message, MessageType, OpCode, Query};
+use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{DNSClass, Name, Record, RecordType};
 use tokio::net::UdpSocket;
 
 const ATTEMPTS: u32 = 5;
 const TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Notifies every secondary of `soa` (the new SOA) concurrently; logs the outcome.
-pub async fn notify_secondaries(origin: &Name, soa: &Record, secondaries: &[SocketAddr]) {
-    let tasks = secondaries.iter().map(|s| notify_one(origin, soa, *s));
+/// Notifies every secondary of `soa` (the new SOA) concurrently, from the first of
+/// `sources` of the secondary's family (secondaries often accept NOTIFY only from the
+/// primary's address); logs the outcome.
+pub async fn notify_secondaries(
+    origin: &Name,
+    soa: &Record,
+    secondaries: &[SocketAddr],
+    sources: &[SocketAddr],
+) {
+    let tasks = secondaries.iter().map(|s| {
+        let from = sources
+            .iter()
+            .find(|a| a.is_ipv4() == s.is_ipv4())
+            .map(SocketAddr::ip);
+        notify_one(origin, soa, *s, from)
+    });
     for (secondary, result) in secondaries
         .iter()
         .zip(futures::future::join_all(tasks).await)
@@ -25,7 +38,12 @@ pub async fn notify_secondaries(origin: &Name, soa: &Record, secondaries: &[Sock
     }
 }
 
-async fn notify_one(origin: &Name, soa: &Record, to: SocketAddr) -> Result<(), String> {
+async fn notify_one(
+    origin: &Name,
+    soa: &Record,
+    to: SocketAddr,
+    from: Option<IpAddr>,
+) -> Result<(), String> {
     let id: u16 = rand_id();
     let mut m = Message::new(id, MessageType::Query, OpCode::Notify);
     m.metadata.authoritative = true;
@@ -37,14 +55,16 @@ async fn notify_one(origin: &Name, soa: &Record, to: SocketAddr) -> Result<(), S
     let bytes = m
         .to_vec()
         .map_err(|e| format!("cannot encode NOTIFY: {e}"))?;
-    let bind: SocketAddr = if to.is_ipv4() {
-        "0.0.0.0:0".parse().expect("literal address")
+    let unspecified = if to.is_ipv4() {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
     } else {
-        "[::]:0".parse().expect("literal address")
+        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
     };
+    let bind = SocketAddr::new(from.unwrap_or(unspecified), 0);
     let socket = UdpSocket::bind(bind)
         .await
-        .map_err(|e| format!("cannot open a UDP socket: {e}"))?;
+        .map_err(|e| format!("cannot open a UDP socket on {bind}: {e}"))?;
+    let mut refused = None;
     let mut buf = [0u8; 512];
     for _ in 0..ATTEMPTS {
         socket
@@ -64,12 +84,26 @@ async fn notify_one(origin: &Name, soa: &Record, to: SocketAddr) -> Result<(), S
                     && reply.metadata.message_type == MessageType::Response
                     && reply.metadata.op_code == OpCode::Notify
                 {
-                    return Ok(());
+                    let rcode = reply.metadata.response_code;
+                    if rcode == ResponseCode::NoError {
+                        return Ok(());
+                    }
+                    // REFUSED, NOTAUTH and the like: not acknowledged. Say so and try
+                    // again; the secondary may be being reconfigured.
+                    log::warn!("dns: {to} answered NOTIFY for {origin} with {rcode}");
+                    refused = Some(rcode);
+                    tokio::time::sleep_until(deadline).await;
+                    break;
                 }
             }
         }
     }
-    Err(format!("no answer after {ATTEMPTS} attempts"))
+    Err(match refused {
+        Some(rcode) => format!(
+            "not acknowledged after {ATTEMPTS} attempts (last answer {rcode}); expected NOERROR"
+        ),
+        None => format!("no answer after {ATTEMPTS} attempts"),
+    })
 }
 
 fn rand_id() -> u16 {

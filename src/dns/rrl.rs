@@ -1,16 +1,20 @@
 //! Response rate limiting per source prefix (IPv4 /24, IPv6 /56, as BIND groups them).
 //!
-//! A token bucket per prefix in a fixed-size table: memory stays bounded however many
-//! sources a flood spoofs; a prefix that lands on a slot held by another takes it over
-//! with a full bucket, which errs on the side of answering. Over the limit, every
-//! `SLIP`th response goes out truncated (TC=1) so that a real client behind a spoofed
-//! prefix can still get its answer over TCP; the others are dropped.
+//! A token bucket per prefix in a fixed-size, 2-way set-associative table: memory stays
+//! bounded however many sources a flood spoofs. The set is chosen by a hash seeded at
+//! random, so a flood cannot aim at a victim's set; a new prefix takes the free or the
+//! least recently used way, so one other prefix landing in a busy set does not reset a
+//! limited prefix's bucket. Over the limit, every `SLIP`th response goes out truncated
+//! (TC=1) so that a real client behind a spoofed prefix can still get its answer over
+//! TCP; the others are dropped.
 
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Instant;
 
-const SLOTS: usize = 4096;
+/// 2^SET_BITS sets of `WAYS` buckets each.
+const SET_BITS: u32 = 11;
+const WAYS: usize = 2;
 const SLIP: u32 = 2;
 
 /// What to do with one response.
@@ -26,7 +30,8 @@ pub struct RateLimiter {
     limit: u32,
     rate: f64,
     epoch: Instant,
-    slots: Vec<Mutex<Bucket>>,
+    seed: u64,
+    sets: Vec<Mutex<[Bucket; WAYS]>>,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -42,12 +47,27 @@ struct Bucket {
 impl RateLimiter {
     /// `rate` responses per second per prefix, with a burst of one second's worth.
     pub fn new(rate: u32) -> RateLimiter {
+        let mut seed = [0u8; 8];
+        // Without randomness the table still limits; only its layout becomes guessable.
+        let _ = getrandom::fill(&mut seed);
+        Self::with_seed(rate, u64::from_ne_bytes(seed))
+    }
+
+    fn with_seed(rate: u32, seed: u64) -> RateLimiter {
         RateLimiter {
             limit: rate,
             rate: f64::from(rate),
             epoch: Instant::now(),
-            slots: (0..SLOTS).map(|_| Mutex::new(Bucket::default())).collect(),
+            seed,
+            sets: (0..1 << SET_BITS)
+                .map(|_| Mutex::new([Bucket::default(); WAYS]))
+                .collect(),
         }
+    }
+
+    fn set_of(&self, prefix: u64) -> usize {
+        // Multiplicative hashing of the seeded prefix; the top bits pick the set.
+        ((prefix ^ self.seed).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - SET_BITS)) as usize
     }
 
     /// The configured responses per second.
@@ -58,18 +78,30 @@ impl RateLimiter {
     pub fn check(&self, src: IpAddr) -> Verdict {
         let prefix = prefix_of(src);
         let now = self.epoch.elapsed().as_secs_f64();
-        // Multiplicative hashing spreads neighbouring prefixes over the table.
-        let slot = (prefix.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 52) as usize % SLOTS;
-        let mut b = self.slots[slot].lock().unwrap_or_else(|p| p.into_inner());
-        if b.prefix != prefix || !b.used {
-            *b = Bucket {
-                prefix,
-                tokens: self.rate,
-                at: now,
-                over: 0,
-                used: true,
-            };
-        }
+        let mut set = self.sets[self.set_of(prefix)]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let way = match set.iter().position(|b| b.used && b.prefix == prefix) {
+            Some(way) => way,
+            None => {
+                // The free way, else the one used least recently.
+                let way = (0..WAYS)
+                    .min_by(|&x, &y| {
+                        let age = |b: &Bucket| if b.used { b.at } else { f64::NEG_INFINITY };
+                        age(&set[x]).total_cmp(&age(&set[y]))
+                    })
+                    .unwrap_or(0);
+                set[way] = Bucket {
+                    prefix,
+                    tokens: self.rate,
+                    at: now,
+                    over: 0,
+                    used: true,
+                };
+                way
+            }
+        };
+        let b = &mut set[way];
         b.tokens = (b.tokens + (now - b.at) * self.rate).min(self.rate);
         b.at = now;
         if b.tokens >= 1.0 {
@@ -123,5 +155,34 @@ mod tests {
         let c: IpAddr = "2001:db8:0:100::1".parse().unwrap();
         assert_eq!(prefix_of(a), prefix_of(b));
         assert_ne!(prefix_of(a), prefix_of(c));
+    }
+
+    #[test]
+    fn a_colliding_prefix_does_not_reset_a_limited_one() {
+        let rrl = RateLimiter::with_seed(5, 0x1234_5678);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let set = rrl.set_of(prefix_of(a));
+        let b = (0u32..)
+            .map(|i| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0001 + (i << 8))))
+            .find(|ip| rrl.set_of(prefix_of(*ip)) == set)
+            .expect("a prefix in the same set");
+        for _ in 0..20 {
+            rrl.check(a);
+        }
+        assert_eq!(rrl.check(b), Verdict::Answer, "the other way is free");
+        assert_ne!(
+            rrl.check(a),
+            Verdict::Answer,
+            "still limited after the collision"
+        );
+    }
+
+    #[test]
+    fn the_seed_moves_prefixes_between_sets() {
+        let a = prefix_of("192.0.2.1".parse().unwrap());
+        let sets: std::collections::HashSet<usize> = (0..16)
+            .map(|seed| RateLimiter::with_seed(1, seed * 0x0101_0101_0101).set_of(a))
+            .collect();
+        assert!(sets.len() > 1);
     }
 }

@@ -12,20 +12,36 @@ use super::DnsError;
 /// Returns the serial for zone content with hash `hash`, recording it when it changes.
 pub fn serial_for(state: &Path, hash: u64) -> Result<u32, DnsError> {
     let path = serial_path(state);
-    let stored = match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            Some(parse(&text).ok_or_else(|| DnsError::SerialCorrupt { path: path.clone() })?)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(source) => return Err(DnsError::Io { path, source }),
-    };
-    match stored {
+    match read(&path)? {
         Some((serial, old)) if old == hash => Ok(serial),
         stored => {
             let serial = next_serial(stored.map(|(s, _)| s), today_serial());
             write_atomically(&path, &format!("{serial} {hash:016x}\n"))?;
             Ok(serial)
         }
+    }
+}
+
+/// The serial `serial_for` would return for `hash`, without recording anything.
+pub fn peek_serial(state: &Path, hash: u64) -> Result<u32, DnsError> {
+    Ok(match read(&serial_path(state))? {
+        Some((serial, old)) if old == hash => serial,
+        stored => next_serial(stored.map(|(s, _)| s), today_serial()),
+    })
+}
+
+fn read(path: &Path) -> Result<Option<(u32, u64)>, DnsError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(parse(&text).ok_or_else(|| {
+            DnsError::SerialCorrupt {
+                path: path.to_path_buf(),
+            }
+        })?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(DnsError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
 }
 
@@ -72,20 +88,25 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
-/// Writes via a temporary file and rename, so a crash never leaves a torn serial.
+/// Writes via a uniquely named temporary file, rename and a directory fsync, so a crash
+/// never leaves a torn or lost serial.
 fn write_atomically(path: &Path, text: &str) -> Result<(), DnsError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
     let io = |source| DnsError::Io {
         path: path.to_path_buf(),
         source,
     };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io)?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(io)?;
-    f.write_all(text.as_bytes()).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+    tmp.write_all(text.as_bytes()).map_err(io)?;
+    tmp.as_file().sync_all().map_err(io)?;
+    tmp.persist(path).map_err(|e| io(e.error))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| DnsError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })
 }
 
 #[cfg(test)]
@@ -109,8 +130,19 @@ mod tests {
         assert_eq!(serial_for(dir.path(), 1).unwrap(), a);
         let b = serial_for(dir.path(), 2).unwrap();
         assert!(b > a);
+        assert!(peek_serial(dir.path(), 1).unwrap() > b);
+        assert_eq!(
+            peek_serial(dir.path(), 2).unwrap(),
+            b,
+            "peeking records nothing"
+        );
         let c = serial_for(dir.path(), 1).unwrap();
         assert!(c > b, "going back to old content still moves forward");
+        let names: Vec<_> = std::fs::read_dir(dir.path().join("dns"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["serial"], "no temporary file left behind");
     }
 
     #[test]

@@ -1,10 +1,11 @@
-//! The running server: UDP on worker threads, TCP through hickory-server, and one
-//! atomically swapped [`Answers`] that every query reads.
+//! The running server: UDP on worker threads, TCP on Tokio tasks, and one atomically
+//! swapped [`Answers`] that every query reads.
 //!
 //! UDP is served by blocking threads sharing each socket (NSD's model): a query is one
 //! `recvfrom`, a lookup and one `sendto`, with no task spawn or channel hop, which is
-//! what lets it keep up with NSD. TCP (large answers, AXFR) goes through
-//! hickory-server's `Server` with our handler; it is not on the hot path.
+//! what lets it keep up with NSD. TCP (large answers, AXFR) is a small accept loop of
+//! our own, so that connections can be capped (globally and per source) and our
+//! response bytes go out as they are, with no decode and re-encode.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -14,11 +15,10 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hickory_proto::op::{Header, HeaderCounts, Message, MessageType, Metadata, ResponseCode};
-use hickory_server::net::runtime::Time;
-use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::MessageResponseBuilder;
-use hickory_server::Server;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 
 use super::answer::{Answers, Reply, Transport};
 use super::notify::notify_secondaries;
@@ -31,7 +31,11 @@ use crate::config::Config;
 const STOP_POLL: Duration = Duration::from_millis(250);
 /// A TCP client that sends nothing for this long is disconnected.
 const TCP_IDLE: Duration = Duration::from_secs(10);
-const TCP_RESPONSE_BUFFER: usize = 64;
+/// Concurrent TCP connections, in all and from one source address: past these a new
+/// connection is closed at once, so a client holding connections open cannot starve
+/// the rest (or exhaust file descriptors).
+const TCP_MAX_CONNECTIONS: usize = 256;
+const TCP_MAX_PER_SOURCE: usize = 16;
 /// UDP socket buffers, as NSD sizes them: bursts queue instead of being dropped.
 const UDP_BUFFER: usize = 1 << 20;
 
@@ -45,6 +49,8 @@ struct Current {
 struct Shared {
     current: ArcSwap<Current>,
     state: PathBuf,
+    /// The addresses served on: NOTIFY goes out from the one of the secondary's family.
+    listen: Vec<SocketAddr>,
     /// Reloads run one at a time, so serials are assigned in order.
     reloading: Mutex<()>,
 }
@@ -60,7 +66,8 @@ pub struct DnsServer {
     handle: DnsHandle,
     stop: Arc<AtomicBool>,
     udp_workers: Vec<JoinHandle<()>>,
-    tcp: Server<TcpHandler>,
+    /// One accept loop per address; dropping the set aborts them and their connections.
+    tcp: JoinSet<()>,
 }
 
 /// The addresses to serve on: `[dns] listen`, else port 53 on every static address.
@@ -94,11 +101,14 @@ impl DnsServer {
         let shared = Arc::new(Shared {
             current: ArcSwap::from_pointee(current),
             state,
+            listen: listen.to_vec(),
             reloading: Mutex::new(()),
         });
         let stop = Arc::new(AtomicBool::new(false));
-        let mut tcp = Server::new(TcpHandler {
-            shared: shared.clone(),
+        let mut tcp = JoinSet::new();
+        let limits = Arc::new(TcpLimits {
+            all: Arc::new(Semaphore::new(TCP_MAX_CONNECTIONS)),
+            per_source: Mutex::new(std::collections::HashMap::new()),
         });
         let mut workers = Vec::new();
         let mut server = |workers: &mut Vec<JoinHandle<()>>| -> Result<(), DnsError> {
@@ -116,9 +126,8 @@ impl DnsServer {
                 let tcp_addr = udp.local_addr().map_err(|e| bind("UDP", e))?;
                 let listener = std::net::TcpListener::bind(tcp_addr).map_err(|e| bind("TCP", e))?;
                 listener.set_nonblocking(true).map_err(|e| bind("TCP", e))?;
-                let listener =
-                    tokio::net::TcpListener::from_std(listener).map_err(|e| bind("TCP", e))?;
-                tcp.register_listener(listener, TCP_IDLE, TCP_RESPONSE_BUFFER);
+                let listener = TcpListener::from_std(listener).map_err(|e| bind("TCP", e))?;
+                tcp.spawn(accept_tcp(listener, shared.clone(), limits.clone()));
                 for n in 0..udp_workers.max(1) {
                     let socket = udp.try_clone().map_err(|e| bind("UDP", e))?;
                     let shared = shared.clone();
@@ -152,23 +161,31 @@ impl DnsServer {
         self.handle.clone()
     }
 
-    /// Runs until a TCP listener fails; UDP workers log and carry on past errors.
+    /// Serves until stopped (dropped); an accept loop only ends by panicking, which is
+    /// the error. UDP workers and accept loops log and carry on past I/O errors.
     pub async fn run(mut self) -> Result<(), DnsError> {
-        self.tcp
-            .block_until_done()
-            .await
-            .map_err(|e| DnsError::Listener {
-                addr: "TCP".into(),
-                source: Box::new(e),
-            })
+        match self.tcp.join_next().await {
+            Some(Err(source)) => Err(DnsError::Listener { source }),
+            Some(Ok(())) | None => std::future::pending().await,
+        }
     }
 }
 
 impl Drop for DnsServer {
+    /// Tells the UDP workers to stop; they notice within `STOP_POLL`. Joining them on a
+    /// runtime worker would block it, so inside a runtime they are joined on the
+    /// blocking pool.
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        for w in self.udp_workers.drain(..) {
-            let _ = w.join();
+        let workers = std::mem::take(&mut self.udp_workers);
+        let join = move || {
+            for w in workers {
+                let _ = w.join();
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(join)),
+            Err(_) => join(),
         }
     }
 }
@@ -205,12 +222,19 @@ impl DnsHandle {
         if current.secondaries.is_empty() {
             return;
         }
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                let zone = current.answers.zone();
-                notify_secondaries(&zone.origin, &zone.soa, &current.secondaries).await;
-            });
-        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            log::warn!(
+                "dns: not sending NOTIFY for serial {} (no async runtime here); the \
+                 secondaries will see the change at their next SOA refresh",
+                current.answers.zone().serial()
+            );
+            return;
+        };
+        let sources = self.shared.listen.clone();
+        rt.spawn(async move {
+            let zone = current.answers.zone();
+            notify_secondaries(&zone.origin, &zone.soa, &current.secondaries, &sources).await;
+        });
     }
 }
 
@@ -220,7 +244,7 @@ fn load(
     state: &std::path::Path,
     old_rrl: Option<&Arc<RateLimiter>>,
 ) -> Result<Current, DnsError> {
-    let zone = Zone::load(cfg, state, None)?;
+    let zone = Zone::load(cfg, state)?;
     let secondaries = cfg.dns.secondaries.clone();
     let answers = Answers::new(zone, secondaries.iter().map(SocketAddr::ip).collect())?;
     let rate = cfg.dns.rate_limit;
@@ -266,6 +290,10 @@ fn udp_worker(socket: &std::net::UdpSocket, shared: &Shared, stop: &AtomicBool) 
     let mut destinations: Vec<Option<SockaddrStorage>> = Vec::with_capacity(BATCH);
     let mut recv_headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
     let mut send_headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
+    let mut failures = SendFailures {
+        count: 0,
+        logged: None,
+    };
     while !stop.load(Ordering::Relaxed) {
         received.clear();
         {
@@ -298,7 +326,12 @@ fn udp_worker(socket: &std::net::UdpSocket, shared: &Shared, stop: &AtomicBool) 
             }
             let query = &query[..*len];
             let out = &mut responses[destinations.len()];
-            let reply = match current.rrl.as_ref().map(|r| r.check(src.ip())) {
+            // An IPv4 client on an IPv6 socket counts as its IPv4 prefix.
+            let reply = match current
+                .rrl
+                .as_ref()
+                .map(|r| r.check(src.ip().to_canonical()))
+            {
                 Some(Verdict::Drop) => continue,
                 Some(Verdict::Slip) => current.answers.truncated(query, out),
                 Some(Verdict::Answer) | None => {
@@ -316,16 +349,54 @@ fn udp_worker(socket: &std::net::UdpSocket, shared: &Shared, stop: &AtomicBool) 
             .iter()
             .map(|r| [IoSlice::new(r)])
             .collect();
-        if let Err(e) = sendmmsg(
-            fd,
-            &mut send_headers,
-            slices.iter(),
-            &destinations,
-            [],
-            MsgFlags::empty(),
-        ) {
-            log::debug!("dns: UDP send failed: {e}");
+        // sendmmsg stops at the first datagram that fails (and reports that error on
+        // the next call, where it comes first): skip it and send the rest.
+        let mut from = 0;
+        while from < destinations.len() {
+            match sendmmsg(
+                fd,
+                &mut send_headers,
+                slices[from..].iter(),
+                &destinations[from..],
+                [],
+                MsgFlags::empty(),
+            ) {
+                Ok(results) => from += results.count().max(1),
+                Err(Errno::EINTR) => {}
+                Err(e) => {
+                    failures.record(e, destinations[from].as_ref().and_then(socket_addr));
+                    from += 1;
+                }
+            }
         }
+    }
+}
+
+/// Failed UDP sends, logged at most once per `SEND_FAILURE_LOG_INTERVAL` with a count:
+/// a flood of unreachable sources must not flood the log too.
+struct SendFailures {
+    count: u64,
+    logged: Option<std::time::Instant>,
+}
+
+const SEND_FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+impl SendFailures {
+    fn record(&mut self, e: nix::errno::Errno, to: Option<SocketAddr>) {
+        self.count += 1;
+        if self
+            .logged
+            .is_some_and(|at| at.elapsed() < SEND_FAILURE_LOG_INTERVAL)
+        {
+            return;
+        }
+        let to = to.map_or_else(|| "?".to_string(), |a| a.to_string());
+        log::warn!(
+            "dns: {} UDP response(s) not sent since the last report; latest to {to}: {e}",
+            self.count
+        );
+        self.count = 0;
+        self.logged = Some(std::time::Instant::now());
     }
 }
 
@@ -337,67 +408,119 @@ fn socket_addr(addr: &nix::sys::socket::SockaddrStorage) -> Option<SocketAddr> {
         .map(|v6| SocketAddr::V6((*v6).into()))
 }
 
-struct TcpHandler {
-    shared: Arc<Shared>,
+/// The TCP connection caps: a global semaphore and a count per source address.
+struct TcpLimits {
+    all: Arc<Semaphore>,
+    per_source: Mutex<std::collections::HashMap<IpAddr, usize>>,
 }
 
-#[async_trait::async_trait]
-impl RequestHandler for TcpHandler {
-    async fn handle_request<R: ResponseHandler, T: Time>(
-        &self,
-        request: &Request,
-        mut response_handle: R,
-    ) -> ResponseInfo {
-        let current = self.shared.current.load_full();
-        let mut out = Vec::new();
-        let messages = match current.answers.respond(
-            request.as_slice(),
-            request.src(),
-            Transport::Tcp,
-            &mut out,
-        ) {
-            Reply::Send => vec![out],
-            Reply::Drop => Vec::new(),
-            Reply::Transfer(messages) => messages,
-        };
-        let mut info = failed(request);
-        for bytes in messages {
-            // Our bytes are hickory's to frame and send: decode them into its response type.
-            let Ok(message) = Message::from_vec(&bytes) else {
-                break;
-            };
-            let mut builder = MessageResponseBuilder::from_message_request(request);
-            if let Some(edns) = &message.edns {
-                builder.edns(edns);
-            }
-            let response = builder.build(
-                message.metadata,
-                message.answers.iter(),
-                message.authorities.iter(),
-                std::iter::empty(),
-                message.additionals.iter(),
-            );
-            match response_handle.send_response(response).await {
-                Ok(sent) => info = sent,
-                Err(e) => {
-                    log::debug!("dns: TCP send to {} failed: {e}", request.src());
-                    break;
-                }
-            }
+/// A connection's place under both caps, given back when the connection ends.
+struct TcpSlot {
+    limits: Arc<TcpLimits>,
+    source: IpAddr,
+    _all: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl TcpLimits {
+    fn admit(self: &Arc<Self>, source: IpAddr) -> Option<TcpSlot> {
+        let all = self.all.clone().try_acquire_owned().ok()?;
+        let mut per_source = self.per_source.lock().unwrap_or_else(|p| p.into_inner());
+        let n = per_source.entry(source).or_insert(0);
+        if *n >= TCP_MAX_PER_SOURCE {
+            return None;
         }
-        info
+        *n += 1;
+        Some(TcpSlot {
+            limits: self.clone(),
+            source,
+            _all: all,
+        })
     }
 }
 
-fn failed(request: &Request) -> ResponseInfo {
-    let mut metadata = Metadata::new(
-        request.metadata.id,
-        MessageType::Response,
-        request.metadata.op_code,
-    );
-    metadata.response_code = ResponseCode::ServFail;
-    ResponseInfo::from(Header {
-        metadata,
-        counts: HeaderCounts::default(),
-    })
+impl Drop for TcpSlot {
+    fn drop(&mut self) {
+        let mut per_source = self
+            .limits
+            .per_source
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = per_source.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                per_source.remove(&self.source);
+            }
+        }
+    }
+}
+
+/// Accepts connections until aborted; connections over a cap are closed at once.
+async fn accept_tcp(listener: TcpListener, shared: Arc<Shared>, limits: Arc<TcpLimits>) {
+    // Owned here, so that aborting this loop also ends its connections.
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, src)) => match limits.admit(src.ip().to_canonical()) {
+                    Some(slot) => {
+                        connections.spawn(serve_tcp(stream, src, shared.clone(), slot));
+                    }
+                    None => log::debug!("dns: TCP connection from {src} over the limit"),
+                },
+                Err(e) => {
+                    // Out of descriptors and the like: wait rather than spin.
+                    log::warn!("dns: TCP accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
+/// One TCP connection: length-prefixed queries answered in order, until the client
+/// closes, sends garbage or stays idle for `TCP_IDLE`.
+async fn serve_tcp(mut stream: TcpStream, src: SocketAddr, shared: Arc<Shared>, _slot: TcpSlot) {
+    let mut query = Vec::new();
+    let mut out = Vec::new();
+    loop {
+        let mut len = [0u8; 2];
+        if !matches!(
+            tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut len)).await,
+            Ok(Ok(_))
+        ) {
+            return;
+        }
+        query.resize(usize::from(u16::from_be_bytes(len)), 0);
+        if !matches!(
+            tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut query)).await,
+            Ok(Ok(_))
+        ) {
+            return;
+        }
+        let current = shared.current.load_full();
+        let messages = match current
+            .answers
+            .respond(&query, src, Transport::Tcp, &mut out)
+        {
+            Reply::Send => vec![std::mem::take(&mut out)],
+            Reply::Drop => Vec::new(),
+            Reply::Transfer(messages) => messages,
+        };
+        for message in messages {
+            let Ok(len) = u16::try_from(message.len()) else {
+                return; // cannot happen: responses are built to fit a TCP frame
+            };
+            let mut frame = Vec::with_capacity(2 + message.len());
+            frame.extend_from_slice(&len.to_be_bytes());
+            frame.extend_from_slice(&message);
+            if !matches!(
+                tokio::time::timeout(TCP_IDLE, stream.write_all(&frame)).await,
+                Ok(Ok(()))
+            ) {
+                log::debug!("dns: TCP send to {src} failed or timed out");
+                return;
+            }
+        }
+    }
 }

@@ -6,29 +6,31 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
-use hickory_proto::rr::rdata::{A, AAAA, MX, NS, SOA};
+use hickory_proto::rr::rdata::{A, AAAA, MX, SOA};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 use super::{serial, DnsError};
-use crate::config::{txt_split, Config, NAMESERVER_LABEL};
+use crate::config::{
+    derived_records, is_spf, txt_split, Config, Derived, DERIVED_TTL, NAMESERVER_LABEL, SPF_MAIL,
+    SPF_NONE,
+};
 
 /// TTL of every derived record (and of extra records without their own).
-pub const TTL: u32 = 3600;
+pub const TTL: u32 = DERIVED_TTL;
 /// SOA timers: refresh, retry, expire, and the negative-caching TTL (RFC 2308).
 const REFRESH: i32 = 3600;
 const RETRY: i32 = 900;
 const EXPIRE: i32 = 1_209_600;
 const NEGATIVE_TTL: u32 = 300;
-const DMARC: &str = "v=DMARC1; p=reject; adkim=s; aspf=s";
-const SPF_MAIL: &str = "v=spf1 mx -all";
-const SPF_HOST: &str = "v=spf1 a -all";
-const SPF_NONE: &str = "v=spf1 -all";
 
 /// A DKIM public key published as `<selector>._domainkey.<domain>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DkimKey {
     pub selector: String,
-    /// The base64 SubjectPublicKeyInfo, as in the `p=` tag.
+    /// The `k=` tag: "rsa" or "ed25519".
+    pub key_type: &'static str,
+    /// The `p=` tag: base64 of the SubjectPublicKeyInfo for RSA (RFC 6376), of the raw
+    /// 32-byte key for Ed25519 (RFC 8463).
     pub public_key: String,
 }
 
@@ -36,8 +38,6 @@ pub struct DkimKey {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Sources {
     pub dkim: Vec<DkimKey>,
-    /// The IPv6 address of each account's box, once it has one (keyed by account name).
-    pub boxes: BTreeMap<String, Ipv6Addr>,
 }
 
 /// The zone: its SOA and every other record, in publication order.
@@ -49,19 +49,40 @@ pub struct Zone {
 }
 
 impl Zone {
-    /// Builds the zone for `cfg` with the DKIM keys found in `state`; the serial comes
-    /// from `state` (bumped when the content changed) unless `fixed_serial` is given.
-    pub fn load(cfg: &Config, state: &Path, fixed_serial: Option<u32>) -> Result<Zone, DnsError> {
-        let sources = Sources {
-            dkim: read_dkim_keys(state)?,
-            boxes: BTreeMap::new(),
-        };
-        let unserialed = build(cfg, &sources, 0)?;
+    /// Builds the zone for `cfg` with the DKIM keys found in `state`, with the serial
+    /// recorded in `state` (bumped, and recorded, when the content changed). For the
+    /// server only: one process owns the serial file.
+    pub fn load(cfg: &Config, state: &Path) -> Result<Zone, DnsError> {
+        let unserialed = Self::unserialed(cfg, state)?;
+        let serial = serial::serial_for(state, unserialed.content_hash())?;
+        Ok(unserialed.with_serial(serial))
+    }
+
+    /// Like [`Zone::load`] but read-only (for `letterbox zone --state`, which may run
+    /// beside the agent): the serial the server would serve for this content, or
+    /// `fixed_serial`. Nothing is written.
+    pub fn preview(
+        cfg: &Config,
+        state: &Path,
+        fixed_serial: Option<u32>,
+    ) -> Result<Zone, DnsError> {
+        let unserialed = Self::unserialed(cfg, state)?;
         let serial = match fixed_serial {
             Some(s) => s,
-            None => serial::serial_for(state, fnv1a(unserialed.render().as_bytes()))?,
+            None => serial::peek_serial(state, unserialed.content_hash())?,
         };
         Ok(unserialed.with_serial(serial))
+    }
+
+    fn unserialed(cfg: &Config, state: &Path) -> Result<Zone, DnsError> {
+        let sources = Sources {
+            dkim: read_dkim_keys(state)?,
+        };
+        build(cfg, &sources, 0)
+    }
+
+    fn content_hash(&self) -> u64 {
+        fnv1a(self.render().as_bytes())
     }
 
     pub fn serial(&self) -> u32 {
@@ -193,23 +214,42 @@ pub fn read_dkim_keys(state: &Path) -> Result<Vec<DkimKey>, DnsError> {
             .skip(1)
             .take_while(|l| *l != "-----END PUBLIC KEY-----")
             .collect();
-        if body.is_empty()
-            || !body
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b))
-        {
+        let der = data_encoding::BASE64.decode(body.as_bytes()).ok();
+        let Some((key_type, public_key)) = der.as_deref().and_then(dkim_key) else {
             return Err(bad(
-                "expected a PEM public key between -----BEGIN PUBLIC KEY----- and \
-                 -----END PUBLIC KEY-----",
+                "expected a PEM RSA or Ed25519 public key (SubjectPublicKeyInfo) between \
+                 -----BEGIN PUBLIC KEY----- and -----END PUBLIC KEY-----",
             ));
-        }
+        };
         keys.push(DkimKey {
             selector,
-            public_key: body,
+            key_type,
+            public_key,
         });
     }
     keys.sort_by(|a, b| a.selector.cmp(&b.selector));
     Ok(keys)
+}
+
+/// DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410), before the 32-byte key.
+const ED25519_SPKI: [u8; 12] = [
+    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+];
+/// DER of the rsaEncryption OID, 1.2.840.113549.1.1.1.
+const RSA_OID: [u8; 11] = [
+    0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01,
+];
+
+/// The `k=` and `p=` tags for a DER SubjectPublicKeyInfo, by its algorithm OID.
+fn dkim_key(der: &[u8]) -> Option<(&'static str, String)> {
+    if let Some(raw) = der.strip_prefix(&ED25519_SPKI[..]) {
+        return (raw.len() == 32).then(|| ("ed25519", data_encoding::BASE64.encode(raw)));
+    }
+    // SEQUENCE { SEQUENCE { OID rsaEncryption, NULL }, BIT STRING }: the OID comes within
+    // the first few bytes, after the two SEQUENCE headers (whose lengths vary).
+    let head = &der[..der.len().min(24)];
+    let is_rsa = der.first() == Some(&0x30) && head.windows(RSA_OID.len()).any(|w| w == RSA_OID);
+    is_rsa.then(|| ("rsa", data_encoding::BASE64.encode(der)))
 }
 
 /// Builds the records of the zone with the given serial.
@@ -234,38 +274,35 @@ pub fn build(cfg: &Config, sources: &Sources, serial: u32) -> Result<Zone, DnsEr
     );
     let mut z = Builder::default();
     let (v4, v6) = public_addresses(cfg);
-    let addresses = |z: &mut Builder, at: &Name| {
-        if let Some(a) = v4 {
-            z.add(at, RData::A(A(a)));
+    let derived = derived_records(&cfg.system).map_err(|e| DnsError::Name {
+        name: cfg.system.fqdn(),
+        why: e.to_string(),
+    })?;
+    for (at, d) in derived {
+        match d {
+            Derived::Addresses => {
+                if let Some(a) = v4 {
+                    z.add(&at, RData::A(A(a)));
+                }
+                if let Some(a) = v6 {
+                    z.add(&at, RData::AAAA(AAAA(a)));
+                }
+            }
+            Derived::Data(rdata) => z.add(&at, rdata),
+            Derived::DkimKeys => {
+                for key in &sources.dkim {
+                    let name = name(&format!("{}.{at}", key.selector))?;
+                    let value = format!("v=DKIM1; k={}; p={}", key.key_type, key.public_key);
+                    z.add(&name, RData::TXT(txt_split(&value)));
+                }
+            }
         }
-        if let Some(a) = v6 {
-            z.add(at, RData::AAAA(AAAA(a)));
-        }
-    };
-
-    z.add(&origin, RData::NS(NS(ns1.clone())));
-    addresses(&mut z, &origin);
-    z.add(&origin, RData::MX(MX::new(10, host.clone())));
-    z.add(&origin, RData::TXT(txt_split(SPF_MAIL)));
-    z.add(&name_in("_dmarc", &origin)?, RData::TXT(txt_split(DMARC)));
-    for key in &sources.dkim {
-        let at = name_in(&format!("{}._domainkey", key.selector), &origin)?;
-        let value = format!("v=DKIM1; k=rsa; p={}", key.public_key);
-        z.add(&at, RData::TXT(txt_split(&value)));
     }
-    // The mail host sends (HELO identity) but receives only for the domain and accounts.
-    addresses(&mut z, &host);
-    z.add(&host, RData::TXT(txt_split(SPF_HOST)));
-    addresses(&mut z, &ns1);
-    no_mail(&mut z, &ns1);
 
     for account in &cfg.accounts {
         let at = name_in(&account.name, &origin)?;
         z.add(&at, RData::MX(MX::new(10, host.clone())));
         z.add(&at, RData::TXT(txt_split(SPF_MAIL)));
-        if let Some(addr) = sources.boxes.get(&account.name) {
-            z.add(&at, RData::AAAA(AAAA(*addr)));
-        }
     }
 
     let mut extra_ttl = BTreeMap::new();
@@ -275,17 +312,22 @@ pub fn build(cfg: &Config, sources: &Sources, serial: u32) -> Result<Zone, DnsEr
             extra_ttl.insert(z.records.len() - 1, ttl);
         }
     }
-    // Other names with addresses but no mail of their own say so: null MX, SPF -all.
+    // Other names with addresses but no mail of their own say so: a null MX where they
+    // have no MX, `v=spf1 -all` where they have no SPF record.
     let quiet: BTreeSet<Name> = cfg
         .dns
         .records
         .iter()
         .filter(|r| matches!(r.rdata, RData::A(_) | RData::AAAA(_)))
         .map(|r| r.name.clone())
-        .filter(|n| !z.has(n, RecordType::MX) && !z.has(n, RecordType::TXT))
         .collect();
     for n in &quiet {
-        no_mail(&mut z, n);
+        if !z.has(n, |r| r.record_type() == RecordType::MX) {
+            z.add(n, RData::MX(MX::new(0, Name::root())));
+        }
+        if !z.has(n, is_spf) {
+            z.add(n, RData::TXT(txt_split(SPF_NONE)));
+        }
     }
 
     let records = z
@@ -301,11 +343,6 @@ pub fn build(cfg: &Config, sources: &Sources, serial: u32) -> Result<Zone, DnsEr
         soa,
         records,
     })
-}
-
-fn no_mail(z: &mut Builder, at: &Name) {
-    z.add(at, RData::MX(MX::new(0, Name::root())));
-    z.add(at, RData::TXT(txt_split(SPF_NONE)));
 }
 
 /// The addresses published for the domain and host: configured public ones when behind
@@ -341,10 +378,8 @@ impl Builder {
         self.records.push((at.clone(), rdata));
     }
 
-    fn has(&self, at: &Name, t: RecordType) -> bool {
-        self.records
-            .iter()
-            .any(|(n, r)| n == at && r.record_type() == t)
+    fn has(&self, at: &Name, is: impl Fn(&RData) -> bool) -> bool {
+        self.records.iter().any(|(n, r)| n == at && is(r))
     }
 }
 
@@ -357,4 +392,101 @@ fn name(s: &str) -> Result<Name, DnsError> {
 
 fn name_in(label: &str, origin: &Name) -> Result<Name, DnsError> {
     name(&format!("{label}.{origin}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn zone(extra: &str, dkim: Vec<DkimKey>) -> Zone {
+        let text = format!(
+            "version = 1\n[system]\nhostname = \"mail\"\ndomain = \"example.org\"\n\
+             [[interface]]\nname = \"eth0\"\nipv4 = [\"192.0.2.10/24\"]\n{extra}"
+        );
+        let cfg = crate::config::parse("t.toml", &text).unwrap();
+        build(&cfg, &Sources { dkim }, 1).unwrap()
+    }
+
+    fn at(z: &Zone, name: &str, t: RecordType) -> Vec<String> {
+        z.records
+            .iter()
+            .filter(|r| r.name.to_string() == name && r.record_type() == t)
+            .map(|r| rdata_text(&r.data))
+            .collect()
+    }
+
+    #[test]
+    fn null_mx_and_spf_none_are_added_independently() {
+        let z = zone(
+            "[dns]\n\
+             [[dns.record]]\nname = \"a\"\ntype = \"A\"\nvalue = \"192.0.2.1\"\n\
+             [[dns.record]]\nname = \"a\"\ntype = \"TXT\"\nvalue = \"hello\"\n\
+             [[dns.record]]\nname = \"b\"\ntype = \"A\"\nvalue = \"192.0.2.2\"\n\
+             [[dns.record]]\nname = \"b\"\ntype = \"MX\"\nvalue = \"10 mail\"\n",
+            Vec::new(),
+        );
+        // A TXT that is not SPF still gets its SPF record, and the null MX.
+        assert_eq!(at(&z, "a.example.org.", RecordType::MX), ["0 ."]);
+        assert_eq!(
+            at(&z, "a.example.org.", RecordType::TXT),
+            ["\"hello\"", "\"v=spf1 -all\""]
+        );
+        // An MX of its own: no null MX, but still no SPF of its own, so `-all`.
+        assert_eq!(
+            at(&z, "b.example.org.", RecordType::MX),
+            ["10 mail.example.org."]
+        );
+        assert_eq!(
+            at(&z, "b.example.org.", RecordType::TXT),
+            ["\"v=spf1 -all\""]
+        );
+    }
+
+    #[test]
+    fn dkim_key_types_come_from_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("dkim")).unwrap();
+        std::fs::write(
+            dir.path().join("dkim/ed.pub"),
+            "-----BEGIN PUBLIC KEY-----\n\
+             MCowBQYDK2VwAyEAQx7DIktYEEAF6BKKm1mM1YNfvISlwTacauhvqVfTaY8=\n\
+             -----END PUBLIC KEY-----\n",
+        )
+        .unwrap();
+        std::fs::copy(
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/dns/state/dkim/letterbox.pub"
+            ),
+            dir.path().join("dkim/rsa.pub"),
+        )
+        .unwrap();
+        let keys = read_dkim_keys(dir.path()).unwrap();
+        let z = zone("", keys);
+        assert_eq!(
+            at(&z, "ed._domainkey.example.org.", RecordType::TXT),
+            ["\"v=DKIM1; k=ed25519; p=Qx7DIktYEEAF6BKKm1mM1YNfvISlwTacauhvqVfTaY8=\""],
+            "RFC 8463: the raw 32-byte key"
+        );
+        let rsa = at(&z, "rsa._domainkey.example.org.", RecordType::TXT);
+        assert!(
+            rsa[0].starts_with("\"v=DKIM1; k=rsa; p=MIICIjANBgkqhkiG9w0BAQEF"),
+            "{rsa:?}"
+        );
+
+        // An EC (P-256) key is neither: a clear error, not a record that cannot verify.
+        std::fs::write(
+            dir.path().join("dkim/ec.pub"),
+            "-----BEGIN PUBLIC KEY-----\n\
+             MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEEVs/o5+uQbTjL3chynL4wXgUg2R9\n\
+             q9UU8I5mEovUf86QZ7kOBIjJwqnzD1omageEHWwHdBO6B+dFabmdT9POxg==\n\
+             -----END PUBLIC KEY-----\n",
+        )
+        .unwrap();
+        let err = read_dkim_keys(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("ec.pub") && err.contains("expected a PEM RSA or Ed25519"),
+            "{err}"
+        );
+    }
 }

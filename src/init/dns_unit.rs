@@ -24,8 +24,21 @@ async fn serve(agent: Arc<Agent>, mut stop: StopSignal) -> TaskResult {
     let server = DnsServer::start(&cfg, agent.state_dir().to_path_buf(), &listen, UDP_WORKERS)
         .await
         .map_err(|e| crate::error_chain(&e))?;
-    log::info!("DNS serving serial {}", server.handle().serial());
+    let started = server.handle().serial();
+    log::info!("DNS serving serial {started}");
     agent.set_dns(Some(server.handle()));
+    // A `dns reload` between reading the provisioning above and `set_dns` found no server
+    // and was lost: serve what is in force now (when unchanged, only the serial file is
+    // read).
+    if let Some((now, _)) = agent.provisioning().config {
+        let handle = server.handle();
+        match tokio::task::spawn_blocking(move || handle.reload(&now)).await {
+            Ok(Ok(serial)) if serial != started => log::info!("DNS serving serial {serial}"),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => log::warn!("DNS: reload after start: {}", crate::error_chain(&e)),
+            Err(e) => log::warn!("DNS: reload after start failed: {e}"),
+        }
+    }
     let result = tokio::select! {
         r = server.run() => r.map_err(|e| crate::error_chain(&e)),
         _ = stop.requested() => Ok(()),

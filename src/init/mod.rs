@@ -209,8 +209,16 @@ impl Agent {
     }
 
     /// Re-reads the provisioning file and serves its zone without a restart (console
-    /// `dns reload`, SIGHUP). Returns what happened, as text.
-    pub fn reload_dns(&self) -> Result<String, String> {
+    /// `dns reload`, SIGHUP). Returns what happened, as text. The reading, zone building
+    /// and serial fsync run on the blocking pool, off the runtime's workers.
+    pub async fn reload_dns(self: &Arc<Self>) -> Result<String, String> {
+        let agent = self.clone();
+        tokio::task::spawn_blocking(move || agent.reload_dns_blocking())
+            .await
+            .map_err(|e| format!("the DNS reload task failed: {e}"))?
+    }
+
+    fn reload_dns_blocking(&self) -> Result<String, String> {
         let p = self.reload();
         let Some((cfg, source)) = p.config else {
             return Err(p.problem.unwrap_or_else(|| "no valid configuration".into()));
@@ -412,7 +420,7 @@ async fn boot(options: Options) -> Result<Shutdown, InitError> {
             }
             _ = sighup.recv() => {
                 info!("SIGHUP received: reloading the zone");
-                match agent.reload_dns() {
+                match agent.reload_dns().await {
                     Ok(done) => info!("{done}"),
                     Err(e) => warn!("DNS reload: {e}"),
                 }
