@@ -97,18 +97,6 @@ pub(super) struct RawAccount {
 }
 
 pub(super) fn validate_dns(raw: Option<RawDns>, system: &System, c: &mut Collector) -> Dns {
-    if system.hostname == NAMESERVER_LABEL {
-        // [system] is validated on its own, so the hostname's position is not at hand here.
-        c.error(
-            0..0,
-            format!(
-                "[system] hostname = \"{NAMESERVER_LABEL}\" is the name letterbox gives its \
-                 nameserver (ns1.{0}), which publishes no mail; expected another hostname, \
-                 such as \"mail\"",
-                system.domain
-            ),
-        );
-    }
     let Some(raw) = raw else {
         return Dns::default();
     };
@@ -953,8 +941,10 @@ mod tests {
         let text = file("").replace("hostname = \"mail\"", "hostname = \"ns1\"");
         let errs = parse("t.toml", &text).expect_err("ns1 as hostname").0;
         assert_eq!(errs.len(), 1, "{errs:#?}");
+        let line = text.lines().position(|l| l.contains("\"ns1\"")).unwrap() + 1;
+        assert_eq!((errs[0].line, errs[0].column), (line, 12), "{errs:#?}");
         assert!(
-            errs[0].message.contains("hostname = \"ns1\""),
+            errs[0].message.contains("nameserver"),
             "{}",
             errs[0].message
         );

@@ -74,6 +74,15 @@ pub(super) fn validate_system(raw: RawSystem, c: &mut Collector) -> System {
             ),
         );
     }
+    if hostname.eq_ignore_ascii_case(super::NAMESERVER_LABEL) {
+        c.error(
+            raw.hostname.span(),
+            format!(
+                "hostname \"{hostname}\" is the name letterbox gives its nameserver, which \
+                 publishes no mail; expected another hostname, such as \"mail\""
+            ),
+        );
+    }
     let domain = raw
         .domain
         .get_ref()
