@@ -177,7 +177,8 @@ impl Console {
     }
 }
 
-/// A temporary tree outside /tmp (the agent mounts a fresh tmpfs on /tmp as PID 1).
+/// A temporary tree outside /tmp and /run, which the agent as PID 1 mounts fresh tmpfs
+/// over: /var/tmp, since the checkout (and its target/) may itself live under /tmp.
 struct Dirs {
     _dir: tempfile::TempDir,
     boot: PathBuf,
@@ -188,7 +189,10 @@ struct Dirs {
 
 impl Dirs {
     fn new() -> Dirs {
-        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("letterbox-init-test")
+            .tempdir_in("/var/tmp")
+            .unwrap();
         let d = |name: &str| {
             let p = dir.path().join(name);
             std::fs::create_dir_all(&p).unwrap();
