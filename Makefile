@@ -44,7 +44,7 @@ deps-test: $(STAMPS)/deps-test
 test: deps-test test-image
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
-	tests/run
+	LETTERBOX_REQUIRE_ALL=1 tests/run
 
 $(STAMPS)/deps-bench: $(STAMPS)/apt-update Makefile
 	$(APT_INSTALL) $(BENCH_PACKAGES) $(HOST_RUST_PACKAGES)
