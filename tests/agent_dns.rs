@@ -5,39 +5,30 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
+use common::{KillOnDrop, Netns, TIMEOUT};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-const TIMEOUT: Duration = Duration::from_secs(30);
-
 /// A network namespace with one veth end for the agent; removed on drop.
 struct Lab {
-    netns: String,
+    netns: Netns,
     link: String,
 }
 
 impl Lab {
     fn new() -> Lab {
-        let id = std::process::id();
-        let lab = Lab {
-            netns: format!("lbx-adns-{id}"),
-            link: format!("lbad{}a", id % 10_000),
-        };
-        run_ok(Command::new("ip").args(["netns", "add", &lab.netns]));
-        let peer = lab.link.replace('a', "b");
-        run_ok(Command::new("ip").args([
-            "-n", &lab.netns, "link", "add", &lab.link, "type", "veth", "peer", "name", &peer,
-        ]));
-        lab
+        let (netns, link) = Netns::with_veth("adns");
+        Lab { netns, link }
     }
 
     /// `dig` inside the namespace against the agent; the answer section, one record a line.
     fn dig(&self, name: &str, qtype: &str) -> String {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.netns, "dig", "@192.0.2.10", "+short"])
+        let out = self
+            .netns
+            .exec("dig")
+            .args(["@192.0.2.10", "+short"])
             .args(["+time=2", "+tries=1", name, qtype])
             .output()
             .expect("dig runs");
@@ -50,33 +41,6 @@ impl Lab {
             .nth(2)
             .and_then(|s| s.parse().ok())
     }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.netns])
-            .status();
-    }
-}
-
-/// The agent, killed and reaped on drop so that a failing test leaves nothing behind.
-struct Agent(Child);
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn run_ok(cmd: &mut Command) {
-    let out = cmd.output().expect("command runs");
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn config(link: &str, accounts: &[&str]) -> String {
@@ -104,19 +68,10 @@ listen = ["192.0.2.10:53"]
     text
 }
 
-fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + TIMEOUT;
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn start_agent(lab: &Lab, file: &Path, state: &Path) -> Agent {
-    Agent(
-        Command::new("ip")
-            .args(["netns", "exec", &lab.netns])
-            .arg(common::letterbox_bin())
+fn start_agent(lab: &Lab, file: &Path, state: &Path) -> KillOnDrop {
+    KillOnDrop(
+        lab.netns
+            .exec(common::letterbox_bin())
             .arg("run")
             .arg(file)
             .arg("--state")
@@ -144,17 +99,23 @@ fn run_mode_serves_the_zone_and_sighup_serves_an_added_account() {
     std::fs::write(&file, config(&lab.link, &["alice"])).unwrap();
     let agent = start_agent(&lab, &file, &dir.path().join("state"));
 
-    wait_until("the agent's DNS unit to answer", || lab.serial().is_some());
+    assert!(
+        common::wait_until(TIMEOUT, || lab.serial().is_some()),
+        "timed out waiting for the agent's DNS unit to answer"
+    );
     let before = lab.serial().unwrap();
     assert_eq!(lab.dig("example.org", "MX"), "10 mail.example.org.");
     assert_eq!(lab.dig("alice.example.org", "MX"), "10 mail.example.org.");
     assert_eq!(lab.dig("bob.example.org", "MX"), "");
 
     std::fs::write(&file, config(&lab.link, &["alice", "bob"])).unwrap();
-    kill(Pid::from_raw(agent.0.id() as i32), Signal::SIGHUP).unwrap();
-    wait_until("bob's MX after SIGHUP", || {
-        lab.dig("bob.example.org", "MX") == "10 mail.example.org."
-    });
+    kill(Pid::from_raw(agent.id() as i32), Signal::SIGHUP).unwrap();
+    assert!(
+        common::wait_until(TIMEOUT, || {
+            lab.dig("bob.example.org", "MX") == "10 mail.example.org."
+        }),
+        "timed out waiting for bob's MX after SIGHUP"
+    );
     let after = lab.serial().unwrap();
     assert!(after > before, "serial {after} should exceed {before}");
     assert_eq!(lab.dig("alice.example.org", "MX"), "10 mail.example.org.");

@@ -7,17 +7,17 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicU32, Ordering};
 
+use common::{run, KillOnDrop, Netns, TIMEOUT};
 use serde_json::Value;
-
-static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
 
 /// A pair of network namespaces joined by a veth pair, and a persistent UTS namespace for
 /// the applies; all removed on drop, also when the test fails.
 struct Lab {
-    ns_a: String,
-    ns_b: String,
+    /// The appliance's namespace.
+    a: Netns,
+    /// The router's namespace.
+    b: Netns,
     /// The veth end in A, the one letterbox configures.
     link_a: String,
     link_b: String,
@@ -27,38 +27,29 @@ struct Lab {
 
 impl Lab {
     fn new() -> Lab {
-        // Unique across parallel tests and concurrent test processes (the separator keeps
-        // pid 0x1a with lab 2 apart from pid 0x1 with lab 12); link names stay within the
-        // kernel's 15 bytes: "lb" + at most 6 hex digits + "-" + lab + one letter.
-        let id = format!(
-            "{:x}-{}",
-            std::process::id(),
-            NEXT_LAB.fetch_add(1, Ordering::Relaxed)
-        );
+        let id = common::unique_id();
         let lab = Lab {
-            ns_a: format!("lbnet-{id}-a"),
-            ns_b: format!("lbnet-{id}-b"),
+            a: Netns::new("net-a"),
+            b: Netns::new("net-b"),
             link_a: format!("lb{id}a"),
             link_b: format!("lb{id}b"),
             uts: PathBuf::from(format!("/run/lbnet-{id}-uts")),
             dir: tempfile::tempdir().expect("temporary directory"),
         };
-        run(&["ip", "netns", "add", &lab.ns_a]);
-        run(&["ip", "netns", "add", &lab.ns_b]);
         run(&[
             "ip",
             "link",
             "add",
             &lab.link_a,
             "netns",
-            &lab.ns_a,
+            &lab.a.name,
             "type",
             "veth",
             "peer",
             "name",
             &lab.link_b,
             "netns",
-            &lab.ns_b,
+            &lab.b.name,
         ]);
         for args in [
             vec!["link", "set", "lo", "up"],
@@ -69,9 +60,7 @@ impl Lab {
             vec!["addr", "add", "2001:db8::1/64", "dev", &lab.link_b, "nodad"],
             vec!["addr", "add", "2001:db8::2/64", "dev", &lab.link_b, "nodad"],
         ] {
-            let mut full = vec!["ip", "-n", &lab.ns_b];
-            full.extend(args);
-            run(&full);
+            lab.b.ip(&args);
         }
         std::fs::write(&lab.uts, "").expect("UTS namespace mount point");
         let uts = format!("--uts={}", lab.uts.display());
@@ -84,10 +73,9 @@ impl Lab {
     fn add_second_link(&self) -> String {
         let link = format!("{}c", self.link_a.trim_end_matches('a'));
         let peer = format!("{}d", self.link_a.trim_end_matches('a'));
-        run(&[
-            "ip", "-n", &self.ns_a, "link", "add", &link, "type", "veth", "peer", "name", &peer,
-        ]);
-        run(&["ip", "-n", &self.ns_a, "link", "set", &peer, "up"]);
+        self.a
+            .ip(&["link", "add", &link, "type", "veth", "peer", "name", &peer]);
+        self.a.ip(&["link", "set", &peer, "up"]);
         link
     }
 
@@ -102,8 +90,10 @@ impl Lab {
         let uts = format!("--uts={}", self.uts.display());
         let bin = common::letterbox_bin();
         let root = self.root();
-        let output = Command::new("ip")
-            .args(["netns", "exec", &self.ns_a, "nsenter", &uts])
+        let output = self
+            .a
+            .exec("nsenter")
+            .arg(&uts)
             .arg(&bin)
             .args(["net", "apply"])
             .arg(&file)
@@ -127,10 +117,10 @@ impl Lab {
     }
 
     /// `ip -j ARGS` inside namespace NS, parsed.
-    fn ip_json(&self, ns: &str, args: &[&str]) -> Value {
-        let mut full = vec!["ip", "-n", ns, "-j"];
+    fn ip_json(&self, ns: &Netns, args: &[&str]) -> Value {
+        let mut full = vec!["-j"];
         full.extend(args);
-        serde_json::from_str(&run(&full)).expect("ip -j prints JSON")
+        serde_json::from_str(&ns.ip(&full)).expect("ip -j prints JSON")
     }
 
     /// The link's addresses in namespace A, as "address/prefix".
@@ -140,7 +130,7 @@ impl Lab {
 
     /// The addresses of a link in namespace A, as "address/prefix".
     fn addresses_of(&self, link: &str) -> Vec<String> {
-        let links = self.ip_json(&self.ns_a, &["addr", "show", "dev", link]);
+        let links = self.ip_json(&self.a, &["addr", "show", "dev", link]);
         links[0]["addr_info"]
             .as_array()
             .expect("addr_info")
@@ -164,7 +154,7 @@ impl Lab {
         for family in ["-4", "-6"] {
             let mut args = vec![family, "route", "show", "default"];
             args.extend(filter);
-            let routes = self.ip_json(&self.ns_a, &args);
+            let routes = self.ip_json(&self.a, &args);
             for r in routes.as_array().expect("route list") {
                 out.push((
                     r["gateway"].as_str().unwrap_or("").to_string(),
@@ -198,7 +188,7 @@ impl Lab {
         ]
         .iter()
         .map(|args| {
-            let mut state = self.ip_json(&self.ns_a, args);
+            let mut state = self.ip_json(&self.a, args);
             strip_kernel_driven(&mut state);
             state
         })
@@ -206,8 +196,9 @@ impl Lab {
     }
 
     fn ping_from_b(&self, address: &str) -> bool {
-        Command::new("ip")
-            .args(["netns", "exec", &self.ns_b, "ping", "-c1", "-W2", address])
+        self.b
+            .exec("ping")
+            .args(["-c1", "-W2", address])
             .status()
             .expect("run ping")
             .success()
@@ -216,27 +207,10 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        // Deleting the namespaces deletes the veth pair with them.
-        for ns in [&self.ns_a, &self.ns_b] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
+        // The namespaces (and the veth pair with them) go when their fields drop.
         let _ = nix::mount::umount(&self.uts);
         let _ = std::fs::remove_file(&self.uts);
     }
-}
-
-/// Runs a command that must succeed; returns its stdout.
-fn run(args: &[&str]) -> String {
-    let output = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
-    assert!(
-        output.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
 }
 
 fn provisioning(interfaces: &str) -> String {
@@ -280,7 +254,7 @@ fn applied_config_is_in_the_kernel_and_reachable_over_ipv4_and_ipv6() {
     let report = lab.apply_ok(&provisioning(&interface(&lab.link_a, STATIC)));
     assert!(report.contains("+ address 192.0.2.10/24"), "{report}");
 
-    let link = &lab.ip_json(&lab.ns_a, &["link", "show", "dev", &lab.link_a])[0];
+    let link = &lab.ip_json(&lab.a, &["link", "show", "dev", &lab.link_a])[0];
     assert_eq!(link["mtu"], 1400);
     assert!(
         link["flags"].as_array().unwrap().iter().any(|f| f == "UP"),
@@ -297,15 +271,7 @@ fn applied_config_is_in_the_kernel_and_reachable_over_ipv4_and_ipv6() {
         ]
     );
 
-    let show = run(&[
-        "ip",
-        "netns",
-        "exec",
-        &lab.ns_a,
-        common::letterbox_bin().to_str().unwrap(),
-        "net",
-        "show",
-    ]);
+    let show = common::run_ok(lab.a.exec(common::letterbox_bin()).args(["net", "show"]));
     for line in [
         "  192.0.2.10/24 (letterbox)",
         "  2001:db8::10/64 (letterbox)",
@@ -375,9 +341,7 @@ gateway6 = "2001:db8::1""#,
         ],
         vec!["route", "add", "203.0.113.0/24", "via", "192.0.2.1"],
     ] {
-        let mut full = vec!["ip", "-n", &lab.ns_a];
-        full.extend(args);
-        run(&full);
+        lab.a.ip(&args);
     }
 
     let report = lab.apply_ok(&provisioning(&interface(
@@ -415,7 +379,7 @@ gateway6 = "2001:db8::2""#,
             ("2001:db8::2".to_string(), "213".to_string())
         ]
     );
-    let hand_route = lab.ip_json(&lab.ns_a, &["route", "show", "203.0.113.0/24"]);
+    let hand_route = lab.ip_json(&lab.a, &["route", "show", "203.0.113.0/24"]);
     assert_eq!(hand_route[0]["gateway"], "192.0.2.1", "{hand_route}");
     assert!(lab.ping_from_b("192.0.2.10"));
 }
@@ -462,16 +426,14 @@ fn system_files_are_written_under_the_root_and_the_hostname_is_set() {
     assert_eq!(read("hostname"), "mail\n");
     assert_eq!(read("timezone"), "Europe/Paris\n");
     let hosts = read("hosts");
-    assert!(hosts.contains("127.0.0.1\tlocalhost\n"), "{hosts}");
-    assert!(hosts.contains("::1\tlocalhost"), "{hosts}");
-    assert!(
-        hosts.contains("192.0.2.10\tmail.example.org mail\n"),
-        "{hosts}"
-    );
-    assert!(
-        hosts.contains("2001:db8::10\tmail.example.org mail\n"),
-        "{hosts}"
-    );
+    for line in [
+        "127.0.0.1\tlocalhost\n",
+        "::1\tlocalhost",
+        "192.0.2.10\tmail.example.org mail\n",
+        "2001:db8::10\tmail.example.org mail\n",
+    ] {
+        assert!(hosts.contains(line), "{line:?} not in:\n{hosts}");
+    }
     let resolv = read("resolv.conf");
     let servers: Vec<&str> = resolv
         .lines()
@@ -493,7 +455,7 @@ fn accept_ra_sysctls_follow_the_file() {
     let lab = Lab::new();
     let sysctl = |name: &str| {
         let path = format!("/proc/sys/net/ipv6/conf/{}/{name}", lab.link_a);
-        run(&["ip", "netns", "exec", &lab.ns_a, "cat", &path])
+        common::run_ok(lab.a.exec("cat").arg(&path))
             .trim()
             .to_string()
     };
@@ -516,67 +478,34 @@ fn accept_ra_sysctls_follow_the_file() {
 }
 
 /// radvd in namespace B, advertising 2001:db8:5::/64 for SLAAC; killed on drop.
-struct Radvd(std::process::Child);
-
-impl Radvd {
-    fn start(lab: &Lab) -> Radvd {
-        // radvd advertises only from a router: one that forwards IPv6.
-        run(&[
-            "ip",
-            "netns",
-            "exec",
-            &lab.ns_b,
-            "sysctl",
-            "-qw",
-            "net.ipv6.conf.all.forwarding=1",
-        ]);
-        let conf = lab.dir.path().join("radvd.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "interface {} {{\n  AdvSendAdvert on;\n  MinRtrAdvInterval 3;\n  MaxRtrAdvInterval 4;\n  \
-                 prefix 2001:db8:5::/64 {{ AdvOnLink on; AdvAutonomous on; }};\n}};\n",
-                lab.link_b
-            ),
-        )
-        .unwrap();
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &lab.ns_b,
-                "radvd",
-                "--nodaemon",
-                "--logmethod",
-                "stderr",
-            ])
-            .arg("--config")
-            .arg(&conf)
-            .arg("--pidfile")
-            .arg(lab.dir.path().join("radvd.pid"))
-            .spawn()
-            .expect("start radvd");
-        Radvd(child)
-    }
-}
-
-impl Drop for Radvd {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Polls `condition` every 100 ms for up to `limit`; a deadline, not a timing goal.
-fn wait_for(limit: std::time::Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = std::time::Instant::now() + limit;
-    while std::time::Instant::now() < deadline {
-        if condition() {
-            return true;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    condition()
+fn start_radvd(lab: &Lab) -> KillOnDrop {
+    // radvd advertises only from a router: one that forwards IPv6.
+    common::run_ok(
+        lab.b
+            .exec("sysctl")
+            .args(["-qw", "net.ipv6.conf.all.forwarding=1"]),
+    );
+    let conf = lab.dir.path().join("radvd.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "interface {} {{\n  AdvSendAdvert on;\n  MinRtrAdvInterval 3;\n  MaxRtrAdvInterval 4;\n  \
+             prefix 2001:db8:5::/64 {{ AdvOnLink on; AdvAutonomous on; }};\n}};\n",
+            lab.link_b
+        ),
+    )
+    .unwrap();
+    let child = lab
+        .b
+        .exec("radvd")
+        .args(["--nodaemon", "--logmethod", "stderr"])
+        .arg("--config")
+        .arg(&conf)
+        .arg("--pidfile")
+        .arg(lab.dir.path().join("radvd.pid"))
+        .spawn()
+        .expect("start radvd");
+    KillOnDrop(child)
 }
 
 #[test]
@@ -590,7 +519,7 @@ fn accept_ra_adds_slaac_beside_static_addresses_and_turning_it_off_removes_it() 
         return;
     }
     let lab = Lab::new();
-    let _radvd = Radvd::start(&lab);
+    let _radvd = start_radvd(&lab);
     let slaac = |addresses: &[String]| {
         addresses
             .iter()
@@ -603,10 +532,7 @@ fn accept_ra_adds_slaac_beside_static_addresses_and_turning_it_off_removes_it() 
         &format!("{STATIC}\naccept_ra = true"),
     )));
     assert!(
-        wait_for(std::time::Duration::from_secs(30), || slaac(
-            &lab.addresses_a()
-        )
-        .is_some()),
+        common::wait_until(TIMEOUT, || slaac(&lab.addresses_a()).is_some()),
         "no SLAAC address from radvd's 2001:db8:5::/64 within 30 s: {:?}",
         lab.addresses_a()
     );
@@ -668,7 +594,7 @@ fn services_can_bind_the_new_ipv6_address_right_after_apply() {
     let lab = Lab::new();
     let cfg =
         letterbox::config::parse("test", &provisioning(&interface(&lab.link_a, STATIC))).unwrap();
-    let netns = Path::new("/run/netns").join(&lab.ns_a);
+    let netns = Path::new("/run/netns").join(&lab.a.name);
     let root = lab.root();
     let bound = std::thread::spawn(move || {
         use nix::sched::{setns, unshare, CloneFlags};
@@ -690,7 +616,7 @@ fn services_can_bind_the_new_ipv6_address_right_after_apply() {
     let address = bound.expect("bind to 2001:db8::10 right after apply");
     assert_eq!(address.ip().to_string(), "2001:db8::10");
 
-    let link = &lab.ip_json(&lab.ns_a, &["addr", "show", "dev", &lab.link_a])[0];
+    let link = &lab.ip_json(&lab.a, &["addr", "show", "dev", &lab.link_a])[0];
     let static_v6 = link["addr_info"]
         .as_array()
         .unwrap()
@@ -723,16 +649,7 @@ gateway6 = "2001:db8:c::1""#
         ),
     )));
     assert_eq!(lab.default_routes_via(&second).len(), 2);
-    run(&[
-        "ip",
-        "-n",
-        &lab.ns_a,
-        "addr",
-        "add",
-        "203.0.113.7/24",
-        "dev",
-        &second,
-    ]);
+    lab.a.ip(&["addr", "add", "203.0.113.7/24", "dev", &second]);
 
     // The gateways move to the first link: the second link's routes must go before the
     // kernel accepts them there.
@@ -833,7 +750,7 @@ fn advertised_route_to_the_link_local_gateway6_does_not_replace_letterbox_route(
         return;
     }
     let lab = Lab::new();
-    let _radvd = Radvd::start(&lab);
+    let _radvd = start_radvd(&lab);
     let without_gateway6 = r#"ipv4 = ["192.0.2.10/24"]
 gateway4 = "192.0.2.1"
 ipv6 = ["2001:db8::10/64"]"#;
@@ -848,8 +765,7 @@ ipv6 = ["2001:db8::10/64"]"#;
             .map(|(gateway, _)| gateway)
     };
     assert!(
-        wait_for(std::time::Duration::from_secs(30), || advertised()
-            .is_some()),
+        common::wait_until(TIMEOUT, || advertised().is_some()),
         "no advertised default route within 30 s: {:?}",
         lab.default_routes_a()
     );

@@ -24,3 +24,129 @@ pub fn is_root() -> bool {
 pub fn letterbox_bin() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_BIN_EXE_letterbox"))
 }
+
+/// Generous: the agent answers in milliseconds, but CI machines stall. A deadline for
+/// polling, never a timing goal.
+pub const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+static NEXT_ID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// An id unique across the parallel tests of this process and concurrent test processes
+/// (the separator keeps pid 0x1a with id 2 apart from pid 0x1 with id 12). At most 6 hex
+/// digits + "-" + a few digits, so "lb" + id + one letter fits a 15-byte link name.
+pub fn unique_id() -> String {
+    let n = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{:x}-{n}", std::process::id())
+}
+
+/// Runs a command that must succeed; returns its stdout.
+pub fn run_ok(cmd: &mut std::process::Command) -> String {
+    let output = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// `run_ok` of a program and its arguments.
+pub fn run(args: &[&str]) -> String {
+    run_ok(std::process::Command::new(args[0]).args(&args[1..]))
+}
+
+/// Polls `probe` every 50 ms until it returns something or `limit` has passed.
+pub fn wait_for<T>(limit: std::time::Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(found) = probe() {
+            return Some(found);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Polls `condition` until it holds (true) or `limit` has passed (false).
+pub fn wait_until(limit: std::time::Duration, mut condition: impl FnMut() -> bool) -> bool {
+    wait_for(limit, || condition().then_some(())).is_some()
+}
+
+/// A network namespace with a unique name; deleted on drop (with every link in it), also
+/// when the test fails.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    /// An empty namespace named `lbx-TAG-ID`.
+    pub fn new(tag: &str) -> Netns {
+        let netns = Netns {
+            name: format!("lbx-{tag}-{}", unique_id()),
+        };
+        run(&["ip", "netns", "add", &netns.name]);
+        netns
+    }
+
+    /// A namespace with a veth pair inside; also returns the end the agent configures
+    /// (its peer stays down, unconfigured, beside it).
+    pub fn with_veth(tag: &str) -> (Netns, String) {
+        let netns = Netns::new(tag);
+        let id = unique_id();
+        let (link, peer) = (format!("lb{id}a"), format!("lb{id}b"));
+        netns.ip(&["link", "add", &link, "type", "veth", "peer", "name", &peer]);
+        (netns, link)
+    }
+
+    /// `ip -n NAME ARGS`, which must succeed; its stdout.
+    pub fn ip(&self, args: &[&str]) -> String {
+        run_ok(
+            std::process::Command::new("ip")
+                .args(["-n", &self.name])
+                .args(args),
+        )
+    }
+
+    /// A command that runs `program` inside the namespace (`ip netns exec` execs it, so
+    /// the child's pid is the program's).
+    pub fn exec(&self, program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]).arg(program);
+        cmd
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// A child process killed and reaped on drop, so a failing test leaves nothing behind.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
