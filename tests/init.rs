@@ -12,12 +12,11 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use common::{run_ok, KillOnDrop, Netns, TIMEOUT};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 const PASSWORD: &str = "letterbox-test";
-/// Generous: the agent answers in milliseconds, but CI machines stall.
-const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Skips (and says why) unless root with `unshare` and `ip` available.
 fn can_run(test: &str) -> bool {
@@ -34,60 +33,21 @@ fn can_run(test: &str) -> bool {
     true
 }
 
-/// A network namespace with a veth pair (`<name>a` is configured by the agent).
-struct Netns {
-    name: String,
-    link: String,
+/// Like `can_run`, and `nsenter` too (to start processes in the agent's PID namespace).
+fn can_enter(test: &str) -> bool {
+    if !can_run(test) {
+        return false;
+    }
+    if Command::new("nsenter").arg("--version").output().is_err() {
+        common::skip(test, "`nsenter` is not installed");
+        return false;
+    }
+    true
 }
 
-impl Netns {
-    fn new(tag: &str) -> Netns {
-        let name = format!("lbx-init-{tag}-{}", std::process::id());
-        let link = format!("lbi{tag}{}", std::process::id() % 10_000);
-        run_ok(Command::new("ip").args(["netns", "add", &name]));
-        let ns = Netns {
-            name,
-            link: format!("{link}a"),
-        };
-        run_ok(Command::new("ip").args([
-            "-n",
-            &ns.name,
-            "link",
-            "add",
-            &ns.link,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &format!("{link}b"),
-        ]));
-        ns
-    }
-
-    fn addresses(&self) -> String {
-        let out = Command::new("ip")
-            .args(["-n", &self.name, "addr", "show", "dev", &self.link])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-fn run_ok(cmd: &mut Command) {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// The addresses on the agent's link, as `ip addr show` prints them.
+fn addresses(ns: &Netns, link: &str) -> String {
+    ns.ip(&["addr", "show", "dev", link])
 }
 
 /// The master side of a pty, with everything the agent wrote collected by a thread.
@@ -252,21 +212,15 @@ baud = 115200
 /// kernel hands init /dev/console; `/proc/self/fd/0` reopens it, and works even if /dev
 /// had to be mounted over.
 struct Pid1 {
-    unshare: Child,
+    /// Killed on drop (after a failed assertion): --kill-child takes the agent along.
+    unshare: KillOnDrop,
 }
 
 impl Pid1 {
     fn boot(ns: &Netns, dirs: &Dirs, console: &Console) -> Pid1 {
-        let unshare = Command::new("ip")
-            .args(["netns", "exec", &ns.name])
-            .args([
-                "unshare",
-                "--pid",
-                "--mount",
-                "--uts",
-                "--fork",
-                "--kill-child",
-            ])
+        let unshare = ns
+            .exec("unshare")
+            .args(["--pid", "--mount", "--uts", "--fork", "--kill-child"])
             .arg(&dirs.init)
             .arg("--boot-dir")
             .arg(&dirs.boot)
@@ -280,41 +234,96 @@ impl Pid1 {
             .stderr(console.stdio())
             .spawn()
             .unwrap();
-        Pid1 { unshare }
+        Pid1 {
+            unshare: KillOnDrop(unshare),
+        }
     }
 
     /// The agent's pid as the host sees it: the child `unshare` forked.
     fn host_pid(&self) -> Pid {
-        let children = format!("/proc/{0}/task/{0}/children", self.unshare.id());
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            let text = std::fs::read_to_string(&children).unwrap_or_default();
-            if let Some(pid) = text.split_whitespace().next() {
-                return Pid::from_raw(pid.parse().unwrap());
-            }
-            assert!(Instant::now() < deadline, "unshare forked no child");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let unshare = Pid::from_raw(self.unshare.id() as i32);
+        common::wait_for(TIMEOUT, || children(unshare).first().copied())
+            .expect("unshare forked no child")
     }
 
     /// How `unshare` ended: it dies of the signal its child (the agent) died of.
     fn wait(mut self) -> ExitStatus {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            if let Some(status) = self.unshare.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "the agent did not end");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        common::wait_for(TIMEOUT, || self.unshare.try_wait().unwrap())
+            .expect("the agent did not end")
     }
 }
 
-impl Drop for Pid1 {
-    fn drop(&mut self) {
-        // After a failed assertion: --kill-child takes the agent along.
-        let _ = self.unshare.kill();
-        let _ = self.unshare.wait();
+/// An agent started on a pty console, in a network namespace with a veth end (`link`)
+/// for it, with a valid file. Fields drop in order: the agent first, the namespace last.
+struct Running<A> {
+    agent: A,
+    console: Console,
+    dirs: Dirs,
+    link: String,
+    ns: Netns,
+}
+
+/// The agent booted as PID 1 with a valid file for `hostname`.
+fn booted(tag: &str, hostname: &str) -> Running<Pid1> {
+    let (ns, link) = Netns::with_veth(&format!("init-{tag}"));
+    let dirs = Dirs::new();
+    dirs.write_config(&config(hostname, &link, true));
+    let console = Console::new();
+    let agent = Pid1::boot(&ns, &dirs, &console);
+    Running {
+        agent,
+        console,
+        dirs,
+        link,
+        ns,
+    }
+}
+
+/// The agent in run mode with a valid file for `hostname`; only it holds the pty.
+fn run_mode_started(tag: &str, hostname: &str) -> Running<KillOnDrop> {
+    let (ns, link) = Netns::with_veth(&format!("init-{tag}"));
+    let dirs = Dirs::new();
+    dirs.write_config(&config(hostname, &link, true));
+    let mut console = Console::new();
+    let agent = run_mode(&ns, &dirs, &console);
+    console.slave = None;
+    Running {
+        agent,
+        console,
+        dirs,
+        link,
+        ns,
+    }
+}
+
+/// The children of a process, from /proc.
+fn children(pid: Pid) -> Vec<Pid> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(|child| Pid::from_raw(child.parse().unwrap()))
+        .collect()
+}
+
+/// Starts `script` in the background from a shell in the agent's PID namespace: when that
+/// shell exits, the process is an orphan, re-parented to the namespace's init.
+fn spawn_orphan(init: Pid, script: &str) {
+    run_ok(
+        Command::new("nsenter")
+            .arg("-t")
+            .arg(init.to_string())
+            .args(["--pid", "sh", "-c", &format!("{script} >/dev/null 2>&1 &")]),
+    );
+}
+
+/// Asserts that `lines` appear in `text` in this order.
+fn assert_in_order(text: &str, lines: &[&str]) {
+    let mut at = 0;
+    for line in lines {
+        let found = text[at..]
+            .find(line)
+            .unwrap_or_else(|| panic!("{line:?} missing or out of order in:\n{text}"));
+        at += found;
     }
 }
 
@@ -343,13 +352,9 @@ fn pid1_mounts_configures_and_logs_to_the_console() {
     if !can_run("pid1_mounts_configures_and_logs_to_the_console") {
         return;
     }
-    let ns = Netns::new("m");
-    let dirs = Dirs::new();
-    dirs.write_config(&config("lbxmount", &ns.link, true));
-    let mut console = Console::new();
-    let agent = Pid1::boot(&ns, &dirs, &console);
+    let mut lab = booted("m", "lbxmount");
 
-    let boot_log = console.expect("console ready on /proc/self/fd/0");
+    let boot_log = lab.console.expect("console ready on /proc/self/fd/0");
     // Written once: to stderr (the kernel's console) during boot, and no replay when the
     // console unit takes over the same tty.
     assert_eq!(
@@ -360,7 +365,7 @@ fn pid1_mounts_configures_and_logs_to_the_console() {
     for step in [
         "starting (as PID 1)",
         "mounting pseudo filesystems",
-        &format!("reading {}", dirs.provisioning_file().display()),
+        &format!("reading {}", lab.dirs.provisioning_file().display()),
         "network up: applying 1 interface(s)",
         "starting units",
         "login prompt on /proc/self/fd/0",
@@ -379,12 +384,16 @@ fn pid1_mounts_configures_and_logs_to_the_console() {
     // The kernel log has the lines too (as PID 1 the agent writes /dev/kmsg).
     let dmesg = Command::new("dmesg").output().unwrap();
     let kernel_log = String::from_utf8_lossy(&dmesg.stdout);
-    let reading = format!("letterbox: reading {}", dirs.provisioning_file().display());
+    let reading = format!(
+        "letterbox: reading {}",
+        lab.dirs.provisioning_file().display()
+    );
     assert!(kernel_log.contains(&reading), "{reading:?} not in dmesg");
 
     let ours = mounts(&std::fs::read_to_string("/proc/self/mountinfo").unwrap());
-    let theirs =
-        mounts(&std::fs::read_to_string(format!("/proc/{}/mountinfo", agent.host_pid())).unwrap());
+    let theirs = mounts(
+        &std::fs::read_to_string(format!("/proc/{}/mountinfo", lab.agent.host_pid())).unwrap(),
+    );
     for (path, fstype) in [
         ("/proc", "proc"),
         ("/sys", "sysfs"),
@@ -408,15 +417,15 @@ fn pid1_mounts_configures_and_logs_to_the_console() {
     };
     assert!(procs(&theirs) > procs(&ours), "no new /proc: {theirs:?}");
 
-    let addresses = ns.addresses();
+    let addresses = addresses(&lab.ns, &lab.link);
     assert!(addresses.contains("inet 192.0.2.10/24"), "{addresses}");
     assert!(addresses.contains("inet6 2001:db8::10/64"), "{addresses}");
     assert_eq!(
-        std::fs::read_to_string(dirs.root.join("etc/hostname")).unwrap(),
+        std::fs::read_to_string(lab.dirs.root.join("etc/hostname")).unwrap(),
         "lbxmount\n"
     );
     assert!(
-        dirs.state.join("last-good.toml").exists(),
+        lab.dirs.state.join("last-good.toml").exists(),
         "a valid file is kept as the last good configuration"
     );
 }
@@ -427,17 +436,13 @@ fn console_login_accepts_the_password_and_delays_wrong_ones_longer_each_time() {
     if !can_run(test) {
         return;
     }
-    let ns = Netns::new("l");
-    let dirs = Dirs::new();
-    dirs.write_config(&config("lbxlogin", &ns.link, true));
-    let mut console = Console::new();
-    let _agent = Pid1::boot(&ns, &dirs, &console);
+    let mut lab = booted("l", "lbxlogin");
 
     let mut delays = Vec::new();
     for _ in 0..2 {
-        console.login("lbxlogin", "not-the-password");
+        lab.console.login("lbxlogin", "not-the-password");
         let sent = Instant::now();
-        let answer = console.expect("Login incorrect");
+        let answer = lab.console.expect("Login incorrect");
         delays.push(sent.elapsed());
         assert!(
             !answer.contains("not-the-password"),
@@ -451,18 +456,18 @@ fn console_login_accepts_the_password_and_delays_wrong_ones_longer_each_time() {
     );
 
     // A wrong user name with the right password is refused too.
-    console.expect("lbxlogin login: ");
-    console.send("root");
-    console.expect("Password: ");
-    console.send(PASSWORD);
-    console.expect("Login incorrect");
+    lab.console.expect("lbxlogin login: ");
+    lab.console.send("root");
+    lab.console.expect("Password: ");
+    lab.console.send(PASSWORD);
+    lab.console.expect("Login incorrect");
 
-    console.login("lbxlogin", PASSWORD);
-    console.expect("lbxlogin# ");
-    let status = console.command("lbxlogin", "status");
+    lab.console.login("lbxlogin", PASSWORD);
+    lab.console.expect("lbxlogin# ");
+    let status = lab.console.command("lbxlogin", "status");
     for want in [
         "hostname:  lbxlogin.example.org",
-        &format!("config:    {}", dirs.provisioning_file().display()),
+        &format!("config:    {}", lab.dirs.provisioning_file().display()),
         "console      running",
         "192.0.2.10/24 (letterbox)",
         "2001:db8::10/64 (letterbox)",
@@ -470,21 +475,21 @@ fn console_login_accepts_the_password_and_delays_wrong_ones_longer_each_time() {
     ] {
         assert!(status.contains(want), "{want:?} not in:\n{status}");
     }
-    let unknown = console.command("lbxlogin", "frobnicate");
+    let unknown = lab.console.command("lbxlogin", "frobnicate");
     assert!(
         unknown.contains("unknown command `frobnicate`"),
         "{unknown}"
     );
-    let net = console.command("lbxlogin", "net");
+    let net = lab.console.command("lbxlogin", "net");
     assert!(net.contains("no changes"), "{net}");
-    let logs = console.command("lbxlogin", "logs");
+    let logs = lab.console.command("lbxlogin", "logs");
     assert!(logs.contains("console: admin logged in"), "{logs}");
     assert!(
         !logs.contains(PASSWORD) && !logs.contains("not-the-password"),
         "{logs}"
     );
-    console.send("exit");
-    console.expect("lbxlogin login: ");
+    lab.console.send("exit");
+    lab.console.expect("lbxlogin login: ");
 }
 
 #[test]
@@ -492,33 +497,25 @@ fn sigterm_stops_the_units_and_powers_off() {
     if !can_run("sigterm_stops_the_units_and_powers_off") {
         return;
     }
-    let ns = Netns::new("t");
-    let dirs = Dirs::new();
-    dirs.write_config(&config("lbxterm", &ns.link, true));
-    let mut console = Console::new();
-    let agent = Pid1::boot(&ns, &dirs, &console);
-    console.expect("lbxterm login: ");
+    let mut lab = booted("t", "lbxterm");
+    lab.console.expect("lbxterm login: ");
 
-    kill(agent.host_pid(), Signal::SIGTERM).unwrap();
-    let shutdown = console.expect("powering off");
-    let order = [
-        "SIGTERM received",
-        "shutting down: stopping units",
-        "stopping unit console",
-        "letterbox is shutting down",
-        "unit console stopped",
-        "powering off",
-    ];
-    let mut at = 0;
-    for line in order {
-        let found = shutdown[at..]
-            .find(line)
-            .unwrap_or_else(|| panic!("{line:?} missing or out of order in:\n{shutdown}"));
-        at += found;
-    }
+    kill(lab.agent.host_pid(), Signal::SIGTERM).unwrap();
+    let shutdown = lab.console.expect("powering off");
+    assert_in_order(
+        &shutdown,
+        &[
+            "SIGTERM received",
+            "shutting down: stopping units",
+            "stopping unit console",
+            "letterbox is shutting down",
+            "unit console stopped",
+            "powering off",
+        ],
+    );
     // reboot(2) with POWER_OFF from a PID namespace's init ends the namespace: the kernel
     // kills the init with SIGINT.
-    assert_eq!(agent.wait().signal(), Some(Signal::SIGINT as i32));
+    assert_eq!(lab.agent.wait().signal(), Some(Signal::SIGINT as i32));
 }
 
 #[test]
@@ -526,9 +523,9 @@ fn reboot_and_poweroff_from_the_shell_end_the_namespace() {
     if !can_run("reboot_and_poweroff_from_the_shell_end_the_namespace") {
         return;
     }
-    let ns = Netns::new("r");
+    let (ns, link) = Netns::with_veth("init-r");
     let dirs = Dirs::new();
-    dirs.write_config(&config("lbxboot", &ns.link, true));
+    dirs.write_config(&config("lbxboot", &link, true));
     for (command, signal) in [("reboot", Signal::SIGHUP), ("poweroff", Signal::SIGINT)] {
         let mut console = Console::new();
         let agent = Pid1::boot(&ns, &dirs, &console);
@@ -546,9 +543,9 @@ fn broken_file_shows_its_errors_and_keeps_the_last_good_login() {
     if !can_run("broken_file_shows_its_errors_and_keeps_the_last_good_login") {
         return;
     }
-    let ns = Netns::new("b");
+    let (ns, link) = Netns::with_veth("init-b");
     let dirs = Dirs::new();
-    dirs.write_config(&config("lbxgood", &ns.link, true));
+    dirs.write_config(&config("lbxgood", &link, true));
     {
         // A good boot leaves the last good copy.
         let mut console = Console::new();
@@ -597,7 +594,7 @@ fn without_any_good_file_the_console_explains_and_check_recovers() {
     if !can_run("without_any_good_file_the_console_explains_and_check_recovers") {
         return;
     }
-    let ns = Netns::new("n");
+    let (ns, link) = Netns::with_veth("init-n");
     let dirs = Dirs::new();
     dirs.write_config("version = 1\n[system\n");
     let mut console = Console::new();
@@ -616,13 +613,13 @@ fn without_any_good_file_the_console_explains_and_check_recovers() {
     console.expect("letterbox (no login)> ");
 
     // A valid file without a password hash: the console says how to set one.
-    dirs.write_config(&config("lbxfixed", &ns.link, false));
+    dirs.write_config(&config("lbxfixed", &link, false));
     console.send("check");
     let told = console.expect("letterbox (no login)> ");
     assert!(told.contains("ok: lbxfixed.example.org"), "{told}");
     assert!(told.contains("letterbox passwd"), "{told}");
 
-    dirs.write_config(&config("lbxfixed", &ns.link, true));
+    dirs.write_config(&config("lbxfixed", &link, true));
     console.send("check");
     console.login("lbxfixed", PASSWORD);
     console.expect("lbxfixed# ");
@@ -633,16 +630,11 @@ fn run_mode_serves_the_console_on_the_host_and_exits() {
     if !can_run("run_mode_serves_the_console_on_the_host_and_exits") {
         return;
     }
-    let ns = Netns::new("h");
-    let dirs = Dirs::new();
-    dirs.write_config(&config("lbxhost", &ns.link, true));
-    let mut console = Console::new();
-    let mut agent = run_mode(&ns, &dirs, &console);
-    // Only the agent holds the pty now: the log lines are its own.
-    console.slave = None;
-    let boot_log = console.expect(&format!(
+    // Only the agent holds the pty: the log lines are its own.
+    let mut lab = run_mode_started("h", "lbxhost");
+    let boot_log = lab.console.expect(&format!(
         "console ready on {}",
-        console.slave_path.display()
+        lab.console.slave_path.display()
     ));
     assert!(boot_log.contains("run mode on this host"), "{boot_log}");
     assert!(
@@ -650,18 +642,18 @@ fn run_mode_serves_the_console_on_the_host_and_exits() {
         "{boot_log}"
     );
 
-    console.login("lbxhost", PASSWORD);
-    console.expect("lbxhost# ");
-    let status = console.command("lbxhost", "status");
+    lab.console.login("lbxhost", PASSWORD);
+    lab.console.expect("lbxhost# ");
+    let status = lab.console.command("lbxhost", "status");
     assert!(status.contains("192.0.2.10/24 (letterbox)"), "{status}");
     assert!(status.contains("2001:db8::10/64 (letterbox)"), "{status}");
     // Run mode writes the system files under STATE/root, not the host's /etc.
     assert_eq!(
-        std::fs::read_to_string(dirs.state.join("root/etc/hostname")).unwrap(),
+        std::fs::read_to_string(lab.dirs.state.join("root/etc/hostname")).unwrap(),
         "lbxhost\n"
     );
-    console.send("poweroff");
-    let (status, stderr) = wait_for_exit(&mut agent);
+    lab.console.send("poweroff");
+    let (status, stderr) = wait_for_exit(&mut lab.agent);
     assert!(status.success(), "{status:?}\n{stderr}");
     assert!(
         stderr.contains("run mode: exiting instead of a power-off"),
@@ -674,15 +666,10 @@ fn console_dns_reload_serves_an_edited_file_without_a_restart() {
     if !can_run("console_dns_reload_serves_an_edited_file_without_a_restart") {
         return;
     }
-    let ns = Netns::new("d");
-    let dirs = Dirs::new();
-    let base = config("lbxdns", &ns.link, true);
-    dirs.write_config(&base);
-    let mut console = Console::new();
-    let _agent = run_mode(&ns, &dirs, &console);
-    console.slave = None;
-    console.login("lbxdns", PASSWORD);
-    console.expect("lbxdns# ");
+    let mut lab = run_mode_started("d", "lbxdns");
+    let base = std::fs::read_to_string(lab.dirs.provisioning_file()).unwrap();
+    lab.console.login("lbxdns", PASSWORD);
+    lab.console.expect("lbxdns# ");
 
     let serial = |text: &str| -> u32 {
         let at = text
@@ -695,36 +682,27 @@ fn console_dns_reload_serves_an_edited_file_without_a_restart() {
             .unwrap_or_else(|| panic!("no serial number in {text:?}"))
     };
     // The DNS unit starts beside the console; ask until it serves.
-    let deadline = Instant::now() + TIMEOUT;
-    let before = loop {
-        let reply = console.command("lbxdns", "dns");
-        if reply.contains("serving serial") {
-            break serial(&reply);
-        }
-        assert!(Instant::now() < deadline, "DNS never started: {reply}");
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let mut reply = String::new();
+    let before = common::wait_for(TIMEOUT, || {
+        reply = lab.console.command("lbxdns", "dns");
+        reply.contains("serving serial").then(|| serial(&reply))
+    })
+    .unwrap_or_else(|| panic!("DNS never started: {reply}"));
 
     let hash = letterbox::passwd::hash("box").unwrap();
-    dirs.write_config(&format!(
+    lab.dirs.write_config(&format!(
         "{base}\n[[account]]\nname = \"carol\"\npassword_hash = \"{hash}\"\n"
     ));
-    let reply = console.command("lbxdns", "dns reload");
+    let reply = lab.console.command("lbxdns", "dns reload");
     let after = serial(&reply);
     assert!(
         after > before,
         "serial {after} should exceed {before}: {reply}"
     );
-    let mx = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ns.name,
-            "dig",
-            "+short",
-            "+time=2",
-            "@192.0.2.10",
-        ])
+    let mx = lab
+        .ns
+        .exec("dig")
+        .args(["+short", "+time=2", "@192.0.2.10"])
         .args(["carol.example.org", "MX"])
         .output()
         .unwrap();
@@ -736,38 +714,22 @@ fn console_dns_reload_serves_an_edited_file_without_a_restart() {
 
 #[test]
 fn pid1_reaps_orphans() {
-    if !can_run("pid1_reaps_orphans") {
+    if !can_enter("pid1_reaps_orphans") {
         return;
     }
-    if Command::new("nsenter").arg("--version").output().is_err() {
-        common::skip("pid1_reaps_orphans", "`nsenter` is not installed");
-        return;
-    }
-    let ns = Netns::new("o");
-    let dirs = Dirs::new();
-    dirs.write_config(&config("lbxorphan", &ns.link, true));
-    let mut console = Console::new();
-    let agent = Pid1::boot(&ns, &dirs, &console);
-    console.expect("lbxorphan login: ");
-    let init = agent.host_pid();
+    let mut lab = booted("o", "lbxorphan");
+    lab.console.expect("lbxorphan login: ");
+    let init = lab.agent.host_pid();
 
     // A shell in the agent's PID namespace leaves a `sleep` behind: the orphan is
     // re-parented to the namespace's init, which must collect it when it exits. It
     // sleeps until the test ends it, so it cannot be gone before it is looked for.
-    run_ok(
-        Command::new("nsenter")
-            .arg("-t")
-            .arg(init.to_string())
-            .args(["--pid", "sh", "-c", "sleep 3600 >/dev/null 2>&1 &"]),
-    );
-    let children = format!("/proc/{init}/task/{init}/children");
-    let comm = |pid: &str| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-    let orphans = || -> Vec<String> {
-        std::fs::read_to_string(&children)
-            .unwrap_or_default()
-            .split_whitespace()
+    spawn_orphan(init, "sleep 3600");
+    let comm = |pid: &Pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    let orphans = || -> Vec<Pid> {
+        children(init)
+            .into_iter()
             .filter(|pid| comm(pid).trim() == "sleep")
-            .map(str::to_string)
             .collect()
     };
     let adopted = orphans();
@@ -777,14 +739,13 @@ fn pid1_reaps_orphans() {
         "the orphan was not re-parented to the agent"
     );
     for pid in &adopted {
-        kill(Pid::from_raw(pid.parse().unwrap()), Signal::SIGKILL).unwrap();
+        kill(*pid, Signal::SIGKILL).unwrap();
     }
     // A zombie stays in the parent's children until reaped.
-    let deadline = Instant::now() + TIMEOUT;
-    while !orphans().is_empty() {
-        assert!(Instant::now() < deadline, "orphan {adopted:?} never reaped");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert!(
+        common::wait_until(TIMEOUT, || orphans().is_empty()),
+        "orphan {adopted:?} never reaped"
+    );
 }
 
 #[test]
@@ -792,15 +753,10 @@ fn run_mode_exits_cleanly_on_sigterm() {
     if !can_run("run_mode_exits_cleanly_on_sigterm") {
         return;
     }
-    let ns = Netns::new("s");
-    let dirs = Dirs::new();
-    dirs.write_config(&config("lbxsig", &ns.link, true));
-    let mut console = Console::new();
-    let mut agent = run_mode(&ns, &dirs, &console);
-    console.slave = None;
-    console.expect("lbxsig login: ");
-    kill(Pid::from_raw(agent.id() as i32), Signal::SIGTERM).unwrap();
-    let (status, stderr) = wait_for_exit(&mut agent);
+    let mut lab = run_mode_started("s", "lbxsig");
+    lab.console.expect("lbxsig login: ");
+    kill(Pid::from_raw(lab.agent.id() as i32), Signal::SIGTERM).unwrap();
+    let (status, stderr) = wait_for_exit(&mut lab.agent);
     assert!(status.success(), "{status:?}\n{stderr}");
     let at = |line: &str| {
         stderr
@@ -817,35 +773,11 @@ fn run_mode_exits_cleanly_on_sigterm() {
     );
 }
 
-/// A run-mode agent; killed and waited for if the test fails before it exits.
-struct RunMode(Child);
-
-impl std::ops::Deref for RunMode {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for RunMode {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.0
-    }
-}
-
-impl Drop for RunMode {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// `letterbox run` in the test's network namespace (`ip netns exec` execs it: its pid is
 /// the agent's), with its console on the pty and its log on stderr.
-fn run_mode(ns: &Netns, dirs: &Dirs, console: &Console) -> RunMode {
-    let agent = Command::new("ip")
-        .args(["netns", "exec", &ns.name])
-        .arg(common::letterbox_bin())
+fn run_mode(ns: &Netns, dirs: &Dirs, console: &Console) -> KillOnDrop {
+    let agent = ns
+        .exec(common::letterbox_bin())
         .arg("run")
         .arg(dirs.provisioning_file())
         .arg("--state")
@@ -857,19 +789,13 @@ fn run_mode(ns: &Netns, dirs: &Dirs, console: &Console) -> RunMode {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    RunMode(agent)
+    KillOnDrop(agent)
 }
 
 /// Waits for a run-mode agent to exit; its status and stderr.
 fn wait_for_exit(agent: &mut Child) -> (ExitStatus, String) {
-    let deadline = Instant::now() + TIMEOUT;
-    let status = loop {
-        if let Some(status) = agent.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "run mode did not exit");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status =
+        common::wait_for(TIMEOUT, || agent.try_wait().unwrap()).expect("run mode did not exit");
     let mut stderr = String::new();
     agent
         .stderr
@@ -883,35 +809,16 @@ fn wait_for_exit(agent: &mut Child) -> (ExitStatus, String) {
 #[test]
 fn shutdown_kills_what_ignores_sigterm_and_reaps_it_before_powering_off() {
     let test = "shutdown_kills_what_ignores_sigterm_and_reaps_it_before_powering_off";
-    if !can_run(test) {
+    if !can_enter(test) {
         return;
     }
-    if Command::new("nsenter").arg("--version").output().is_err() {
-        common::skip(test, "`nsenter` is not installed");
-        return;
-    }
-    let ns = Netns::new("k");
-    let dirs = Dirs::new();
-    dirs.write_config(&config("lbxkill", &ns.link, true));
-    let mut console = Console::new();
-    let agent = Pid1::boot(&ns, &dirs, &console);
-    console.expect("lbxkill login: ");
-    let init = agent.host_pid();
+    let mut lab = booted("k", "lbxkill");
+    lab.console.expect("lbxkill login: ");
+    let init = lab.agent.host_pid();
     // An orphan in the agent's PID namespace that ignores SIGTERM.
-    run_ok(
-        Command::new("nsenter")
-            .arg("-t")
-            .arg(init.to_string())
-            .args([
-                "--pid",
-                "sh",
-                "-c",
-                "sh -c 'trap \"\" TERM; while :; do sleep 1; done' >/dev/null 2>&1 &",
-            ]),
-    );
+    spawn_orphan(init, "sh -c 'trap \"\" TERM; while :; do sleep 1; done'");
     // Only once the agent has adopted it and it has set its trap is it a real test.
-    let children = format!("/proc/{init}/task/{init}/children");
-    let ignores_sigterm = |pid: &str| {
+    let ignores_sigterm = |pid: &Pid| {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         status
             .lines()
@@ -919,32 +826,23 @@ fn shutdown_kills_what_ignores_sigterm_and_reaps_it_before_powering_off() {
             .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
             .is_some_and(|mask| mask & (1 << (Signal::SIGTERM as u64 - 1)) != 0)
     };
-    let deadline = Instant::now() + TIMEOUT;
-    while !std::fs::read_to_string(&children)
-        .unwrap_or_default()
-        .split_whitespace()
-        .any(ignores_sigterm)
-    {
-        assert!(Instant::now() < deadline, "no orphan ignoring SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        common::wait_until(TIMEOUT, || children(init).iter().any(ignores_sigterm)),
+        "no orphan ignoring SIGTERM"
+    );
     kill(init, Signal::SIGTERM).unwrap();
-    let shutdown = console.expect("powering off");
-    let order = [
-        "sent SIGTERM to the remaining processes",
-        "sending SIGKILL",
-        "powering off",
-    ];
-    let mut at = 0;
-    for line in order {
-        let found = shutdown[at..]
-            .find(line)
-            .unwrap_or_else(|| panic!("{line:?} missing or out of order in:\n{shutdown}"));
-        at += found;
-    }
+    let shutdown = lab.console.expect("powering off");
+    assert_in_order(
+        &shutdown,
+        &[
+            "sent SIGTERM to the remaining processes",
+            "sending SIGKILL",
+            "powering off",
+        ],
+    );
     assert!(
         !shutdown.contains("processes left after SIGKILL"),
         "{shutdown}"
     );
-    assert_eq!(agent.wait().signal(), Some(Signal::SIGINT as i32));
+    assert_eq!(lab.agent.wait().signal(), Some(Signal::SIGINT as i32));
 }
