@@ -130,6 +130,12 @@ impl Console {
         self.send(password);
     }
 
+    /// Logs in with the right password and waits for the admin shell's prompt.
+    fn shell(&mut self, hostname: &str) {
+        self.login(hostname, PASSWORD);
+        self.expect(&format!("{hostname}# "));
+    }
+
     /// Runs a shell command and returns its output up to the next prompt.
     fn command(&mut self, hostname: &str, command: &str) -> String {
         self.send(command);
@@ -277,6 +283,13 @@ fn booted(tag: &str, hostname: &str) -> Running<Pid1> {
         link,
         ns,
     }
+}
+
+/// `booted`, up to its login prompt.
+fn booted_to_login(tag: &str, hostname: &str) -> Running<Pid1> {
+    let mut lab = booted(tag, hostname);
+    lab.console.expect(&format!("{hostname} login: "));
+    lab
 }
 
 /// The agent in run mode with a valid file for `hostname`; only it holds the pty.
@@ -462,8 +475,7 @@ fn console_login_accepts_the_password_and_delays_wrong_ones_longer_each_time() {
     lab.console.send(PASSWORD);
     lab.console.expect("Login incorrect");
 
-    lab.console.login("lbxlogin", PASSWORD);
-    lab.console.expect("lbxlogin# ");
+    lab.console.shell("lbxlogin");
     let status = lab.console.command("lbxlogin", "status");
     for want in [
         "hostname:  lbxlogin.example.org",
@@ -497,8 +509,7 @@ fn sigterm_stops_the_units_and_powers_off() {
     if !can_run("sigterm_stops_the_units_and_powers_off") {
         return;
     }
-    let mut lab = booted("t", "lbxterm");
-    lab.console.expect("lbxterm login: ");
+    let mut lab = booted_to_login("t", "lbxterm");
 
     kill(lab.agent.host_pid(), Signal::SIGTERM).unwrap();
     let shutdown = lab.console.expect("powering off");
@@ -529,8 +540,7 @@ fn reboot_and_poweroff_from_the_shell_end_the_namespace() {
     for (command, signal) in [("reboot", Signal::SIGHUP), ("poweroff", Signal::SIGINT)] {
         let mut console = Console::new();
         let agent = Pid1::boot(&ns, &dirs, &console);
-        console.login("lbxboot", PASSWORD);
-        console.expect("lbxboot# ");
+        console.shell("lbxboot");
         console.send(command);
         console.expect("requested from the console");
         console.expect("unit console stopped");
@@ -621,8 +631,7 @@ fn without_any_good_file_the_console_explains_and_check_recovers() {
 
     dirs.write_config(&config("lbxfixed", &link, true));
     console.send("check");
-    console.login("lbxfixed", PASSWORD);
-    console.expect("lbxfixed# ");
+    console.shell("lbxfixed");
 }
 
 #[test]
@@ -642,8 +651,7 @@ fn run_mode_serves_the_console_on_the_host_and_exits() {
         "{boot_log}"
     );
 
-    lab.console.login("lbxhost", PASSWORD);
-    lab.console.expect("lbxhost# ");
+    lab.console.shell("lbxhost");
     let status = lab.console.command("lbxhost", "status");
     assert!(status.contains("192.0.2.10/24 (letterbox)"), "{status}");
     assert!(status.contains("2001:db8::10/64 (letterbox)"), "{status}");
@@ -668,8 +676,7 @@ fn console_dns_reload_serves_an_edited_file_without_a_restart() {
     }
     let mut lab = run_mode_started("d", "lbxdns");
     let base = std::fs::read_to_string(lab.dirs.provisioning_file()).unwrap();
-    lab.console.login("lbxdns", PASSWORD);
-    lab.console.expect("lbxdns# ");
+    lab.console.shell("lbxdns");
 
     let serial = |text: &str| -> u32 {
         let at = text
@@ -717,8 +724,7 @@ fn pid1_reaps_orphans() {
     if !can_enter("pid1_reaps_orphans") {
         return;
     }
-    let mut lab = booted("o", "lbxorphan");
-    lab.console.expect("lbxorphan login: ");
+    let lab = booted_to_login("o", "lbxorphan");
     let init = lab.agent.host_pid();
 
     // A shell in the agent's PID namespace leaves a `sleep` behind: the orphan is
@@ -812,8 +818,7 @@ fn shutdown_kills_what_ignores_sigterm_and_reaps_it_before_powering_off() {
     if !can_enter(test) {
         return;
     }
-    let mut lab = booted("k", "lbxkill");
-    lab.console.expect("lbxkill login: ");
+    let mut lab = booted_to_login("k", "lbxkill");
     let init = lab.agent.host_pid();
     // An orphan in the agent's PID namespace that ignores SIGTERM.
     spawn_orphan(init, "sh -c 'trap \"\" TERM; while :; do sleep 1; done'");

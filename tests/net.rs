@@ -477,6 +477,18 @@ fn accept_ra_sysctls_follow_the_file() {
     );
 }
 
+/// Like `runnable`, and radvd installed too.
+fn runnable_with_radvd(test: &str) -> bool {
+    if !runnable(test) {
+        return false;
+    }
+    if Command::new("radvd").arg("--version").output().is_err() {
+        common::skip(test, "radvd is not installed (make test installs it)");
+        return false;
+    }
+    true
+}
+
 /// radvd in namespace B, advertising 2001:db8:5::/64 for SLAAC; killed on drop.
 fn start_radvd(lab: &Lab) -> KillOnDrop {
     // radvd advertises only from a router: one that forwards IPv6.
@@ -511,11 +523,7 @@ fn start_radvd(lab: &Lab) -> KillOnDrop {
 #[test]
 fn accept_ra_adds_slaac_beside_static_addresses_and_turning_it_off_removes_it() {
     let test = "accept_ra_adds_slaac_beside_static_addresses_and_turning_it_off_removes_it";
-    if !runnable(test) {
-        return;
-    }
-    if Command::new("radvd").arg("--version").output().is_err() {
-        common::skip(test, "radvd is not installed (make test installs it)");
+    if !runnable_with_radvd(test) {
         return;
     }
     let lab = Lab::new();
@@ -742,11 +750,7 @@ fn link_local_gateway6_is_the_ipv6_default_route() {
 #[test]
 fn advertised_route_to_the_link_local_gateway6_does_not_replace_letterbox_route() {
     let test = "advertised_route_to_the_link_local_gateway6_does_not_replace_letterbox_route";
-    if !runnable(test) {
-        return;
-    }
-    if Command::new("radvd").arg("--version").output().is_err() {
-        common::skip(test, "radvd is not installed (make test installs it)");
+    if !runnable_with_radvd(test) {
         return;
     }
     let lab = Lab::new();
