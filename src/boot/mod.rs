@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use log::{info, warn};
+use log::{error, info, warn};
 use nix::mount::{mount, MsFlags};
 
 use disk::{DiskError, PartitionRef};
@@ -91,6 +91,10 @@ pub fn early_boot() -> Result<Option<BootLayout>, BootError> {
     let Some(root) = root_partition()? else {
         return Ok(None);
     };
+    // First, before anything that can fail: the login goes to /dev/serial0, and without the
+    // link it would fall back to the device tree's `serial0`, the Bluetooth UART on a Pi 3.
+    let console_tty = console_tty();
+    link_serial0(console_tty.as_deref());
     info!("early boot: loading storage drivers, looking for root partition {root}");
     let release = nix::sys::utsname::uname().map_err(BootError::Uname)?;
     let release = release.release().to_string_lossy().into_owned();
@@ -116,7 +120,13 @@ pub fn early_boot() -> Result<Option<BootLayout>, BootError> {
     };
     info!("early boot: found SD card {disk}");
 
-    disk::grow_last_partition(&disk, 3)?;
+    // Growing is a convenience: a card that cannot grow still boots, with the image's size.
+    if let Err(e) = disk::grow_last_partition(&disk, 3) {
+        warn!(
+            "early boot: data partition not grown: {}",
+            crate::error_chain(&e)
+        );
+    }
 
     let part = |n: u32| disk::partition_device(&disk, n);
     mount_dir(
@@ -142,14 +152,37 @@ pub fn early_boot() -> Result<Option<BootLayout>, BootError> {
         "fmask=0133,dmask=0022",
     )?;
     let data = part(3);
-    mount_dir(
+    match mount_dir(
         &data,
         "/data",
         "ext4",
         MsFlags::MS_NOATIME | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         "",
-    )?;
-    disk::grow_ext4("/data", &data)?;
+    ) {
+        Ok(()) => {
+            if let Err(e) = disk::grow_ext4("/data", &data) {
+                warn!(
+                    "early boot: data filesystem not grown: {}",
+                    crate::error_chain(&e)
+                );
+            }
+        }
+        // The console and DNS still come up, so the admin can see what is wrong.
+        Err(e) => {
+            error!(
+                "early boot: cannot mount the data partition {data}: {}",
+                crate::error_chain(&e)
+            );
+            error!("early boot: /data is a tmpfs: NOTHING WRITTEN NOW IS KEPT ACROSS A REBOOT");
+            mount_dir(
+                "tmpfs",
+                "/data",
+                "tmpfs",
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                "mode=0755",
+            )?;
+        }
+    }
     for dir in ["/run", "/tmp"] {
         if !is_mount_point(dir) {
             mount_dir(
@@ -167,8 +200,6 @@ pub fn early_boot() -> Result<Option<BootLayout>, BootError> {
         path: state_dir.clone(),
         source,
     })?;
-    let console_tty = console_tty();
-    link_serial0(console_tty.as_deref());
     let layout = BootLayout {
         boot_dir: PathBuf::from("/boot"),
         state_dir,
