@@ -116,7 +116,12 @@ pub fn early_boot() -> Result<Option<BootLayout>, BootError> {
         if started.elapsed() > ROOT_WAIT {
             return Err(BootError::RootNotFound(root.to_string(), ROOT_WAIT));
         }
+        let before = started.elapsed().as_secs();
         std::thread::sleep(Duration::from_millis(100));
+        let waited = started.elapsed().as_secs();
+        if waited / 10 > before / 10 {
+            info!("early boot: still waiting for root partition {root} ({waited} s)");
+        }
     };
     info!("early boot: found SD card {disk}");
 
@@ -141,7 +146,11 @@ pub fn early_boot() -> Result<Option<BootLayout>, BootError> {
 
     // The full module tree lives on the root filesystem; the initramfs only had storage.
     let full_index = ModuleIndex::load(&modules_dir(Path::new("/"), &release))?;
-    modules.lock().expect("module index").0 = full_index;
+    {
+        let mut guard = modules.lock().expect("module index");
+        guard.0 = full_index;
+        guard.1.retry_failed();
+    }
     coldplug(&modules);
 
     mount_dir(
