@@ -479,10 +479,15 @@ mod hotplug {
 
     use log::warn;
     use nix::sys::socket::{
-        bind, recv, socket, AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType,
+        bind, recvfrom, setsockopt, socket, sockopt, AddressFamily, NetlinkAddr, SockFlag,
+        SockProtocol, SockType,
     };
 
-    use super::{load_for_alias, Loader, ModuleIndex};
+    use super::{coldplug, load_for_alias, Loader, ModuleIndex};
+
+    /// Room for the burst of uevents a USB hub with several devices makes while a module
+    /// load holds this thread up (the default, ~200 KiB, overflows).
+    const RECEIVE_BUFFER: usize = 4 << 20;
 
     pub fn spawn(modules: Arc<Mutex<(ModuleIndex, Loader)>>) {
         let sock = match socket(
@@ -505,21 +510,33 @@ mod hotplug {
             warn!("hotplug: cannot bind the uevent socket ({e}); only devices present at boot get drivers");
             return;
         }
+        // Force (as root) past rmem_max; the plain option is capped but better than nothing.
+        if setsockopt(&sock, sockopt::RcvBufForce, &RECEIVE_BUFFER).is_err() {
+            let _ = setsockopt(&sock, sockopt::RcvBuf, &RECEIVE_BUFFER);
+        }
         std::thread::spawn(move || {
             let mut buf = vec![0u8; 16 * 1024];
             loop {
-                let n = match recv(
-                    std::os::fd::AsRawFd::as_raw_fd(&sock),
-                    &mut buf,
-                    MsgFlags::empty(),
-                ) {
-                    Ok(n) => n,
-                    Err(nix::Error::EINTR) | Err(nix::Error::ENOBUFS) => continue,
-                    Err(e) => {
-                        warn!("hotplug: uevent socket failed: {e}");
-                        return;
-                    }
-                };
+                let (n, from) =
+                    match recvfrom::<NetlinkAddr>(std::os::fd::AsRawFd::as_raw_fd(&sock), &mut buf)
+                    {
+                        Ok(received) => received,
+                        Err(nix::Error::EINTR) => continue,
+                        // Events were dropped, maybe a device's "add": scan for every device.
+                        Err(nix::Error::ENOBUFS) => {
+                            warn!("hotplug: uevents were dropped; scanning all devices again");
+                            coldplug(&modules);
+                            continue;
+                        }
+                        Err(e) => {
+                            warn!("hotplug: uevent socket failed: {e}");
+                            return;
+                        }
+                    };
+                // Only the kernel (port 0) is trusted to name modules to load.
+                if from.is_none_or(|addr| addr.pid() != 0) {
+                    continue;
+                }
                 if let Some(alias) = add_event_modalias(&buf[..n]) {
                     load_for_alias(&modules, &alias);
                 }
