@@ -80,6 +80,9 @@ pub enum BootError {
 /// Messages go through `log`, whose logger (installed by init) stamps them with the time
 /// since boot like the kernel's own lines.
 ///
+/// Expects init's kernel filesystems (/proc, /sys, /dev, /run, /tmp); the switch to the
+/// root filesystem moves them along.
+///
 /// Returns None, touching nothing, when this is not the appliance's initramfs: "/" is not
 /// the initramfs, or the kernel command line does not name a root partition (e.g. the
 /// agent as PID 1 of a namespace in tests, or on another machine).
@@ -87,7 +90,6 @@ pub fn early_boot() -> Result<Option<BootLayout>, BootError> {
     if !root_is_initramfs() {
         return Ok(None);
     }
-    mount_kernel_filesystems()?;
     let Some(root) = root_partition()? else {
         return Ok(None);
     };
@@ -192,17 +194,6 @@ pub fn early_boot() -> Result<Option<BootLayout>, BootError> {
             )?;
         }
     }
-    for dir in ["/run", "/tmp"] {
-        if !is_mount_point(dir) {
-            mount_dir(
-                "tmpfs",
-                dir,
-                "tmpfs",
-                MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-                "mode=0755",
-            )?;
-        }
-    }
     writable_etc(&modules)?;
     let state_dir = PathBuf::from("/data/letterbox");
     std::fs::create_dir_all(&state_dir).map_err(|source| BootError::MountPoint {
@@ -287,21 +278,6 @@ fn root_partition() -> Result<Option<PartitionRef>, BootError> {
         .split_whitespace()
         .find_map(|arg| arg.strip_prefix("root=PARTUUID="))
         .and_then(PartitionRef::parse))
-}
-
-fn mount_kernel_filesystems() -> Result<(), BootError> {
-    let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    for (what, target, fstype, flags) in [
-        ("proc", "/proc", "proc", nodev),
-        ("sysfs", "/sys", "sysfs", nodev),
-        ("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID),
-    ] {
-        // init mounts them first on the appliance; mounting again would stack a copy.
-        if !is_mount_point(target) {
-            mount_dir(what, target, fstype, flags, "")?;
-        }
-    }
-    Ok(())
 }
 
 fn mount_dir(
