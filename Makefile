@@ -100,8 +100,12 @@ image: cross
 test-image: cross
 	$(CARGO) run --quiet -- build tests/fixtures/qemu-letterbox.toml --board rpi3 -o $(TEST_IMAGE) --agent $(AGENT)
 
-qemu: image
-	$(CARGO) run --quiet -- qemu $(OUT)
+# QEMU's raspi3b with user-mode networking: an rpi3 image from image/qemu-letterbox.toml
+# (10.0.2.15; admin password "letterbox-test", for QEMU only). DNS: dig -p 5353 @127.0.0.1
+QEMU_IMAGE := out/qemu-rpi3.img
+qemu: cross
+	$(CARGO) run --quiet -- build image/qemu-letterbox.toml --board rpi3 -o $(QEMU_IMAGE) --agent $(AGENT)
+	$(CARGO) run --quiet -- qemu $(QEMU_IMAGE)
 
 bench-image: cross
 	benches/image.sh

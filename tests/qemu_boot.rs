@@ -33,7 +33,17 @@ struct Vm {
 
 impl Vm {
     fn boot(prepared: &qemu::Prepared, forwards: &[String]) -> Vm {
-        let mut child = qemu::command(prepared, "stdio", forwards)
+        use std::os::unix::process::CommandExt;
+        let mut cmd = qemu::command(prepared, "stdio", forwards);
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        // QEMU dies with the test's thread even when the test process is killed (no Drop).
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -133,6 +143,24 @@ fn dig_mx(port: u16) -> String {
     }
 }
 
+/// A loopback port free for both UDP and TCP right now, for QEMU's host forward.
+fn free_port() -> u16 {
+    loop {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// The whole module names a "modules: ...: loaded a b c" console line lists.
+fn loaded_modules(line: &str) -> Vec<&str> {
+    line.split_once(": loaded ")
+        .map(|(_, names)| names.split_whitespace().collect())
+        .unwrap_or_default()
+}
+
 fn fat_offset(image: &Path) -> u64 {
     let mut f = std::fs::File::open(image).unwrap();
     let mbr = mbrman::MBR::read_from(&mut f, 512).unwrap();
@@ -154,11 +182,17 @@ fn qemu_boots_to_login_with_network_and_survives_a_broken_file() {
     let prepared = qemu::prepare(&image, work.path()).expect("extract boot files from the image");
 
     // First boot: a good letterbox.toml; the appliance's DNS port forwarded to the host.
-    let dns_port = 20_000 + (std::process::id() % 20_000) as u16;
+    let dns_port = free_port();
     let forwards = [format!("udp:127.0.0.1:{dns_port}-:53")];
     let mut vm = Vm::boot(&prepared, &forwards);
     vm.wait_for("Machine model: Raspberry Pi 3 Model B", BOOT_TIMEOUT);
-    vm.wait_for("letterbox: ", BOOT_TIMEOUT);
+    vm.wait_for(
+        &format!(
+            "letterbox {} starting (as PID 1)",
+            env!("CARGO_PKG_VERSION")
+        ),
+        BOOT_TIMEOUT,
+    );
     vm.wait_for("early boot: found SD card mmcblk0", BOOT_TIMEOUT);
     vm.wait_for(
         "early boot: switched to the read-only root filesystem",
@@ -167,7 +201,10 @@ fn qemu_boots_to_login_with_network_and_survives_a_broken_file() {
     vm.wait_for("early boot: done", BOOT_TIMEOUT);
     vm.assert_log("the SD host driver was coldplugged", |log| {
         log.lines().any(|l| {
-            l.contains("modules: of:") && (l.contains("sdhci_iproc") || l.contains(" bcm2835"))
+            l.contains("modules: of:")
+                && loaded_modules(l)
+                    .iter()
+                    .any(|m| ["sdhci_iproc", "bcm2835"].contains(m))
         })
     });
     vm.assert_log("the data partition grew to fill the card", |log| {
@@ -179,7 +216,10 @@ fn qemu_boots_to_login_with_network_and_survives_a_broken_file() {
     vm.login();
     vm.assert_log("the USB network adapter's driver was loaded", |log| {
         log.lines().any(|l| {
-            l.contains("modules: usb:") && (l.contains("cdc_ether") || l.contains("rndis_host"))
+            l.contains("modules: usb:")
+                && loaded_modules(l)
+                    .iter()
+                    .any(|m| ["cdc_ether", "rndis_host"].contains(m))
         })
     });
     vm.send("status");
@@ -233,6 +273,12 @@ fn qemu_boots_to_login_with_network_and_survives_a_broken_file() {
     let mut vm = Vm::boot(&prepared, &[]);
     vm.wait_for("early boot: done", BOOT_TIMEOUT);
     vm.wait_for("letterbox.toml:4:", BOOT_TIMEOUT);
+    // `domain = 42`: the value, in column 10.
+    vm.assert_log("the error names line 4, column 10", |log| {
+        log.split("letterbox.toml:4:")
+            .skip(1)
+            .any(|rest| rest.split(':').next() == Some("10"))
+    });
     vm.login();
     vm.send("status");
     vm.wait_for("config:", REPLY_TIMEOUT);

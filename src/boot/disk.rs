@@ -133,10 +133,9 @@ pub fn grow_last_partition(disk: &str, n: u32) -> Result<Option<u64>, DiskError>
     let disk_sectors = sysfs_number(&sys.join("size"))?;
     let start = sysfs_number(&sys.join(&part_name).join("start"))?;
     let size = sysfs_number(&sys.join(&part_name).join("size"))?;
-    let new_size = (disk_sectors / ALIGN_SECTORS * ALIGN_SECTORS).saturating_sub(start);
-    if new_size <= size {
+    let Some(new_size) = grown_size(disk_sectors, start, size) else {
         return Ok(None);
-    }
+    };
     let dev = PathBuf::from("/dev").join(disk);
     write_mbr_size(&dev, n, start, new_size)?;
     blkpg_resize(disk, n, start, new_size)?;
@@ -146,6 +145,38 @@ pub fn grow_last_partition(disk: &str, n: u32) -> Result<Option<u64>, DiskError>
         (new_size * SECTOR) >> 20
     );
     Ok(Some(new_size))
+}
+
+/// The MBR addresses 2^32 sectors (2 TiB): a partition may not end beyond that.
+const MBR_LIMIT_SECTORS: u64 = 1 << 32;
+
+/// The size a partition at `start` grows to on a disk of `disk_sectors`: to the end of the
+/// disk or the MBR's limit, whichever is first, rounded down to the alignment; None when
+/// that is no larger than `size`.
+fn grown_size(disk_sectors: u64, start: u64, size: u64) -> Option<u64> {
+    let end = disk_sectors.min(MBR_LIMIT_SECTORS) / ALIGN_SECTORS * ALIGN_SECTORS;
+    let new_size = end.saturating_sub(start);
+    (new_size > size).then_some(new_size)
+}
+
+/// Why MBR entry `n` of `mbr` must not be grown to end at `start + new_size`, if it must not.
+fn refuse_mbr_growth(mbr: &[u8; 512], n: u32, start: u64, new_size: u64) -> Option<String> {
+    let entry = 446 + 16 * (n as usize - 1);
+    let on_disk_start = u32::from_le_bytes(mbr[entry + 8..entry + 12].try_into().expect("4"));
+    if mbr[510..] != [0x55, 0xaa] || u64::from(on_disk_start) != start {
+        return Some(format!(
+            "MBR entry {n} starts at sector {on_disk_start}, the kernel says {start}; not touching it"
+        ));
+    }
+    if start + new_size > MBR_LIMIT_SECTORS {
+        return Some(format!(
+            "partition {n} would end beyond the MBR's 2 TiB limit"
+        ));
+    }
+    // An entry after this one (added by hand) would be overlapped by the grown partition.
+    (n as usize + 1..=4)
+        .find(|later| mbr[446 + 16 * (later - 1) + 4] != 0)
+        .map(|later| format!("MBR entry {later} is in use; not growing partition {n} over it"))
 }
 
 fn write_mbr_size(dev: &Path, n: u32, start: u64, new_size: u64) -> Result<(), DiskError> {
@@ -160,17 +191,14 @@ fn write_mbr_size(dev: &Path, n: u32, start: u64, new_size: u64) -> Result<(), D
         .map_err(write_err)?;
     let mut mbr = [0u8; 512];
     file.read_exact(&mut mbr).map_err(write_err)?;
-    let entry = 446 + 16 * (n as usize - 1);
-    let on_disk_start = u32::from_le_bytes(mbr[entry + 8..entry + 12].try_into().expect("4"));
-    if mbr[510..] != [0x55, 0xaa] || u64::from(on_disk_start) != start {
+    if let Some(what) = refuse_mbr_growth(&mbr, n, start, new_size) {
         return Err(DiskError::Unexpected {
             path: dev.to_path_buf(),
-            what: format!(
-                "MBR entry {n} starts at sector {on_disk_start}, the kernel says {start}; not touching it"
-            ),
+            what,
         });
     }
-    let size32 = u32::try_from(new_size).unwrap_or(u32::MAX);
+    let entry = 446 + 16 * (n as usize - 1);
+    let size32 = u32::try_from(new_size).expect("capped at the MBR limit");
     mbr[entry + 12..entry + 16].copy_from_slice(&size32.to_le_bytes());
     file.seek(SeekFrom::Start(0)).map_err(write_err)?;
     file.write_all(&mbr).map_err(write_err)?;
@@ -278,6 +306,41 @@ fn ext4_size(device: &Path) -> Result<(u64, u64), DiskError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn growth_stops_at_the_end_of_the_disk_or_the_mbr_limit() {
+        let start = 3 * ALIGN_SECTORS;
+        // 32 GB card: to the aligned end.
+        let card = 62_333_952;
+        assert_eq!(
+            grown_size(card, start, ALIGN_SECTORS),
+            Some(card / ALIGN_SECTORS * ALIGN_SECTORS - start)
+        );
+        // Already full size: nothing to do.
+        assert_eq!(grown_size(card, start, card - start), None);
+        // 4 TB card: the partition ends at 2 TiB, and its size fits the MBR's 32 bits.
+        let grown = grown_size(7_814_037_168, start, ALIGN_SECTORS).unwrap();
+        assert_eq!(start + grown, MBR_LIMIT_SECTORS);
+        assert!(u32::try_from(grown).is_ok());
+    }
+
+    #[test]
+    fn growth_is_refused_over_a_later_mbr_entry_or_a_moved_partition() {
+        let start = 3 * ALIGN_SECTORS;
+        let mut mbr = [0u8; 512];
+        mbr[510] = 0x55;
+        mbr[511] = 0xaa;
+        let entry3 = 446 + 32;
+        mbr[entry3 + 4] = 0x83;
+        mbr[entry3 + 8..entry3 + 12].copy_from_slice(&(start as u32).to_le_bytes());
+        assert_eq!(refuse_mbr_growth(&mbr, 3, start, 1 << 20), None);
+        assert!(refuse_mbr_growth(&mbr, 3, start + 1, 1 << 20).is_some());
+        assert!(refuse_mbr_growth(&mbr, 3, start, MBR_LIMIT_SECTORS).is_some());
+        mbr[446 + 48 + 4] = 0x83;
+        assert!(refuse_mbr_growth(&mbr, 3, start, 1 << 20)
+            .unwrap()
+            .contains("entry 4 is in use"));
+    }
 
     #[test]
     fn partuuid_round_trips() {

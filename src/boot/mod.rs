@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use log::{info, warn};
+use log::{error, info, warn};
 use nix::mount::{mount, MsFlags};
 
 use disk::{DiskError, PartitionRef};
@@ -80,6 +80,9 @@ pub enum BootError {
 /// Messages go through `log`, whose logger (installed by init) stamps them with the time
 /// since boot like the kernel's own lines.
 ///
+/// Expects init's kernel filesystems (/proc, /sys, /dev, /run, /tmp); the switch to the
+/// root filesystem moves them along.
+///
 /// Returns None, touching nothing, when this is not the appliance's initramfs: "/" is not
 /// the initramfs, or the kernel command line does not name a root partition (e.g. the
 /// agent as PID 1 of a namespace in tests, or on another machine).
@@ -87,10 +90,13 @@ pub fn early_boot() -> Result<Option<BootLayout>, BootError> {
     if !root_is_initramfs() {
         return Ok(None);
     }
-    mount_kernel_filesystems()?;
     let Some(root) = root_partition()? else {
         return Ok(None);
     };
+    // First, before anything that can fail: the login goes to /dev/serial0, and without the
+    // link it would fall back to the device tree's `serial0`, the Bluetooth UART on a Pi 3.
+    let console_tty = console_tty();
+    link_serial0(console_tty.as_deref());
     info!("early boot: loading storage drivers, looking for root partition {root}");
     let release = nix::sys::utsname::uname().map_err(BootError::Uname)?;
     let release = release.release().to_string_lossy().into_owned();
@@ -112,11 +118,22 @@ pub fn early_boot() -> Result<Option<BootLayout>, BootError> {
         if started.elapsed() > ROOT_WAIT {
             return Err(BootError::RootNotFound(root.to_string(), ROOT_WAIT));
         }
+        let before = started.elapsed().as_secs();
         std::thread::sleep(Duration::from_millis(100));
+        let waited = started.elapsed().as_secs();
+        if waited / 10 > before / 10 {
+            info!("early boot: still waiting for root partition {root} ({waited} s)");
+        }
     };
     info!("early boot: found SD card {disk}");
 
-    disk::grow_last_partition(&disk, 3)?;
+    // Growing is a convenience: a card that cannot grow still boots, with the image's size.
+    if let Err(e) = disk::grow_last_partition(&disk, 3) {
+        warn!(
+            "early boot: data partition not grown: {}",
+            crate::error_chain(&e)
+        );
+    }
 
     let part = |n: u32| disk::partition_device(&disk, n);
     mount_dir(
@@ -131,7 +148,11 @@ pub fn early_boot() -> Result<Option<BootLayout>, BootError> {
 
     // The full module tree lives on the root filesystem; the initramfs only had storage.
     let full_index = ModuleIndex::load(&modules_dir(Path::new("/"), &release))?;
-    modules.lock().expect("module index").0 = full_index;
+    {
+        let mut guard = modules.lock().expect("module index");
+        guard.0 = full_index;
+        guard.1.retry_failed();
+    }
     coldplug(&modules);
 
     mount_dir(
@@ -142,19 +163,31 @@ pub fn early_boot() -> Result<Option<BootLayout>, BootError> {
         "fmask=0133,dmask=0022",
     )?;
     let data = part(3);
-    mount_dir(
+    match mount_dir(
         &data,
         "/data",
         "ext4",
         MsFlags::MS_NOATIME | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         "",
-    )?;
-    disk::grow_ext4("/data", &data)?;
-    for dir in ["/run", "/tmp"] {
-        if !is_mount_point(dir) {
+    ) {
+        Ok(()) => {
+            if let Err(e) = disk::grow_ext4("/data", &data) {
+                warn!(
+                    "early boot: data filesystem not grown: {}",
+                    crate::error_chain(&e)
+                );
+            }
+        }
+        // The console and DNS still come up, so the admin can see what is wrong.
+        Err(e) => {
+            error!(
+                "early boot: cannot mount the data partition {data}: {}",
+                crate::error_chain(&e)
+            );
+            error!("early boot: /data is a tmpfs: NOTHING WRITTEN NOW IS KEPT ACROSS A REBOOT");
             mount_dir(
                 "tmpfs",
-                dir,
+                "/data",
                 "tmpfs",
                 MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
                 "mode=0755",
@@ -167,8 +200,6 @@ pub fn early_boot() -> Result<Option<BootLayout>, BootError> {
         path: state_dir.clone(),
         source,
     })?;
-    let console_tty = console_tty();
-    link_serial0(console_tty.as_deref());
     let layout = BootLayout {
         boot_dir: PathBuf::from("/boot"),
         state_dir,
@@ -247,21 +278,6 @@ fn root_partition() -> Result<Option<PartitionRef>, BootError> {
         .split_whitespace()
         .find_map(|arg| arg.strip_prefix("root=PARTUUID="))
         .and_then(PartitionRef::parse))
-}
-
-fn mount_kernel_filesystems() -> Result<(), BootError> {
-    let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    for (what, target, fstype, flags) in [
-        ("proc", "/proc", "proc", nodev),
-        ("sysfs", "/sys", "sysfs", nodev),
-        ("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID),
-    ] {
-        // init mounts them first on the appliance; mounting again would stack a copy.
-        if !is_mount_point(target) {
-            mount_dir(what, target, fstype, flags, "")?;
-        }
-    }
-    Ok(())
 }
 
 fn mount_dir(
@@ -439,10 +455,15 @@ mod hotplug {
 
     use log::warn;
     use nix::sys::socket::{
-        bind, recv, socket, AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType,
+        bind, recvfrom, setsockopt, socket, sockopt, AddressFamily, NetlinkAddr, SockFlag,
+        SockProtocol, SockType,
     };
 
-    use super::{load_for_alias, Loader, ModuleIndex};
+    use super::{coldplug, load_for_alias, Loader, ModuleIndex};
+
+    /// Room for the burst of uevents a USB hub with several devices makes while a module
+    /// load holds this thread up (the default, ~200 KiB, overflows).
+    const RECEIVE_BUFFER: usize = 4 << 20;
 
     pub fn spawn(modules: Arc<Mutex<(ModuleIndex, Loader)>>) {
         let sock = match socket(
@@ -465,21 +486,33 @@ mod hotplug {
             warn!("hotplug: cannot bind the uevent socket ({e}); only devices present at boot get drivers");
             return;
         }
+        // Force (as root) past rmem_max; the plain option is capped but better than nothing.
+        if setsockopt(&sock, sockopt::RcvBufForce, &RECEIVE_BUFFER).is_err() {
+            let _ = setsockopt(&sock, sockopt::RcvBuf, &RECEIVE_BUFFER);
+        }
         std::thread::spawn(move || {
             let mut buf = vec![0u8; 16 * 1024];
             loop {
-                let n = match recv(
-                    std::os::fd::AsRawFd::as_raw_fd(&sock),
-                    &mut buf,
-                    MsgFlags::empty(),
-                ) {
-                    Ok(n) => n,
-                    Err(nix::Error::EINTR) | Err(nix::Error::ENOBUFS) => continue,
-                    Err(e) => {
-                        warn!("hotplug: uevent socket failed: {e}");
-                        return;
-                    }
-                };
+                let (n, from) =
+                    match recvfrom::<NetlinkAddr>(std::os::fd::AsRawFd::as_raw_fd(&sock), &mut buf)
+                    {
+                        Ok(received) => received,
+                        Err(nix::Error::EINTR) => continue,
+                        // Events were dropped, maybe a device's "add": scan for every device.
+                        Err(nix::Error::ENOBUFS) => {
+                            warn!("hotplug: uevents were dropped; scanning all devices again");
+                            coldplug(&modules);
+                            continue;
+                        }
+                        Err(e) => {
+                            warn!("hotplug: uevent socket failed: {e}");
+                            return;
+                        }
+                    };
+                // Only the kernel (port 0) is trusted to name modules to load.
+                if from.is_none_or(|addr| addr.pid() != 0) {
+                    continue;
+                }
                 if let Some(alias) = add_event_modalias(&buf[..n]) {
                     load_for_alias(&modules, &alias);
                 }

@@ -179,42 +179,68 @@ impl ModuleIndex {
     }
 }
 
-/// Loads modules into the running kernel, remembering what it already loaded.
+/// Loads modules into the running kernel, remembering what it already loaded and what
+/// failed: coldplug passes repeat every 100 ms while early boot waits for the card, and a
+/// failure is reported once, not at every pass.
 #[derive(Debug, Default)]
 pub struct Loader {
     loaded: BTreeSet<String>,
+    failed: BTreeSet<String>,
 }
 
 impl Loader {
-    /// Loads `name` and its dependencies. Returns the modules newly loaded.
+    /// Loads `name` and its dependencies. Returns the modules newly loaded; nothing (and no
+    /// error) once `name` or a dependency has failed before.
     pub fn load(&mut self, index: &ModuleIndex, name: &str) -> Result<Vec<String>, ModuleError> {
         let mut new = Vec::new();
         for module in index.load_order(name)? {
             if self.loaded.contains(&module) {
                 continue;
             }
-            let rel = index
-                .path_of(&module)
-                .ok_or_else(|| ModuleError::Unknown(module.clone()))?;
-            let path = index.dir.join(rel);
-            let file = File::open(&path).map_err(|source| ModuleError::Open {
-                path: path.clone(),
-                source,
-            })?;
-            let flags = if rel.ends_with(".ko") {
-                ModuleInitFlags::empty()
-            } else {
-                ModuleInitFlags::from_bits_retain(MODULE_INIT_COMPRESSED_FILE)
-            };
-            match finit_module(&file, c"", flags) {
-                Ok(()) => new.push(module.clone()),
-                // Already in the kernel (loaded before us, or by a racing uevent): fine.
-                Err(Errno::EEXIST) => {}
-                Err(source) => return Err(ModuleError::Load { path, source }),
+            if self.failed.contains(&module) {
+                return Ok(new);
+            }
+            let loaded = self.load_one(index, &module);
+            match loaded {
+                Ok(true) => new.push(module.clone()),
+                Ok(false) => {}
+                Err(e) => {
+                    self.failed.insert(module);
+                    return Err(e);
+                }
             }
             self.loaded.insert(module);
         }
         Ok(new)
+    }
+
+    /// Forgets the failures, for a new module tree (the root filesystem's after the
+    /// initramfs') in which they may load.
+    pub fn retry_failed(&mut self) {
+        self.failed.clear();
+    }
+
+    /// Loads one module; false when the kernel already had it.
+    fn load_one(&self, index: &ModuleIndex, module: &str) -> Result<bool, ModuleError> {
+        let rel = index
+            .path_of(module)
+            .ok_or_else(|| ModuleError::Unknown(module.to_string()))?;
+        let path = index.dir.join(rel);
+        let file = File::open(&path).map_err(|source| ModuleError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        let flags = if rel.ends_with(".ko") {
+            ModuleInitFlags::empty()
+        } else {
+            ModuleInitFlags::from_bits_retain(MODULE_INIT_COMPRESSED_FILE)
+        };
+        match finit_module(&file, c"", flags) {
+            Ok(()) => Ok(true),
+            // Already in the kernel (loaded before us, or by a racing uevent): fine.
+            Err(Errno::EEXIST) => Ok(false),
+            Err(source) => Err(ModuleError::Load { path, source }),
+        }
     }
 }
 
@@ -354,6 +380,30 @@ mod tests {
         assert!(matches!(
             index.load_order("nope"),
             Err(ModuleError::Unknown(_))
+        ));
+    }
+
+    #[test]
+    fn a_module_that_failed_is_not_tried_again_until_told() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("modules.dep"), "kernel/bogus.ko:\n").unwrap();
+        std::fs::write(dir.path().join("modules.alias"), "").unwrap();
+        // Not a module: the kernel refuses it (or refuses us the right to load modules).
+        std::fs::create_dir(dir.path().join("kernel")).unwrap();
+        std::fs::write(dir.path().join("kernel/bogus.ko"), "not an ELF file").unwrap();
+        let index = ModuleIndex::load(dir.path()).unwrap();
+        let mut loader = Loader::default();
+        assert!(matches!(
+            loader.load(&index, "bogus"),
+            Err(ModuleError::Load { .. })
+        ));
+        // Without the file a new attempt would fail to open it: so none is made.
+        std::fs::remove_file(dir.path().join("kernel/bogus.ko")).unwrap();
+        assert_eq!(loader.load(&index, "bogus").unwrap(), Vec::<String>::new());
+        loader.retry_failed();
+        assert!(matches!(
+            loader.load(&index, "bogus"),
+            Err(ModuleError::Open { .. })
         ));
     }
 }

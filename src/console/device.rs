@@ -29,8 +29,8 @@ pub enum DeviceError {
 }
 
 /// Resolves the configured console: a /dev path as given, a tty name (`ttyAMA0`) under
-/// /dev, or the board alias `serial0` (the GPIO 14/15 UART) through /dev/serial0 or the
-/// device tree.
+/// /dev, or the board alias `serial0` (the GPIO 14/15 UART) through /dev/serial0, else the
+/// kernel's serial console (cmdline.txt puts it on that UART), else the device tree.
 pub fn resolve(device: &str) -> Result<PathBuf, DeviceError> {
     if device.starts_with('/') {
         return Ok(PathBuf::from(device));
@@ -38,6 +38,12 @@ pub fn resolve(device: &str) -> Result<PathBuf, DeviceError> {
     let dev = Path::new("/dev").join(device);
     if !device.starts_with("serial") || dev.exists() {
         return Ok(dev.canonicalize().unwrap_or(dev));
+    }
+    if device == "serial0" {
+        let active = std::fs::read_to_string("/sys/class/tty/console/active").unwrap_or_default();
+        if let Some(tty) = serial_console(&active) {
+            return Ok(Path::new("/dev").join(tty));
+        }
     }
     tty_of_alias(
         device,
@@ -50,8 +56,21 @@ pub fn resolve(device: &str) -> Result<PathBuf, DeviceError> {
     })
 }
 
-/// The tty whose device-tree node is the one `aliases/<alias>` names: on a Pi 3 `serial0`
-/// is the mini UART (ttyS1) unless Bluetooth was moved off the PL011 (ttyAMA0).
+/// The kernel's console when it is a UART (the last of `/sys/class/tty/console/active`,
+/// which is /dev/console), not a virtual terminal.
+fn serial_console(active: &str) -> Option<&str> {
+    let last = active.split_whitespace().last()?;
+    let virtual_terminal = last
+        .strip_prefix("tty")
+        .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()));
+    (!virtual_terminal).then_some(last)
+}
+
+/// The tty whose device-tree node is the one `aliases/<alias>` names. In the mainline
+/// device trees Debian ships, `serial0` is the PL011 (ttyAMA0), which drives Bluetooth on
+/// a Pi 3, and `serial1` the mini UART on GPIO 14/15 (bcm2837-rpi-3-b.dtb: aliases
+/// serial0 = /soc/serial@7e201000, serial1 = /soc/serial@7e215040, stdout-path serial1).
+/// Raspberry Pi OS's trees swap them; hence /dev/serial0 and the kernel console come first.
 fn tty_of_alias(alias: &str, device_tree: &Path, class_tty: &Path) -> Option<String> {
     let node = std::fs::read_to_string(device_tree.join("aliases").join(alias)).ok()?;
     let node = node.trim_end_matches('\0').trim_start_matches('/');
@@ -181,8 +200,16 @@ mod tests {
     }
 
     #[test]
+    fn the_kernel_console_stands_in_for_serial0_unless_it_is_a_virtual_terminal() {
+        assert_eq!(serial_console("tty0 ttyS1\n"), Some("ttyS1"));
+        assert_eq!(serial_console("ttyAMA0\n"), Some("ttyAMA0"));
+        assert_eq!(serial_console("ttyS0 tty1\n"), None);
+        assert_eq!(serial_console(""), None);
+    }
+
+    #[test]
     fn follows_the_device_tree_alias_to_its_tty() {
-        // The layout of a Pi 3: serial0 -> the mini UART, whose tty is ttyS1.
+        // Raspberry Pi OS's Pi 3 tree: serial0 -> the mini UART, whose tty is ttyS1.
         let root = tempfile::tempdir().unwrap();
         let dt = root.path().join("device-tree");
         std::fs::create_dir_all(dt.join("aliases")).unwrap();

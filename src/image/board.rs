@@ -82,6 +82,11 @@ mod tests {
                 assert!(config.lines().any(|l| l == line), "{board}: {line}");
             }
         }
+        // The Pi 4's variable core clock would corrupt the mini UART's baud rate.
+        assert!(Board::Rpi4
+            .config_txt()
+            .lines()
+            .any(|l| l == "core_freq=360"));
         assert!(Board::Rpi3.firmware_files().contains(&"bootcode.bin"));
         assert!(Board::Rpi4.firmware_files().contains(&"start4.elf"));
     }

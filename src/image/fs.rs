@@ -1,5 +1,5 @@
 //! Filesystem images made as plain files, without root, loop devices or mounts:
-//! ext4 with `mke2fs -d`, FAT32 with mtools. Every identifier and timestamp is fixed so
+//! ext4 with `mke2fs`, FAT32 with mtools. Every identifier and timestamp is fixed so
 //! the same inputs give the same bytes.
 
 use std::path::Path;
@@ -11,14 +11,13 @@ pub struct Ext4<'a> {
     pub label: &'a str,
     pub uuid: String,
     pub hash_seed: String,
-    pub journal: bool,
     pub size_bytes: u64,
     pub source_date_epoch: u64,
 }
 
 impl Ext4<'_> {
-    /// Makes `image` holding the tree at `content` (or empty).
-    pub fn make(&self, image: &Path, content: Option<&Path>) -> Result<(), ImageError> {
+    /// Makes `image`, an empty filesystem with a journal.
+    pub fn make(&self, image: &Path) -> Result<(), ImageError> {
         let _ = std::fs::remove_file(image);
         let mut cmd = Command::new("mke2fs");
         cmd.args(["-q", "-F", "-t", "ext4", "-b", "4096", "-m", "0"])
@@ -27,12 +26,6 @@ impl Ext4<'_> {
             .arg(format!("hash_seed={},root_owner=0:0", self.hash_seed))
             // Timestamps inside the superblock and inodes mke2fs creates itself.
             .env("E2FSPROGS_FAKE_TIME", self.source_date_epoch.to_string());
-        if !self.journal {
-            cmd.args(["-O", "^has_journal"]);
-        }
-        if let Some(dir) = content {
-            cmd.arg("-d").arg(dir);
-        }
         cmd.arg(image).arg(format!("{}k", self.size_bytes / 1024));
         run(&mut cmd, &format!("mke2fs {}", image.display()))
     }
@@ -74,6 +67,8 @@ fn mtools(tool: &str, image: &Path, source_date_epoch: u64) -> Command {
     cmd.env("SOURCE_DATE_EPOCH", source_date_epoch.to_string())
         .arg("-i")
         .arg(image)
+        // FAT stores local time: UTC, so the bytes do not depend on the caller's TZ.
+        .env("TZ", "UTC0")
         // No ~/.mtoolsrc surprises; the image file is not a real drive to check.
         .env("MTOOLSRC", "/dev/null")
         .env("MTOOLS_SKIP_CHECK", "1");

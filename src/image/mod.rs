@@ -237,12 +237,18 @@ pub fn build(opts: &BuildOptions) -> Result<Summary, ImageError> {
         .hash(&format!("{}\n{config_text}", opts.board)),
     };
     let epoch = opts.source_date_epoch;
-    // Per process, so builds running side by side (tests) do not share scratch space.
-    let work = opts
-        .cache_dir
-        .join("build")
-        .join(format!("{}-{}", opts.board, std::process::id()));
-    recreate_dir(&work)?;
+    // Modes in the image are the packages' and this code's, never the caller's umask
+    // (inherited by cp, dpkg-deb and mke2fs too).
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+    // Per build, so builds running side by side (tests) do not share scratch space; removed
+    // on every return, failed builds included.
+    let build_dir = opts.cache_dir.join("build");
+    std::fs::create_dir_all(&build_dir).map_err(|e| ImageError::io(&build_dir, e))?;
+    let scratch = tempfile::Builder::new()
+        .prefix(&format!("{}-", opts.board))
+        .tempdir_in(&build_dir)
+        .map_err(|e| ImageError::io(&build_dir, e))?;
+    let work = scratch.path();
 
     // 1. Packages: from the lock and cache when complete, else resolved and downloaded.
     let cache = Cache {
@@ -251,7 +257,7 @@ pub fn build(opts: &BuildOptions) -> Result<Summary, ImageError> {
     let bar = step(opts.progress, "Debian packages: resolving and downloading");
     let (lock, downloaded) = match cache.warm_lock() {
         Some(lock) => (lock, false),
-        None => (cache.fetch(&work)?, true),
+        None => (cache.fetch(work)?, true),
     };
     done(
         bar,
@@ -369,11 +375,10 @@ pub fn build(opts: &BuildOptions) -> Result<Summary, ImageError> {
         label: "letterbox-data",
         uuid: ids.uuid("data uuid"),
         hash_seed: ids.uuid("data hash seed"),
-        journal: true,
         size_bytes: DATA_SIZE,
         source_date_epoch: epoch,
     }
-    .make(&data_img, None)?;
+    .make(&data_img)?;
     done(bar, "boot and data partitions");
 
     // 4. The disk.
@@ -381,15 +386,20 @@ pub fn build(opts: &BuildOptions) -> Result<Summary, ImageError> {
     if let Some(parent) = opts.output.parent() {
         std::fs::create_dir_all(parent).map_err(|e| ImageError::io(parent, e))?;
     }
+    // Written beside OUT and renamed over it: a failed build leaves the previous image.
+    let partial = PathBuf::from(format!("{}.partial", opts.output.display()));
     let image_bytes = assemble_disk(
-        &opts.output,
+        &partial,
         signature,
         &[(0x0c, &boot_img), (0x83, &rootfs_img), (0x83, &data_img)],
-    )?;
+    )
+    .inspect_err(|_| {
+        let _ = std::fs::remove_file(&partial);
+    })?;
+    std::fs::rename(&partial, &opts.output).map_err(|e| ImageError::io(&opts.output, e))?;
     let lock_file = PathBuf::from(format!("{}.lock", opts.output.display()));
     std::fs::write(&lock_file, lock.render()).map_err(|e| ImageError::io(&lock_file, e))?;
     done(bar, "disk image");
-    let _ = std::fs::remove_dir_all(&work);
 
     Ok(Summary {
         image: opts.output.clone(),
@@ -503,6 +513,17 @@ const PRUNE: &[&str] = &[
     "usr/bin/containerd-shim-runc-v1",
 ];
 
+/// Files of overlays/ laid over the Debian userland, embedded so the binary builds images
+/// from anywhere.
+const OVERLAYS: &[(&str, &str)] = &[
+    ("etc/group", include_str!("../../overlays/etc/group")),
+    (
+        "etc/os-release",
+        include_str!("../../overlays/etc/os-release"),
+    ),
+    ("etc/passwd", include_str!("../../overlays/etc/passwd")),
+];
+
 /// The root filesystem tree: Debian userland, kernel modules, the agent, overlays/, and
 /// what maintainer scripts would have made (merged-/usr links, mount points).
 fn assemble_rootfs(unpacked: &Unpacked, rootfs: &Path, agent: &[u8]) -> Result<(), ImageError> {
@@ -525,8 +546,14 @@ fn assemble_rootfs(unpacked: &Unpacked, rootfs: &Path, agent: &[u8]) -> Result<(
         &unpacked.kernel.join("usr/lib/modules"),
         &rootfs.join("usr/lib/modules"),
     )?;
-    let overlays = Path::new(env!("CARGO_MANIFEST_DIR")).join("overlays");
-    cp(&overlays, rootfs)?;
+    for (path, text) in OVERLAYS {
+        let path = rootfs.join(path);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| ImageError::io(dir, e))?;
+        }
+        std::fs::write(&path, text).map_err(|e| ImageError::io(&path, e))?;
+        set_mode(&path, 0o644)?;
+    }
     let bin = rootfs.join("usr/bin");
     std::fs::create_dir_all(&bin).map_err(|e| ImageError::io(&bin, e))?;
     let agent_path = bin.join("letterbox");

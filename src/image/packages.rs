@@ -120,12 +120,17 @@ impl Cache {
         cmd.args(["--variant=extract", "--arch=arm64", "--quiet"])
             .arg(format!("--components={}", COMPONENTS.replace(',', " ")))
             .arg(format!("--include={}", INCLUDE.join(",")))
-            .arg("--skip=download/empty")
             .arg("--skip=cleanup/apt/cache")
             // Seed apt's archive with the cache so only new or changed packages download.
             .arg(format!(
                 "--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives && find '{}' -maxdepth 1 -name '*.deb' -exec cp -t \"$1\"/var/cache/apt/archives {{}} +",
                 absolute(&self.dir).display()
+            ))
+            // The archive also holds every seeded file, old versions included: record the
+            // .deb files apt resolved for this run, which mmdebstrap hands the extract hook.
+            .arg(format!(
+                "--extract-hook=printf '%s\\n' $MMDEBSTRAP_ESSENTIAL > '{}'",
+                absolute(&scratch.join("resolved-debs")).display()
             ))
             .arg(SUITE)
             .arg(&target)
@@ -135,38 +140,47 @@ impl Cache {
             "mmdebstrap (resolve and download the Debian packages)",
         )?;
         let archives = target.join("var/cache/apt/archives");
-        let mut debs: Vec<PathBuf> = std::fs::read_dir(&archives)
-            .map_err(|e| ImageError::io(&archives, e))?
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "deb"))
-            .collect();
-        debs.sort();
+        let resolved_list = scratch.join("resolved-debs");
+        let resolved = std::fs::read_to_string(&resolved_list)
+            .map_err(|e| ImageError::io(&resolved_list, e))?;
+        let files = resolved_files(&resolved);
+        if files.is_empty() {
+            return Err(ImageError::Layout(format!(
+                "mmdebstrap's extract hook listed no packages in {}",
+                resolved_list.display()
+            )));
+        }
+        let debs: Vec<PathBuf> = files.iter().map(|f| archives.join(f)).collect();
+        // apt verified the copies in archives/ against the Release file's hashes: they win
+        // over a cached file with the same name (which may be truncated or corrupt).
+        let sums = sha256_files(&debs)?;
         let mut packages = Vec::new();
-        for deb in &debs {
-            let file = deb
-                .file_name()
-                .expect("file name")
-                .to_string_lossy()
-                .into_owned();
+        for ((file, deb), sha256) in files.into_iter().zip(&debs).zip(sums) {
             let cached = self.dir.join(&file);
-            if !cached.exists() {
-                std::fs::copy(deb, &cached).map_err(|e| ImageError::io(&cached, e))?;
+            let cached_sum = cached
+                .is_file()
+                .then(|| sha256_files(std::slice::from_ref(&cached)).ok())
+                .flatten()
+                .and_then(|s| s.into_iter().next());
+            if cached_sum.as_deref() != Some(sha256.as_str()) {
+                copy_atomically(deb, &cached)?;
             }
             let fields = deb_fields(&cached, &["Package", "Version", "Architecture"])?;
             packages.push(Locked {
                 name: fields[0].clone(),
                 version: fields[1].clone(),
                 arch: fields[2].clone(),
-                sha256: String::new(),
+                sha256,
                 file,
             });
         }
-        let files: Vec<PathBuf> = packages.iter().map(|p| self.dir.join(&p.file)).collect();
-        for (p, sum) in packages.iter_mut().zip(sha256_files(&files)?) {
-            p.sha256 = sum;
-        }
         packages.sort_by(|a, b| a.name.cmp(&b.name));
+        if let Some(pair) = packages.windows(2).find(|w| w[0].name == w[1].name) {
+            return Err(ImageError::Layout(format!(
+                "apt resolved two versions of {}: {} and {}",
+                pair[0].name, pair[0].file, pair[1].file
+            )));
+        }
         let lock = Lock { packages };
         std::fs::write(self.lock_path(), lock.render())
             .map_err(|e| ImageError::io(&self.lock_path(), e))?;
@@ -227,6 +241,27 @@ impl Cache {
     }
 }
 
+/// The file names of the .deb files apt resolved, from the extract hook's list of
+/// `/var/cache/apt/archives/NAME.deb` paths (one version per package: apt's choice).
+fn resolved_files(list: &str) -> Vec<String> {
+    let mut files: Vec<String> = list
+        .split_whitespace()
+        .filter_map(|path| path.rsplit('/').next())
+        .filter(|file| file.ends_with(".deb"))
+        .map(str::to_string)
+        .collect();
+    files.sort();
+    files.dedup();
+    files
+}
+
+/// Copies via `DEST.partial` and a rename, so an interrupted copy never looks like a cached file.
+fn copy_atomically(from: &Path, to: &Path) -> Result<(), ImageError> {
+    let partial = PathBuf::from(format!("{}.partial", to.display()));
+    std::fs::copy(from, &partial).map_err(|e| ImageError::io(&partial, e))?;
+    std::fs::rename(&partial, to).map_err(|e| ImageError::io(to, e))
+}
+
 fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
@@ -279,5 +314,36 @@ mod tests {
         };
         assert_eq!(Lock::parse(&lock.render()), Some(lock.clone()));
         assert_eq!(Lock::parse("# other header\n"), None);
+    }
+
+    #[test]
+    fn only_the_versions_apt_resolved_are_locked_when_older_ones_are_cached() {
+        // The archive was seeded with two libc6 versions and two kernels; apt chose the new ones
+        // and mmdebstrap handed only those to the extract hook.
+        let hook_list =
+            "/var/cache/apt/archives/linux-image-6.12.48+deb13-arm64_6.12.48-1_arm64.deb \
+                         /var/cache/apt/archives/libc6_2.41-12_arm64.deb\n";
+        assert_eq!(
+            resolved_files(hook_list),
+            [
+                "libc6_2.41-12_arm64.deb",
+                "linux-image-6.12.48+deb13-arm64_6.12.48-1_arm64.deb"
+            ]
+        );
+    }
+
+    #[test]
+    fn an_interrupted_copy_leaves_no_cached_file_and_a_corrupt_one_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let verified = dir.path().join("archive.deb");
+        std::fs::write(&verified, "the verified package").unwrap();
+        let cached = dir.path().join("runc_1_arm64.deb");
+        std::fs::write(&cached, "trunc").unwrap();
+        copy_atomically(&verified, &cached).unwrap();
+        assert_eq!(std::fs::read(&cached).unwrap(), b"the verified package");
+        assert!(!dir.path().join("runc_1_arm64.deb.partial").exists());
+        let missing = dir.path().join("missing.deb");
+        assert!(copy_atomically(&missing, &dir.path().join("other.deb")).is_err());
+        assert!(!dir.path().join("other.deb").exists());
     }
 }

@@ -24,9 +24,35 @@ pub struct Prepared {
     pub initrd: PathBuf,
     pub sd_card: PathBuf,
     pub cmdline: String,
+    /// The image's letterbox.toml.
+    pub config_text: String,
 }
 
-/// Extracts the boot files with mtools and makes the SD-card copy in `work`.
+impl Prepared {
+    /// Why the guest will not be reachable under user-mode networking, if it will not:
+    /// its file gives no interface an address in 10.0.2.0/24.
+    fn user_network_warning(&self) -> Option<String> {
+        let net: ipnet::Ipv4Net = GUEST_NET.parse().expect("GUEST_NET");
+        let reachable = crate::config::parse("letterbox.toml", &self.config_text)
+            .map(|cfg| {
+                cfg.interfaces
+                    .iter()
+                    .flat_map(|i| &i.ipv4)
+                    .any(|a| net.contains(&a.addr()))
+            })
+            .unwrap_or(false);
+        (!reachable).then(|| {
+            format!(
+                "the image's letterbox.toml has no address in {GUEST_NET} (gateway {GUEST_HOST}): \
+                 QEMU's user-mode network and the DNS port forward will not reach the guest; \
+                 `make qemu` builds one from image/qemu-letterbox.toml that does"
+            )
+        })
+    }
+}
+
+/// Extracts the boot files with mtools and makes the SD-card copy in `work`; warns on
+/// stderr when the guest will be unreachable (see [`Prepared::user_network_warning`]).
 pub fn prepare(image: &Path, work: &Path) -> Result<Prepared, ImageError> {
     std::fs::create_dir_all(work).map_err(|e| ImageError::io(work, e))?;
     let mut disk = std::fs::File::open(image).map_err(|e| ImageError::io(image, e))?;
@@ -47,13 +73,22 @@ pub fn prepare(image: &Path, work: &Path) -> Result<Prepared, ImageError> {
         Ok(to)
     };
     let kernel = extract("vmlinuz")?;
-    let dtb = extract("bcm2837-rpi-3-b.dtb")?;
+    let dtb = extract("bcm2837-rpi-3-b.dtb").map_err(|_| {
+        ImageError::Layout(format!(
+            "{} has no bcm2837-rpi-3-b.dtb: QEMU's raspi3b boots rpi3 images only \
+             (build one with --board rpi3)",
+            image.display()
+        ))
+    })?;
     let initrd = extract("initrd.img")?;
     let cmdline_path = extract("cmdline.txt")?;
     let cmdline = std::fs::read_to_string(&cmdline_path)
         .map_err(|e| ImageError::io(&cmdline_path, e))?
         .trim()
         .to_string();
+    let config_path = extract("letterbox.toml")?;
+    let config_text =
+        std::fs::read_to_string(&config_path).map_err(|e| ImageError::io(&config_path, e))?;
     let sd_card = work.join("sd.img");
     std::fs::copy(image, &sd_card).map_err(|e| ImageError::io(image, e))?;
     // Twice the image, rounded to a power of two: room for the data partition to grow.
@@ -63,13 +98,18 @@ pub fn prepare(image: &Path, work: &Path) -> Result<Prepared, ImageError> {
         .open(&sd_card)
         .and_then(|f| f.set_len(size))
         .map_err(|e| ImageError::io(&sd_card, e))?;
-    Ok(Prepared {
+    let prepared = Prepared {
         kernel,
         dtb,
         initrd,
         sd_card,
         cmdline,
-    })
+        config_text,
+    };
+    if let Some(warning) = prepared.user_network_warning() {
+        eprintln!("letterbox qemu: warning: {warning}");
+    }
+    Ok(prepared)
 }
 
 /// The QEMU command line. `console` is the -serial backend of the mini UART (e.g.
@@ -103,4 +143,30 @@ pub fn command(p: &Prepared, console: &str, forwards: &[String]) -> Command {
     ])
     .args(["-serial", "null", "-serial", console]);
     cmd
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prepared(config_text: &str) -> Prepared {
+        Prepared {
+            kernel: PathBuf::new(),
+            dtb: PathBuf::new(),
+            initrd: PathBuf::new(),
+            sd_card: PathBuf::new(),
+            cmdline: String::new(),
+            config_text: config_text.into(),
+        }
+    }
+
+    #[test]
+    fn only_a_file_with_a_user_network_address_boots_without_a_warning() {
+        let qemu = include_str!("../../image/qemu-letterbox.toml");
+        assert_eq!(prepared(qemu).user_network_warning(), None);
+        let warning = prepared(crate::config::DEFAULT_TOML)
+            .user_network_warning()
+            .unwrap();
+        assert!(warning.contains("10.0.2.0/24"), "{warning}");
+    }
 }

@@ -311,7 +311,7 @@ fn run(options: Options) -> Result<Shutdown, InitError> {
 }
 
 /// The boot sequence, in order.
-async fn boot(options: Options) -> Result<Shutdown, InitError> {
+async fn boot(mut options: Options) -> Result<Shutdown, InitError> {
     let mode = options.mode;
     info!(
         "letterbox {} starting ({})",
@@ -344,10 +344,14 @@ async fn boot(options: Options) -> Result<Shutdown, InitError> {
 
     // Appliance early boot (mode == Pid1 only): kernel modules and the SD card's
     // boot/root/data partitions, from `crate::boot` (the image helper's module). It does
-    // nothing unless "/" is the appliance's initramfs; its paths are this agent's defaults.
+    // nothing unless "/" is the appliance's initramfs; when it ran, its paths are the ones.
     if mode == Mode::Pid1 {
         match crate::boot::early_boot() {
-            Ok(Some(layout)) => info!("early boot: layout {layout:?}"),
+            Ok(Some(layout)) => {
+                info!("early boot: layout {layout:?}");
+                options.provisioning_file = Some(layout.config_file);
+                options.state_dir = layout.state_dir;
+            }
             Ok(None) => {}
             Err(e) => error!("early boot failed: {}", crate::error_chain(&e)),
         }
