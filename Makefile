@@ -29,6 +29,7 @@ help:
 	@echo "make image   build the SD-card image from letterbox.toml (or the embedded default)"
 	@echo "make test    install test dependencies, then run every test"
 	@echo "make bench   run the benchmarks against their peers"
+	@echo "make qemu    build an image from image/qemu-letterbox.toml and boot it in QEMU (raspi3b)"
 
 $(STAMPS)/apt-update:
 	@mkdir -p $(STAMPS)
