@@ -1,6 +1,7 @@
 //! letterbox: the init agent and image builder of a self-hosted Raspberry Pi mail appliance.
 //!
 //! One module per concern; `main.rs` only parses the command line and dispatches.
+pub mod atomic_file;
 pub mod boot;
 pub mod config;
 pub mod console;

@@ -4,7 +4,6 @@
 //! today's date-based value (YYYYMMDD00) or, when that is not higher, to the old serial
 //! plus one, so it never goes backwards even with a wrong clock.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::DnsError;
@@ -88,25 +87,12 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
-/// Writes via a uniquely named temporary file, rename and a directory fsync, so a crash
-/// never leaves a torn or lost serial.
+/// A crash never leaves a torn or lost serial.
 fn write_atomically(path: &Path, text: &str) -> Result<(), DnsError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let io = |source| DnsError::Io {
+    crate::atomic_file::replace(path, text.as_bytes()).map_err(|source| DnsError::Io {
         path: path.to_path_buf(),
         source,
-    };
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
-    tmp.write_all(text.as_bytes()).map_err(io)?;
-    tmp.as_file().sync_all().map_err(io)?;
-    tmp.persist(path).map_err(|e| io(e.error))?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|source| DnsError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })
+    })
 }
 
 #[cfg(test)]

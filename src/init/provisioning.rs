@@ -3,7 +3,6 @@
 //! still explains what is wrong).
 
 use std::fmt;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::config::{self, Config, LoadError};
@@ -37,12 +36,6 @@ pub struct Provisioning {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SaveError {
-    #[error("cannot create state directory {path}")]
-    StateDir {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("cannot write {path}")]
     Write {
         path: String,
@@ -103,23 +96,11 @@ pub fn last_good_path(state_dir: &Path) -> PathBuf {
     state_dir.join("last-good.toml")
 }
 
-/// Writes the copy atomically (temporary file, fsync, rename) so that power loss leaves
-/// either the old or the new copy, never half of one.
+/// Writes the copy atomically, so that power loss leaves either the old or the new copy,
+/// never half of one.
 fn save_last_good(state_dir: &Path, text: &str) -> Result<(), SaveError> {
-    std::fs::create_dir_all(state_dir).map_err(|source| SaveError::StateDir {
-        path: state_dir.display().to_string(),
-        source,
-    })?;
     let path = last_good_path(state_dir);
-    let tmp = state_dir.join(".last-good.toml.tmp");
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        std::fs::File::open(state_dir)?.sync_all()
-    };
-    write().map_err(|source| SaveError::Write {
+    crate::atomic_file::replace(&path, text.as_bytes()).map_err(|source| SaveError::Write {
         path: path.display().to_string(),
         source,
     })

@@ -1,8 +1,7 @@
 //! The system's names on disk: /etc/hostname, /etc/hosts, /etc/resolv.conf and /etc/timezone,
 //! rendered from the provisioning file and written atomically under a configurable root.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::config::Config;
 
@@ -109,27 +108,8 @@ fn write_if_changed(path: &Path, content: &str) -> Result<bool, NetError> {
         path: path.to_path_buf(),
         source,
     };
-    let dir = path
-        .parent()
-        .expect("file paths under the root have a parent");
-    std::fs::create_dir_all(dir).map_err(err)?;
-    let tmp = temporary_path(path);
-    let written = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(content.as_bytes())?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written.map_err(err)?;
+    crate::atomic_file::replace(path, content.as_bytes()).map_err(err)?;
     Ok(true)
-}
-
-fn temporary_path(path: &Path) -> PathBuf {
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    path.with_file_name(format!(".{name}.letterbox-tmp"))
 }
 
 #[cfg(test)]
