@@ -31,7 +31,12 @@ fn test_image(test: &str) -> Option<PathBuf> {
     }
 }
 
+/// Runs `build`, or skips when there is no cross-built agent to put in the image.
 fn build(test: &str, config: &Path, board: &str, out: &Path) -> Option<std::process::Output> {
+    run_build(test, build_command(config, board, out))
+}
+
+fn run_build(test: &str, mut cmd: Command) -> Option<std::process::Output> {
     if !root().join(AGENT).is_file() {
         common::skip(
             test,
@@ -39,11 +44,7 @@ fn build(test: &str, config: &Path, board: &str, out: &Path) -> Option<std::proc
         );
         return None;
     }
-    Some(
-        build_command(config, board, out)
-            .output()
-            .expect("run letterbox build"),
-    )
+    Some(cmd.output().expect("run letterbox build"))
 }
 
 fn build_command(config: &Path, board: &str, out: &Path) -> Command {
@@ -62,28 +63,18 @@ fn build_under_umask_077_and_another_tz(
     config: &Path,
     out: &Path,
 ) -> Option<std::process::Output> {
-    if !root().join(AGENT).is_file() {
-        common::skip(
-            test,
-            "no cross-built agent: run `make cross` (make test does)",
-        );
-        return None;
-    }
-    Some(
-        Command::new("sh")
-            .current_dir(root())
-            .env("TZ", "EST5EDT")
-            .arg("-c")
-            .arg("umask 077 && exec \"$@\"")
-            .arg("sh")
-            .arg(common::letterbox_bin())
-            .arg("build")
-            .arg(config)
-            .args(["--board", "rpi3", "-o"])
-            .arg(out)
-            .output()
-            .expect("run letterbox build"),
-    )
+    let mut cmd = Command::new("sh");
+    cmd.current_dir(root())
+        .env("TZ", "EST5EDT")
+        .arg("-c")
+        .arg("umask 077 && exec \"$@\"")
+        .arg("sh")
+        .arg(common::letterbox_bin())
+        .arg("build")
+        .arg(config)
+        .args(["--board", "rpi3", "-o"])
+        .arg(out);
+    run_build(test, cmd)
 }
 
 /// Byte range of partition `n` (1-based) read back with mbrman.
