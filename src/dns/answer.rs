@@ -22,7 +22,9 @@ use super::DnsError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
     /// With the largest response the client takes (512 without EDNS).
-    Udp { limit: usize },
+    Udp {
+        limit: usize,
+    },
     Tcp,
 }
 
@@ -242,10 +244,12 @@ fn rrset_answer(
         }
     }
     // A question in upper case: our records, in lower case, cannot point into it.
-    let question = Name::from_ascii(Name::from(name).to_ascii().to_ascii_uppercase())
-        .map_err(|e| DnsError::Name {
-            name: name.to_string(),
-            why: e.to_string(),
+    let question =
+        Name::from_ascii(Name::from(name).to_ascii().to_ascii_uppercase()).map_err(|e| {
+            DnsError::Name {
+                name: name.to_string(),
+                why: e.to_string(),
+            }
         })?;
     let mut m = Message::response(0, OpCode::Query);
     m.add_query(Query::query(question, rtype));
@@ -348,8 +352,7 @@ mod tests {
     #[test]
     fn negative_answers_carry_the_soa_with_the_negative_ttl() {
         let a = answers_with("");
-        let Outcome::Negative { nxdomain, soa } =
-            ask(&a, "nope.example.org.", RecordType::A, UDP)
+        let Outcome::Negative { nxdomain, soa } = ask(&a, "nope.example.org.", RecordType::A, UDP)
         else {
             panic!("not negative");
         };
@@ -381,7 +384,11 @@ mod tests {
     fn foreign_zones_lookalikes_and_other_classes_are_refused() {
         let a = answers_with("");
         for name in ["example.com.", "badexample.org.", "org."] {
-            assert_eq!(ask(&a, name, RecordType::A, UDP), Outcome::Refused, "{name}");
+            assert_eq!(
+                ask(&a, name, RecordType::A, UDP),
+                Outcome::Refused,
+                "{name}"
+            );
         }
         let name = LowerName::new(&Name::from_ascii("example.org.").unwrap());
         let chaos = a.answer(&name, RecordType::TXT, DNSClass::CH, src(), UDP);
@@ -391,8 +398,7 @@ mod tests {
     #[test]
     fn any_gets_the_rfc8482_answer() {
         let a = answers_with("");
-        let Outcome::Any(hinfo) = ask(&a, "example.org.", RecordType::ANY, Transport::Tcp)
-        else {
+        let Outcome::Any(hinfo) = ask(&a, "example.org.", RecordType::ANY, Transport::Tcp) else {
             panic!("not minimal");
         };
         let RData::HINFO(hinfo) = &hinfo.data else {
@@ -459,7 +465,10 @@ mod tests {
             other => panic!("{other:?}"),
         };
         let big = "big.example.org.";
-        assert_eq!(count(ask(&a, big, RecordType::MX, Transport::Tcp)), (12, 24));
+        assert_eq!(
+            count(ask(&a, big, RecordType::MX, Transport::Tcp)),
+            (12, 24)
+        );
         let edns = Transport::Udp {
             limit: usize::from(EDNS_PAYLOAD) - OPT_LEN,
         };

@@ -173,3 +173,127 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use hickory_proto::op::{Message, Query};
+    use hickory_proto::rr::Name;
+    use hickory_proto::serialize::binary::BinEncoder;
+    use hickory_server::net::runtime::TokioTime;
+    use hickory_server::net::NetError;
+
+    use super::*;
+    use crate::dns::zone::{build, Sources};
+
+    const TOML: &str = "version = 1\n[system]\nhostname = \"mail\"\ndomain = \"example.org\"\n\
+                        [[interface]]\nname = \"eth0\"\nipv4 = [\"192.0.2.10/24\"]\n";
+
+    /// Encodes responses as hickory's own response handle does (without its UDP size
+    /// limit, which `Answers` keeps under), and keeps them.
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<Message>>>);
+
+    #[async_trait::async_trait]
+    impl ResponseHandler for Capture {
+        async fn send_response<'a>(
+            &mut self,
+            response: MessageResponse<
+                '_,
+                'a,
+                impl Iterator<Item = &'a Record> + Send + 'a,
+                impl Iterator<Item = &'a Record> + Send + 'a,
+                impl Iterator<Item = &'a Record> + Send + 'a,
+                impl Iterator<Item = &'a Record> + Send + 'a,
+            >,
+        ) -> Result<ResponseInfo, NetError> {
+            let mut bytes = Vec::new();
+            let info = response.destructive_emit(&mut BinEncoder::new(&mut bytes))?;
+            self.0.lock().unwrap().push(Message::from_vec(&bytes)?);
+            Ok(info)
+        }
+    }
+
+    fn handler(rate_limit: u32) -> ZoneHandler {
+        let cfg = crate::config::parse("t.toml", TOML).unwrap();
+        let zone = build(&cfg, &Sources::default(), 7).unwrap();
+        let rrl = (rate_limit > 0).then(|| Arc::new(RateLimiter::new(rate_limit)));
+        let current = Current {
+            answers: Answers::new(zone, Vec::new()).unwrap(),
+            rrl,
+            secondaries: Vec::new(),
+        };
+        ZoneHandler {
+            current: Arc::new(ArcSwap::from_pointee(current)),
+        }
+    }
+
+    fn query(name: &str, edns: bool) -> Message {
+        let mut m = Message::query();
+        m.metadata.id = 0xbeef;
+        m.metadata.recursion_desired = true;
+        m.metadata.checking_disabled = true;
+        m.add_query(Query::query(
+            Name::from_ascii(name).unwrap(),
+            RecordType::MX,
+        ));
+        if edns {
+            let mut e = Edns::new();
+            e.set_max_payload(4096);
+            e.set_dnssec_ok(true);
+            m.set_edns(e);
+        }
+        m
+    }
+
+    /// What `handler` sends back for `m` over UDP.
+    async fn ask(handler: &ZoneHandler, m: &Message) -> Vec<Message> {
+        let src = "198.51.100.1:5300".parse().unwrap();
+        let request = Request::from_bytes(m.to_vec().unwrap(), src, Protocol::Udp).unwrap();
+        let capture = Capture::default();
+        handler
+            .handle_request::<_, TokioTime>(&request, capture.clone())
+            .await;
+        let sent = capture.0.lock().unwrap().clone();
+        sent
+    }
+
+    #[tokio::test]
+    async fn responses_keep_the_id_flags_and_question_case() {
+        let sent = ask(&handler(0), &query("ExAmPlE.org.", true)).await;
+        let r = &sent[0];
+        assert_eq!(r.metadata.id, 0xbeef);
+        assert!(r.metadata.authoritative && r.metadata.recursion_desired);
+        assert!(r.metadata.checking_disabled && !r.metadata.recursion_available);
+        assert_eq!(r.queries[0].name().to_string(), "ExAmPlE.org.");
+        assert_eq!(r.answers[0].data.to_string(), "10 mail.example.org.");
+        let edns = r.edns.as_ref().expect("our OPT");
+        assert_eq!(edns.max_payload(), EDNS_PAYLOAD);
+        assert!(edns.flags().dnssec_ok, "DO copied");
+    }
+
+    #[tokio::test]
+    async fn over_the_rate_limit_responses_slip_or_are_dropped() {
+        let handler = handler(1);
+        let mut slips = Vec::new();
+        let mut dropped = 0;
+        // Every second response over the limit slips: three names take turns at it.
+        let names = ["example.org.", "example.com.", "mail.example.org."];
+        for name in names.iter().cycle().take(30) {
+            match ask(&handler, &query(name, true)).await.pop() {
+                Some(r) if r.metadata.truncation => slips.push((*name, r)),
+                Some(_) => {}
+                None => dropped += 1,
+            }
+        }
+        assert!(dropped > 0, "some are dropped");
+        for (name, r) in &slips {
+            assert!(r.answers.is_empty() && r.edns.is_some(), "{name}");
+            // Authority is claimed only for our own zone.
+            assert_eq!(r.metadata.authoritative, *name != "example.com.", "{name}");
+        }
+        let names: Vec<&str> = slips.iter().map(|(n, _)| *n).collect();
+        assert!(names.contains(&"example.org.") && names.contains(&"example.com."));
+    }
+}

@@ -145,7 +145,12 @@ impl DnsServer {
                 .spawn(accept_tcp(listener, handler.clone(), limits.clone()));
             udp_sockets.push((tcp_addr, udp));
         }
-        for n in 0..udp_workers.max(1) {
+        let workers = if udp_sockets.is_empty() {
+            0
+        } else {
+            udp_workers.max(1)
+        };
+        for n in 0..workers {
             let mut sockets = Vec::new();
             for (addr, udp) in &udp_sockets {
                 let clone = udp.try_clone().map_err(|source| DnsError::Bind {
@@ -185,6 +190,8 @@ impl DnsServer {
                 Err(source) => Err(DnsError::Listener { source }),
                 Ok(()) => unreachable!("accept loops run until aborted"),
             },
+            // Nothing to serve on: nothing can fail either.
+            else => std::future::pending().await,
         }
     }
 }
@@ -209,7 +216,11 @@ impl Drop for DnsServer {
 
 /// One UDP worker: a hickory `Server` on these sockets, on a runtime of its own, until
 /// `stop`. Returns why it ended.
-fn serve_udp(sockets: Vec<std::net::UdpSocket>, handler: ZoneHandler, stop: CancellationToken) -> String {
+fn serve_udp(
+    sockets: Vec<std::net::UdpSocket>,
+    handler: ZoneHandler,
+    stop: CancellationToken,
+) -> String {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
