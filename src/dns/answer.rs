@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 
-use hickory_proto::op::{Message, OpCode, Query};
+use hickory_proto::op::{Message, OpCode};
 use hickory_proto::rr::rdata::HINFO;
 use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
 use hickory_proto::serialize::binary::BinEncodable;
@@ -79,10 +79,8 @@ struct RrsetAnswer {
     /// The RRset, followed by an in-zone CNAME target's RRset of the asked type.
     answers: Vec<Record>,
     additionals: Vec<Record>,
-    /// The response's size without and with `additionals`, before any OPT record. The
-    /// client's question has the same length as ours but perhaps another letter case,
-    /// so these are measured with a question the answers cannot compress against: the
-    /// most the response can take.
+    /// The response's size without and with `additionals`, before any OPT record (the
+    /// client's question has the same length as ours, whatever its letter case).
     size_without_additionals: usize,
     size: usize,
 }
@@ -141,6 +139,11 @@ impl Answers {
 
     pub fn zone(&self) -> &Zone {
         &self.zone
+    }
+
+    /// How many messages a zone transfer takes.
+    pub fn transfer_messages(&self) -> usize {
+        self.transfer_messages.len()
     }
 
     /// Whether `name` is in this zone: it decides REFUSED, and the AA bit of a slip.
@@ -243,20 +246,23 @@ fn rrset_answer(
             }
         }
     }
-    // A question in upper case: our records, in lower case, cannot point into it.
-    let question =
-        Name::from_ascii(Name::from(name).to_ascii().to_ascii_uppercase()).map_err(|e| {
-            DnsError::Name {
-                name: name.to_string(),
-                why: e.to_string(),
-            }
-        })?;
+    // hickory-server's encoder never compresses against the question (it keeps the
+    // question section, type and class included, as one candidate that no name
+    // matches), so the response is the question plus what follows it encoded alone.
+    let question = Name::from(name)
+        .to_bytes()
+        .map_err(|source| DnsError::Encode {
+            name: name.to_string(),
+            rtype: rtype.to_string(),
+            source,
+        })?
+        .len()
+        + 4;
     let mut m = Message::response(0, OpCode::Query);
-    m.add_query(Query::query(question, rtype));
     m.add_answers(answers.iter().cloned());
-    let size_without_additionals = encoded_len(&m, name, rtype)?;
+    let size_without_additionals = question + encoded_len(&m, name, rtype)?;
     m.add_additionals(additionals.iter().cloned());
-    let size = encoded_len(&m, name, rtype)?;
+    let size = question + encoded_len(&m, name, rtype)?;
     Ok(RrsetAnswer {
         answers,
         additionals,

@@ -57,6 +57,27 @@ async fn respond<R: ResponseHandler>(
     });
     let builder = MessageResponseBuilder::new(&request.queries, edns.as_ref());
     let queries = request.queries.queries();
+    let udp = request.protocol() == Protocol::Udp;
+    // Every UDP response counts against the source, errors too, so that none can be
+    // used to reflect traffic at a spoofed victim. (FORMERR for a message hickory
+    // cannot parse is sent before this handler runs.) An IPv4 client on an IPv6 socket
+    // counts as its IPv4 prefix.
+    let verdict = match &current.rrl {
+        Some(rrl) if udp => rrl.check(request.src().ip().to_canonical()),
+        _ => Verdict::Answer,
+    };
+    match verdict {
+        Verdict::Answer => {}
+        Verdict::Drop => return ResponseInfo::from(header(metadata)),
+        Verdict::Slip => {
+            metadata.truncation = true;
+            metadata.authoritative = match queries {
+                [query] => current.answers.is_ours(query.name()),
+                _ => false,
+            };
+            return send(&mut response, builder.build_no_records(metadata)).await;
+        }
+    }
     let code = if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
         Some(ResponseCode::BADVERS)
     } else if request.metadata.op_code != OpCode::Query {
@@ -74,21 +95,6 @@ async fn respond<R: ResponseHandler>(
         return send(&mut response, builder.build_no_records(metadata)).await;
     }
     let query = &queries[0];
-    let udp = request.protocol() == Protocol::Udp;
-    // An IPv4 client on an IPv6 socket counts as its IPv4 prefix.
-    let verdict = match &current.rrl {
-        Some(rrl) if udp => rrl.check(request.src().ip().to_canonical()),
-        _ => Verdict::Answer,
-    };
-    match verdict {
-        Verdict::Answer => {}
-        Verdict::Drop => return ResponseInfo::from(header(metadata)),
-        Verdict::Slip => {
-            metadata.truncation = true;
-            metadata.authoritative = current.answers.is_ours(query.name());
-            return send(&mut response, builder.build_no_records(metadata)).await;
-        }
-    }
     let transport = match (udp, &request.edns) {
         (false, _) => Transport::Tcp,
         (true, None) => Transport::Udp { limit: 512 },
@@ -135,7 +141,7 @@ async fn respond<R: ResponseHandler>(
         Outcome::Transfer(messages) => {
             let mut info = ResponseInfo::from(header(metadata));
             for records in messages {
-                let builder = MessageResponseBuilder::new(&request.queries, None);
+                let builder = MessageResponseBuilder::new(&request.queries, edns.as_ref());
                 let message = builder.build(metadata, records, none(), none(), none());
                 info = send(&mut response, message).await;
             }
@@ -176,13 +182,12 @@ where
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
-
+    use futures::StreamExt;
     use hickory_proto::op::{Message, Query};
     use hickory_proto::rr::Name;
-    use hickory_proto::serialize::binary::BinEncoder;
     use hickory_server::net::runtime::TokioTime;
-    use hickory_server::net::NetError;
+    use hickory_server::net::BufDnsStreamHandle;
+    use hickory_server::server::ResponseHandle;
 
     use super::*;
     use crate::dns::zone::{build, Sources};
@@ -190,33 +195,8 @@ mod tests {
     const TOML: &str = "version = 1\n[system]\nhostname = \"mail\"\ndomain = \"example.org\"\n\
                         [[interface]]\nname = \"eth0\"\nipv4 = [\"192.0.2.10/24\"]\n";
 
-    /// Encodes responses as hickory's own response handle does (without its UDP size
-    /// limit, which `Answers` keeps under), and keeps them.
-    #[derive(Clone, Default)]
-    struct Capture(Arc<Mutex<Vec<Message>>>);
-
-    #[async_trait::async_trait]
-    impl ResponseHandler for Capture {
-        async fn send_response<'a>(
-            &mut self,
-            response: MessageResponse<
-                '_,
-                'a,
-                impl Iterator<Item = &'a Record> + Send + 'a,
-                impl Iterator<Item = &'a Record> + Send + 'a,
-                impl Iterator<Item = &'a Record> + Send + 'a,
-                impl Iterator<Item = &'a Record> + Send + 'a,
-            >,
-        ) -> Result<ResponseInfo, NetError> {
-            let mut bytes = Vec::new();
-            let info = response.destructive_emit(&mut BinEncoder::new(&mut bytes))?;
-            self.0.lock().unwrap().push(Message::from_vec(&bytes)?);
-            Ok(info)
-        }
-    }
-
-    fn handler(rate_limit: u32) -> ZoneHandler {
-        let cfg = crate::config::parse("t.toml", TOML).unwrap();
+    fn handler(rate_limit: u32, records: &str) -> ZoneHandler {
+        let cfg = crate::config::parse("t.toml", &format!("{TOML}{records}")).unwrap();
         let zone = build(&cfg, &Sources::default(), 7).unwrap();
         let rrl = (rate_limit > 0).then(|| Arc::new(RateLimiter::new(rate_limit)));
         let current = Current {
@@ -229,40 +209,46 @@ mod tests {
         }
     }
 
-    fn query(name: &str, edns: bool) -> Message {
+    fn query(name: &str, rtype: RecordType, payload: Option<u16>) -> Message {
         let mut m = Message::query();
         m.metadata.id = 0xbeef;
         m.metadata.recursion_desired = true;
         m.metadata.checking_disabled = true;
-        m.add_query(Query::query(
-            Name::from_ascii(name).unwrap(),
-            RecordType::MX,
-        ));
-        if edns {
+        m.add_query(Query::query(Name::from_ascii(name).unwrap(), rtype));
+        if let Some(payload) = payload {
             let mut e = Edns::new();
-            e.set_max_payload(4096);
+            e.set_max_payload(payload);
             e.set_dnssec_ok(true);
             m.set_edns(e);
         }
         m
     }
 
-    /// What `handler` sends back for `m` over UDP.
-    async fn ask(handler: &ZoneHandler, m: &Message) -> Vec<Message> {
+    /// The datagrams `handler` sends for `m` over UDP, encoded by hickory-server's own
+    /// response handle (and its UDP size limit).
+    async fn ask(handler: &ZoneHandler, m: &Message) -> Vec<Vec<u8>> {
         let src = "198.51.100.1:5300".parse().unwrap();
         let request = Request::from_bytes(m.to_vec().unwrap(), src, Protocol::Udp).unwrap();
-        let capture = Capture::default();
+        let (stream, sent) = BufDnsStreamHandle::new(src);
+        let response = ResponseHandle::new(src, stream, Protocol::Udp);
         handler
-            .handle_request::<_, TokioTime>(&request, capture.clone())
+            .handle_request::<_, TokioTime>(&request, response)
             .await;
-        let sent = capture.0.lock().unwrap().clone();
-        sent
+        // The handle is gone with the request handled: the channel ends.
+        sent.map(|m| m.into_parts().0).collect().await
+    }
+
+    async fn ask_one(handler: &ZoneHandler, m: &Message) -> Option<(usize, Message)> {
+        let sent = ask(handler, m).await;
+        assert!(sent.len() <= 1);
+        let bytes = sent.into_iter().next()?;
+        Some((bytes.len(), Message::from_vec(&bytes).unwrap()))
     }
 
     #[tokio::test]
     async fn responses_keep_the_id_flags_and_question_case() {
-        let sent = ask(&handler(0), &query("ExAmPlE.org.", true)).await;
-        let r = &sent[0];
+        let q = query("ExAmPlE.org.", RecordType::MX, Some(4096));
+        let (_, r) = ask_one(&handler(0, ""), &q).await.unwrap();
         assert_eq!(r.metadata.id, 0xbeef);
         assert!(r.metadata.authoritative && r.metadata.recursion_desired);
         assert!(r.metadata.checking_disabled && !r.metadata.recursion_available);
@@ -273,27 +259,76 @@ mod tests {
         assert!(edns.flags().dnssec_ok, "DO copied");
     }
 
+    fn record(name: &str, rtype: &str, value: &str) -> String {
+        format!("[[dns.record]]\nname = \"{name}\"\ntype = \"{rtype}\"\nvalue = \"{value}\"\n")
+    }
+
+    #[tokio::test]
+    async fn udp_responses_fit_the_clients_size_without_additionals_or_truncated() {
+        let mut records = String::new();
+        for i in 0..12 {
+            // Values in upper case: they compress only against each other.
+            records += &record(&format!("h{i}"), "A", &format!("192.0.2.{}", 100 + i));
+            records += &record(&format!("h{i}"), "AAAA", &format!("2001:db8::{}", 100 + i));
+            records += &record("big", "MX", &format!("10 H{i}.EXAMPLE.ORG."));
+        }
+        records += &record("long", "TXT", &"x".repeat(600));
+        let handler = handler(0, &records);
+        let big = |payload| query("BiG.example.org.", RecordType::MX, payload);
+        let (size, r) = ask_one(&handler, &big(None)).await.unwrap();
+        assert!(size <= 512, "{size}");
+        assert!(
+            !r.metadata.truncation,
+            "the answer fits without additionals"
+        );
+        assert_eq!((r.answers.len(), r.additionals.len()), (12, 0));
+        let (size, r) = ask_one(&handler, &big(Some(1232))).await.unwrap();
+        assert!(size <= 1232, "{size}");
+        assert_eq!((r.answers.len(), r.additionals.len()), (12, 24));
+        let (size, r) = ask_one(&handler, &query("long.example.org.", RecordType::TXT, None))
+            .await
+            .unwrap();
+        assert!(size <= 512, "{size}");
+        assert!(r.metadata.truncation && r.answers.is_empty());
+    }
+
     #[tokio::test]
     async fn over_the_rate_limit_responses_slip_or_are_dropped() {
-        let handler = handler(1);
+        let handler = handler(1, "");
         let mut slips = Vec::new();
         let mut dropped = 0;
-        // Every second response over the limit slips: three names take turns at it.
-        let names = ["example.org.", "example.com.", "mail.example.org."];
-        for name in names.iter().cycle().take(30) {
-            match ask(&handler, &query(name, true)).await.pop() {
-                Some(r) if r.metadata.truncation => slips.push((*name, r)),
+        // Every second response over the limit slips: three questions take turns at it,
+        // a FORMERR among them.
+        let questions: Vec<Message> = [
+            ("example.org.", RecordType::MX),
+            ("example.com.", RecordType::MX),
+            ("example.org.", RecordType::OPT),
+        ]
+        .iter()
+        .zip(0..)
+        .map(|((name, rtype), id)| {
+            let mut q = query(name, *rtype, Some(1232));
+            q.metadata.id = id;
+            q
+        })
+        .collect();
+        for q in questions.iter().cycle().take(30) {
+            match ask_one(&handler, q).await {
+                Some((_, r)) if r.metadata.truncation => slips.push(r),
                 Some(_) => {}
                 None => dropped += 1,
             }
         }
         assert!(dropped > 0, "some are dropped");
-        for (name, r) in &slips {
-            assert!(r.answers.is_empty() && r.edns.is_some(), "{name}");
+        let mut ids: Vec<u16> = slips.iter().map(|r| r.metadata.id).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids, [0, 1, 2], "each question slipped");
+        for r in &slips {
+            assert!(r.answers.is_empty() && r.edns.is_some());
+            assert_eq!(r.metadata.response_code, ResponseCode::NoError);
             // Authority is claimed only for our own zone.
-            assert_eq!(r.metadata.authoritative, *name != "example.com.", "{name}");
+            assert_eq!(r.metadata.authoritative, r.metadata.id != 1);
         }
-        let names: Vec<&str> = slips.iter().map(|(n, _)| *n).collect();
-        assert!(names.contains(&"example.org.") && names.contains(&"example.com."));
     }
 }

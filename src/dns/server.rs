@@ -41,7 +41,8 @@ use crate::config::Config;
 
 /// A TCP client that sends nothing for this long is disconnected.
 const TCP_IDLE: Duration = Duration::from_secs(10);
-/// Responses queued per TCP connection: room for a transfer's messages.
+/// Responses queued per TCP connection, at least: a transfer's messages are all queued
+/// before the first is written, so a connection gets room for the current zone's.
 const TCP_RESPONSE_BUFFER: usize = 64;
 /// Concurrent TCP connections, in all and from one source address: past these a new
 /// connection is closed at once.
@@ -401,14 +402,19 @@ async fn accept_tcp(listener: TcpListener, handler: ZoneHandler, limits: Arc<Tcp
 }
 
 /// One TCP connection, as hickory's `Server` serves one: its framing, with queries
-/// answered in order, until the client closes, sends garbage or idles for `TCP_IDLE`.
+/// answered in order, until the client closes, sends garbage or has neither sent a
+/// query nor taken its answers (a whole transfer) for `TCP_IDLE`.
 async fn serve_tcp(stream: TcpStream, src: SocketAddr, handler: ZoneHandler, _slot: TcpSlot) {
+    let transfer = handler.current.load().answers.transfer_messages();
     let (stream, responses) = hickory_server::net::tcp::TcpStream::from_stream_with_buffer_size(
         AsyncIoTokioAsStd(stream),
         src,
-        TCP_RESPONSE_BUFFER,
+        TCP_RESPONSE_BUFFER.max(transfer + 1),
     );
     let mut queries = TimeoutStream::new(stream, TCP_IDLE);
+    let Ok(no_queries) = Queries::read(&mut BinDecoder::new(&[]), 0) else {
+        return; // cannot happen: reading no queries reads nothing
+    };
     while let Some(Ok(message)) = queries.next().await {
         let (bytes, src) = message.into_parts();
         let mut response = ResponseHandle::new(src, responses.clone(), Protocol::Tcp);
@@ -426,9 +432,6 @@ async fn serve_tcp(stream: TcpStream, src: SocketAddr, handler: ZoneHandler, _sl
                     .await;
             }
             Err(_) => {
-                let Ok(no_queries) = Queries::read(&mut BinDecoder::new(&[]), 0) else {
-                    continue;
-                };
                 let error = MessageResponseBuilder::new(&no_queries, None)
                     .error_msg(&header.metadata, ResponseCode::FormErr);
                 let _ = response.send_response(error).await;
