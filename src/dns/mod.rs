@@ -1,9 +1,11 @@
 //! The authoritative DNS server for the appliance's own zone.
 //!
 //! `zone` derives the records from the provisioning file, `serial` keeps the SOA serial
-//! across restarts, `answer` turns a query into a response (precomputed where it can),
-//! `rrl` limits responses per source, `notify` tells secondaries about changes, and
-//! `server` runs it all over UDP and TCP with zone swaps that never drop a query.
+//! across restarts, `answer` finds what a question gets (gathered when the zone loads),
+//! `handler` is hickory-server's request handler (rate limiting and header rules
+//! included), `rrl` limits responses per source, `notify` tells secondaries about
+//! changes, and `server` runs hickory-server over UDP and TCP with zone swaps that
+//! never drop a query.
 //!
 //! In the agent: `DnsServer::start(&cfg, state, &listen_addrs(&cfg), threads).await`
 //! inside the Tokio runtime, keep `server.handle()` to call `DnsHandle::reload(&cfg)`
@@ -12,6 +14,7 @@
 //! through `tokio::task::spawn_blocking`. Dropping the server stops it.
 
 mod answer;
+mod handler;
 mod notify;
 mod rrl;
 mod serial;
@@ -58,4 +61,11 @@ pub enum DnsError {
         #[source]
         source: tokio::task::JoinError,
     },
+    #[error("cannot start a DNS UDP worker thread")]
+    Worker {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("a DNS UDP worker ended: {why}")]
+    UdpWorker { why: String },
 }

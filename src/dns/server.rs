@@ -1,53 +1,58 @@
-//! The running server: UDP on worker threads, TCP on Tokio tasks, and one atomically
-//! swapped [`Answers`] that every query reads.
+//! The running server: hickory-server over UDP and TCP, answering through
+//! [`ZoneHandler`] from one atomically swapped zone that every query reads.
 //!
-//! UDP is served by blocking threads sharing each socket (NSD's model): a query is one
-//! `recvfrom`, a lookup and one `sendto`, with no task spawn or channel hop, which is
-//! what lets it keep up with NSD. TCP (large answers, AXFR) is a small accept loop of
-//! our own, so that connections can be capped (globally and per source) and our
-//! response bytes go out as they are, with no decode and re-encode.
+//! UDP: each worker thread runs its own hickory `Server` on a single-threaded runtime,
+//! all reading the same sockets, so that DNS load stays off the agent's runtime and
+//! no query hops between threads. TCP: hickory's `Server` has no connection limit, so
+//! connections are accepted here, capped in all and per source (a client holding
+//! connections open must not starve the rest or exhaust PID 1's descriptors), and
+//! then served by hickory-server's TCP framing, request parsing and response handle.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use futures::StreamExt;
+use hickory_proto::op::{Header, MessageType, ResponseCode};
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
+use hickory_server::net::runtime::iocompat::AsyncIoTokioAsStd;
+use hickory_server::net::runtime::TokioTime;
+use hickory_server::net::xfer::Protocol;
+use hickory_server::server::{
+    Request, RequestHandler, ResponseHandle, ResponseHandler, TimeoutStream,
+};
+use hickory_server::zone_handler::{MessageResponseBuilder, Queries};
+use hickory_server::Server;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
-use super::answer::{Answers, Reply, Transport};
+use super::answer::Answers;
+use super::handler::{Current, ZoneHandler};
 use super::notify::notify_secondaries;
-use super::rrl::{RateLimiter, Verdict};
+use super::rrl::RateLimiter;
 use super::zone::Zone;
 use super::DnsError;
 use crate::config::Config;
 
-/// How often idle UDP workers look at the stop flag.
-const STOP_POLL: Duration = Duration::from_millis(250);
 /// A TCP client that sends nothing for this long is disconnected.
 const TCP_IDLE: Duration = Duration::from_secs(10);
+/// Responses queued per TCP connection, at least: a transfer's messages are all queued
+/// before the first is written, so a connection gets room for the current zone's.
+const TCP_RESPONSE_BUFFER: usize = 64;
 /// Concurrent TCP connections, in all and from one source address: past these a new
-/// connection is closed at once, so a client holding connections open cannot starve
-/// the rest (or exhaust file descriptors).
+/// connection is closed at once.
 const TCP_MAX_CONNECTIONS: usize = 256;
 const TCP_MAX_PER_SOURCE: usize = 16;
 /// UDP socket buffers, as NSD sizes them: bursts queue instead of being dropped.
 const UDP_BUFFER: usize = 1 << 20;
 
-/// What every query reads: swapped as a whole, so a query sees one consistent zone.
-struct Current {
-    answers: Answers,
-    rrl: Option<Arc<RateLimiter>>,
-    secondaries: Vec<SocketAddr>,
-}
-
 struct Shared {
-    current: ArcSwap<Current>,
+    current: Arc<ArcSwap<Current>>,
     state: PathBuf,
     /// The addresses served on: NOTIFY goes out from the one of the secondary's family.
     listen: Vec<SocketAddr>,
@@ -61,11 +66,14 @@ pub struct DnsHandle {
     shared: Arc<Shared>,
 }
 
-/// The running server; dropping it stops the UDP workers.
+/// The running server; dropping it stops it.
 pub struct DnsServer {
     handle: DnsHandle,
-    stop: Arc<AtomicBool>,
+    /// Stops the UDP workers' hickory servers.
+    stop: CancellationToken,
     udp_workers: Vec<JoinHandle<()>>,
+    /// Why a UDP worker ended: it only ends early when its server failed.
+    udp_ended: mpsc::UnboundedReceiver<String>,
     /// One accept loop per address; dropping the set aborts them and their connections.
     tcp: JoinSet<()>,
 }
@@ -89,8 +97,8 @@ pub fn listen_addrs(cfg: &Config) -> Vec<SocketAddr> {
 
 impl DnsServer {
     /// Loads the zone for `cfg` (serial from `state`), binds UDP and TCP on every
-    /// address of `listen`, starts `udp_workers` threads per UDP socket, and sends
-    /// NOTIFY to the secondaries. Must be called inside a Tokio runtime.
+    /// address of `listen`, starts `udp_workers` UDP threads, and sends NOTIFY to the
+    /// secondaries. Must be called inside a Tokio runtime (TCP runs on it).
     pub async fn start(
         cfg: &Config,
         state: PathBuf,
@@ -99,60 +107,73 @@ impl DnsServer {
     ) -> Result<DnsServer, DnsError> {
         let current = load(cfg, &state, None)?;
         let shared = Arc::new(Shared {
-            current: ArcSwap::from_pointee(current),
+            current: Arc::new(ArcSwap::from_pointee(current)),
             state,
             listen: listen.to_vec(),
             reloading: Mutex::new(()),
         });
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut tcp = JoinSet::new();
+        let handler = ZoneHandler {
+            current: shared.current.clone(),
+        };
         let limits = Arc::new(TcpLimits {
             all: Arc::new(Semaphore::new(TCP_MAX_CONNECTIONS)),
             per_source: Mutex::new(std::collections::HashMap::new()),
         });
-        let mut workers = Vec::new();
-        let mut server = |workers: &mut Vec<JoinHandle<()>>| -> Result<(), DnsError> {
-            for addr in listen {
-                let bind = |proto, source| DnsError::Bind {
-                    addr: *addr,
-                    proto,
-                    source,
-                };
-                let udp = std::net::UdpSocket::bind(addr).map_err(|e| bind("UDP", e))?;
-                udp.set_read_timeout(Some(STOP_POLL))
-                    .map_err(|e| bind("UDP", e))?;
-                enlarge_buffers(&udp);
-                // Port 0 means "any": TCP takes the port UDP got, so both match.
-                let tcp_addr = udp.local_addr().map_err(|e| bind("UDP", e))?;
-                let listener = std::net::TcpListener::bind(tcp_addr).map_err(|e| bind("TCP", e))?;
-                listener.set_nonblocking(true).map_err(|e| bind("TCP", e))?;
-                let listener = TcpListener::from_std(listener).map_err(|e| bind("TCP", e))?;
-                tcp.spawn(accept_tcp(listener, shared.clone(), limits.clone()));
-                for n in 0..udp_workers.max(1) {
-                    let socket = udp.try_clone().map_err(|e| bind("UDP", e))?;
-                    let shared = shared.clone();
-                    let stop = stop.clone();
-                    let worker = std::thread::Builder::new()
-                        .name(format!("dns-udp-{n}"))
-                        .spawn(move || udp_worker(&socket, &shared, &stop))
-                        .map_err(|e| bind("UDP", e))?;
-                    workers.push(worker);
-                }
-                log::info!(
-                    "dns: serving {} on {tcp_addr} (UDP and TCP)",
-                    cfg.system.domain
-                );
-            }
-            Ok(())
-        };
-        let started = server(&mut workers);
-        let dns = DnsServer {
+        let (ended, udp_ended) = mpsc::unbounded_channel();
+        let mut dns = DnsServer {
             handle: DnsHandle { shared },
-            stop,
-            udp_workers: workers,
-            tcp,
+            stop: CancellationToken::new(),
+            udp_workers: Vec::new(),
+            udp_ended,
+            tcp: JoinSet::new(),
         };
-        started?;
+        let mut udp_sockets = Vec::new();
+        for addr in listen {
+            let bind = |proto, source| DnsError::Bind {
+                addr: *addr,
+                proto,
+                source,
+            };
+            let udp = std::net::UdpSocket::bind(addr).map_err(|e| bind("UDP", e))?;
+            udp.set_nonblocking(true).map_err(|e| bind("UDP", e))?;
+            enlarge_buffers(&udp);
+            // Port 0 means "any": TCP takes the port UDP got, so both match.
+            let tcp_addr = udp.local_addr().map_err(|e| bind("UDP", e))?;
+            let listener = std::net::TcpListener::bind(tcp_addr).map_err(|e| bind("TCP", e))?;
+            listener.set_nonblocking(true).map_err(|e| bind("TCP", e))?;
+            let listener = TcpListener::from_std(listener).map_err(|e| bind("TCP", e))?;
+            dns.tcp
+                .spawn(accept_tcp(listener, handler.clone(), limits.clone()));
+            udp_sockets.push((tcp_addr, udp));
+        }
+        let workers = if udp_sockets.is_empty() {
+            0
+        } else {
+            udp_workers.max(1)
+        };
+        for n in 0..workers {
+            let mut sockets = Vec::new();
+            for (addr, udp) in &udp_sockets {
+                let clone = udp.try_clone().map_err(|source| DnsError::Bind {
+                    addr: *addr,
+                    proto: "UDP",
+                    source,
+                })?;
+                sockets.push(clone);
+            }
+            let (handler, stop, ended) = (handler.clone(), dns.stop.clone(), ended.clone());
+            let worker = std::thread::Builder::new()
+                .name(format!("dns-udp-{n}"))
+                .spawn(move || {
+                    let why = serve_udp(sockets, handler, stop);
+                    let _ = ended.send(why);
+                })
+                .map_err(|source| DnsError::Worker { source })?;
+            dns.udp_workers.push(worker);
+        }
+        for (addr, _) in &udp_sockets {
+            log::info!("dns: serving {} on {addr} (UDP and TCP)", cfg.system.domain);
+        }
         dns.handle.notify();
         Ok(dns)
     }
@@ -161,22 +182,26 @@ impl DnsServer {
         self.handle.clone()
     }
 
-    /// Serves until stopped (dropped); an accept loop only ends by panicking, which is
-    /// the error. UDP workers and accept loops log and carry on past I/O errors.
+    /// Serves until stopped (dropped). It returns only when part of the server died: a
+    /// UDP worker's hickory server failed, or a TCP accept loop panicked.
     pub async fn run(mut self) -> Result<(), DnsError> {
-        match self.tcp.join_next().await {
-            Some(Err(source)) => Err(DnsError::Listener { source }),
-            Some(Ok(())) | None => std::future::pending().await,
+        tokio::select! {
+            Some(why) = self.udp_ended.recv() => Err(DnsError::UdpWorker { why }),
+            Some(joined) = self.tcp.join_next() => match joined {
+                Err(source) => Err(DnsError::Listener { source }),
+                Ok(()) => unreachable!("accept loops run until aborted"),
+            },
+            // Nothing to serve on: nothing can fail either.
+            else => std::future::pending().await,
         }
     }
 }
 
 impl Drop for DnsServer {
-    /// Tells the UDP workers to stop; they notice within `STOP_POLL`. Joining them on a
-    /// runtime worker would block it, so inside a runtime they are joined on the
-    /// blocking pool.
+    /// Stops the UDP workers' servers. Joining the threads on a runtime worker would
+    /// block it, so inside a runtime they are joined on the blocking pool.
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.cancel();
         let workers = std::mem::take(&mut self.udp_workers);
         let join = move || {
             for w in workers {
@@ -188,6 +213,41 @@ impl Drop for DnsServer {
             Err(_) => join(),
         }
     }
+}
+
+/// One UDP worker: a hickory `Server` on these sockets, on a runtime of its own, until
+/// `stop`. Returns why it ended.
+fn serve_udp(
+    sockets: Vec<std::net::UdpSocket>,
+    handler: ZoneHandler,
+    stop: CancellationToken,
+) -> String {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return format!("cannot start its runtime: {e}"),
+    };
+    runtime.block_on(async move {
+        let mut server = Server::new(handler);
+        for socket in sockets {
+            match tokio::net::UdpSocket::from_std(socket) {
+                Ok(socket) => server.register_socket(socket),
+                Err(e) => return format!("cannot register a socket: {e}"),
+            }
+        }
+        tokio::select! {
+            result = server.block_until_done() => match result {
+                Ok(()) => "its server stopped".to_string(),
+                Err(e) => format!("its server failed: {e}"),
+            },
+            _ = stop.cancelled() => {
+                let _ = server.shutdown_gracefully().await;
+                "stopped".to_string()
+            }
+        }
+    })
 }
 
 impl DnsHandle {
@@ -271,143 +331,6 @@ fn enlarge_buffers(udp: &std::net::UdpSocket) {
     }
 }
 
-/// Datagrams taken (and answers sent) per system call when queries queue up: with
-/// recvmmsg/sendmmsg a loaded server spends far fewer syscalls per query, as NSD does.
-const BATCH: usize = 32;
-/// Larger queries are cut short by the kernel and then fail to parse: FORMERR.
-const MAX_QUERY: usize = 4096;
-
-fn udp_worker(socket: &std::net::UdpSocket, shared: &Shared, stop: &AtomicBool) {
-    use nix::errno::Errno;
-    use nix::sys::socket::{recvmmsg, sendmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
-    use std::io::{IoSlice, IoSliceMut};
-    use std::os::fd::AsRawFd;
-
-    let fd = socket.as_raw_fd();
-    let mut queries = vec![[0u8; MAX_QUERY]; BATCH];
-    let mut responses: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(MAX_QUERY)).collect();
-    let mut received: Vec<(usize, Option<SockaddrStorage>)> = Vec::with_capacity(BATCH);
-    let mut destinations: Vec<Option<SockaddrStorage>> = Vec::with_capacity(BATCH);
-    let mut recv_headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
-    let mut send_headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
-    let mut failures = SendFailures {
-        count: 0,
-        logged: None,
-    };
-    while !stop.load(Ordering::Relaxed) {
-        received.clear();
-        {
-            let mut slices: Vec<[IoSliceMut; 1]> =
-                queries.iter_mut().map(|q| [IoSliceMut::new(q)]).collect();
-            // Waits for one datagram (or the read timeout), then takes what else is queued.
-            match recvmmsg(
-                fd,
-                &mut recv_headers,
-                slices.iter_mut(),
-                MsgFlags::MSG_WAITFORONE,
-                None,
-            ) {
-                Ok(results) => received.extend(results.map(|r| (r.bytes, r.address))),
-                Err(Errno::EAGAIN | Errno::EINTR) => continue,
-                Err(e) => {
-                    log::warn!("dns: UDP receive failed: {e}");
-                    continue;
-                }
-            }
-        }
-        let current = shared.current.load();
-        destinations.clear();
-        for (query, (len, from)) in queries.iter().zip(&received) {
-            let Some(src) = from.as_ref().and_then(socket_addr) else {
-                continue;
-            };
-            if src.port() == 0 {
-                continue; // cannot be answered
-            }
-            let query = &query[..*len];
-            let out = &mut responses[destinations.len()];
-            // An IPv4 client on an IPv6 socket counts as its IPv4 prefix.
-            let reply = match current
-                .rrl
-                .as_ref()
-                .map(|r| r.check(src.ip().to_canonical()))
-            {
-                Some(Verdict::Drop) => continue,
-                Some(Verdict::Slip) => current.answers.truncated(query, out),
-                Some(Verdict::Answer) | None => {
-                    current.answers.respond(query, src, Transport::Udp, out)
-                }
-            };
-            if reply == Reply::Send {
-                destinations.push(*from);
-            }
-        }
-        if destinations.is_empty() {
-            continue;
-        }
-        let slices: Vec<[IoSlice; 1]> = responses[..destinations.len()]
-            .iter()
-            .map(|r| [IoSlice::new(r)])
-            .collect();
-        // sendmmsg stops at the first datagram that fails (and reports that error on
-        // the next call, where it comes first): skip it and send the rest.
-        let mut from = 0;
-        while from < destinations.len() {
-            match sendmmsg(
-                fd,
-                &mut send_headers,
-                slices[from..].iter(),
-                &destinations[from..],
-                [],
-                MsgFlags::empty(),
-            ) {
-                Ok(results) => from += results.count().max(1),
-                Err(Errno::EINTR) => {}
-                Err(e) => {
-                    failures.record(e, destinations[from].as_ref().and_then(socket_addr));
-                    from += 1;
-                }
-            }
-        }
-    }
-}
-
-/// Failed UDP sends, logged at most once per `SEND_FAILURE_LOG_INTERVAL` with a count:
-/// a flood of unreachable sources must not flood the log too.
-struct SendFailures {
-    count: u64,
-    logged: Option<std::time::Instant>,
-}
-
-const SEND_FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(10);
-
-impl SendFailures {
-    fn record(&mut self, e: nix::errno::Errno, to: Option<SocketAddr>) {
-        self.count += 1;
-        if self
-            .logged
-            .is_some_and(|at| at.elapsed() < SEND_FAILURE_LOG_INTERVAL)
-        {
-            return;
-        }
-        let to = to.map_or_else(|| "?".to_string(), |a| a.to_string());
-        log::warn!(
-            "dns: {} UDP response(s) not sent since the last report; latest to {to}: {e}",
-            self.count
-        );
-        self.count = 0;
-        self.logged = Some(std::time::Instant::now());
-    }
-}
-
-fn socket_addr(addr: &nix::sys::socket::SockaddrStorage) -> Option<SocketAddr> {
-    if let Some(v4) = addr.as_sockaddr_in() {
-        return Some(SocketAddr::V4((*v4).into()));
-    }
-    addr.as_sockaddr_in6()
-        .map(|v6| SocketAddr::V6((*v6).into()))
-}
-
 /// The TCP connection caps: a global semaphore and a count per source address.
 struct TcpLimits {
     all: Arc<Semaphore>,
@@ -455,7 +378,7 @@ impl Drop for TcpSlot {
 }
 
 /// Accepts connections until aborted; connections over a cap are closed at once.
-async fn accept_tcp(listener: TcpListener, shared: Arc<Shared>, limits: Arc<TcpLimits>) {
+async fn accept_tcp(listener: TcpListener, handler: ZoneHandler, limits: Arc<TcpLimits>) {
     // Owned here, so that aborting this loop also ends its connections.
     let mut connections = JoinSet::new();
     loop {
@@ -463,7 +386,7 @@ async fn accept_tcp(listener: TcpListener, shared: Arc<Shared>, limits: Arc<TcpL
             accepted = listener.accept() => match accepted {
                 Ok((stream, src)) => match limits.admit(src.ip().to_canonical()) {
                     Some(slot) => {
-                        connections.spawn(serve_tcp(stream, src, shared.clone(), slot));
+                        connections.spawn(serve_tcp(stream, src, handler.clone(), slot));
                     }
                     None => log::debug!("dns: TCP connection from {src} over the limit"),
                 },
@@ -478,48 +401,40 @@ async fn accept_tcp(listener: TcpListener, shared: Arc<Shared>, limits: Arc<TcpL
     }
 }
 
-/// One TCP connection: length-prefixed queries answered in order, until the client
-/// closes, sends garbage or stays idle for `TCP_IDLE`.
-async fn serve_tcp(mut stream: TcpStream, src: SocketAddr, shared: Arc<Shared>, _slot: TcpSlot) {
-    let mut query = Vec::new();
-    let mut out = Vec::new();
-    loop {
-        let mut len = [0u8; 2];
-        if !matches!(
-            tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut len)).await,
-            Ok(Ok(_))
-        ) {
-            return;
-        }
-        query.resize(usize::from(u16::from_be_bytes(len)), 0);
-        if !matches!(
-            tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut query)).await,
-            Ok(Ok(_))
-        ) {
-            return;
-        }
-        let current = shared.current.load_full();
-        let messages = match current
-            .answers
-            .respond(&query, src, Transport::Tcp, &mut out)
-        {
-            Reply::Send => vec![std::mem::take(&mut out)],
-            Reply::Drop => Vec::new(),
-            Reply::Transfer(messages) => messages,
+/// One TCP connection, as hickory's `Server` serves one: its framing, with queries
+/// answered in order, until the client closes, sends garbage or has neither sent a
+/// query nor taken its answers (a whole transfer) for `TCP_IDLE`.
+async fn serve_tcp(stream: TcpStream, src: SocketAddr, handler: ZoneHandler, _slot: TcpSlot) {
+    let transfer = handler.current.load().answers.transfer_messages();
+    let (stream, responses) = hickory_server::net::tcp::TcpStream::from_stream_with_buffer_size(
+        AsyncIoTokioAsStd(stream),
+        src,
+        TCP_RESPONSE_BUFFER.max(transfer + 1),
+    );
+    let mut queries = TimeoutStream::new(stream, TCP_IDLE);
+    let Ok(no_queries) = Queries::read(&mut BinDecoder::new(&[]), 0) else {
+        return; // cannot happen: reading no queries reads nothing
+    };
+    while let Some(Ok(message)) = queries.next().await {
+        let (bytes, src) = message.into_parts();
+        let mut response = ResponseHandle::new(src, responses.clone(), Protocol::Tcp);
+        // Shorter than a header: not worth an answer. A response: never answered.
+        let Ok(header) = Header::read(&mut BinDecoder::new(&bytes)) else {
+            continue;
         };
-        for message in messages {
-            let Ok(len) = u16::try_from(message.len()) else {
-                return; // cannot happen: responses are built to fit a TCP frame
-            };
-            let mut frame = Vec::with_capacity(2 + message.len());
-            frame.extend_from_slice(&len.to_be_bytes());
-            frame.extend_from_slice(&message);
-            if !matches!(
-                tokio::time::timeout(TCP_IDLE, stream.write_all(&frame)).await,
-                Ok(Ok(()))
-            ) {
-                log::debug!("dns: TCP send to {src} failed or timed out");
-                return;
+        if header.metadata.message_type == MessageType::Response {
+            continue;
+        }
+        match Request::from_bytes(bytes, src, Protocol::Tcp) {
+            Ok(request) => {
+                handler
+                    .handle_request::<_, TokioTime>(&request, response)
+                    .await;
+            }
+            Err(_) => {
+                let error = MessageResponseBuilder::new(&no_queries, None)
+                    .error_msg(&header.metadata, ResponseCode::FormErr);
+                let _ = response.send_response(error).await;
             }
         }
     }

@@ -6,7 +6,8 @@ use super::units::{StopSignal, TaskResult, Unit};
 use super::Agent;
 use crate::dns::{self, DnsServer};
 
-/// UDP worker threads per address: the Pi 3 and 4 have four cores, shared with mail.
+/// UDP worker threads (each serving every address): the Pi 3 and 4 have four cores,
+/// shared with mail.
 const UDP_WORKERS: usize = 2;
 
 /// Serves the zone of the configuration in force. Without a valid configuration the unit
