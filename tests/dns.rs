@@ -929,6 +929,33 @@ fn wire_edge_cases() {
     let r = exchange(&s, &q.to_vec().unwrap()).expect("an answer to AXFR over UDP");
     assert_eq!(r.metadata.response_code, ResponseCode::Refused);
     assert!(r.answers.is_empty());
+    let mx = |id: u16| {
+        let mut q = Message::query();
+        q.metadata.id = id;
+        q.add_query(Query::query(
+            Name::from_ascii("example.org.").unwrap(),
+            RecordType::MX,
+        ));
+        q
+    };
+    // Opcodes other than QUERY (here UPDATE): NOTIMP.
+    let mut update = mx(13);
+    update.metadata.op_code = OpCode::Update;
+    let r = exchange(&s, &update.to_vec().unwrap()).expect("an answer to UPDATE");
+    assert_eq!(r.metadata.response_code, ResponseCode::NotImp);
+    // A response is never answered: two servers must not bounce messages forever.
+    let mut response = mx(14);
+    response.metadata.message_type = MessageType::Response;
+    assert!(exchange(&s, &response.to_vec().unwrap()).is_none());
+    // Records a query carries besides OPT do not change its answer.
+    let mut extra = mx(15);
+    extra.add_additional(hickory_proto::rr::Record::from_rdata(
+        Name::from_ascii("x.").unwrap(),
+        0,
+        RData::A(hickory_proto::rr::rdata::A::new(192, 0, 2, 1)),
+    ));
+    let r = exchange(&s, &extra.to_vec().unwrap()).expect("an answer");
+    assert_eq!(r.answers[0].data.to_string(), "10 mail.example.org.");
 }
 
 #[test]

@@ -249,15 +249,7 @@ fn rrset_answer(
     // hickory-server's encoder never compresses against the question (it keeps the
     // question section, type and class included, as one candidate that no name
     // matches), so the response is the question plus what follows it encoded alone.
-    let question = Name::from(name)
-        .to_bytes()
-        .map_err(|source| DnsError::Encode {
-            name: name.to_string(),
-            rtype: rtype.to_string(),
-            source,
-        })?
-        .len()
-        + 4;
+    let question = encoded_len(&Name::from(name), name, rtype)? + 4;
     let mut m = Message::response(0, OpCode::Query);
     m.add_answers(answers.iter().cloned());
     let size_without_additionals = question + encoded_len(&m, name, rtype)?;
@@ -271,8 +263,13 @@ fn rrset_answer(
     })
 }
 
-fn encoded_len(m: &Message, name: &LowerName, rtype: RecordType) -> Result<usize, DnsError> {
-    m.to_bytes()
+/// The wire length of `item`, encoded for the answer to (`name`, `rtype`).
+fn encoded_len(
+    item: &impl BinEncodable,
+    name: &impl ToString,
+    rtype: impl ToString,
+) -> Result<usize, DnsError> {
+    item.to_bytes()
         .map(|b| b.len())
         .map_err(|source| DnsError::Encode {
             name: name.to_string(),
@@ -286,14 +283,7 @@ fn split_transfer(origin: &Name, records: &[Record]) -> Result<Vec<Range<usize>>
     let mut messages = Vec::new();
     let (mut start, mut size) = (0, 0);
     for (i, r) in records.iter().enumerate() {
-        let len = r
-            .to_bytes()
-            .map_err(|source| DnsError::Encode {
-                name: origin.to_string(),
-                rtype: "AXFR".into(),
-                source,
-            })?
-            .len();
+        let len = encoded_len(r, origin, "AXFR")?;
         if size + len > TRANSFER_MESSAGE_MAX && i > start {
             messages.push(start..i);
             (start, size) = (i, 0);
