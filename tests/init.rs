@@ -851,3 +851,27 @@ fn shutdown_kills_what_ignores_sigterm_and_reaps_it_before_powering_off() {
     );
     assert_eq!(lab.agent.wait().signal(), Some(Signal::SIGINT as i32));
 }
+
+#[test]
+fn pid1_waits_for_an_interface_that_appears_late_and_configures_it() {
+    let test = "pid1_waits_for_an_interface_that_appears_late_and_configures_it";
+    if !can_run(test) {
+        return;
+    }
+    // Like the Pi 3's USB Ethernet: the file's interface does not exist when boot starts.
+    let ns = Netns::new("init-late");
+    let id = common::unique_id();
+    let (link, peer) = (format!("lb{id}a"), format!("lb{id}b"));
+    let dirs = Dirs::new();
+    dirs.write_config(&config("lbxlate", &link, true));
+    let mut console = Console::new();
+    let _agent = Pid1::boot(&ns, &dirs, &console);
+    console.expect(&format!("network: waiting up to 20s for {link} to appear"));
+    ns.ip(&["link", "add", &link, "type", "veth", "peer", "name", &peer]);
+    console.expect(&format!("network: {link} appeared"));
+    let boot_log = console.expect("lbxlate login: ");
+    assert!(!boot_log.contains("failed interfaces"), "{boot_log}");
+    let addresses = addresses(&ns, &link);
+    assert!(addresses.contains("inet 192.0.2.10/24"), "{addresses}");
+    assert!(addresses.contains("inet6 2001:db8::10/64"), "{addresses}");
+}

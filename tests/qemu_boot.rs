@@ -1,12 +1,15 @@
 //! Boots the test image under `qemu-system-aarch64 -M raspi3b` and drives its serial
 //! console: early boot (coldplugged modules, partitions, data growth), the network on
 //! QEMU's USB adapter with the file's static address, the login and `status`, the zone's
-//! MX answered to `dig` on the host through a forwarded port; then, on
-//! the same SD card, a broken letterbox.toml: the boot continues, the console shows the
-//! error with line and column, and the login still works (last good configuration).
+//! MX answered to `dig` on the host through a forwarded port, and a power-off that waits
+//! only for processes, not kernel threads; then, on the same SD card, a broken
+//! letterbox.toml: the boot continues, the console shows the error with line and column,
+//! and the login still works (last good configuration).
 //!
 //! Needs `make test-image` (make test runs it first). Slow under TCG emulation, so the
-//! timeouts are generous; on failure the whole console log is printed.
+//! timeouts are generous, and what the agent logs on its own schedule is waited for, never
+//! assumed to be there already. On failure the agent's own console lines and the log's
+//! tail are printed (CI shows the head of a failure), and the whole log is saved.
 
 mod common;
 
@@ -27,12 +30,15 @@ struct Vm {
     child: Child,
     stdin: ChildStdin,
     log: Arc<Mutex<String>>,
+    /// Where the whole console log is saved when the VM is dropped.
+    saved_log: PathBuf,
     /// Where in the log the next `wait_for` starts looking.
     cursor: usize,
 }
 
 impl Vm {
-    fn boot(prepared: &qemu::Prepared, forwards: &[String]) -> Vm {
+    /// Boots the card; `name` names the saved console log.
+    fn boot(prepared: &qemu::Prepared, forwards: &[String], name: &str) -> Vm {
         use std::os::unix::process::CommandExt;
         let mut cmd = qemu::command(prepared, "stdio", forwards);
         // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
@@ -68,6 +74,7 @@ impl Vm {
             child,
             stdin,
             log,
+            saved_log: Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("qemu-{name}.log")),
             cursor: 0,
         }
     }
@@ -76,7 +83,24 @@ impl Vm {
         self.log.lock().unwrap().clone()
     }
 
-    /// Waits for `needle` after the previous match; panics with the console log on timeout.
+    /// Panics with `what`, the agent's console lines and the log's last lines (the whole
+    /// log is saved when the VM is dropped).
+    fn fail(&self, what: &str) -> ! {
+        let log = self.log();
+        let agent: Vec<&str> = log.lines().filter(|l| l.contains("letterbox")).collect();
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(40)..];
+        panic!(
+            "{what}\n--- the agent's console lines ---\n{}\n--- the last {} console lines \
+             ---\n{}\n--- the whole console log: {}",
+            agent.join("\n"),
+            tail.len(),
+            tail.join("\n"),
+            self.saved_log.display()
+        );
+    }
+
+    /// Waits for `needle` after the previous match.
     fn wait_for(&mut self, needle: &str, timeout: Duration) {
         let start = Instant::now();
         loop {
@@ -86,12 +110,29 @@ impl Vm {
                 return;
             }
             if start.elapsed() > timeout {
-                panic!("no {needle:?} on the console within {timeout:?}; console log:\n{log}");
+                self.fail(&format!("no {needle:?} on the console within {timeout:?}"));
             }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("qemu exited ({status}) before {needle:?}; console log:\n{log}");
-            }
+            self.fail_if_exited(&format!("{needle:?}"));
             std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Waits until the whole log satisfies `found`: for lines the agent prints on its own
+    /// schedule, which may come before or after the last match.
+    fn wait_until(&mut self, what: &str, timeout: Duration, found: impl Fn(&str) -> bool) {
+        let start = Instant::now();
+        while !found(&self.log()) {
+            if start.elapsed() > timeout {
+                self.fail(&format!("not within {timeout:?}: {what}"));
+            }
+            self.fail_if_exited(what);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn fail_if_exited(&mut self, before: &str) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            self.fail(&format!("qemu exited ({status}) before {before}"));
         }
     }
 
@@ -105,8 +146,9 @@ impl Vm {
     }
 
     fn assert_log(&self, what: &str, found: impl Fn(&str) -> bool) {
-        let log = self.log();
-        assert!(found(&log), "{what}; console log:\n{log}");
+        if !found(&self.log()) {
+            self.fail(what);
+        }
     }
 
     fn login(&mut self) {
@@ -122,6 +164,9 @@ impl Drop for Vm {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Err(e) = std::fs::write(&self.saved_log, self.log()) {
+            eprintln!("could not save {}: {e}", self.saved_log.display());
+        }
     }
 }
 
@@ -184,7 +229,7 @@ fn qemu_boots_to_login_with_network_and_survives_a_broken_file() {
     // First boot: a good letterbox.toml; the appliance's DNS port forwarded to the host.
     let dns_port = free_port();
     let forwards = [format!("udp:127.0.0.1:{dns_port}-:53")];
-    let mut vm = Vm::boot(&prepared, &forwards);
+    let mut vm = Vm::boot(&prepared, &forwards, "first-boot");
     vm.wait_for("Machine model: Raspberry Pi 3 Model B", BOOT_TIMEOUT);
     vm.wait_for(
         &format!(
@@ -232,17 +277,19 @@ fn qemu_boots_to_login_with_network_and_survives_a_broken_file() {
             status.contains("eth0") && status.contains("10.0.2.15/24")
         },
     );
-    vm.assert_log("the DNS unit serves the zone", |log| {
+    vm.wait_until("the DNS unit serves the zone", REPLY_TIMEOUT, |log| {
         log.contains("dns: serving example.org on 10.0.2.15:53")
     });
     let mx = dig_mx(dns_port);
-    assert!(
-        mx.lines().any(|l| l.trim() == "10 mail.example.org."),
-        "MX answer through the forwarded port: {mx:?}; console log:\n{}",
-        vm.log()
-    );
+    if !mx.lines().any(|l| l.trim() == "10 mail.example.org.") {
+        vm.fail(&format!("MX answer through the forwarded port: {mx:?}"));
+    }
     vm.send("poweroff");
     vm.wait_for("reboot: Power down", REPLY_TIMEOUT);
+    // Kernel threads never end: shutdown must not wait for them and then kill in vain.
+    vm.assert_log("shutdown found every other process ended", |log| {
+        log.contains("every other process has ended") && !log.contains("sending SIGKILL")
+    });
     drop(vm);
 
     // Second boot from the same card, with a broken letterbox.toml written by mcopy.
@@ -270,14 +317,12 @@ fn qemu_boots_to_login_with_network_and_survives_a_broken_file() {
         "mcopy: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let mut vm = Vm::boot(&prepared, &[]);
+    let mut vm = Vm::boot(&prepared, &[], "broken-file-boot");
     vm.wait_for("early boot: done", BOOT_TIMEOUT);
-    vm.wait_for("letterbox.toml:4:", BOOT_TIMEOUT);
-    // `domain = 42`: the value, in column 10.
-    vm.assert_log("the error names line 4, column 10", |log| {
-        log.split("letterbox.toml:4:")
-            .skip(1)
-            .any(|rest| rest.split(':').next() == Some("10"))
+    // `domain = 42`: the value, in column 10 (waited for whole: the line may arrive in
+    // pieces).
+    vm.wait_until("the error names line 4, column 10", BOOT_TIMEOUT, |log| {
+        log.contains("letterbox.toml:4:10:")
     });
     vm.login();
     vm.send("status");

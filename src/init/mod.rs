@@ -8,7 +8,7 @@ pub mod provisioning;
 pub mod reaper;
 pub mod units;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,7 +25,9 @@ use provisioning::{Provisioning, Source};
 use reaper::{Reaper, Scope};
 use units::{Supervisor, UnitState, UnitTable};
 
-/// How long boot waits for the network before it goes on to the console.
+/// How long boot waits for the file's interfaces to appear (USB adapters enumerate late).
+const BOOT_LINK_WAIT: Duration = Duration::from_secs(20);
+/// How long boot waits for the network to be configured before it goes on to the console.
 const BOOT_NETWORK_LIMIT: Duration = Duration::from_secs(30);
 /// How long the remaining processes get after SIGTERM at shutdown, before SIGKILL.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -369,21 +371,9 @@ async fn boot(mut options: Options) -> Result<Shutdown, InitError> {
 
     let provisioning = read_provisioning(&options);
 
-    if let Some((cfg, _)) = &provisioning.config {
-        info!("network up: applying {} interface(s)", cfg.interfaces.len());
-        let apply = crate::net::apply(cfg, &options.system_root);
-        match tokio::time::timeout(BOOT_NETWORK_LIMIT, apply).await {
-            Ok(Ok(report)) if report.failed() => warn!("{report}"),
-            Ok(Ok(report)) => info!("{report}"),
-            Ok(Err(e)) => error!("network: {}", crate::error_chain(&e)),
-            // The console must come up regardless; `net` on it retries.
-            Err(_) => error!(
-                "network: not configured within {}s; going on without it",
-                BOOT_NETWORK_LIMIT.as_secs()
-            ),
-        }
-    } else {
-        warn!("network not configured: no valid configuration");
+    match &provisioning.config {
+        Some((cfg, _)) => bring_up_network(cfg, &options.system_root).await,
+        None => warn!("network not configured: no valid configuration"),
     }
 
     let console = console_device(&options, &provisioning);
@@ -522,6 +512,42 @@ fn console_device(options: &Options, p: &Provisioning) -> Option<(String, u32)> 
 /// PID 1 only: whatever is still running (orphans, helpers) gets SIGTERM and, if still
 /// there after the grace period, SIGKILL. The reaper collects them meanwhile, so none is
 /// left (not even a zombie) when the disks are synced.
+/// Waits for the file's interfaces to appear, then applies the network. Whatever fails is
+/// logged and boot goes on: the console must come up regardless, and `net` on it retries.
+async fn bring_up_network(cfg: &crate::config::Config, root: &Path) {
+    info!("network up: applying {} interface(s)", cfg.interfaces.len());
+    match crate::net::missing_links(cfg).await {
+        Ok(missing) if missing.is_empty() => {}
+        Ok(missing) => {
+            let names = missing.join(", ");
+            info!(
+                "network: waiting up to {}s for {names} to appear",
+                BOOT_LINK_WAIT.as_secs()
+            );
+            match crate::net::wait_for_links(cfg, BOOT_LINK_WAIT).await {
+                Ok(still) if still.is_empty() => info!("network: {names} appeared"),
+                Ok(still) => warn!(
+                    "network: {} did not appear within {}s",
+                    still.join(", "),
+                    BOOT_LINK_WAIT.as_secs()
+                ),
+                Err(e) => error!("network: {}", crate::error_chain(&e)),
+            }
+        }
+        Err(e) => error!("network: {}", crate::error_chain(&e)),
+    }
+    let apply = crate::net::apply(cfg, root);
+    match tokio::time::timeout(BOOT_NETWORK_LIMIT, apply).await {
+        Ok(Ok(report)) if report.failed() => warn!("{report}"),
+        Ok(Ok(report)) => info!("{report}"),
+        Ok(Err(e)) => error!("network: {}", crate::error_chain(&e)),
+        Err(_) => error!(
+            "network: not configured within {}s; going on without it",
+            BOOT_NETWORK_LIMIT.as_secs()
+        ),
+    }
+}
+
 async fn stop_remaining_processes() {
     let everyone = Pid::from_raw(-1);
     if kill(everyone, Signal::SIGTERM).is_err() {
@@ -529,6 +555,7 @@ async fn stop_remaining_processes() {
     }
     info!("sent SIGTERM to the remaining processes");
     if wait_until_none_left(SHUTDOWN_GRACE).await {
+        info!("every other process has ended");
         return;
     }
     warn!(
@@ -536,22 +563,47 @@ async fn stop_remaining_processes() {
         SHUTDOWN_GRACE.as_secs()
     );
     let _ = kill(everyone, Signal::SIGKILL);
-    if !wait_until_none_left(SHUTDOWN_GRACE).await {
+    if wait_until_none_left(SHUTDOWN_GRACE).await {
+        info!("every other process has ended");
+    } else {
         error!("processes left after SIGKILL; going on");
     }
 }
 
-/// Whether every other process (zombies included) was gone within `limit`: kill(-1, 0)
-/// finds nobody to signal once the reaper has collected them all.
+/// Whether every other user-space process (zombies included) was gone within `limit`.
+/// Not `kill(-1, 0)`: it also reaches kernel threads, which never end.
 async fn wait_until_none_left(limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
-    while kill(Pid::from_raw(-1), None).is_ok() {
+    while other_processes_exist() {
         if Instant::now() >= deadline {
             return false;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     true
+}
+
+/// Whether /proc lists a process other than PID 1 that is not a kernel thread.
+fn other_processes_exist() -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != 1)
+        .any(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|stat| !is_kernel_thread(&stat))
+        })
+}
+
+/// PF_KTHREAD in the flags of a /proc/PID/stat line (field 9; the name, field 2, may
+/// hold spaces and parentheses, so fields are counted after its last ')').
+fn is_kernel_thread(stat: &str) -> bool {
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(6)?.parse::<u64>().ok())
+        .is_some_and(|flags| flags & PF_KTHREAD != 0)
 }
 
 fn describe(how: Shutdown) -> &'static str {
@@ -640,5 +692,19 @@ mod tests {
 
         let fine = InitArgs::parse_lenient(["letterbox-init", "quiet"].map(Into::into));
         assert_eq!(fine.command_line_problem, None);
+    }
+
+    #[test]
+    fn kernel_threads_are_told_from_processes_by_their_flags() {
+        // kthreadd (PID 2) is a kernel thread on every Linux; this test is a process.
+        let kthreadd = std::fs::read_to_string("/proc/2/stat").unwrap();
+        assert!(is_kernel_thread(&kthreadd), "{kthreadd}");
+        let own = std::fs::read_to_string("/proc/self/stat").unwrap();
+        assert!(!is_kernel_thread(&own), "{own}");
+        // A name may hold ") " and digits: fields are counted after the last ')'.
+        let tricky = "42 (a) 0 0 0 0 0 2097152 x) S 1 42 42 0 -1 4194560 0 0";
+        assert!(!is_kernel_thread(tricky));
+        let kthread = "7 (kworker/0:1) I 2 0 0 0 -1 69238880 0 0";
+        assert!(is_kernel_thread(kthread));
     }
 }

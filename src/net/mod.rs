@@ -14,6 +14,7 @@ mod sysctl;
 use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use rtnetlink::Handle;
@@ -75,6 +76,35 @@ pub async fn apply(cfg: &Config, root: &Path) -> Result<Report, NetError> {
     applied?;
     files::apply(cfg, root, &mut report.system, &mut report.system_errors);
     Ok(report)
+}
+
+/// The interfaces `cfg` names that do not exist (yet).
+pub async fn missing_links(cfg: &Config) -> Result<Vec<String>, NetError> {
+    let (handle, connection) = netlink::connect()?;
+    let links = netlink::links(&handle).await;
+    connection.abort();
+    let links = links?;
+    Ok(cfg
+        .interfaces
+        .iter()
+        .filter(|i| !links.iter().any(|l| l.name == i.name))
+        .map(|i| i.name.clone())
+        .collect())
+}
+
+/// Waits up to `limit` for every interface `cfg` names to exist; the names still missing.
+/// A USB adapter (the Pi 3's own Ethernet is one) appears only once its bus is enumerated
+/// and its driver loaded, which can be well after the agent starts.
+pub async fn wait_for_links(cfg: &Config, limit: Duration) -> Result<Vec<String>, NetError> {
+    const POLL: Duration = Duration::from_millis(100);
+    let deadline = Instant::now() + limit;
+    loop {
+        let missing = missing_links(cfg).await?;
+        if missing.is_empty() || Instant::now() >= deadline {
+            return Ok(missing);
+        }
+        tokio::time::sleep(POLL).await;
+    }
 }
 
 async fn apply_links(handle: &Handle, cfg: &Config, report: &mut Report) -> Result<(), NetError> {
