@@ -259,14 +259,19 @@ fn qemu_boots_to_login_with_network_and_survives_a_broken_file() {
         log.contains("/dev/serial0 is /dev/ttyS1")
     });
     vm.login();
-    vm.assert_log("the USB network adapter's driver was loaded", |log| {
-        log.lines().any(|l| {
-            l.contains("modules: usb:")
-                && loaded_modules(l)
-                    .iter()
-                    .any(|m| ["cdc_ether", "rndis_host"].contains(m))
-        })
-    });
+    // Logged by the hotplug thread once the module is in, which may be after eth0 is up.
+    vm.wait_until(
+        "the USB network adapter's driver was loaded",
+        REPLY_TIMEOUT,
+        |log| {
+            log.lines().any(|l| {
+                l.contains("modules: usb:")
+                    && loaded_modules(l)
+                        .iter()
+                        .any(|m| ["cdc_ether", "rndis_host"].contains(m))
+            })
+        },
+    );
     vm.send("status");
     vm.wait_for("interfaces:", REPLY_TIMEOUT);
     vm.wait_for("mail# ", REPLY_TIMEOUT);

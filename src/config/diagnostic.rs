@@ -95,7 +95,14 @@ impl<'a> Collector<'a> {
     /// Records a deserialization or syntax error from the toml crate.
     pub fn toml_error(&mut self, err: &toml::de::Error) {
         let span = err.span().unwrap_or(0..0);
-        let message = err.message().trim_end().replace('\n', "; ");
+        let mut message = err.message().trim_end().replace('\n', "; ");
+        if let Some(field) = message
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.strip_suffix('`'))
+        {
+            message =
+                format!("missing field `{field}`; expected a `{field} = ...` line in this section");
+        }
         self.error(span, message);
     }
 

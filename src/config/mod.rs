@@ -192,23 +192,50 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Diagnostics> {
     })
 }
 
-/// Deserializes one value on its own, recording its error instead of stopping.
-fn section<T: DeserializeOwned>(value: Spanned<DeValue<'_>>, c: &mut Collector) -> Option<T> {
-    T::deserialize(value.into_deserializer())
-        .map_err(|e| {
-            c.toml_error(&e);
-            if let Some(key) = misplaced_top_level_key(e.message()) {
-                // TOML puts every key after a [header] inside that table: a common trap.
-                c.error(
-                    e.span().unwrap_or(0..0),
-                    format!(
-                        "`{key}` is a top-level setting; expected it above the first \
-                         [section] header"
-                    ),
-                );
-            }
-        })
-        .ok()
+/// Deserializes one value on its own, recording its errors instead of stopping. serde
+/// stops at a table's first bad entry, so the table is tried again without each entry an
+/// error points at: every bad key of a section is reported at once, not one per edit.
+/// Without its unknown keys a table still gives its value, to be checked further; without
+/// a bad known one it gives none, whose checks would only add noise.
+fn section<T: DeserializeOwned>(mut value: Spanned<DeValue<'_>>, c: &mut Collector) -> Option<T> {
+    let mut removed = Vec::new();
+    let mut removed_known = false;
+    loop {
+        let e = match T::deserialize(value.clone().into_deserializer()) {
+            Ok(parsed) => return (!removed_known).then_some(parsed),
+            Err(e) => e,
+        };
+        if missing_field(e.message()).is_some_and(|field| removed.iter().any(|r| r == field)) {
+            // Only because a bad entry, reported already, was taken out.
+            return None;
+        }
+        c.toml_error(&e);
+        if let Some(key) = misplaced_top_level_key(e.message()) {
+            // TOML puts every key after a [header] inside that table: a common trap.
+            c.error(
+                e.span().unwrap_or(0..0),
+                format!(
+                    "`{key}` is a top-level setting; expected it above the first \
+                     [section] header"
+                ),
+            );
+        }
+        let (DeValue::Table(table), Some(at)) = (value.get_mut(), e.span()) else {
+            return None;
+        };
+        let culprit = table
+            .iter()
+            .find(|(k, v)| k.span().contains(&at.start) || v.span().contains(&at.start))
+            .map(|(k, _)| k.clone())?;
+        table.remove(&culprit);
+        removed_known |= !e.message().starts_with("unknown field");
+        removed.push(culprit.into_inner().into_owned());
+    }
+}
+
+/// The field a "missing field `x`" error names.
+fn missing_field(message: &str) -> Option<&str> {
+    message.strip_prefix("missing field `")?.split('`').next()
 }
 
 fn misplaced_top_level_key(message: &str) -> Option<&'static str> {

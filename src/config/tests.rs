@@ -332,9 +332,38 @@ fn all_errors_are_reported_at_once_in_source_order() {
         .replace("[console]", "[console]\nbaud = 7");
     let errs = errors(&text);
     let lines: Vec<usize> = errs.iter().map(|e| e.0).collect();
-    // The unknown `bogus` stops [system] from deserializing, so its hostname is not
-    // checked, but the other sections still are.
-    assert_eq!(lines, vec![4, 8, 13], "{errs:#?}");
+    // The unknown `bogus` does not keep [system]'s hostname from being checked.
+    assert_eq!(lines, vec![3, 4, 8, 13], "{errs:#?}");
+}
+
+#[test]
+fn every_bad_key_of_a_section_is_reported_at_once() {
+    let text = edit(
+        "domain = \"example.org\"",
+        "domian = \"example.org\"\ntimezone = 5",
+    )
+    .replace("gateway4 = \"192.0.2.1\"", "gateway4 = 7\nmtu = \"big\"");
+    let errs = errors(&text);
+    let found: Vec<(usize, usize)> = errs.iter().map(|e| (e.0, e.1)).collect();
+    // [system]: `domain` misspelt (so also missing) and a number as timezone;
+    // [[interface]]: two values of the wrong type.
+    assert_eq!(
+        found,
+        vec![(2, 1), (4, 1), (5, 12), (9, 12), (10, 7)],
+        "{errs:#?}"
+    );
+    assert_eq!(
+        errs[0].2,
+        "missing field `domain`; expected a `domain = ...` line in this section"
+    );
+    assert!(errs[1].2.contains("unknown field `domian`"), "{errs:#?}");
+}
+
+#[test]
+fn a_bad_value_is_not_also_reported_as_missing() {
+    let errs = errors(&edit("hostname = \"mail\"", "hostname = 5"));
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert_eq!((errs[0].0, errs[0].1), (3, 12), "{errs:#?}");
 }
 
 #[test]
