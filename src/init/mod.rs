@@ -509,9 +509,6 @@ fn console_device(options: &Options, p: &Provisioning) -> Option<(String, u32)> 
     }
 }
 
-/// PID 1 only: whatever is still running (orphans, helpers) gets SIGTERM and, if still
-/// there after the grace period, SIGKILL. The reaper collects them meanwhile, so none is
-/// left (not even a zombie) when the disks are synced.
 /// Waits for the file's interfaces to appear, then applies the network. Whatever fails is
 /// logged and boot goes on: the console must come up regardless, and `net` on it retries.
 async fn bring_up_network(cfg: &crate::config::Config, root: &Path) {
@@ -548,6 +545,9 @@ async fn bring_up_network(cfg: &crate::config::Config, root: &Path) {
     }
 }
 
+/// PID 1 only: whatever is still running (orphans, helpers) gets SIGTERM and, if still
+/// there after the grace period, SIGKILL. The reaper collects them meanwhile, so none is
+/// left (not even a zombie) when the disks are synced.
 async fn stop_remaining_processes() {
     let everyone = Pid::from_raw(-1);
     if kill(everyone, Signal::SIGTERM).is_err() {
