@@ -6,7 +6,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::{run, KillOnDrop, Netns, TIMEOUT};
 use serde_json::Value;
@@ -487,14 +487,7 @@ fn accept_ra_sysctls_follow_the_file() {
 
 /// Like `runnable`, and radvd installed too.
 fn runnable_with_radvd(test: &str) -> bool {
-    if !runnable(test) {
-        return false;
-    }
-    if Command::new("radvd").arg("--version").output().is_err() {
-        common::skip(test, "radvd is not installed (make test installs it)");
-        return false;
-    }
-    true
+    runnable(test) && common::installed(test, "radvd")
 }
 
 /// radvd in namespace B, advertising 2001:db8:5::/64 for SLAAC; killed on drop.
