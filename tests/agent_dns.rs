@@ -5,7 +5,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use common::{KillOnDrop, Netns, TIMEOUT};
 use nix::sys::signal::{kill, Signal};
@@ -90,8 +90,8 @@ fn run_mode_serves_the_zone_and_sighup_serves_an_added_account() {
     if !common::is_root() {
         return common::skip(test, "needs root for network namespaces");
     }
-    if Command::new("dig").arg("-v").output().is_err() {
-        return common::skip(test, "`dig` (dnsutils) is not installed");
+    if !common::installed(test, "dig") {
+        return;
     }
     let lab = Lab::new();
     let dir = tempfile::tempdir().unwrap();

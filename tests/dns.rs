@@ -45,14 +45,6 @@ fn accounts_file() -> String {
     format!("{FIXTURES}/accounts.toml")
 }
 
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 #[test]
 fn zone_of_default_file_matches_golden() {
     // With the fixture state's DKIM key, which is published whenever the state has one.
@@ -68,11 +60,8 @@ fn zone_with_accounts_and_extra_records_matches_golden() {
 
 #[test]
 fn zone_passes_named_checkzone() {
-    if !have("named-checkzone") {
-        return common::skip(
-            "zone_passes_named_checkzone",
-            "named-checkzone not installed",
-        );
+    if !common::installed("zone_passes_named_checkzone", "named-checkzone") {
+        return;
     }
     for file in [None, Some(accounts_file())] {
         let dir = tempfile::tempdir().unwrap();
@@ -116,8 +105,8 @@ fn zone_passes_named_checkzone() {
 
 #[test]
 fn zone_passes_knot_check() {
-    if !have("knotc") {
-        return common::skip("zone_passes_knot_check", "knotc not installed");
+    if !common::installed("zone_passes_knot_check", "knotc") {
+        return;
     }
     for file in [None, Some(accounts_file())] {
         let dir = tempfile::tempdir().unwrap();
@@ -339,17 +328,9 @@ impl Drop for Served {
     }
 }
 
-fn need_dig(test: &str) -> bool {
-    if have("dig") {
-        return true;
-    }
-    common::skip(test, "dig not installed");
-    false
-}
-
 #[test]
 fn dig_gets_every_derived_record_over_udp_and_tcp() {
-    if !need_dig("dig_gets_every_derived_record_over_udp_and_tcp") {
+    if !common::installed("dig_gets_every_derived_record_over_udp_and_tcp", "dig") {
         return;
     }
     let s = Served::start(&config(0, &[]));
@@ -390,7 +371,7 @@ fn dig_gets_every_derived_record_over_udp_and_tcp() {
 
 #[test]
 fn long_dkim_is_whole_over_tcp_and_truncated_over_udp() {
-    if !need_dig("long_dkim_is_whole_over_tcp_and_truncated_over_udp") {
+    if !common::installed("long_dkim_is_whole_over_tcp_and_truncated_over_udp", "dig") {
         return;
     }
     let s = Served::start(&config(0, &[]));
@@ -412,7 +393,7 @@ fn long_dkim_is_whole_over_tcp_and_truncated_over_udp() {
 
 #[test]
 fn nxdomain_nodata_and_refused() {
-    if !need_dig("nxdomain_nodata_and_refused") {
+    if !common::installed("nxdomain_nodata_and_refused", "dig") {
         return;
     }
     let s = Served::start(&config(0, &[]));
@@ -505,7 +486,7 @@ fn hickory_resolver_over_udp_and_tcp() {
 
 #[test]
 fn axfr_only_for_secondaries() {
-    if !need_dig("axfr_only_for_secondaries") {
+    if !common::installed("axfr_only_for_secondaries", "dig") {
         return;
     }
     let s = Served::start(&config(0, &["127.0.0.2".to_string()]));
@@ -867,7 +848,7 @@ fn exchange(s: &Served, bytes: &[u8]) -> Option<Message> {
 
 #[test]
 fn wire_edge_cases() {
-    if !need_dig("wire_edge_cases") {
+    if !common::installed("wire_edge_cases", "dig") {
         return;
     }
     let s = Served::start(&config(0, &[]));
@@ -960,8 +941,8 @@ fn wire_edge_cases() {
 
 #[test]
 fn kdig_over_udp_and_tcp_and_axfr() {
-    if !have("kdig") {
-        return common::skip("kdig_over_udp_and_tcp_and_axfr", "kdig not installed");
+    if !common::installed("kdig_over_udp_and_tcp_and_axfr", "kdig") {
+        return;
     }
     let s = Served::start(&config(0, &["127.0.0.4".to_string()]));
     let kdig = |args: &[&str]| {
@@ -1016,7 +997,7 @@ fn kdig_over_udp_and_tcp_and_axfr() {
 
 #[test]
 fn tcp_connections_are_capped_per_source() {
-    if !need_dig("tcp_connections_are_capped_per_source") {
+    if !common::installed("tcp_connections_are_capped_per_source", "dig") {
         return;
     }
     use std::io::{Read, Write};

@@ -24,25 +24,14 @@ fn can_run(test: &str) -> bool {
         common::skip(test, "needs root for namespaces");
         return false;
     }
-    for tool in ["unshare", "ip"] {
-        if Command::new(tool).arg("--version").output().is_err() {
-            common::skip(test, &format!("`{tool}` is not installed"));
-            return false;
-        }
-    }
-    true
+    ["unshare", "ip"]
+        .iter()
+        .all(|tool| common::installed(test, tool))
 }
 
 /// Like `can_run`, and `nsenter` too (to start processes in the agent's PID namespace).
 fn can_enter(test: &str) -> bool {
-    if !can_run(test) {
-        return false;
-    }
-    if Command::new("nsenter").arg("--version").output().is_err() {
-        common::skip(test, "`nsenter` is not installed");
-        return false;
-    }
-    true
+    can_run(test) && common::installed(test, "nsenter")
 }
 
 /// The addresses on the agent's link, as `ip addr show` prints them.
@@ -269,13 +258,18 @@ struct Running<A> {
     ns: Netns,
 }
 
-/// The agent booted as PID 1 with a valid file for `hostname`.
-fn booted(tag: &str, hostname: &str) -> Running<Pid1> {
+/// A namespace, directories with a valid file for `hostname` and a console, and the
+/// agent that `start` starts on them.
+fn started<A>(
+    tag: &str,
+    hostname: &str,
+    start: impl FnOnce(&Netns, &Dirs, &mut Console) -> A,
+) -> Running<A> {
     let (ns, link) = Netns::with_veth(&format!("init-{tag}"));
     let dirs = Dirs::new();
     dirs.write_config(&config(hostname, &link, true));
-    let console = Console::new();
-    let agent = Pid1::boot(&ns, &dirs, &console);
+    let mut console = Console::new();
+    let agent = start(&ns, &dirs, &mut console);
     Running {
         agent,
         console,
@@ -283,6 +277,13 @@ fn booted(tag: &str, hostname: &str) -> Running<Pid1> {
         link,
         ns,
     }
+}
+
+/// The agent booted as PID 1 with a valid file for `hostname`.
+fn booted(tag: &str, hostname: &str) -> Running<Pid1> {
+    started(tag, hostname, |ns, dirs, console| {
+        Pid1::boot(ns, dirs, console)
+    })
 }
 
 /// `booted`, up to its login prompt.
@@ -294,19 +295,11 @@ fn booted_to_login(tag: &str, hostname: &str) -> Running<Pid1> {
 
 /// The agent in run mode with a valid file for `hostname`; only it holds the pty.
 fn run_mode_started(tag: &str, hostname: &str) -> Running<KillOnDrop> {
-    let (ns, link) = Netns::with_veth(&format!("init-{tag}"));
-    let dirs = Dirs::new();
-    dirs.write_config(&config(hostname, &link, true));
-    let mut console = Console::new();
-    let agent = run_mode(&ns, &dirs, &console);
-    console.slave = None;
-    Running {
-        agent,
-        console,
-        dirs,
-        link,
-        ns,
-    }
+    started(tag, hostname, |ns, dirs, console| {
+        let agent = run_mode(ns, dirs, console);
+        console.slave = None;
+        agent
+    })
 }
 
 /// The children of a process, from /proc.

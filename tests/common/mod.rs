@@ -15,6 +15,22 @@ pub fn skip(test: &str, reason: &str) {
     }
 }
 
+/// Whether `tool` is on the PATH; if not, the test is skipped (and says which tool).
+pub fn installed(test: &str, tool: &str) -> bool {
+    let found = std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        skip(
+            test,
+            &format!("`{tool}` is not installed (make test installs it)"),
+        );
+    }
+    found
+}
+
 /// True when the process may create namespaces and configure links.
 pub fn is_root() -> bool {
     nix::unistd::Uid::effective().is_root()
