@@ -1,11 +1,12 @@
-//! The running server: hickory-server over UDP and TCP, answering through
-//! [`ZoneHandler`] from one atomically swapped zone that every query reads.
+//! The running server: hickory-server's request handling over UDP and TCP, answering
+//! through [`ZoneHandler`] from one atomically swapped zone that every query reads.
 //!
 //! UDP: worker threads share each socket and answer in batches (see `udp`), so that
-//! DNS load stays off the agent's runtime and no query hops between threads. TCP: hickory's `Server` has no connection limit, so
-//! connections are accepted here, capped in all and per source (a client holding
-//! connections open must not starve the rest or exhaust PID 1's descriptors), and
-//! then served by hickory-server's TCP framing, request parsing and response handle.
+//! DNS load stays off the agent's runtime and no query hops between threads.
+//! TCP: hickory's `Server` has no connection limit, so connections are accepted here,
+//! capped in all and per source (a client holding connections open must not starve
+//! the rest or exhaust PID 1's descriptors), and then served by hickory-server's TCP
+//! framing, request parsing and response handle.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -90,8 +91,8 @@ pub fn listen_addrs(cfg: &Config) -> Vec<SocketAddr> {
 
 impl DnsServer {
     /// Loads the zone for `cfg` (serial from `state`), binds UDP and TCP on every
-    /// address of `listen`, starts `udp_workers` UDP threads per address, and sends NOTIFY to the
-    /// secondaries. Must be called inside a Tokio runtime (TCP runs on it).
+    /// address of `listen`, starts `udp_workers` UDP threads per address, and sends
+    /// NOTIFY to the secondaries. Must be called inside a Tokio runtime (TCP runs on it).
     pub async fn start(
         cfg: &Config,
         state: PathBuf,

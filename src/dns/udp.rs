@@ -1,8 +1,8 @@
 //! UDP with batched socket I/O: a worker takes up to [`BATCH`] queries from its socket
 //! in one `recvmmsg`, answers each through the zone handler (hickory-server's request
 //! parsing, hickory-proto's response encoding), and sends the answers in one
-//! `sendmmsg`. hickory-server's own UDP loop spends a syscall, a channel send and a
-//! spawned task on every query, which kept it below NSD, which batches like this.
+//! `sendmmsg`, as NSD does. hickory-server's own UDP loop spends a syscall, a channel
+//! send and a spawned task on every query, which kept letterbox below NSD.
 
 use std::io::{IoSlice, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket};
@@ -93,8 +93,9 @@ pub fn serve(socket: UdpSocket, handler: ZoneHandler, stop: CancellationToken) -
 }
 
 /// Takes the datagrams queued, up to the batch; with `MSG_WAITFORONE` it first waits
-/// for one, with `MSG_DONTWAIT` not at all. Fills `queries` with (buffer, length, source) for each one worth answering: not cut
-/// short by the buffer, and from a source that can be answered.
+/// for one, with `MSG_DONTWAIT` not at all. Fills `queries` with (buffer, length,
+/// source) for each one worth answering: not cut short by the buffer, and from a
+/// source that can be answered.
 fn receive(
     fd: RawFd,
     headers: &mut MultiHeaders<SockaddrStorage>,
