@@ -120,7 +120,7 @@ enum DnsCommand {
         /// State directory: DKIM keys and the SOA serial.
         #[arg(long, default_value = "/var/lib/letterbox")]
         state: PathBuf,
-        /// UDP worker threads, each serving every address; default: one per CPU.
+        /// UDP worker threads for each address; default: one per CPU.
         #[arg(long)]
         threads: Option<usize>,
     },

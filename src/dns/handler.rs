@@ -7,12 +7,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use hickory_proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
+use hickory_proto::op::{Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::{Record, RecordType};
-use hickory_server::net::runtime::Time;
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
+use hickory_server::net::runtime::{Time, TokioTime};
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder};
+use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder, Queries};
 
 use super::answer::{Answers, Outcome, Transport, EDNS_PAYLOAD, OPT_LEN};
 use super::rrl::{RateLimiter, Verdict};
@@ -28,6 +29,41 @@ pub struct Current {
 #[derive(Clone)]
 pub struct ZoneHandler {
     pub current: Arc<ArcSwap<Current>>,
+}
+
+impl ZoneHandler {
+    /// One message off the wire, taken as hickory's `Server` takes it: ignored when
+    /// shorter than a header or when it is a response, FORMERR when it cannot be
+    /// parsed, and otherwise answered.
+    pub async fn answer_raw<R: ResponseHandler>(
+        &self,
+        bytes: Vec<u8>,
+        src: SocketAddr,
+        protocol: Protocol,
+        mut response: R,
+    ) {
+        let Ok(header) = Header::read(&mut BinDecoder::new(&bytes)) else {
+            return;
+        };
+        if header.metadata.message_type == MessageType::Response {
+            return;
+        }
+        match Request::from_bytes(bytes, src, protocol) {
+            Ok(request) => {
+                self.handle_request::<_, TokioTime>(&request, response)
+                    .await;
+            }
+            Err(_) => {
+                // `Queries::empty` is private: reading none gives the same.
+                let Ok(no_queries) = Queries::read(&mut BinDecoder::new(&[]), 0) else {
+                    return;
+                };
+                let error = MessageResponseBuilder::new(&no_queries, None)
+                    .error_msg(&header.metadata, ResponseCode::FormErr);
+                let _ = response.send_response(error).await;
+            }
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -181,21 +217,18 @@ where
 }
 
 #[cfg(test)]
-mod tests {
-    use futures::StreamExt;
+pub(in crate::dns) mod tests {
     use hickory_proto::op::{Message, Query};
     use hickory_proto::rr::Name;
-    use hickory_server::net::runtime::TokioTime;
-    use hickory_server::net::BufDnsStreamHandle;
-    use hickory_server::server::ResponseHandle;
 
     use super::*;
+    use crate::dns::udp::Datagrams;
     use crate::dns::zone::{build, Sources};
 
     const TOML: &str = "version = 1\n[system]\nhostname = \"mail\"\ndomain = \"example.org\"\n\
                         [[interface]]\nname = \"eth0\"\nipv4 = [\"192.0.2.10/24\"]\n";
 
-    fn handler(rate_limit: u32, records: &str) -> ZoneHandler {
+    pub(in crate::dns) fn handler(rate_limit: u32, records: &str) -> ZoneHandler {
         let cfg = crate::config::parse("t.toml", &format!("{TOML}{records}")).unwrap();
         let zone = build(&cfg, &Sources::default(), 7).unwrap();
         let rrl = (rate_limit > 0).then(|| Arc::new(RateLimiter::new(rate_limit)));
@@ -209,7 +242,7 @@ mod tests {
         }
     }
 
-    fn query(name: &str, rtype: RecordType, payload: Option<u16>) -> Message {
+    pub(in crate::dns) fn query(name: &str, rtype: RecordType, payload: Option<u16>) -> Message {
         let mut m = Message::query();
         m.metadata.id = 0xbeef;
         m.metadata.recursion_desired = true;
@@ -224,18 +257,16 @@ mod tests {
         m
     }
 
-    /// The datagrams `handler` sends for `m` over UDP, encoded by hickory-server's own
-    /// response handle (and its UDP size limit).
+    /// The datagrams `handler` sends for `m` over UDP, encoded as the UDP workers
+    /// encode them.
     async fn ask(handler: &ZoneHandler, m: &Message) -> Vec<Vec<u8>> {
         let src = "198.51.100.1:5300".parse().unwrap();
-        let request = Request::from_bytes(m.to_vec().unwrap(), src, Protocol::Udp).unwrap();
-        let (stream, sent) = BufDnsStreamHandle::new(src);
-        let response = ResponseHandle::new(src, stream, Protocol::Udp);
+        let sent = Datagrams::default();
+        let bytes = m.to_vec().unwrap();
         handler
-            .handle_request::<_, TokioTime>(&request, response)
+            .answer_raw(bytes, src, Protocol::Udp, sent.clone())
             .await;
-        // The handle is gone with the request handled: the channel ends.
-        sent.map(|m| m.into_parts().0).collect().await
+        sent.take()
     }
 
     async fn ask_one(handler: &ZoneHandler, m: &Message) -> Option<(usize, Message)> {

@@ -4,8 +4,8 @@
 //! across restarts, `answer` finds what a question gets (gathered when the zone loads),
 //! `handler` is hickory-server's request handler (rate limiting and header rules
 //! included), `rrl` limits responses per source, `notify` tells secondaries about
-//! changes, and `server` runs hickory-server over UDP and TCP with zone swaps that
-//! never drop a query.
+//! changes, `server` runs it over UDP and TCP with zone swaps that never drop a query,
+//! and `udp` batches UDP socket I/O beneath hickory-server's request handling.
 //!
 //! In the agent: `DnsServer::start(&cfg, state, &listen_addrs(&cfg), threads).await`
 //! inside the Tokio runtime, keep `server.handle()` to call `DnsHandle::reload(&cfg)`
@@ -19,6 +19,7 @@ mod notify;
 mod rrl;
 mod serial;
 mod server;
+mod udp;
 mod zone;
 
 use std::net::SocketAddr;

@@ -1,12 +1,12 @@
-//! The running server: hickory-server over UDP and TCP, answering through
-//! [`ZoneHandler`] from one atomically swapped zone that every query reads.
+//! The running server: hickory-server's request handling over UDP and TCP, answering
+//! through [`ZoneHandler`] from one atomically swapped zone that every query reads.
 //!
-//! UDP: each worker thread runs its own hickory `Server` on a single-threaded runtime,
-//! all reading the same sockets, so that DNS load stays off the agent's runtime and
-//! no query hops between threads. TCP: hickory's `Server` has no connection limit, so
-//! connections are accepted here, capped in all and per source (a client holding
-//! connections open must not starve the rest or exhaust PID 1's descriptors), and
-//! then served by hickory-server's TCP framing, request parsing and response handle.
+//! UDP: worker threads share each socket and answer in batches (see `udp`), so that
+//! DNS load stays off the agent's runtime and no query hops between threads.
+//! TCP: hickory's `Server` has no connection limit, so connections are accepted here,
+//! capped in all and per source (a client holding connections open must not starve
+//! the rest or exhaust PID 1's descriptors), and then served by hickory-server's TCP
+//! framing, request parsing and response handle.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -16,16 +16,9 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use futures::StreamExt;
-use hickory_proto::op::{Header, MessageType, ResponseCode};
-use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 use hickory_server::net::runtime::iocompat::AsyncIoTokioAsStd;
-use hickory_server::net::runtime::TokioTime;
 use hickory_server::net::xfer::Protocol;
-use hickory_server::server::{
-    Request, RequestHandler, ResponseHandle, ResponseHandler, TimeoutStream,
-};
-use hickory_server::zone_handler::{MessageResponseBuilder, Queries};
-use hickory_server::Server;
+use hickory_server::server::{ResponseHandle, TimeoutStream};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
@@ -35,6 +28,7 @@ use super::answer::Answers;
 use super::handler::{Current, ZoneHandler};
 use super::notify::notify_secondaries;
 use super::rrl::RateLimiter;
+use super::udp;
 use super::zone::Zone;
 use super::DnsError;
 use crate::config::Config;
@@ -69,10 +63,10 @@ pub struct DnsHandle {
 /// The running server; dropping it stops it.
 pub struct DnsServer {
     handle: DnsHandle,
-    /// Stops the UDP workers' hickory servers.
+    /// Stops the UDP workers.
     stop: CancellationToken,
     udp_workers: Vec<JoinHandle<()>>,
-    /// Why a UDP worker ended: it only ends early when its server failed.
+    /// Why a UDP worker ended: it only ends early when its socket failed.
     udp_ended: mpsc::UnboundedReceiver<String>,
     /// One accept loop per address; dropping the set aborts them and their connections.
     tcp: JoinSet<()>,
@@ -97,8 +91,8 @@ pub fn listen_addrs(cfg: &Config) -> Vec<SocketAddr> {
 
 impl DnsServer {
     /// Loads the zone for `cfg` (serial from `state`), binds UDP and TCP on every
-    /// address of `listen`, starts `udp_workers` UDP threads, and sends NOTIFY to the
-    /// secondaries. Must be called inside a Tokio runtime (TCP runs on it).
+    /// address of `listen`, starts `udp_workers` UDP threads per address, and sends
+    /// NOTIFY to the secondaries. Must be called inside a Tokio runtime (TCP runs on it).
     pub async fn start(
         cfg: &Config,
         state: PathBuf,
@@ -135,7 +129,7 @@ impl DnsServer {
                 source,
             };
             let udp = std::net::UdpSocket::bind(addr).map_err(|e| bind("UDP", e))?;
-            udp.set_nonblocking(true).map_err(|e| bind("UDP", e))?;
+            udp::prepare(&udp).map_err(|e| bind("UDP", e))?;
             enlarge_buffers(&udp);
             // Port 0 means "any": TCP takes the port UDP got, so both match.
             let tcp_addr = udp.local_addr().map_err(|e| bind("UDP", e))?;
@@ -146,30 +140,23 @@ impl DnsServer {
                 .spawn(accept_tcp(listener, handler.clone(), limits.clone()));
             udp_sockets.push((tcp_addr, udp));
         }
-        let workers = if udp_sockets.is_empty() {
-            0
-        } else {
-            udp_workers.max(1)
-        };
-        for n in 0..workers {
-            let mut sockets = Vec::new();
-            for (addr, udp) in &udp_sockets {
-                let clone = udp.try_clone().map_err(|source| DnsError::Bind {
+        for (addr, udp) in &udp_sockets {
+            for n in 0..udp_workers.max(1) {
+                let socket = udp.try_clone().map_err(|source| DnsError::Bind {
                     addr: *addr,
                     proto: "UDP",
                     source,
                 })?;
-                sockets.push(clone);
+                let (handler, stop, ended) = (handler.clone(), dns.stop.clone(), ended.clone());
+                let worker = std::thread::Builder::new()
+                    .name(format!("dns-udp-{n}"))
+                    .spawn(move || {
+                        let why = udp::serve(socket, handler, stop);
+                        let _ = ended.send(why);
+                    })
+                    .map_err(|source| DnsError::Worker { source })?;
+                dns.udp_workers.push(worker);
             }
-            let (handler, stop, ended) = (handler.clone(), dns.stop.clone(), ended.clone());
-            let worker = std::thread::Builder::new()
-                .name(format!("dns-udp-{n}"))
-                .spawn(move || {
-                    let why = serve_udp(sockets, handler, stop);
-                    let _ = ended.send(why);
-                })
-                .map_err(|source| DnsError::Worker { source })?;
-            dns.udp_workers.push(worker);
         }
         for (addr, _) in &udp_sockets {
             log::info!("dns: serving {} on {addr} (UDP and TCP)", cfg.system.domain);
@@ -183,7 +170,7 @@ impl DnsServer {
     }
 
     /// Serves until stopped (dropped). It returns only when part of the server died: a
-    /// UDP worker's hickory server failed, or a TCP accept loop panicked.
+    /// UDP worker's socket failed, or a TCP accept loop panicked.
     pub async fn run(mut self) -> Result<(), DnsError> {
         tokio::select! {
             Some(why) = self.udp_ended.recv() => Err(DnsError::UdpWorker { why }),
@@ -198,7 +185,7 @@ impl DnsServer {
 }
 
 impl Drop for DnsServer {
-    /// Stops the UDP workers' servers. Joining the threads on a runtime worker would
+    /// Stops the UDP workers. Joining the threads on a runtime worker would
     /// block it, so inside a runtime they are joined on the blocking pool.
     fn drop(&mut self) {
         self.stop.cancel();
@@ -213,41 +200,6 @@ impl Drop for DnsServer {
             Err(_) => join(),
         }
     }
-}
-
-/// One UDP worker: a hickory `Server` on these sockets, on a runtime of its own, until
-/// `stop`. Returns why it ended.
-fn serve_udp(
-    sockets: Vec<std::net::UdpSocket>,
-    handler: ZoneHandler,
-    stop: CancellationToken,
-) -> String {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => return format!("cannot start its runtime: {e}"),
-    };
-    runtime.block_on(async move {
-        let mut server = Server::new(handler);
-        for socket in sockets {
-            match tokio::net::UdpSocket::from_std(socket) {
-                Ok(socket) => server.register_socket(socket),
-                Err(e) => return format!("cannot register a socket: {e}"),
-            }
-        }
-        tokio::select! {
-            result = server.block_until_done() => match result {
-                Ok(()) => "its server stopped".to_string(),
-                Err(e) => format!("its server failed: {e}"),
-            },
-            _ = stop.cancelled() => {
-                let _ = server.shutdown_gracefully().await;
-                "stopped".to_string()
-            }
-        }
-    })
 }
 
 impl DnsHandle {
@@ -412,30 +364,11 @@ async fn serve_tcp(stream: TcpStream, src: SocketAddr, handler: ZoneHandler, _sl
         TCP_RESPONSE_BUFFER.max(transfer + 1),
     );
     let mut queries = TimeoutStream::new(stream, TCP_IDLE);
-    let Ok(no_queries) = Queries::read(&mut BinDecoder::new(&[]), 0) else {
-        return; // cannot happen: reading no queries reads nothing
-    };
     while let Some(Ok(message)) = queries.next().await {
         let (bytes, src) = message.into_parts();
-        let mut response = ResponseHandle::new(src, responses.clone(), Protocol::Tcp);
-        // Shorter than a header: not worth an answer. A response: never answered.
-        let Ok(header) = Header::read(&mut BinDecoder::new(&bytes)) else {
-            continue;
-        };
-        if header.metadata.message_type == MessageType::Response {
-            continue;
-        }
-        match Request::from_bytes(bytes, src, Protocol::Tcp) {
-            Ok(request) => {
-                handler
-                    .handle_request::<_, TokioTime>(&request, response)
-                    .await;
-            }
-            Err(_) => {
-                let error = MessageResponseBuilder::new(&no_queries, None)
-                    .error_msg(&header.metadata, ResponseCode::FormErr);
-                let _ = response.send_response(error).await;
-            }
-        }
+        let response = ResponseHandle::new(src, responses.clone(), Protocol::Tcp);
+        handler
+            .answer_raw(bytes, src, Protocol::Tcp, response)
+            .await;
     }
 }

@@ -6,7 +6,7 @@ use super::units::{StopSignal, TaskResult, Unit};
 use super::Agent;
 use crate::dns::{self, DnsServer};
 
-/// UDP worker threads (each serving every address): the Pi 3 and 4 have four cores,
+/// UDP worker threads for each address: the Pi 3 and 4 have four cores,
 /// shared with mail.
 const UDP_WORKERS: usize = 2;
 
