@@ -6,8 +6,9 @@
 # get the same dnsperf query mix (MX, A, AAAA, TXT and NXDOMAIN, with EDNS) for the same
 # duration, taking turns in an order rotated every round. No server is pinned to a CPU.
 # dnsperf 2.10 (Debian 12) has no latency histogram, so p99 comes from its per-query
-# verbose lines. Prints a table of QPS, mean and p99 latency, the average response size
-# (to show the answers are comparable) and letterbox's ratios to each peer.
+# verbose lines. Prints a table of QPS, mean latency (at full load and at a fixed load),
+# p99 latency, the average response size (to show the answers are comparable) and
+# letterbox's ratios to each peer.
 # DURATION (s per server), ROUNDS, CLIENTS and THREADS may be set in the environment.
 set -euo pipefail
 
@@ -125,9 +126,10 @@ wait_for "$KNOT_PORT"
 # The servers take turns, ROUNDS times, so that load from elsewhere on the machine
 # falls on all three alike; each gets DURATION seconds of throughput runs in all.
 # Throughput runs push as hard as dnsperf can (QPS: the median of the rounds; mean
-# latency). dnsperf's per-query verbose output costs the client enough CPU to cap the
-# rate on a small machine, so p99 comes from separate runs at a fixed offered load
-# (LATENCY_QPS), the same for every server, from the per-query lines.
+# latency, which at full load mostly measures queueing). dnsperf's per-query verbose
+# output costs the client enough CPU to cap the rate on a small machine, so latency comes from separate runs at a fixed offered load
+# (LATENCY_QPS), the same for every server: the mean from dnsperf's summary, p99 from
+# the per-query lines.
 ROUNDS=${ROUNDS:-3}
 LATENCY_QPS=${LATENCY_QPS:-20000}
 LATENCY_SECONDS=${LATENCY_SECONDS:-3}
@@ -140,17 +142,20 @@ measure() { # name port round
 }
 summarize() { # name
     cat "$WORK/$1".lat.*.out | grep '^> ' | awk '{ print $NF * 1000 }' | sort -g > "$WORK/$1.lat"
-    local n p99 qps
+    local n p99 qps fixed_mean
     n=$(wc -l < "$WORK/$1.lat")
+    fixed_mean=$(cat "$WORK/$1".lat.*.out \
+        | awk '/Average Latency \(s\):/ { mean += $4 * 1000; rounds++ } END { print mean / rounds }')
     p99=$(sed -n "$(( (n * 99 + 99) / 100 ))p" "$WORK/$1.lat")
     qps=$(grep -h 'Queries per second:' "$WORK/$1".tput.*.out | awk '{ print $4 }' | sort -g \
         | sed -n "$(( (ROUNDS + 1) / 2 ))p")
     # "Average packet size: request 40, response 120": the response size, per round.
-    cat "$WORK/$1".tput.*.out | awk -v name="$1" -v p99="${p99:-0}" -v qps="$qps" '
+    cat "$WORK/$1".tput.*.out | awk -v name="$1" -v p99="${p99:-0}" -v qps="$qps" -v fixed="$fixed_mean" '
         /Average Latency \(s\):/ { mean += $4 * 1000; rounds++ }
         /Queries lost:/ { lost += $3 }
         /Average packet size:/ { size += $NF; sizes++ }
-        END { printf "%s %.0f %.3f %.3f %d %.0f\n", name, qps, mean / rounds, p99, lost, size / sizes }'
+        END { printf "%s %.0f %.3f %.3f %.3f %d %.0f\n", name, qps, mean / rounds, fixed, p99, lost,
+            size / sizes }'
 }
 
 SERVERS=(letterbox nsd knot)
@@ -166,21 +171,27 @@ for name in letterbox nsd knot; do summarize "$name"; done > "$WORK/results"
 
 printf "DNS benchmark: dnsperf, %ss per server in %s turns, %s clients, %s server threads, loopback\n" \
     "$DURATION" "$ROUNDS" "$CLIENTS" "$THREADS"
-printf "QPS and mean latency at full load; p99 at %s queries/s offered\n" "$LATENCY_QPS"
+printf "QPS and \"full\" mean latency at full load; \"fixed\" latencies at %s queries/s offered\n" \
+    "$LATENCY_QPS"
 printf "ratios are letterbox / peer: QPS above 1 is better, mean and p99 below 1 are better\n"
 awk '
-    { name[NR] = $1; qps[NR] = $2; mean[NR] = $3; p99[NR] = $4; lost[NR] = $5; size[NR] = $6 }
+    { name[NR] = $1; qps[NR] = $2; mean[NR] = $3; fixed[NR] = $4; p99[NR] = $5; lost[NR] = $6
+      size[NR] = $7 }
     function ratio(a, b) { return b > 0 ? sprintf("%.2f", a / b) : "n/a" }
     END {
-        printf "%-10s %10s %10s %10s %8s %11s %10s %10s %10s\n", "server", "QPS", "mean (ms)", \
-            "p99 (ms)", "lost", "resp bytes", "QPS ratio", "mean ratio", "p99 ratio"
+        printf "%-10s %8s %6s | %6s %6s | %6s %5s | %6s %6s %6s %6s\n", "", "", "full", \
+            "fixed", "fixed", "", "", "", "full", "fixed", "fixed"
+        printf "%-10s %8s %6s | %6s %6s | %6s %5s | %6s %6s %6s %6s\n", "server", "QPS", "mean", \
+            "mean", "p99", "lost", "bytes", "QPS", "mean", "mean", "p99"
         for (i = 1; i <= NR; i++) {
             q = (i == 1) ? "-" : ratio(qps[1], qps[i])
             m = (i == 1) ? "-" : ratio(mean[1], mean[i])
+            f = (i == 1) ? "-" : ratio(fixed[1], fixed[i])
             p = (i == 1) ? "-" : ratio(p99[1], p99[i])
-            printf "%-10s %10d %10.3f %10.3f %8s %11d %10s %10s %10s\n", name[i], qps[i], mean[i], \
-                p99[i], lost[i], size[i], q, m, p
+            printf "%-10s %8d %6.3f | %6.3f %6.3f | %6s %5d | %6s %6s %6s %6s\n", name[i], qps[i], \
+                mean[i], fixed[i], p99[i], lost[i], size[i], q, m, f, p
         }
+        print "latencies in ms; bytes: the mean response size"
     }' "$WORK/results"
 for name in letterbox nsd knot; do
     printf "%-10s %s\n" "$name" "$(grep -m1 'Response codes:' "$WORK/$name.tput.1.out" | sed 's/^ *Response codes: *//')"
