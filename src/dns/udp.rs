@@ -236,10 +236,10 @@ mod tests {
     }
 
     impl Worker {
-        /// `before` runs with the socket bound but before the worker reads from it, so
-        /// that what it sends is already queued.
-        fn start(before: impl FnOnce(SocketAddr)) -> Worker {
-            let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        /// A worker on port 0 of `ip`. `before` runs with the socket bound but before
+        /// the worker reads from it, so that what it sends is already queued.
+        fn start(ip: &str, before: impl FnOnce(SocketAddr)) -> Worker {
+            let socket = UdpSocket::bind((ip, 0)).unwrap();
             prepare(&socket).unwrap();
             let addr = socket.local_addr().unwrap();
             before(addr);
@@ -258,8 +258,8 @@ mod tests {
         }
     }
 
-    fn client() -> UdpSocket {
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    fn client(ip: &str) -> UdpSocket {
+        let socket = UdpSocket::bind((ip, 0)).unwrap();
         socket
             .set_read_timeout(Some(Duration::from_secs(5)))
             .unwrap();
@@ -284,8 +284,8 @@ mod tests {
     fn a_queued_burst_gets_every_answer_each_to_its_source() {
         // Two clients: more than one batch in all, yet within the default receive buffer.
         const EACH: u16 = 60;
-        let clients = [client(), client()];
-        let worker = Worker::start(|server| {
+        let clients = [client("127.0.0.1"), client("127.0.0.1")];
+        let worker = Worker::start("127.0.0.1", |server| {
             for id in 0..EACH {
                 for (n, c) in clients.iter().enumerate() {
                     c.send_to(&mx_query(id * 2 + n as u16), server).unwrap();
@@ -307,8 +307,8 @@ mod tests {
 
     #[test]
     fn datagrams_not_worth_an_answer_are_dropped_and_serving_goes_on() {
-        let worker = Worker::start(|_| {});
-        let c = client();
+        let worker = Worker::start("127.0.0.1", |_| {});
+        let c = client("127.0.0.1");
         let mut response = Message::from_vec(&mx_query(1)).unwrap();
         response.metadata.message_type = MessageType::Response;
         let mut garbage = mx_query(2)[..12].to_vec(); // a header claiming one question
@@ -333,6 +333,17 @@ mod tests {
             (3, 1),
             "nothing else was answered before it"
         );
+        worker.stop();
+    }
+
+    #[test]
+    fn an_ipv6_socket_answers_its_clients() {
+        let worker = Worker::start("::1", |_| {});
+        let c = client("::1");
+        c.send_to(&mx_query(6), worker.addr).unwrap();
+        let answer = reply(&c, Duration::from_secs(5)).expect("an answer over IPv6");
+        assert_eq!(answer.metadata.id, 6);
+        assert_eq!(answer.answers[0].data.to_string(), "10 mail.example.org.");
         worker.stop();
     }
 }
