@@ -10,7 +10,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hickory_proto::op::{Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode};
+use hickory_proto::op::{MessageType, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::Record;
 use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
 use hickory_server::net::xfer::Protocol;
@@ -23,7 +23,7 @@ use nix::sys::socket::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::handler::ZoneHandler;
+use super::handler::{header, ZoneHandler};
 
 /// Queries taken, and answers sent, per system call.
 const BATCH: usize = 64;
@@ -167,6 +167,8 @@ impl Datagrams {
 
 #[async_trait::async_trait]
 impl ResponseHandler for Datagrams {
+    /// Encodes within the UDP size (our EDNS payload, or 512 bytes without EDNS); a
+    /// response that cannot be encoded becomes a bare SERVFAIL, as in hickory-server.
     async fn send_response<'a>(
         &mut self,
         response: MessageResponse<
@@ -178,43 +180,26 @@ impl ResponseHandler for Datagrams {
             impl Iterator<Item = &'a Record> + Send + 'a,
         >,
     ) -> Result<ResponseInfo, NetError> {
-        let (info, bytes) = encode(response)?;
+        let id = response.metadata().id;
+        let max_size = response.edns().map_or(512, |edns| edns.max_payload());
+        let mut bytes = Vec::with_capacity(512);
+        let mut encoder = BinEncoder::new(&mut bytes);
+        encoder.set_max_size(max_size);
+        let info = match response.destructive_emit(&mut encoder) {
+            Ok(info) => info,
+            Err(error) => {
+                log::warn!("dns: cannot encode a response, answering SERVFAIL: {error}");
+                bytes.clear();
+                let mut metadata = Metadata::new(id, MessageType::Response, OpCode::Query);
+                metadata.response_code = ResponseCode::ServFail;
+                let servfail = header(metadata);
+                servfail.emit(&mut BinEncoder::new(&mut bytes))?;
+                ResponseInfo::from(servfail)
+            }
+        };
         self.0.lock().unwrap_or_else(|p| p.into_inner()).push(bytes);
         Ok(info)
     }
-}
-
-/// Encodes within the UDP size (our EDNS payload, or 512 bytes without EDNS); a
-/// response that cannot be encoded becomes a bare SERVFAIL, as in hickory-server.
-fn encode<'a>(
-    response: MessageResponse<
-        '_,
-        'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-    >,
-) -> Result<(ResponseInfo, Vec<u8>), NetError> {
-    let id = response.metadata().id;
-    let max_size = response.edns().map_or(512, |edns| edns.max_payload());
-    let mut bytes = Vec::with_capacity(512);
-    let mut encoder = BinEncoder::new(&mut bytes);
-    encoder.set_max_size(max_size);
-    let error = match response.destructive_emit(&mut encoder) {
-        Ok(info) => return Ok((info, bytes)),
-        Err(e) => e,
-    };
-    log::warn!("dns: cannot encode a response, answering SERVFAIL: {error}");
-    bytes.clear();
-    let mut metadata = Metadata::new(id, MessageType::Response, OpCode::Query);
-    metadata.response_code = ResponseCode::ServFail;
-    let header = Header {
-        metadata,
-        counts: HeaderCounts::default(),
-    };
-    header.emit(&mut BinEncoder::new(&mut bytes))?;
-    Ok((ResponseInfo::from(header), bytes))
 }
 
 #[cfg(test)]
