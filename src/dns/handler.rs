@@ -186,7 +186,8 @@ async fn respond<R: ResponseHandler>(
     }
 }
 
-fn header(metadata: Metadata) -> Header {
+/// A header with no records counted.
+pub(super) fn header(metadata: Metadata) -> Header {
     Header {
         metadata,
         counts: HeaderCounts::default(),

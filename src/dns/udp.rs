@@ -10,7 +10,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hickory_proto::op::{Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode};
+use hickory_proto::op::{MessageType, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::Record;
 use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
 use hickory_server::net::xfer::Protocol;
@@ -23,7 +23,7 @@ use nix::sys::socket::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::handler::ZoneHandler;
+use super::handler::{header, ZoneHandler};
 
 /// Queries taken, and answers sent, per system call.
 const BATCH: usize = 64;
@@ -167,6 +167,8 @@ impl Datagrams {
 
 #[async_trait::async_trait]
 impl ResponseHandler for Datagrams {
+    /// Encodes within the UDP size (our EDNS payload, or 512 bytes without EDNS); a
+    /// response that cannot be encoded becomes a bare SERVFAIL, as in hickory-server.
     async fn send_response<'a>(
         &mut self,
         response: MessageResponse<
@@ -178,43 +180,26 @@ impl ResponseHandler for Datagrams {
             impl Iterator<Item = &'a Record> + Send + 'a,
         >,
     ) -> Result<ResponseInfo, NetError> {
-        let (info, bytes) = encode(response)?;
+        let id = response.metadata().id;
+        let max_size = response.edns().map_or(512, |edns| edns.max_payload());
+        let mut bytes = Vec::with_capacity(512);
+        let mut encoder = BinEncoder::new(&mut bytes);
+        encoder.set_max_size(max_size);
+        let info = match response.destructive_emit(&mut encoder) {
+            Ok(info) => info,
+            Err(error) => {
+                log::warn!("dns: cannot encode a response, answering SERVFAIL: {error}");
+                bytes.clear();
+                let mut metadata = Metadata::new(id, MessageType::Response, OpCode::Query);
+                metadata.response_code = ResponseCode::ServFail;
+                let servfail = header(metadata);
+                servfail.emit(&mut BinEncoder::new(&mut bytes))?;
+                ResponseInfo::from(servfail)
+            }
+        };
         self.0.lock().unwrap_or_else(|p| p.into_inner()).push(bytes);
         Ok(info)
     }
-}
-
-/// Encodes within the UDP size (our EDNS payload, or 512 bytes without EDNS); a
-/// response that cannot be encoded becomes a bare SERVFAIL, as in hickory-server.
-fn encode<'a>(
-    response: MessageResponse<
-        '_,
-        'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-    >,
-) -> Result<(ResponseInfo, Vec<u8>), NetError> {
-    let id = response.metadata().id;
-    let max_size = response.edns().map_or(512, |edns| edns.max_payload());
-    let mut bytes = Vec::with_capacity(512);
-    let mut encoder = BinEncoder::new(&mut bytes);
-    encoder.set_max_size(max_size);
-    let error = match response.destructive_emit(&mut encoder) {
-        Ok(info) => return Ok((info, bytes)),
-        Err(e) => e,
-    };
-    log::warn!("dns: cannot encode a response, answering SERVFAIL: {error}");
-    bytes.clear();
-    let mut metadata = Metadata::new(id, MessageType::Response, OpCode::Query);
-    metadata.response_code = ResponseCode::ServFail;
-    let header = Header {
-        metadata,
-        counts: HeaderCounts::default(),
-    };
-    header.emit(&mut BinEncoder::new(&mut bytes))?;
-    Ok((ResponseInfo::from(header), bytes))
 }
 
 #[cfg(test)]
@@ -236,10 +221,10 @@ mod tests {
     }
 
     impl Worker {
-        /// `before` runs with the socket bound but before the worker reads from it, so
-        /// that what it sends is already queued.
-        fn start(before: impl FnOnce(SocketAddr)) -> Worker {
-            let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        /// A worker on port 0 of `ip`. `before` runs with the socket bound but before
+        /// the worker reads from it, so that what it sends is already queued.
+        fn start(ip: &str, before: impl FnOnce(SocketAddr)) -> Worker {
+            let socket = UdpSocket::bind((ip, 0)).unwrap();
             prepare(&socket).unwrap();
             let addr = socket.local_addr().unwrap();
             before(addr);
@@ -258,8 +243,8 @@ mod tests {
         }
     }
 
-    fn client() -> UdpSocket {
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    fn client(ip: &str) -> UdpSocket {
+        let socket = UdpSocket::bind((ip, 0)).unwrap();
         socket
             .set_read_timeout(Some(Duration::from_secs(5)))
             .unwrap();
@@ -284,8 +269,8 @@ mod tests {
     fn a_queued_burst_gets_every_answer_each_to_its_source() {
         // Two clients: more than one batch in all, yet within the default receive buffer.
         const EACH: u16 = 60;
-        let clients = [client(), client()];
-        let worker = Worker::start(|server| {
+        let clients = [client("127.0.0.1"), client("127.0.0.1")];
+        let worker = Worker::start("127.0.0.1", |server| {
             for id in 0..EACH {
                 for (n, c) in clients.iter().enumerate() {
                     c.send_to(&mx_query(id * 2 + n as u16), server).unwrap();
@@ -307,8 +292,8 @@ mod tests {
 
     #[test]
     fn datagrams_not_worth_an_answer_are_dropped_and_serving_goes_on() {
-        let worker = Worker::start(|_| {});
-        let c = client();
+        let worker = Worker::start("127.0.0.1", |_| {});
+        let c = client("127.0.0.1");
         let mut response = Message::from_vec(&mx_query(1)).unwrap();
         response.metadata.message_type = MessageType::Response;
         let mut garbage = mx_query(2)[..12].to_vec(); // a header claiming one question
@@ -333,6 +318,17 @@ mod tests {
             (3, 1),
             "nothing else was answered before it"
         );
+        worker.stop();
+    }
+
+    #[test]
+    fn an_ipv6_socket_answers_its_clients() {
+        let worker = Worker::start("::1", |_| {});
+        let c = client("::1");
+        c.send_to(&mx_query(6), worker.addr).unwrap();
+        let answer = reply(&c, Duration::from_secs(5)).expect("an answer over IPv6");
+        assert_eq!(answer.metadata.id, 6);
+        assert_eq!(answer.answers[0].data.to_string(), "10 mail.example.org.");
         worker.stop();
     }
 }
