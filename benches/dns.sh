@@ -127,9 +127,9 @@ wait_for "$KNOT_PORT"
 # falls on all three alike; each gets DURATION seconds of throughput runs in all.
 # Throughput runs push as hard as dnsperf can (QPS: the median of the rounds; mean
 # latency, which at full load mostly measures queueing). dnsperf's per-query verbose
-# output costs the client enough CPU to cap the rate on a small machine, so latency comes from separate runs at a fixed offered load
-# (LATENCY_QPS), the same for every server: the mean from dnsperf's summary, p99 from
-# the per-query lines.
+# output costs the client enough CPU to cap the rate on a small machine, so latency
+# comes from separate runs at a fixed offered load (LATENCY_QPS), the same for every
+# server: the mean from dnsperf's summary, p99 from the per-query lines.
 ROUNDS=${ROUNDS:-3}
 LATENCY_QPS=${LATENCY_QPS:-20000}
 LATENCY_SECONDS=${LATENCY_SECONDS:-3}
@@ -144,13 +144,15 @@ summarize() { # name
     cat "$WORK/$1".lat.*.out | grep '^> ' | awk '{ print $NF * 1000 }' | sort -g > "$WORK/$1.lat"
     local n p99 qps fixed_mean
     n=$(wc -l < "$WORK/$1.lat")
-    fixed_mean=$(cat "$WORK/$1".lat.*.out \
-        | awk '/Average Latency \(s\):/ { mean += $4 * 1000; rounds++ } END { print mean / rounds }')
+    fixed_mean=$(cat "$WORK/$1".lat.*.out | awk '
+        /Average Latency \(s\):/ { mean += $4 * 1000; rounds++ }
+        END { print mean / rounds }')
     p99=$(sed -n "$(( (n * 99 + 99) / 100 ))p" "$WORK/$1.lat")
     qps=$(grep -h 'Queries per second:' "$WORK/$1".tput.*.out | awk '{ print $4 }' | sort -g \
         | sed -n "$(( (ROUNDS + 1) / 2 ))p")
     # "Average packet size: request 40, response 120": the response size, per round.
-    cat "$WORK/$1".tput.*.out | awk -v name="$1" -v p99="${p99:-0}" -v qps="$qps" -v fixed="$fixed_mean" '
+    cat "$WORK/$1".tput.*.out \
+        | awk -v name="$1" -v p99="${p99:-0}" -v qps="$qps" -v fixed="$fixed_mean" '
         /Average Latency \(s\):/ { mean += $4 * 1000; rounds++ }
         /Queries lost:/ { lost += $3 }
         /Average packet size:/ { size += $NF; sizes++ }
