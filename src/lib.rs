@@ -2,7 +2,7 @@
 //!
 //! One module per concern; `main.rs` only parses the command line and dispatches.
 pub mod atomic_file;
-pub mod boot;
+pub mod early_boot;
 pub mod config;
 pub mod console;
 pub mod dns;

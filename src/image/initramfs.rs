@@ -9,7 +9,7 @@ use std::path::Path;
 use cpio::newc::{trailer, Builder};
 
 use super::ImageError;
-use crate::boot::modules::{module_name, ModuleIndex};
+use crate::early_boot::modules::{module_name, ModuleIndex};
 
 /// Module directories (under kernel/) that storage and its plumbing live in on the Pi:
 /// SD host controllers and what they wait for (regulators, GPIO expander, clocks, DMA).

@@ -23,7 +23,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 pub use board::Board;
 
-use crate::boot::disk::{PartitionRef, ALIGN_SECTORS};
+use crate::early_boot::disk::{PartitionRef, ALIGN_SECTORS};
 use crate::config;
 use packages::{Cache, Lock};
 
@@ -62,7 +62,7 @@ pub enum ImageError {
     #[error("{0}")]
     Layout(String),
     #[error("kernel modules")]
-    Modules(#[from] crate::boot::modules::ModuleError),
+    Modules(#[from] crate::early_boot::modules::ModuleError),
     #[error("partition table")]
     Mbr(#[from] mbrman::Error),
 }

@@ -345,10 +345,10 @@ async fn boot(mut options: Options) -> Result<Shutdown, InitError> {
     }
 
     // Appliance early boot (mode == Pid1 only): kernel modules and the SD card's
-    // boot/root/data partitions, from `crate::boot` (the image helper's module). It does
+    // boot/root/data partitions, from `crate::early_boot` (the image helper's module). It does
     // nothing unless "/" is the appliance's initramfs; when it ran, its paths are the ones.
     if mode == Mode::Pid1 {
-        match crate::boot::early_boot() {
+        match crate::early_boot::run() {
             Ok(Some(layout)) => {
                 info!("early boot: layout {layout:?}");
                 options.provisioning_file = Some(layout.config_file);

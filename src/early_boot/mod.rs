@@ -86,7 +86,7 @@ pub enum BootError {
 /// Returns None, touching nothing, when this is not the appliance's initramfs: "/" is not
 /// the initramfs, or the kernel command line does not name a root partition (e.g. the
 /// agent as PID 1 of a namespace in tests, or on another machine).
-pub fn early_boot() -> Result<Option<BootLayout>, BootError> {
+pub fn run() -> Result<Option<BootLayout>, BootError> {
     if !root_is_initramfs() {
         return Ok(None);
     }
