@@ -1,15 +1,22 @@
 //! letterbox: the init agent and image builder of a self-hosted Raspberry Pi mail appliance.
 //!
-//! One module per concern; `main.rs` only parses the command line and dispatches.
+//! One module per concern, in layers that import only the ones below them: `cli` and
+//! `init` at the top; `console`; `agent` (the running agent and its commands);
+//! `supervise` (units, reaper, logs); and the concerns themselves (`config`, `net`,
+//! `dns`, `early_boot`, `image`).
+pub mod agent;
 pub mod atomic_file;
-pub mod early_boot;
+pub mod cli;
 pub mod config;
 pub mod console;
 pub mod dns;
+pub mod early_boot;
 pub mod image;
 pub mod init;
 pub mod net;
 pub mod passwd;
+pub mod paths;
+pub mod supervise;
 
 /// Renders an error and its sources as one readable chain: "a: b: c".
 pub fn error_chain(err: &dyn std::error::Error) -> String {

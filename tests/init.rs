@@ -3,250 +3,17 @@
 
 mod common;
 
-use std::fs::File;
-use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
-use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use common::pid1::{
+    addresses, can_enter, can_run, children, config, Console, Dirs, Pid1, PASSWORD,
+};
 use common::{run_ok, KillOnDrop, Netns, TIMEOUT};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-
-const PASSWORD: &str = "letterbox-test";
-
-/// Skips (and says why) unless root with `unshare` and `ip` available.
-fn can_run(test: &str) -> bool {
-    if !common::is_root() {
-        common::skip(test, "needs root for namespaces");
-        return false;
-    }
-    ["unshare", "ip"]
-        .iter()
-        .all(|tool| common::installed(test, tool))
-}
-
-/// Like `can_run`, and `nsenter` too (to start processes in the agent's PID namespace).
-fn can_enter(test: &str) -> bool {
-    can_run(test) && common::installed(test, "nsenter")
-}
-
-/// The addresses on the agent's link, as `ip addr show` prints them.
-fn addresses(ns: &Netns, link: &str) -> String {
-    ns.ip(&["addr", "show", "dev", link])
-}
-
-/// The master side of a pty, with everything the agent wrote collected by a thread.
-struct Console {
-    master: File,
-    slave_path: PathBuf,
-    slave: Option<OwnedFd>,
-    output: Arc<(Mutex<String>, Condvar)>,
-    /// Where the next `expect` starts looking.
-    cursor: usize,
-}
-
-impl Console {
-    fn new() -> Console {
-        let pair = nix::pty::openpty(None, None).unwrap();
-        let slave_path =
-            std::fs::read_link(format!("/proc/self/fd/{}", pair.slave.as_raw_fd())).unwrap();
-        let master = File::from(pair.master);
-        let mut reader = master.try_clone().unwrap();
-        let output = Arc::new((Mutex::new(String::new()), Condvar::new()));
-        let sink = output.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            // Ends with EIO once the test drops the pty.
-            while let Ok(n @ 1..) = reader.read(&mut buf) {
-                let (text, changed) = &*sink;
-                text.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-                changed.notify_all();
-            }
-        });
-        Console {
-            master,
-            slave_path,
-            slave: Some(pair.slave),
-            output,
-            cursor: 0,
-        }
-    }
-
-    /// The pty slave for the agent's stdin/stdout/stderr.
-    fn stdio(&self) -> Stdio {
-        Stdio::from(self.slave.as_ref().unwrap().try_clone().unwrap())
-    }
-
-    /// Waits for `needle` after the cursor; returns the text up to and including it and
-    /// moves the cursor past it.
-    fn expect(&mut self, needle: &str) -> String {
-        let (text, changed) = &*self.output;
-        let deadline = Instant::now() + TIMEOUT;
-        let mut guard = text.lock().unwrap();
-        loop {
-            if let Some(at) = guard[self.cursor..].find(needle) {
-                let end = self.cursor + at + needle.len();
-                let seen = guard[self.cursor..end].to_string();
-                self.cursor = end;
-                return seen;
-            }
-            let now = Instant::now();
-            assert!(
-                now < deadline,
-                "timed out waiting for {needle:?}; console so far:\n{}",
-                &guard[self.cursor..]
-            );
-            guard = changed.wait_timeout(guard, deadline - now).unwrap().0;
-        }
-    }
-
-    fn send(&mut self, line: &str) {
-        self.master
-            .write_all(format!("{line}\r").as_bytes())
-            .unwrap();
-    }
-
-    fn login(&mut self, hostname: &str, password: &str) {
-        self.expect(&format!("{hostname} login: "));
-        self.send("admin");
-        self.expect("Password: ");
-        self.send(password);
-    }
-
-    /// Logs in with the right password and waits for the admin shell's prompt.
-    fn shell(&mut self, hostname: &str) {
-        self.login(hostname, PASSWORD);
-        self.expect(&format!("{hostname}# "));
-    }
-
-    /// Runs a shell command and returns its output up to the next prompt.
-    fn command(&mut self, hostname: &str, command: &str) -> String {
-        self.send(command);
-        self.expect(&format!("{hostname}# "))
-    }
-}
-
-/// A temporary tree outside /tmp and /run, which the agent as PID 1 mounts fresh tmpfs
-/// over: /var/tmp, since the checkout (and its target/) may itself live under /tmp.
-struct Dirs {
-    _dir: tempfile::TempDir,
-    boot: PathBuf,
-    state: PathBuf,
-    root: PathBuf,
-    init: PathBuf,
-}
-
-impl Dirs {
-    fn new() -> Dirs {
-        let dir = tempfile::Builder::new()
-            .prefix("letterbox-init-test")
-            .tempdir_in("/var/tmp")
-            .unwrap();
-        let d = |name: &str| {
-            let p = dir.path().join(name);
-            std::fs::create_dir_all(&p).unwrap();
-            p
-        };
-        let (boot, state, root) = (d("boot"), d("state"), d("root"));
-        let init = dir.path().join("letterbox-init");
-        std::os::unix::fs::symlink(common::letterbox_bin(), &init).unwrap();
-        Dirs {
-            boot,
-            state,
-            root,
-            init,
-            _dir: dir,
-        }
-    }
-
-    fn provisioning_file(&self) -> PathBuf {
-        self.boot.join("letterbox.toml")
-    }
-
-    fn write_config(&self, text: &str) {
-        std::fs::write(self.provisioning_file(), text).unwrap();
-    }
-}
-
-fn config(hostname: &str, link: &str, with_hash: bool) -> String {
-    let hash = match with_hash {
-        true => format!(
-            "admin_password_hash = \"{}\"\n",
-            letterbox::passwd::hash(PASSWORD).unwrap()
-        ),
-        false => String::new(),
-    };
-    format!(
-        r#"version = 1
-nameservers = ["192.0.2.53"]
-
-[system]
-hostname = "{hostname}"
-domain = "example.org"
-
-[[interface]]
-name = "{link}"
-ipv4 = ["192.0.2.10/24"]
-gateway4 = "192.0.2.1"
-ipv6 = ["2001:db8::10/64"]
-
-[console]
-baud = 115200
-{hash}"#
-    )
-}
-
-/// The agent as PID 1: `unshare` forks it into new PID, mount and UTS namespaces inside
-/// the test's network namespace. Its console is the pty, handed over as stdin like the
-/// kernel hands init /dev/console; `/proc/self/fd/0` reopens it, and works even if /dev
-/// had to be mounted over.
-struct Pid1 {
-    /// Killed on drop (after a failed assertion): --kill-child takes the agent along.
-    unshare: KillOnDrop,
-}
-
-impl Pid1 {
-    fn boot(ns: &Netns, dirs: &Dirs, console: &Console) -> Pid1 {
-        let unshare = ns
-            .exec("unshare")
-            .args(["--pid", "--mount", "--uts", "--fork", "--kill-child"])
-            .arg(&dirs.init)
-            .arg("--boot-dir")
-            .arg(&dirs.boot)
-            .arg("--state-dir")
-            .arg(&dirs.state)
-            .arg("--root")
-            .arg(&dirs.root)
-            .args(["--console", "/proc/self/fd/0"])
-            .stdin(console.stdio())
-            .stdout(console.stdio())
-            .stderr(console.stdio())
-            .spawn()
-            .unwrap();
-        Pid1 {
-            unshare: KillOnDrop(unshare),
-        }
-    }
-
-    /// The agent's pid as the host sees it: the child `unshare` forked.
-    fn host_pid(&self) -> Pid {
-        let unshare = Pid::from_raw(self.unshare.id() as i32);
-        common::wait_for(TIMEOUT, || children(unshare).first().copied())
-            .expect("unshare forked no child")
-    }
-
-    /// How `unshare` ended: it dies of the signal its child (the agent) died of.
-    fn wait(mut self) -> ExitStatus {
-        common::wait_for(TIMEOUT, || self.unshare.try_wait().unwrap())
-            .expect("the agent did not end")
-    }
-}
 
 /// An agent started on a pty console, in a network namespace with a veth end (`link`)
 /// for it, with a valid file. Fields drop in order: the agent first, the namespace last.
@@ -300,15 +67,6 @@ fn run_mode_started(tag: &str, hostname: &str) -> Running<KillOnDrop> {
         console.slave = None;
         agent
     })
-}
-
-/// The children of a process, from /proc.
-fn children(pid: Pid) -> Vec<Pid> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .map(|child| Pid::from_raw(child.parse().unwrap()))
-        .collect()
 }
 
 /// Starts `script` in the background from a shell in the agent's PID namespace: when that
@@ -482,7 +240,7 @@ fn console_login_accepts_the_password_and_delays_wrong_ones_longer_each_time() {
     }
     let unknown = lab.console.command("lbxlogin", "frobnicate");
     assert!(
-        unknown.contains("unknown command `frobnicate`"),
+        unknown.contains("error: unrecognized subcommand 'frobnicate'"),
         "{unknown}"
     );
     let net = lab.console.command("lbxlogin", "net");

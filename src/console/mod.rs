@@ -1,19 +1,19 @@
-//! The serial console: a login prompt for `admin` and, behind it, the agent's admin shell.
-//! Runs as the first supervised unit; if the line fails it is reopened after a backoff.
+//! The serial console: a login prompt for `admin` and, behind it, the agent's admin shell
+//! (the agent's command vocabulary, [`crate::agent::commands`]). Runs as the first
+//! supervised unit; if the line fails it is reopened after a backoff.
 
 pub mod device;
 mod login;
-pub mod shell;
 mod terminal;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
 
-use crate::init::units::{StopSignal, Unit};
-use crate::init::Agent;
+use crate::agent::commands::{self, AdminCommand, Via};
+use crate::agent::Agent;
+use crate::supervise::log::{logger, FLUSH_LIMIT};
+use crate::supervise::{StopSignal, Unit};
 use login::FailedLogins;
-use shell::Flow;
 use terminal::{Input, Terminal};
 
 #[derive(Debug, thiserror::Error)]
@@ -29,26 +29,25 @@ pub enum ConsoleError {
 }
 
 const USER: &str = "admin";
-/// How long the console waits for the log lines before it writes a prompt or notice.
-const LOG_FLUSH_LIMIT: Duration = Duration::from_secs(2);
 
-/// The console login as a supervised unit.
+/// The console login as a supervised unit. The failed-login count belongs to the unit,
+/// not to one run of it: reopening the line (a USB-serial unplug) does not reset it.
 pub fn unit(agent: Arc<Agent>, device: PathBuf, baud: u32) -> Unit {
+    let failures = Arc::new(Mutex::new(FailedLogins::default()));
     Unit::task("console", move |stop| {
         let agent = agent.clone();
         let device = device.clone();
-        async move {
-            serve(agent, &device, baud, stop)
-                .await
-                .map_err(|e| crate::error_chain(&e))
-        }
+        let failures = failures.clone();
+        async move { Ok(serve(agent, &device, baud, &failures, stop).await?) }
     })
+    .logs_from(&[module_path!()])
 }
 
 async fn serve(
     agent: Arc<Agent>,
     device: &Path,
     baud: u32,
+    failures: &Mutex<FailedLogins>,
     mut stop: StopSignal,
 ) -> Result<(), ConsoleError> {
     let io_error = |source| ConsoleError::Io {
@@ -59,12 +58,12 @@ async fn serve(
     let mut term = Terminal::new(file).map_err(io_error)?;
     log::info!("console ready on {}", device.display());
     // The boot's log lines go first: the prompt is then the last thing on the screen.
-    crate::init::log::logger().flushed(LOG_FLUSH_LIMIT).await;
+    logger().flushed(FLUSH_LIMIT).await;
     tokio::select! {
-        result = sessions(&agent, &mut term) => result.map_err(io_error),
+        result = sessions(&agent, &mut term, failures) => result.map_err(io_error),
         _ = stop.requested() => {
             // After the shutdown's log lines so far, as at boot.
-            crate::init::log::logger().flushed(LOG_FLUSH_LIMIT).await;
+            logger().flushed(FLUSH_LIMIT).await;
             let _ = term.write("\nletterbox is shutting down\n").await;
             Ok(())
         }
@@ -73,8 +72,11 @@ async fn serve(
 
 /// Prompts forever: a login when there is a password hash, otherwise an explanation of
 /// what to fix with `check` to re-read the file.
-async fn sessions(agent: &Arc<Agent>, term: &mut Terminal) -> std::io::Result<()> {
-    let mut failures = FailedLogins::default();
+async fn sessions(
+    agent: &Arc<Agent>,
+    term: &mut Terminal,
+    failures: &Mutex<FailedLogins>,
+) -> std::io::Result<()> {
     loop {
         let p = agent.provisioning();
         let Some((cfg, _)) = p.config else {
@@ -114,14 +116,14 @@ async fn sessions(agent: &Arc<Agent>, term: &mut Terminal) -> std::io::Result<()
                 .await
                 .unwrap_or(false);
         if !verified {
-            let delay = failures.record();
+            let delay = failures.lock().expect("failed logins").record();
             // Neither the password nor the typed user name is logged: either may be a secret.
             log::warn!("console: failed login");
             tokio::time::sleep(delay).await;
             term.write("Login incorrect\n").await?;
             continue;
         }
-        failures.reset();
+        failures.lock().expect("failed logins").reset();
         log::info!("console: {USER} logged in");
         admin_shell(agent, term, &cfg.system.hostname).await?;
         log::info!("console: {USER} logged out");
@@ -140,7 +142,8 @@ async fn unconfigured_prompt(agent: &Arc<Agent>, term: &mut Terminal) -> std::io
         term.write("letterbox (no login)> ").await?;
         match term.read_line(true).await? {
             Input::Line(line) if line.trim() == "check" => {
-                term.write(&shell::check_report(agent)).await?;
+                let reply = commands::execute(agent, AdminCommand::Check, Via::Console).await;
+                term.write(&reply.text).await?;
                 return Ok(());
             }
             Input::Line(line) if line.trim().is_empty() => return Ok(()),
@@ -161,9 +164,9 @@ async fn admin_shell(
             Input::Line(line) => line,
             Input::EndOfInput => return Ok(()),
         };
-        let reply = shell::execute(agent, &line).await;
+        let reply = commands::run_line(agent, &line, Via::Console).await;
         term.write(&reply.text).await?;
-        if reply.flow == Flow::Logout {
+        if reply.logout {
             return Ok(());
         }
     }

@@ -169,9 +169,9 @@ impl DnsServer {
         self.handle.clone()
     }
 
-    /// Serves until stopped (dropped). It returns only when part of the server died: a
-    /// UDP worker's socket failed, or a TCP accept loop panicked.
-    pub async fn run(mut self) -> Result<(), DnsError> {
+    /// Serves until stopped (dropped, or [`DnsServer::shutdown`]). It returns only when
+    /// part of the server died: a UDP worker's socket failed, or a TCP accept loop panicked.
+    pub async fn run(&mut self) -> Result<(), DnsError> {
         tokio::select! {
             Some(why) = self.udp_ended.recv() => Err(DnsError::UdpWorker { why }),
             Some(joined) = self.tcp.join_next() => match joined {
@@ -182,6 +182,15 @@ impl DnsServer {
             else => std::future::pending().await,
         }
     }
+
+    /// Stops serving and returns once every socket is closed, so that the same
+    /// addresses can be bound again at once.
+    pub async fn shutdown(mut self) {
+        self.stop.cancel();
+        self.tcp.shutdown().await;
+        let workers = std::mem::take(&mut self.udp_workers);
+        let _ = tokio::task::spawn_blocking(move || join_all(workers)).await;
+    }
 }
 
 impl Drop for DnsServer {
@@ -190,15 +199,16 @@ impl Drop for DnsServer {
     fn drop(&mut self) {
         self.stop.cancel();
         let workers = std::mem::take(&mut self.udp_workers);
-        let join = move || {
-            for w in workers {
-                let _ = w.join();
-            }
-        };
         match tokio::runtime::Handle::try_current() {
-            Ok(rt) => drop(rt.spawn_blocking(join)),
-            Err(_) => join(),
+            Ok(rt) => drop(rt.spawn_blocking(move || join_all(workers))),
+            Err(_) => join_all(workers),
         }
+    }
+}
+
+fn join_all(workers: Vec<JoinHandle<()>>) {
+    for w in workers {
+        let _ = w.join();
     }
 }
 

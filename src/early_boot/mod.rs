@@ -11,6 +11,7 @@
 
 pub mod disk;
 pub mod modules;
+pub mod mounts;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -21,6 +22,9 @@ use nix::mount::{mount, MsFlags};
 
 use disk::{DiskError, PartitionRef};
 use modules::{Loader, ModuleError, ModuleIndex};
+use mounts::{mount_at, MountError};
+
+use crate::paths::{BOOT_DIR, DATA_DIR, PROVISIONING_FILE, STATE_DIR};
 
 /// Where the root filesystem is mounted before the agent moves into it.
 const NEW_ROOT: &str = "/sysroot";
@@ -39,8 +43,6 @@ const FILESYSTEM_MODULES: &[&str] = &[
 /// Where early boot put things, for the rest of the agent.
 #[derive(Debug, Clone)]
 pub struct BootLayout {
-    /// The FAT boot partition (holds letterbox.toml).
-    pub boot_dir: PathBuf,
     /// The persistent data partition, writable.
     pub state_dir: PathBuf,
     /// letterbox.toml on the boot partition.
@@ -52,12 +54,8 @@ pub struct BootLayout {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
-    #[error("cannot mount {what} on {target}")]
-    Mount {
-        what: String,
-        target: String,
-        source: nix::Error,
-    },
+    #[error(transparent)]
+    Mount(#[from] MountError),
     #[error("cannot create mount point {path}")]
     MountPoint {
         path: PathBuf,
@@ -136,7 +134,7 @@ pub fn run() -> Result<Option<BootLayout>, BootError> {
     }
 
     let part = |n: u32| disk::partition_device(&disk, n);
-    mount_dir(
+    mount_at(
         &part(root.partition),
         NEW_ROOT,
         "squashfs",
@@ -155,23 +153,23 @@ pub fn run() -> Result<Option<BootLayout>, BootError> {
     }
     coldplug(&modules);
 
-    mount_dir(
+    mount_at(
         &part(1),
-        "/boot",
+        BOOT_DIR,
         "vfat",
         MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         "fmask=0133,dmask=0022",
     )?;
     let data = part(3);
-    match mount_dir(
+    match mount_at(
         &data,
-        "/data",
+        DATA_DIR,
         "ext4",
         MsFlags::MS_NOATIME | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         "",
     ) {
         Ok(()) => {
-            if let Err(e) = disk::grow_ext4("/data", &data) {
+            if let Err(e) = disk::grow_ext4(DATA_DIR, &data) {
                 warn!(
                     "early boot: data filesystem not grown: {}",
                     crate::error_chain(&e)
@@ -185,9 +183,9 @@ pub fn run() -> Result<Option<BootLayout>, BootError> {
                 crate::error_chain(&e)
             );
             error!("early boot: /data is a tmpfs: NOTHING WRITTEN NOW IS KEPT ACROSS A REBOOT");
-            mount_dir(
+            mount_at(
                 "tmpfs",
-                "/data",
+                DATA_DIR,
                 "tmpfs",
                 MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
                 "mode=0755",
@@ -195,15 +193,14 @@ pub fn run() -> Result<Option<BootLayout>, BootError> {
         }
     }
     writable_etc(&modules)?;
-    let state_dir = PathBuf::from("/data/letterbox");
+    let state_dir = PathBuf::from(STATE_DIR);
     std::fs::create_dir_all(&state_dir).map_err(|source| BootError::MountPoint {
         path: state_dir.clone(),
         source,
     })?;
     let layout = BootLayout {
-        boot_dir: PathBuf::from("/boot"),
         state_dir,
-        config_file: PathBuf::from("/boot/letterbox.toml"),
+        config_file: Path::new(BOOT_DIR).join(PROVISIONING_FILE),
         console_tty,
     };
     info!("early boot: done: boot partition on /boot, data on /data");
@@ -221,13 +218,14 @@ fn writable_etc(modules: &Mutex<(ModuleIndex, Loader)>) -> Result<(), BootError>
             source,
         })?;
     }
-    mount_dir(
+    mount_at(
         "overlay",
         "/etc",
         "overlay",
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         "lowerdir=/etc,upperdir=/run/etc/upper,workdir=/run/etc/work",
-    )
+    )?;
+    Ok(())
 }
 
 /// /dev/serial0 -> the kernel console's tty, as Raspberry Pi OS's udev rules make it:
@@ -280,25 +278,6 @@ fn root_partition() -> Result<Option<PartitionRef>, BootError> {
         .and_then(PartitionRef::parse))
 }
 
-fn mount_dir(
-    what: &str,
-    target: &str,
-    fstype: &str,
-    flags: MsFlags,
-    data: &str,
-) -> Result<(), BootError> {
-    std::fs::create_dir_all(target).map_err(|source| BootError::MountPoint {
-        path: target.into(),
-        source,
-    })?;
-    let data = (!data.is_empty()).then_some(data);
-    mount(Some(what), target, Some(fstype), flags, data).map_err(|source| BootError::Mount {
-        what: what.to_string(),
-        target: target.to_string(),
-        source,
-    })
-}
-
 /// Moves /dev, /proc and /sys into the new root, frees the initramfs, and makes the new
 /// root "/" for this process (what busybox's switch_root does, minus the exec).
 fn switch_root() -> Result<(), BootError> {
@@ -314,7 +293,7 @@ fn switch_root() -> Result<(), BootError> {
             MsFlags::MS_MOVE,
             None::<&str>,
         )
-        .map_err(|source| BootError::Mount {
+        .map_err(|source| MountError::Mount {
             what: dir.to_string(),
             target,
             source,

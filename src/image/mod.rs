@@ -23,8 +23,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 pub use board::Board;
 
-use crate::early_boot::disk::{PartitionRef, ALIGN_SECTORS};
 use crate::config;
+use crate::early_boot::disk::{PartitionRef, ALIGN_SECTORS};
 use packages::{Cache, Lock};
 
 const SECTOR: u64 = 512;

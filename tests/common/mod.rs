@@ -3,6 +3,8 @@
 
 use std::io::Write;
 
+pub mod pid1;
+
 /// Marks the current test as skipped: prints SKIPPED on the real stderr (past libtest's
 /// capture) and records it so `tests/run` counts it as skipped, not passed.
 pub fn skip(test: &str, reason: &str) {

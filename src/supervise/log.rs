@@ -1,5 +1,6 @@
 //! The agent's logger: every line goes to the kernel log (appliance), to the console
-//! device and/or stderr, and into a ring buffer that the console's `logs` command shows.
+//! device and/or stderr, and into a ring buffer that the `logs` command shows. A unit can
+//! tap the lines of its own modules into its own ring ([`Logger::tap`]).
 //!
 //! Logging never waits for a device: a `log!` call stores the line in the ring and queues
 //! it for a writer thread, the only code that writes to the sinks. A stalled tty (a pty
@@ -14,10 +15,12 @@ use std::fs::File;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender, TrySendError};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use nix::time::{clock_gettime, ClockId};
+
+use super::output::OutputRing;
 
 /// How many recent lines `logs` can show.
 const RING_LINES: usize = 500;
@@ -25,6 +28,9 @@ const RING_LINES: usize = 500;
 const QUEUE_LINES: usize = 1000;
 /// Before this (2020-01-01) the clock was never set: the Pi boots at 1970.
 const PLAUSIBLE_EPOCH_SECS: i64 = 1_577_836_800;
+/// How long the last lines may take to reach the console before a prompt, an exit or a
+/// reboot: long enough to be seen, short enough that a stalled tty cannot stop either.
+pub const FLUSH_LIMIT: Duration = Duration::from_secs(2);
 
 /// A sink to attach; handed to the writer thread, which owns the sinks.
 enum Attach {
@@ -69,6 +75,8 @@ pub struct Logger {
     attach: Mutex<Vec<(Attach, u64)>>,
     /// Lines dropped because the queue was full, not yet reported.
     dropped: AtomicU64,
+    /// Units' rings, each with the log targets (module paths) whose lines it keeps.
+    taps: RwLock<Vec<(Vec<String>, Arc<OutputRing>)>>,
 }
 
 struct Ring {
@@ -94,10 +102,22 @@ pub fn logger() -> &'static Logger {
     let mut fresh = false;
     let logger = LOGGER.get_or_init(|| {
         fresh = true;
+        Logger::new(|| LOGGER.get())
+    });
+    if fresh && log::set_logger(logger).is_ok() {
+        log::set_max_level(log::LevelFilter::Info);
+    }
+    logger
+}
+
+impl Logger {
+    /// A logger with its own writer thread, which finds the logger through `find` (it
+    /// starts before the logger has its final address).
+    fn new(find: fn() -> Option<&'static Logger>) -> Logger {
         let (queue, lines) = sync_channel(QUEUE_LINES);
         std::thread::Builder::new()
             .name("log writer".into())
-            .spawn(move || write_lines(lines))
+            .spawn(move || write_lines(lines, find))
             .expect("cannot start the log writer thread");
         Logger {
             ring: Mutex::new(Ring {
@@ -107,15 +127,26 @@ pub fn logger() -> &'static Logger {
             queue,
             attach: Mutex::default(),
             dropped: AtomicU64::new(0),
+            taps: RwLock::default(),
         }
-    });
-    if fresh && log::set_logger(logger).is_ok() {
-        log::set_max_level(log::LevelFilter::Info);
     }
-    logger
-}
 
-impl Logger {
+    /// Also keeps, in `ring`, the lines whose log target is one of `targets` or inside
+    /// one (`letterbox::dns` takes `letterbox::dns::server` too), until [`Logger::untap`].
+    pub fn tap(&self, targets: Vec<String>, ring: Arc<OutputRing>) {
+        self.taps
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((targets, ring));
+    }
+
+    pub fn untap(&self, ring: &Arc<OutputRing>) {
+        self.taps
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(_, r)| !Arc::ptr_eq(r, ring));
+    }
+
     /// Also writes to the kernel log (`/dev/kmsg`); appliance only, where dmesg is the log.
     pub fn log_to_kmsg(&self) -> std::io::Result<()> {
         let kmsg = std::fs::OpenOptions::new().write(true).open("/dev/kmsg")?;
@@ -193,8 +224,13 @@ impl Logger {
             .collect()
     }
 
-    fn write_line(&self, level: log::Level, message: &str) {
+    fn write_line(&self, target: &str, level: log::Level, message: &str) {
         let stamped = format!("{} letterbox: {level:<5} {message}", timestamp());
+        for (targets, ring) in self.taps.read().unwrap_or_else(|p| p.into_inner()).iter() {
+            if targets.iter().any(|t| within(target, t)) {
+                ring.push(stamped.clone());
+            }
+        }
         let line = {
             let mut ring = self.ring.lock().expect("log ring");
             if ring.lines.len() == RING_LINES {
@@ -216,12 +252,19 @@ impl Logger {
     }
 }
 
+/// Whether a log target is `module` or one of its submodules.
+fn within(target: &str, module: &str) -> bool {
+    target
+        .strip_prefix(module)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+}
+
 /// The writer thread: the only code that writes to the sinks, so the only one a stalled
 /// device can hold up.
-fn write_lines(queue: Receiver<Message>) {
+fn write_lines(queue: Receiver<Message>, find: fn() -> Option<&'static Logger>) {
     let mut sinks = Sinks::default();
     for message in queue {
-        let Some(logger) = LOGGER.get() else { continue };
+        let Some(logger) = find() else { continue };
         let waiting = std::mem::take(&mut *logger.attach.lock().expect("log sinks"));
         for (sink, next) in waiting {
             sinks.adopt(logger, sink, next);
@@ -312,7 +355,7 @@ impl log::Log for Logger {
             return;
         }
         for line in record.args().to_string().lines() {
-            self.write_line(record.level(), line);
+            self.write_line(record.target(), record.level(), line);
         }
     }
 
@@ -333,7 +376,7 @@ fn write_kmsg(kmsg: &mut File, level: log::Level, message: &str) {
 }
 
 /// `[   12.345678]` like the kernel, then the UTC wall clock when it has been set.
-fn timestamp() -> String {
+pub fn timestamp() -> String {
     let mono = clock_gettime(ClockId::CLOCK_BOOTTIME)
         .map_or(0.0, |t| t.tv_sec() as f64 + t.tv_nsec() as f64 / 1e9);
     let wall = clock_gettime(ClockId::CLOCK_REALTIME).map_or(0, |t| t.tv_sec());
@@ -369,6 +412,7 @@ fn utc(secs: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::OpenOptionsExt;
 
     #[test]
     fn formats_utc_like_date() {
@@ -378,20 +422,48 @@ mod tests {
         assert_eq!(utc(951_782_400), "2000-02-29T00:00:00Z");
     }
 
+    /// A logger of the test's own: the process-wide one is shared with tests that log
+    /// thousands of lines in parallel.
+    fn own_logger() -> &'static Logger {
+        static OWN: OnceLock<Logger> = OnceLock::new();
+        OWN.get_or_init(|| Logger::new(|| OWN.get()))
+    }
+
     #[test]
     fn ring_keeps_the_most_recent_lines() {
-        let l = logger();
+        let l = own_logger();
         for i in 0..(RING_LINES + 5) {
-            l.write_line(log::Level::Info, &format!("ring test {i}"));
+            l.write_line("letterbox", log::Level::Info, &format!("ring test {i}"));
         }
         assert_eq!(l.recent(2).len(), 2);
-        // Other tests log concurrently: the newest of this test's lines is the last one.
-        let recent = l.recent(RING_LINES);
-        let ours = recent.iter().rfind(|line| line.contains("ring test "));
-        assert!(ours
+        let recent = l.recent(usize::MAX);
+        assert_eq!(recent.len(), RING_LINES);
+        assert!(recent[0].ends_with("ring test 5"), "{}", recent[0]);
+        assert!(recent
+            .last()
             .unwrap()
             .ends_with(&format!("ring test {}", RING_LINES + 4)));
-        assert!(l.recent(usize::MAX).len() <= RING_LINES);
+    }
+
+    #[test]
+    fn a_tap_keeps_the_lines_of_its_modules_only() {
+        let l = own_logger();
+        let ring = Arc::new(OutputRing::new(10));
+        l.tap(vec!["letterbox::dns".into()], ring.clone());
+        l.write_line(
+            "letterbox::dns::server",
+            log::Level::Info,
+            "tap: server line",
+        );
+        l.write_line("letterbox::dns", log::Level::Warn, "tap: module line");
+        l.write_line("letterbox::dnsx", log::Level::Info, "tap: other module");
+        l.write_line("letterbox::console", log::Level::Info, "tap: console line");
+        l.untap(&ring);
+        l.write_line("letterbox::dns", log::Level::Info, "tap: after untap");
+        let kept = ring.recent(10);
+        assert_eq!(kept.len(), 2, "{kept:?}");
+        assert!(kept[0].ends_with("INFO  tap: server line"), "{kept:?}");
+        assert!(kept[1].ends_with("WARN  tap: module line"), "{kept:?}");
     }
 
     #[test]
@@ -403,7 +475,11 @@ mod tests {
             std::os::fd::AsRawFd::as_raw_fd(&pair.slave)
         ))
         .unwrap();
-        let stalled = crate::console::device::open_for_log(&slave_path).unwrap();
+        let stalled = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(nix::libc::O_NOCTTY)
+            .open(&slave_path)
+            .unwrap();
         let l = logger();
         l.log_to_console(stalled, false);
         let (done, finished) = std::sync::mpsc::channel();

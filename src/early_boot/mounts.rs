@@ -1,4 +1,5 @@
-//! The pseudo filesystems PID 1 mounts before anything else can work.
+//! Mounting: the one helper that creates a mount point and mounts on it, and the pseudo
+//! filesystems PID 1 mounts with it before anything else can work.
 
 use std::path::Path;
 
@@ -12,20 +13,41 @@ pub enum MountError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot mount {fstype} on {path}")]
+    #[error("cannot mount {what} on {target}")]
     Mount {
-        fstype: &'static str,
-        path: &'static str,
+        what: String,
+        target: String,
         #[source]
         source: nix::Error,
     },
+}
+
+/// Creates `target` if needed and mounts `what` (a device, or the filesystem's name for
+/// pseudo filesystems) on it; empty `data` passes none.
+pub fn mount_at(
+    what: &str,
+    target: &str,
+    fstype: &str,
+    flags: MsFlags,
+    data: &str,
+) -> Result<(), MountError> {
+    std::fs::create_dir_all(target).map_err(|source| MountError::MountPoint {
+        path: target.into(),
+        source,
+    })?;
+    let data = (!data.is_empty()).then_some(data);
+    mount(Some(what), target, Some(fstype), flags, data).map_err(|source| MountError::Mount {
+        what: what.into(),
+        target: target.into(),
+        source,
+    })
 }
 
 struct PseudoFs {
     path: &'static str,
     fstype: &'static str,
     flags: MsFlags,
-    data: Option<&'static str>,
+    data: &'static str,
 }
 
 const NOSUID_NODEV_NOEXEC: MsFlags = MsFlags::MS_NOSUID
@@ -38,37 +60,37 @@ const PSEUDO_FILESYSTEMS: [PseudoFs; 6] = [
         path: "/proc",
         fstype: "proc",
         flags: NOSUID_NODEV_NOEXEC,
-        data: None,
+        data: "",
     },
     PseudoFs {
         path: "/sys",
         fstype: "sysfs",
         flags: NOSUID_NODEV_NOEXEC,
-        data: None,
+        data: "",
     },
     PseudoFs {
         path: "/dev",
         fstype: "devtmpfs",
         flags: MsFlags::MS_NOSUID,
-        data: Some("mode=0755"),
+        data: "mode=0755",
     },
     PseudoFs {
         path: "/dev/pts",
         fstype: "devpts",
         flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NOEXEC),
-        data: Some("mode=0620,ptmxmode=0666"),
+        data: "mode=0620,ptmxmode=0666",
     },
     PseudoFs {
         path: "/run",
         fstype: "tmpfs",
         flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV),
-        data: Some("mode=0755"),
+        data: "mode=0755",
     },
     PseudoFs {
         path: "/tmp",
         fstype: "tmpfs",
         flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV),
-        data: Some("mode=1777"),
+        data: "mode=1777",
     },
 ];
 
@@ -88,26 +110,12 @@ pub fn mount_pseudo_filesystems() -> Mounted {
         if already_mounted(fs) {
             continue;
         }
-        match mount_one(fs) {
+        match mount_at(fs.fstype, fs.path, fs.fstype, fs.flags, fs.data) {
             Ok(()) => result.mounted.push(fs.path),
             Err(e) => result.failed.push(e),
         }
     }
     result
-}
-
-fn mount_one(fs: &PseudoFs) -> Result<(), MountError> {
-    std::fs::create_dir_all(fs.path).map_err(|source| MountError::MountPoint {
-        path: fs.path.into(),
-        source,
-    })?;
-    mount(Some(fs.fstype), fs.path, Some(fs.fstype), fs.flags, fs.data).map_err(|source| {
-        MountError::Mount {
-            fstype: fs.fstype,
-            path: fs.path,
-            source,
-        }
-    })
 }
 
 fn already_mounted(fs: &PseudoFs) -> bool {

@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
@@ -46,6 +47,41 @@ pub enum ReaperError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot hold on to {program} (pidfd_open)")]
+    Pidfd {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A child started through [`Reaper::spawn`].
+pub struct Spawned {
+    /// The std handle: its stdout and stderr pipes, when piped. Dropping it neither waits
+    /// nor kills.
+    pub child: Child,
+    pub pid: Pid,
+    /// Names this very process for as long as it is held, even after it was reaped: a
+    /// signal through it can never reach another process that reused the pid, and
+    /// neither the pid nor the process group of that number is reused meanwhile.
+    pub pidfd: OwnedFd,
+    pub exit: oneshot::Receiver<WaitStatus>,
+}
+
+/// Sends `signal` to the process behind `pidfd`; ESRCH once it has ended.
+pub fn signal_pidfd(pidfd: &OwnedFd, signal: nix::sys::signal::Signal) -> nix::Result<()> {
+    // SAFETY: pidfd_send_signal takes a descriptor, a signal number, a null siginfo and
+    // flags 0; it reads no memory of ours.
+    let rc = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal as nix::libc::c_int,
+            std::ptr::null::<nix::libc::siginfo_t>(),
+            0,
+        )
+    };
+    nix::errno::Errno::result(rc).map(drop)
 }
 
 /// What [`Reaper::output`] collected.
@@ -84,15 +120,6 @@ impl Reaper {
         Ok(reaper)
     }
 
-    /// Spawns a child and returns its pid and a receiver for its exit status.
-    pub fn spawn(
-        &self,
-        command: &mut Command,
-    ) -> Result<(Pid, oneshot::Receiver<WaitStatus>), ReaperError> {
-        self.spawn_child(command)
-            .map(|(_child, pid, exit)| (pid, exit))
-    }
-
     /// Runs a one-shot command to its end (stdin empty) and returns its exit status and
     /// what it wrote: the reaper-aware `Command::output`.
     pub async fn output(&self, mut command: Command) -> Result<Output, ReaperError> {
@@ -101,7 +128,9 @@ impl Reaper {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let program = command.get_program().to_string_lossy().into_owned();
-        let (mut child, _pid, exit) = self.spawn_child(&mut command)?;
+        let Spawned {
+            mut child, exit, ..
+        } = self.spawn(&mut command)?;
         let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
         // Blocking reads on their own threads: both pipes are drained at once, so a child
         // that fills one while we read the other cannot deadlock.
@@ -132,23 +161,37 @@ impl Reaper {
         })
     }
 
-    fn spawn_child(
-        &self,
-        command: &mut Command,
-    ) -> Result<(Child, Pid, oneshot::Receiver<WaitStatus>), ReaperError> {
+    /// Spawns a child: its handle, pid, pidfd and a receiver for its exit status.
+    pub fn spawn(&self, command: &mut Command) -> Result<Spawned, ReaperError> {
+        let program = command.get_program().to_string_lossy().into_owned();
         let mut waiters = self.waiters.lock().expect("reaper waiters");
         let child = command.spawn().map_err(|source| ReaperError::Spawn {
-            program: command.get_program().to_string_lossy().into_owned(),
+            program: program.clone(),
             source,
         })?;
         // Dropping the std Child neither waits nor kills: the reaper owns the waiting.
         let pid = Pid::from_raw(child.id() as i32);
         let (tx, rx) = oneshot::channel();
         waiters.insert(pid, tx);
+        // Opened before anything can reap the child (the lock is held), so it names it.
+        let pidfd = pidfd_open(pid).map_err(|source| {
+            // Not supervised without one: ended now, and reaped as registered.
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            ReaperError::Pidfd {
+                program: program.clone(),
+                source,
+            }
+        });
         drop(waiters);
         // The child may have exited before it was registered; look again.
         self.reap();
-        Ok((child, pid, rx))
+        let pidfd = pidfd?;
+        Ok(Spawned {
+            child,
+            pid,
+            pidfd,
+            exit: rx,
+        })
     }
 
     fn reap(&self) {
@@ -186,6 +229,16 @@ impl Reaper {
             }
         }
     }
+}
+
+fn pidfd_open(pid: Pid) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the descriptor was just opened and is owned here alone.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 fn read_to_end<R: Read + Send + 'static>(

@@ -92,8 +92,32 @@ pub fn load(file: Option<&Path>, state_dir: &Path) -> Provisioning {
     }
 }
 
+/// [`load`], logging what was found and which configuration is used.
+pub fn read(file: Option<&Path>, state_dir: &Path) -> Provisioning {
+    match file {
+        Some(path) => log::info!("reading {}", path.display()),
+        None => log::info!("reading the embedded default configuration"),
+    }
+    let p = load(file, state_dir);
+    if let Some(problem) = &p.problem {
+        log::error!("{problem}");
+    }
+    match &p.config {
+        Some((cfg, Source::LastGood(path))) => log::warn!(
+            "using the last good configuration {} ({})",
+            path.display(),
+            cfg.system.fqdn()
+        ),
+        Some((cfg, source)) => log::info!("configuration {} from {source}", cfg.system.fqdn()),
+        None => log::error!(
+            "no valid configuration and no last good copy: fix letterbox.toml, then `check` on the console"
+        ),
+    }
+    p
+}
+
 pub fn last_good_path(state_dir: &Path) -> PathBuf {
-    state_dir.join("last-good.toml")
+    state_dir.join(crate::paths::LAST_GOOD_FILE)
 }
 
 /// Writes the copy atomically, so that power loss leaves either the old or the new copy,

@@ -2,9 +2,9 @@
 
 use std::sync::Arc;
 
-use super::units::{StopSignal, TaskResult, Unit};
-use super::Agent;
+use super::{Agent, AgentError};
 use crate::dns::{self, DnsServer};
+use crate::supervise::{StopSignal, TaskResult, Unit};
 
 /// UDP worker threads for each address: the Pi 3 and 4 have four cores,
 /// shared with mail.
@@ -15,16 +15,16 @@ const UDP_WORKERS: usize = 2;
 /// brings DNS up without a reboot.
 pub fn unit(agent: Arc<Agent>) -> Unit {
     Unit::task("dns", move |stop| serve(agent.clone(), stop))
+        .logs_from(&["letterbox::dns", module_path!()])
 }
 
 async fn serve(agent: Arc<Agent>, mut stop: StopSignal) -> TaskResult {
     let Some((cfg, _)) = agent.provisioning().config else {
-        return Err("no valid configuration to serve".into());
+        return Err(AgentError::NoConfig(None).into());
     };
     let listen = dns::listen_addrs(&cfg);
-    let server = DnsServer::start(&cfg, agent.state_dir().to_path_buf(), &listen, UDP_WORKERS)
-        .await
-        .map_err(|e| crate::error_chain(&e))?;
+    let mut server =
+        DnsServer::start(&cfg, agent.state_dir().to_path_buf(), &listen, UDP_WORKERS).await?;
     let started = server.handle().serial();
     log::info!("DNS serving serial {started}");
     agent.set_dns(Some(server.handle()));
@@ -41,9 +41,11 @@ async fn serve(agent: Arc<Agent>, mut stop: StopSignal) -> TaskResult {
         }
     }
     let result = tokio::select! {
-        r = server.run() => r.map_err(|e| crate::error_chain(&e)),
+        r = server.run() => r.map_err(Into::into),
         _ = stop.requested() => Ok(()),
     };
     agent.set_dns(None);
+    // Every socket closed before the unit returns: a restart binds the same addresses.
+    server.shutdown().await;
     result
 }

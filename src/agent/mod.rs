@@ -1,0 +1,206 @@
+//! The running agent: the configuration in force, the supervisor of its units, and the
+//! admin commands it executes, whichever way they arrive (serial console, control
+//! socket, `letterbox ctl`).
+//!
+//! The agent owns the [`Supervisor`], so units can be started, stopped and restarted by
+//! name while it runs. `init` builds it at boot; `console` and the control socket drive it.
+
+pub mod commands;
+pub mod control;
+mod dns_unit;
+pub mod provisioning;
+mod status;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use crate::dns::{DnsError, DnsHandle};
+use crate::net::NetError;
+use crate::supervise::{SuperviseError, Supervisor, Unit};
+use provisioning::Provisioning;
+
+/// Where the agent finds its files.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The provisioning file; `None` runs the embedded default.
+    pub provisioning_file: Option<PathBuf>,
+    /// Persistent state: the last good configuration, DKIM keys, the DNS serial.
+    pub state_dir: PathBuf,
+    /// Root under which /etc/hostname, /etc/hosts and /etc/resolv.conf are written.
+    pub system_root: PathBuf,
+}
+
+/// Why the agent stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shutdown {
+    Reboot,
+    PowerOff,
+}
+
+impl Shutdown {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Shutdown::Reboot => "reboot",
+            Shutdown::PowerOff => "power-off",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("no valid configuration{}", .0.as_ref().map(|p| format!(":\n{p}")).unwrap_or_default())]
+    NoConfig(Option<String>),
+    #[error("the DNS server is not running (see `status` and `logs dns`)")]
+    DnsNotRunning,
+    #[error(transparent)]
+    Dns(#[from] DnsError),
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error(transparent)]
+    Unit(#[from] SuperviseError),
+    #[error("the {0} task failed")]
+    Task(&'static str, #[source] tokio::task::JoinError),
+}
+
+pub struct Agent {
+    settings: Settings,
+    provisioning: Mutex<Provisioning>,
+    supervisor: Supervisor,
+    started: Instant,
+    shutdown: mpsc::UnboundedSender<Shutdown>,
+    /// The DNS server's zone switch, while the DNS unit runs.
+    dns: Mutex<Option<DnsHandle>>,
+}
+
+impl Agent {
+    /// The agent, and where its shutdown requests arrive.
+    pub fn new(
+        settings: Settings,
+        provisioning: Provisioning,
+        supervisor: Supervisor,
+    ) -> (Arc<Agent>, mpsc::UnboundedReceiver<Shutdown>) {
+        let (shutdown, requests) = mpsc::unbounded_channel();
+        let agent = Agent {
+            settings,
+            provisioning: Mutex::new(provisioning),
+            supervisor,
+            started: Instant::now(),
+            shutdown,
+            dns: Mutex::new(None),
+        };
+        (Arc::new(agent), requests)
+    }
+
+    pub fn supervisor(&self) -> &Supervisor {
+        &self.supervisor
+    }
+
+    /// Starts a unit; the agent's own units are started once, so a clash is a bug.
+    pub fn start_unit(&self, unit: Unit) {
+        if let Err(e) = self.supervisor.start(unit) {
+            log::error!("{e}");
+        }
+    }
+
+    /// The authoritative DNS server, as a unit.
+    pub fn start_dns(self: &Arc<Self>) {
+        self.start_unit(dns_unit::unit(self.clone()));
+    }
+
+    /// The control socket at `path`, as a unit.
+    pub fn start_control_socket(self: &Arc<Self>, path: PathBuf) {
+        self.start_unit(control::unit(self.clone(), path));
+    }
+
+    /// The configuration in force and the provisioning file's problem, if any.
+    pub fn provisioning(&self) -> Provisioning {
+        self.provisioning.lock().expect("provisioning").clone()
+    }
+
+    /// Re-reads the provisioning file (`check`); a valid file takes effect for the
+    /// console at once and for the network at the next `net` or boot.
+    pub fn reload(&self) -> Provisioning {
+        let fresh = provisioning::read(
+            self.settings.provisioning_file.as_deref(),
+            &self.settings.state_dir,
+        );
+        *self.provisioning.lock().expect("provisioning") = fresh.clone();
+        fresh
+    }
+
+    /// [`Agent::reload`] on the blocking pool: it reads the FAT partition and fsyncs.
+    pub async fn reload_off_runtime(self: &Arc<Self>) -> Result<Provisioning, AgentError> {
+        let agent = self.clone();
+        tokio::task::spawn_blocking(move || agent.reload())
+            .await
+            .map_err(|e| AgentError::Task("check", e))
+    }
+
+    pub fn request_shutdown(&self, how: Shutdown, via: commands::Via) {
+        log::info!("{} requested from {via}", how.describe());
+        let _ = self.shutdown.send(how);
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.settings.state_dir
+    }
+
+    fn set_dns(&self, handle: Option<DnsHandle>) {
+        *self.dns.lock().expect("dns handle") = handle;
+    }
+
+    /// The serial the DNS server is serving, if it runs.
+    pub fn dns_serial(&self) -> Option<u32> {
+        self.dns
+            .lock()
+            .expect("dns handle")
+            .as_ref()
+            .map(|h| h.serial())
+    }
+
+    /// Re-reads the provisioning file and serves its zone without a restart (`dns
+    /// reload`, SIGHUP). Returns what happened, as text. The reading, zone building and
+    /// serial fsync run on the blocking pool, off the runtime's workers.
+    pub async fn reload_dns(self: &Arc<Self>) -> Result<String, AgentError> {
+        let agent = self.clone();
+        tokio::task::spawn_blocking(move || agent.reload_dns_blocking())
+            .await
+            .map_err(|e| AgentError::Task("DNS reload", e))?
+    }
+
+    fn reload_dns_blocking(&self) -> Result<String, AgentError> {
+        let p = self.reload();
+        let Some((cfg, source)) = p.config else {
+            return Err(AgentError::NoConfig(p.problem));
+        };
+        let handle = self.dns.lock().expect("dns handle").clone();
+        let handle = handle.ok_or(AgentError::DnsNotRunning)?;
+        let serial = handle.reload(&cfg)?;
+        let mut out = String::new();
+        if let Some(problem) = p.problem {
+            out.push_str(&problem);
+            out.push('\n');
+        }
+        out.push_str(&format!(
+            "zone {} from {source}: serving serial {serial}",
+            cfg.system.domain
+        ));
+        Ok(out)
+    }
+
+    /// Applies the network of the configuration in force; the report, as text.
+    pub async fn apply_network(&self) -> Result<String, AgentError> {
+        let Some((cfg, _)) = self.provisioning().config else {
+            return Err(AgentError::NoConfig(None));
+        };
+        let report = crate::net::apply(&cfg, &self.settings.system_root).await?;
+        Ok(report.to_string())
+    }
+}

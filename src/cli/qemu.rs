@@ -1,0 +1,28 @@
+//! `letterbox qemu`: boot an image under qemu-system-aarch64 -M raspi3b.
+
+use std::path::PathBuf;
+
+use super::CliResult;
+use crate::image;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    image: PathBuf,
+    /// Host port forwarded to the appliance's DNS server (UDP and TCP 53).
+    #[arg(long, default_value_t = 5353)]
+    dns_port: u16,
+}
+
+pub fn run(args: Args) -> CliResult {
+    let work = PathBuf::from(format!("{}.qemu", args.image.display()));
+    let prepared = image::qemu::prepare(&args.image, &work)?;
+    let forwards = [
+        format!("udp:127.0.0.1:{}-:53", args.dns_port),
+        format!("tcp:127.0.0.1:{}-:53", args.dns_port),
+    ];
+    // Become QEMU: signals (^C, a script's kill) then reach it, not a parent.
+    let err = std::os::unix::process::CommandExt::exec(&mut image::qemu::command(
+        &prepared, "stdio", &forwards,
+    ));
+    Err(format!("cannot run qemu-system-aarch64: {err}").into())
+}

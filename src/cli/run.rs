@@ -1,0 +1,39 @@
+//! `letterbox run`: the agent on an ordinary host, as on the appliance but without
+//! mounting, reaping orphans or rebooting (it exits instead).
+
+use std::path::PathBuf;
+
+use super::CliResult;
+use crate::agent::Settings;
+use crate::init::{self, Mode, Options};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The provisioning file; the embedded default when omitted.
+    file: Option<PathBuf>,
+    /// State directory (keeps the last good configuration).
+    #[arg(long)]
+    state: PathBuf,
+    /// Console device for the login (a tty or pty path, or a name such as ttyS0).
+    #[arg(long)]
+    console: Option<String>,
+    /// Where /etc/hostname, /etc/hosts and /etc/resolv.conf are written [default: STATE/root].
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// The control socket for `letterbox ctl --socket PATH` (none when omitted).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+}
+
+pub fn run(args: Args) -> CliResult {
+    Ok(init::start(Options {
+        mode: Mode::Host,
+        settings: Settings {
+            provisioning_file: args.file,
+            system_root: args.root.unwrap_or_else(|| args.state.join("root")),
+            state_dir: args.state,
+        },
+        console: args.console,
+        control_socket: args.socket,
+    }))
+}
