@@ -22,8 +22,59 @@ pub enum PasswdError {
     Random(#[source] getrandom::Error),
 }
 
-/// Hashes a password with SHA-512 crypt and a random salt. SHA-512 crypt, rather than
-/// yescrypt, because Dovecot and every libc verify it.
+/// The password-hash schemes letterbox accepts: the one list that the console login
+/// ([`verify`]) and the config check (`config::check_password_hash`) both go by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// crypt(3) SHA-512: what [`hash`] makes.
+    Sha512Crypt,
+    /// yescrypt: accepted for hashes made by other tools, such as `mkpasswd -m yescrypt`.
+    Yescrypt,
+}
+
+impl Scheme {
+    pub const ALL: [Scheme; 2] = [Scheme::Sha512Crypt, Scheme::Yescrypt];
+    /// The scheme [`hash`] makes, and so the one to show in examples.
+    pub const MADE: Scheme = Scheme::Sha512Crypt;
+
+    /// The start of every hash of this scheme: its crypt(3) id between `$` signs.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Scheme::Sha512Crypt => "$6$",
+            Scheme::Yescrypt => "$y$",
+        }
+    }
+
+    /// The crypt(3) id alone, as `sha_crypt::PasswordHashRef::id` gives it.
+    pub fn id(self) -> &'static str {
+        self.prefix().trim_matches('$')
+    }
+
+    /// How error messages name the scheme.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scheme::Sha512Crypt => "crypt(3) SHA-512",
+            Scheme::Yescrypt => "yescrypt",
+        }
+    }
+
+    /// Length of the final (hash) field in crypt's base64: 512 bits for SHA-512 crypt,
+    /// 256 for yescrypt. The crypt-string parser accepts any length, so checking this is
+    /// what catches a truncated paste.
+    pub fn hash_len(self) -> usize {
+        match self {
+            Scheme::Sha512Crypt => 86,
+            Scheme::Yescrypt => 43,
+        }
+    }
+
+    pub fn from_id(id: &str) -> Option<Scheme> {
+        Scheme::ALL.into_iter().find(|s| s.id() == id)
+    }
+}
+
+/// Hashes a password with SHA-512 crypt ([`Scheme::MADE`]) and a random salt. SHA-512
+/// crypt, rather than yescrypt, because Dovecot and every libc verify it.
 pub fn hash(password: &str) -> Result<String, PasswdError> {
     if password.is_empty() {
         return Err(PasswdError::Empty);
@@ -38,19 +89,19 @@ pub fn hash(password: &str) -> Result<String, PasswdError> {
         .map_err(|e| PasswdError::Hash(e.to_string()))
 }
 
-/// True when `password` matches a SHA-512 crypt or yescrypt hash.
+/// True when `password` matches a hash of one of the accepted [`Scheme`]s.
 pub fn verify(password: &str, hash: &str) -> bool {
     let Ok(parsed) = sha_crypt::PasswordHashRef::new(hash) else {
         return false;
     };
-    match parsed.id() {
-        "6" => ShaCrypt::default()
+    match Scheme::from_id(parsed.id()) {
+        Some(Scheme::Sha512Crypt) => ShaCrypt::default()
             .verify_password(password.as_bytes(), parsed)
             .is_ok(),
-        "y" => yescrypt::Yescrypt::default()
+        Some(Scheme::Yescrypt) => yescrypt::Yescrypt::default()
             .verify_password(password.as_bytes(), parsed)
             .is_ok(),
-        _ => false,
+        None => false,
     }
 }
 
@@ -93,13 +144,21 @@ fn read_hidden(prompt: &str) -> Result<String, PasswdError> {
 mod tests {
     use super::*;
 
+    /// `openssl passwd -6 -salt saltsaltsalt letterbox`
+    const SHA512: &str = "$6$saltsaltsalt$S/Pf/kKX1rCNRo4NCSDP1C7O8qxgb7lD0RhObcGYaY.ETFEN6GtQYVXCn22/nm.Ujp4KjOqcwTpiIrOQ.hq6S/";
+    /// `mkpasswd -m yescrypt letterbox` (libxcrypt)
+    const YESCRYPT: &str =
+        "$y$j9T$l.4Kf7wcyQ20w/sxhEjQM0$NX6qsFMn96tMnY1br5GGM9L9SXp5CLU7qKRx8LB/14D";
+
+    // That the config check accepts these hashes is tested in config, which depends on
+    // passwd, not the other way round.
     #[test]
-    fn hash_verifies_and_is_accepted_by_the_config_check() {
+    fn hash_verifies() {
         let h = hash("correct horse").unwrap();
         assert!(h.starts_with("$6$"));
+        assert!(h.starts_with(Scheme::MADE.prefix()));
         assert!(verify("correct horse", &h));
         assert!(!verify("wrong horse", &h));
-        crate::config::check_password_hash(&h).unwrap();
     }
 
     #[test]
@@ -116,14 +175,24 @@ mod tests {
 
     #[test]
     fn verifies_hashes_made_by_other_tools() {
-        // `openssl passwd -6 -salt saltsaltsalt letterbox`
-        let sha512 = "$6$saltsaltsalt$S/Pf/kKX1rCNRo4NCSDP1C7O8qxgb7lD0RhObcGYaY.ETFEN6GtQYVXCn22/nm.Ujp4KjOqcwTpiIrOQ.hq6S/";
-        assert!(verify("letterbox", sha512));
-        assert!(!verify("letterbax", sha512));
-        // `mkpasswd -m yescrypt letterbox` (libxcrypt)
-        let yes = "$y$j9T$l.4Kf7wcyQ20w/sxhEjQM0$NX6qsFMn96tMnY1br5GGM9L9SXp5CLU7qKRx8LB/14D";
-        assert!(verify("letterbox", yes));
-        assert!(!verify("letterbax", yes));
+        assert!(verify("letterbox", SHA512));
+        assert!(!verify("letterbax", SHA512));
+        assert!(verify("letterbox", YESCRYPT));
+        assert!(!verify("letterbax", YESCRYPT));
+    }
+
+    #[test]
+    fn schemes_match_real_hashes() {
+        for (h, scheme) in [(SHA512, Scheme::Sha512Crypt), (YESCRYPT, Scheme::Yescrypt)] {
+            assert!(h.starts_with(scheme.prefix()), "{h}");
+            assert_eq!(Scheme::from_id(scheme.id()), Some(scheme));
+            assert_eq!(
+                h.rsplit('$').next().unwrap().len(),
+                scheme.hash_len(),
+                "{h}"
+            );
+        }
+        assert_eq!(Scheme::from_id("1"), None);
     }
 
     #[test]

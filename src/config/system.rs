@@ -4,6 +4,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::diagnostic::Collector;
+use crate::passwd::Scheme;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct System {
@@ -24,7 +25,7 @@ pub struct Console {
     /// `serial0` (the board's GPIO UART alias), a tty name such as `ttyAMA0`, or a /dev path.
     pub device: String,
     pub baud: u32,
-    /// crypt(3) SHA-512 (`$6$`) or yescrypt (`$y$`); `None` means no login is possible.
+    /// A hash of one of the accepted [`Scheme`]s; `None` means no login is possible.
     pub admin_password_hash: Option<String>,
 }
 
@@ -175,8 +176,11 @@ pub(crate) fn password_hash(value: Spanned<toml::Value>, c: &mut Collector) -> O
     let toml::Value::String(hash) = value.into_inner() else {
         c.error(
             span,
-            "a password hash must be a quoted string; expected e.g. \"$6$...\" from \
-             `letterbox passwd`",
+            format!(
+                "a password hash must be a quoted string; expected e.g. \"{}...\" from \
+                 `letterbox passwd`",
+                Scheme::MADE.prefix()
+            ),
         );
         return None;
     };
@@ -189,31 +193,42 @@ pub(crate) fn password_hash(value: Spanned<toml::Value>, c: &mut Collector) -> O
     }
 }
 
-/// Accepts crypt(3) SHA-512 (`$6$`) and yescrypt (`$y$`) strings of the right shape.
+/// Accepts strings of the right shape in one of the accepted [`Scheme`]s.
 pub fn check_password_hash(hash: &str) -> Result<(), String> {
-    const EXPECTED: &str = "expected a crypt(3) SHA-512 (\"$6$...\") or yescrypt (\"$y$...\") \
-                            hash, as printed by `letterbox passwd`";
     if !hash.starts_with('$') {
         // Never echo it: it may be a plaintext password.
         return Err(format!(
-            "admin_password_hash is not a hash (a plaintext password?); {EXPECTED}"
+            "admin_password_hash is not a hash (a plaintext password?); {}",
+            expected_hash()
         ));
     }
     let Ok(parsed) = sha_crypt::PasswordHashRef::new(hash) else {
-        return Err(format!("malformed password hash; {EXPECTED}"));
+        return Err(format!("malformed password hash; {}", expected_hash()));
     };
-    // Length of the final base64 field: 512 bits for SHA-512 crypt, 256 for yescrypt.
-    let digest_len = match parsed.id() {
-        "6" => 86,
-        "y" => 43,
-        other => return Err(format!("unsupported hash scheme \"${other}$\"; {EXPECTED}")),
+    let Some(scheme) = Scheme::from_id(parsed.id()) else {
+        return Err(format!(
+            "unsupported hash scheme \"${}$\"; {}",
+            parsed.id(),
+            expected_hash()
+        ));
     };
     match parsed.fields().last() {
-        Some(f) if f.as_str().len() == digest_len => Ok(()),
+        Some(f) if f.as_str().len() == scheme.hash_len() => Ok(()),
         _ => Err(format!(
-            "malformed password hash (wrong digest length); {EXPECTED}"
+            "malformed password hash (wrong digest length); {}",
+            expected_hash()
         )),
     }
+}
+
+/// What every password-hash error ends with: the accepted schemes, as in
+/// `expected a crypt(3) SHA-512 ("$6$...") or yescrypt ("$y$...") hash, ...`.
+fn expected_hash() -> String {
+    let schemes = Scheme::ALL.map(|s| format!("{} (\"{}...\")", s.name(), s.prefix()));
+    format!(
+        "expected a {} hash, as printed by `letterbox passwd`",
+        schemes.join(" or ")
+    )
 }
 
 pub(crate) fn is_rfc1123_label(s: &str) -> bool {
@@ -233,4 +248,32 @@ fn is_timezone_name(s: &str) -> bool {
         && !s.split('/').any(|part| part.is_empty() || part == "..")
         && s.chars()
             .all(|ch| ch.is_ascii_alphanumeric() || "/_-+".contains(ch))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::passwd;
+
+    // Here rather than in passwd's tests: config depends on passwd, not the other way round.
+    #[test]
+    fn hashes_from_letterbox_passwd_are_accepted() {
+        let h = passwd::hash("correct horse").unwrap();
+        check_password_hash(&h).unwrap();
+    }
+
+    #[test]
+    fn every_scheme_is_accepted_and_named() {
+        // `mkpasswd -m yescrypt letterbox` (libxcrypt)
+        let yes = "$y$j9T$l.4Kf7wcyQ20w/sxhEjQM0$NX6qsFMn96tMnY1br5GGM9L9SXp5CLU7qKRx8LB/14D";
+        check_password_hash(yes).unwrap();
+        let why = check_password_hash("$1$abc$defdefdefdefdefdefdefd").unwrap_err();
+        assert!(
+            why.ends_with(
+                "expected a crypt(3) SHA-512 (\"$6$...\") or yescrypt (\"$y$...\") hash, \
+                 as printed by `letterbox passwd`"
+            ),
+            "{why}"
+        );
+    }
 }
