@@ -11,6 +11,7 @@ pub mod config;
 pub mod console;
 pub mod dns;
 pub mod early_boot;
+pub mod golden;
 pub mod image;
 pub mod init;
 pub mod net;

@@ -15,7 +15,6 @@ use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/dns");
-const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/dns");
 const SERIAL: &str = "2025010100";
 const HASH: &str = "$6$rounds=5000$D2qZzs.Rnw9kukJH$sow4kApAYL9XT4PkGJ1FxWfMC4ZMuT7dGDJEie/ewJ6R7FP3jsLNzbzYuuEarHS3E/c0DvdIU0Mgsihx2495h0";
 
@@ -48,14 +47,12 @@ fn accounts_file() -> String {
 #[test]
 fn zone_of_default_file_matches_golden() {
     // With the fixture state's DKIM key, which is published whenever the state has one.
-    let golden = std::fs::read_to_string(format!("{GOLDEN}/default.zone")).unwrap();
-    assert_eq!(zone_text(None), golden);
+    letterbox::golden::check("dns/default.zone", &zone_text(None));
 }
 
 #[test]
 fn zone_with_accounts_and_extra_records_matches_golden() {
-    let golden = std::fs::read_to_string(format!("{GOLDEN}/accounts.zone")).unwrap();
-    assert_eq!(zone_text(Some(&accounts_file())), golden);
+    letterbox::golden::check("dns/accounts.zone", &zone_text(Some(&accounts_file())));
 }
 
 #[test]

@@ -124,22 +124,22 @@ mod tests {
 
     #[test]
     fn hostname_matches_golden() {
-        crate::net::check_golden("hostname", &render_hostname(&default_config()));
+        crate::golden::check("net/hostname", &render_hostname(&default_config()));
     }
 
     #[test]
     fn hosts_matches_golden() {
-        crate::net::check_golden("hosts", &render_hosts(&default_config()));
+        crate::golden::check("net/hosts", &render_hosts(&default_config()));
     }
 
     #[test]
     fn resolv_conf_matches_golden() {
-        crate::net::check_golden("resolv.conf", &render_resolv_conf(&default_config()));
+        crate::golden::check("net/resolv.conf", &render_resolv_conf(&default_config()));
     }
 
     #[test]
     fn timezone_matches_golden() {
-        crate::net::check_golden("timezone", &render_timezone(&default_config()));
+        crate::golden::check("net/timezone", &render_timezone(&default_config()));
     }
 
     #[test]

@@ -512,25 +512,3 @@ impl fmt::Display for LinkState {
         Ok(())
     }
 }
-
-/// Compares a rendering with its golden file in tests/golden/net;
-/// `UPDATE_GOLDEN=1 cargo test --lib net::` rewrites the golden files instead.
-#[cfg(test)]
-fn check_golden(name: &str, rendered: &str) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden/net")
-        .join(name);
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, rendered).unwrap();
-        return;
-    }
-    let golden = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}; run with UPDATE_GOLDEN=1", path.display()));
-    assert_eq!(
-        rendered,
-        golden,
-        "{} differs from the rendering",
-        path.display()
-    );
-}

@@ -232,7 +232,7 @@ mod tests {
         };
         assert!(report.changed());
         assert!(report.failed());
-        crate::net::check_golden("report.txt", &format!("{report}\n"));
+        crate::golden::check("net/report.txt", &format!("{report}\n"));
     }
 
     #[test]
