@@ -2,10 +2,11 @@
 //!
 //! One module per concern; `main.rs` only parses the command line and dispatches.
 pub mod atomic_file;
-pub mod early_boot;
 pub mod config;
 pub mod console;
+pub mod content_hash;
 pub mod dns;
+pub mod early_boot;
 pub mod image;
 pub mod init;
 pub mod net;
