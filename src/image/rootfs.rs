@@ -161,6 +161,11 @@ pub(super) fn assemble_rootfs(
 pub(super) fn make_squashfs(rootfs: &Path, image: &Path, epoch: u64) -> Result<(), ImageError> {
     run(
         Command::new("mksquashfs")
+            // mksquashfs 4.5 refuses SOURCE_DATE_EPOCH (which the caller may have set, as
+            // the reproducible-builds convention asks) together with -mkfs-time/-all-time,
+            // and on its own the variable only clamps later file times: the options, which
+            // carry the same epoch, set them all.
+            .env_remove("SOURCE_DATE_EPOCH")
             .arg(rootfs)
             .arg(image)
             .args([
