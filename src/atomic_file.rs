@@ -8,6 +8,20 @@ use std::path::Path;
 
 /// Writes `contents` to `path` (mode 0644, parent directories created).
 pub fn replace(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    replace_with(path, |file| file.write_all(contents))
+}
+
+/// Copies the file `from` to `path` as `replace` writes it, streaming (for files too large
+/// to hold in memory). A missing `from` leaves `path` as it was.
+pub fn copy(from: &Path, path: &Path) -> std::io::Result<()> {
+    let mut source = std::fs::File::open(from)?;
+    replace_with(path, |file| std::io::copy(&mut source, file).map(drop))
+}
+
+fn replace_with(
+    path: &Path,
+    write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -17,7 +31,7 @@ pub fn replace(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     let mut tmp = tempfile::Builder::new()
         .prefix(".letterbox-")
         .tempfile_in(dir)?;
-    tmp.write_all(contents)?;
+    write(tmp.as_file_mut())?;
     tmp.as_file()
         .set_permissions(std::fs::Permissions::from_mode(0o644))?;
     tmp.as_file().sync_all()?;
@@ -38,6 +52,26 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), b"two");
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o644);
+        let names: Vec<_> = std::fs::read_dir(dir.path().join("sub"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("file")]);
+    }
+
+    #[test]
+    fn copies_a_file_over_another_and_a_missing_source_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let from = dir.path().join("from");
+        std::fs::write(&from, b"new contents").unwrap();
+        let path = dir.path().join("sub/file");
+        replace(&path, b"old").unwrap();
+        copy(&from, &path).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new contents");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644);
+        assert!(copy(&dir.path().join("missing"), &path).is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), b"new contents");
         let names: Vec<_> = std::fs::read_dir(dir.path().join("sub"))
             .unwrap()
             .map(|e| e.unwrap().file_name())

@@ -325,3 +325,139 @@ fn broken_provisioning_file_is_refused_with_its_position() {
     );
     assert!(!out_img.exists(), "no image from a broken file");
 }
+
+/// SOURCE_DATE_EPOCH for the test below: 2023-11-14 22:13:20 UTC, not the builder's
+/// default epoch, so a timestamp that ignores the variable shows.
+const EPOCH: u64 = 1_700_000_000;
+const EPOCH_MINUTE_UTC: &str = "2023-11-14 22:13";
+
+#[test]
+fn source_date_epoch_sets_every_timestamp_and_two_builds_are_identical() {
+    let test = "source_date_epoch_sets_every_timestamp_and_two_builds_are_identical";
+    let dir = tempfile::tempdir().unwrap();
+    let images = [dir.path().join("one.img"), dir.path().join("two.img")];
+    for image in &images {
+        // As a user would: `SOURCE_DATE_EPOCH=1700000000 make image`.
+        let mut cmd = build_command(Path::new(FIXTURE), "rpi3", image);
+        cmd.env("SOURCE_DATE_EPOCH", EPOCH.to_string());
+        let Some(out) = run_build(test, cmd) else {
+            return;
+        };
+        assert!(
+            out.status.success(),
+            "build with SOURCE_DATE_EPOCH={EPOCH}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let image = &images[0];
+    assert!(
+        std::fs::read(image).unwrap() == std::fs::read(&images[1]).unwrap(),
+        "two builds with SOURCE_DATE_EPOCH={EPOCH} differ"
+    );
+
+    // FAT: every boot file, copied out with its modification time (-m).
+    let boot = dir.path().join("boot");
+    std::fs::create_dir(&boot).unwrap();
+    let (start, _) = partition(image, 1);
+    let out = Command::new("mcopy")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        // FAT stores local time; the builder writes it as UTC.
+        .env("TZ", "UTC0")
+        .args(["-m", "-n", "-i"])
+        .arg(format!("{}@@{start}", image.display()))
+        .arg("::*")
+        .arg(&boot)
+        .output()
+        .expect("run mcopy");
+    assert!(
+        out.status.success(),
+        "mcopy: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut boot_files = 0;
+    for entry in std::fs::read_dir(&boot).unwrap() {
+        let entry = entry.unwrap();
+        let mtime = entry.metadata().unwrap().modified().unwrap();
+        assert_eq!(
+            mtime
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs(),
+            EPOCH,
+            "FAT time of {:?}",
+            entry.file_name()
+        );
+        boot_files += 1;
+    }
+    assert!(boot_files >= 5, "only {boot_files} boot files copied out");
+
+    // ext4: the superblock's creation and write times, and the inodes mke2fs made.
+    let data = dir.path().join("data.ext4");
+    extract_partition(image, 3, &data);
+    let superblock = {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = std::fs::File::open(&data).unwrap();
+        f.seek(SeekFrom::Start(1024)).unwrap();
+        let mut sb = vec![0u8; 1024];
+        f.read_exact(&mut sb).unwrap();
+        sb
+    };
+    let le32 = |at: usize| {
+        u64::from(u32::from_le_bytes(
+            superblock[at..at + 4].try_into().unwrap(),
+        ))
+    };
+    assert_eq!(le32(0x108), EPOCH, "ext4 s_mkfs_time");
+    assert_eq!(le32(0x30), EPOCH, "ext4 s_wtime");
+    for inode in ["/", "/lost+found"] {
+        let out = Command::new("debugfs")
+            .arg("-R")
+            .arg(format!("stat {inode}"))
+            .arg(&data)
+            .output()
+            .expect("run debugfs");
+        let stat = String::from_utf8_lossy(&out.stdout);
+        let times: Vec<u64> = stat
+            .lines()
+            .filter_map(|l| l.trim().split_once("time: 0x"))
+            .map(|(_, rest)| u64::from_str_radix(&rest[..8], 16).unwrap())
+            .collect();
+        assert!(times.len() >= 4, "debugfs stat {inode}:\n{stat}");
+        assert!(
+            times.iter().all(|&t| t == EPOCH),
+            "ext4 times of {inode}: {times:?}\n{stat}"
+        );
+    }
+
+    // squashfs: the creation time, and every inode's time (listed to the minute).
+    let root_fs = dir.path().join("root.squashfs");
+    extract_partition(image, 2, &root_fs);
+    let out = Command::new("unsquashfs")
+        .arg("-mkfs-time")
+        .arg(&root_fs)
+        .output()
+        .expect("run unsquashfs");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        EPOCH.to_string(),
+        "squashfs creation time"
+    );
+    let out = Command::new("unsquashfs")
+        .args(["-lls", "-UTC", "-d", ""])
+        .arg(&root_fs)
+        .output()
+        .expect("run unsquashfs");
+    assert!(out.status.success());
+    let listing = String::from_utf8_lossy(&out.stdout);
+    let entries: Vec<&str> = listing
+        .lines()
+        .filter(|l| l.contains(" root/root "))
+        .collect();
+    assert!(entries.len() > 100, "squashfs listing:\n{listing}");
+    for entry in entries {
+        assert!(
+            entry.contains(EPOCH_MINUTE_UTC),
+            "squashfs time is not {EPOCH_MINUTE_UTC}: {entry}"
+        );
+    }
+}

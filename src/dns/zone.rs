@@ -14,6 +14,7 @@ use crate::config::{
     derived_records, is_spf, txt_split, Config, Derived, DERIVED_TTL, NAMESERVER_LABEL, SPF_MAIL,
     SPF_NONE,
 };
+use crate::content_hash::fnv1a;
 
 /// TTL of every derived record (and of extra records without their own).
 pub const TTL: u32 = DERIVED_TTL;
@@ -157,13 +158,6 @@ fn quote(bytes: &[u8]) -> String {
     }
     s.push('"');
     s
-}
-
-/// Stable content hash (FNV-1a): std's hasher may change between Rust releases.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 /// Reads `STATE/dkim/<selector>.pub` (PEM public keys), sorted by selector.

@@ -7,14 +7,18 @@
 //! - p2 (0x83): the root filesystem, squashfs (read-only by construction, reproducible
 //!   with fixed timestamps and owners): the agent, kernel modules, containerd and runc.
 //! - p3 (0x83): ext4 data, small in the image, grown to fill the card on first boot.
+//!
+//! This file runs the build (options, steps, progress, errors); `rootfs` makes the root
+//! filesystem, `disk` the partition table around the partition images.
 
 pub mod board;
+mod disk;
 mod fs;
 mod initramfs;
 pub mod packages;
 pub mod qemu;
+mod rootfs;
 
-use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -24,12 +28,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 pub use board::Board;
 
 use crate::config;
-use crate::early_boot::disk::{PartitionRef, ALIGN_SECTORS};
-use packages::{Cache, Lock};
+use crate::content_hash::{fnv1a, fnv1a_continue};
+use crate::early_boot::disk::PartitionRef;
+use disk::{assemble_disk, file_len, BOOT_SIZE, DATA_SIZE};
+use packages::Cache;
+use rootfs::{assemble_rootfs, count_executables, kernel_release, set_mtime, unpack_all};
 
-const SECTOR: u64 = 512;
-const BOOT_SIZE: u64 = 128 << 20;
-const DATA_SIZE: u64 = 32 << 20;
 /// Timestamps inside the image when SOURCE_DATE_EPOCH is not set (2025-01-01).
 const DEFAULT_EPOCH: u64 = 1_735_689_600;
 
@@ -173,13 +177,14 @@ struct Ids {
 }
 
 impl Ids {
-    fn hash(&self, label: &str) -> u64 {
-        let mut h = self.seed;
-        for b in label.bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x100_0000_01b3);
+    fn new(board: Board, config_text: &str) -> Ids {
+        Ids {
+            seed: fnv1a(format!("{board}\n{config_text}").as_bytes()),
         }
-        h
+    }
+
+    fn hash(&self, label: &str) -> u64 {
+        fnv1a_continue(self.seed, label.as_bytes())
     }
 
     fn u32(&self, label: &str) -> u32 {
@@ -230,12 +235,7 @@ pub fn build(opts: &BuildOptions) -> Result<Summary, ImageError> {
         Err(e) => return Err(ImageError::ConfigRead(e)),
     };
     let agent = std::fs::read(&opts.agent).map_err(|_| ImageError::NoAgent(opts.agent.clone()))?;
-    let ids = Ids {
-        seed: Ids {
-            seed: 0xcbf2_9ce4_8422_2325,
-        }
-        .hash(&format!("{}\n{config_text}", opts.board)),
-    };
+    let ids = Ids::new(opts.board, &config_text);
     let epoch = opts.source_date_epoch;
     // Modes in the image are the packages' and this code's, never the caller's umask
     // (inherited by cp, dpkg-deb and mke2fs too).
@@ -283,24 +283,7 @@ pub fn build(opts: &BuildOptions) -> Result<Summary, ImageError> {
     assemble_rootfs(&unpacked, &rootfs, &agent)?;
     let executables = count_executables(&rootfs)?;
     let rootfs_img = work.join("rootfs.squashfs");
-    run(
-        Command::new("mksquashfs")
-            .arg(&rootfs)
-            .arg(&rootfs_img)
-            .args([
-                "-noappend",
-                "-quiet",
-                "-no-progress",
-                "-all-root",
-                "-no-xattrs",
-            ])
-            .args(["-comp", "zstd", "-processors", "2"])
-            .arg("-mkfs-time")
-            .arg(epoch.to_string())
-            .arg("-all-time")
-            .arg(epoch.to_string()),
-        "mksquashfs (root filesystem)",
-    )?;
+    rootfs::make_squashfs(&rootfs, &rootfs_img, epoch)?;
     let rootfs_bytes = file_len(&rootfs_img)?;
     done(bar, &format!("root filesystem: {} MiB", rootfs_bytes >> 20));
 
@@ -416,245 +399,22 @@ pub fn build(opts: &BuildOptions) -> Result<Summary, ImageError> {
     })
 }
 
-fn recreate_dir(dir: &Path) -> Result<(), ImageError> {
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir_all(dir).map_err(|e| ImageError::io(dir, e))
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn file_len(path: &Path) -> Result<u64, ImageError> {
-    Ok(std::fs::metadata(path)
-        .map_err(|e| ImageError::io(path, e))?
-        .len())
-}
-
-fn round_up(n: u64, to: u64) -> u64 {
-    n.div_ceil(to) * to
-}
-
-/// The unpacked package trees, reused across builds while the lock is the same.
-struct Unpacked {
-    /// The root filesystem's Debian userland (containerd, runc and their dependencies).
-    userland: PathBuf,
-    /// linux-image-*: kernel, modules (with depmod's index), device trees.
-    kernel: PathBuf,
-    /// raspi-firmware.
-    firmware: PathBuf,
-}
-
-fn unpack_all(cache: &Cache, lock: &Lock, dir: &Path) -> Result<Unpacked, ImageError> {
-    let unpacked = Unpacked {
-        userland: dir.join("userland"),
-        kernel: dir.join("kernel"),
-        firmware: dir.join("firmware"),
-    };
-    let stamp = dir.join("lock");
-    let rendered = lock.render();
-    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(rendered.as_str()) {
-        return Ok(unpacked);
+    #[test]
+    fn identifiers_are_fixed_by_board_and_configuration() {
+        // Pinned: a change here changes the PARTUUIDs and UUIDs of every image built.
+        let ids = Ids::new(Board::Rpi3, "version = 1\n");
+        assert_eq!(ids.u32("disk signature"), 0x7f8b_9c08);
+        assert_eq!(
+            ids.uuid("data uuid"),
+            "943ea038-d767-4dfc-8943-a338d767d315"
+        );
+        assert_ne!(
+            Ids::new(Board::Rpi4, "version = 1\n").u32("disk signature"),
+            ids.u32("disk signature")
+        );
     }
-    recreate_dir(dir)?;
-    for name in cache.dependency_closure(lock, packages::USERLAND_ROOTS)? {
-        let p = lock
-            .get(&name)
-            .ok_or_else(|| ImageError::MissingPackage(name.clone()))?;
-        cache.unpack(p, &unpacked.userland)?;
-    }
-    let kernel = lock
-        .packages
-        .iter()
-        .find(|p| p.name.starts_with("linux-image-") && p.name != "linux-image-arm64")
-        .ok_or_else(|| ImageError::MissingPackage("linux-image-*-arm64".into()))?;
-    cache.unpack(kernel, &unpacked.kernel)?;
-    let firmware = lock
-        .get("raspi-firmware")
-        .ok_or_else(|| ImageError::MissingPackage("raspi-firmware".into()))?;
-    cache.unpack(firmware, &unpacked.firmware)?;
-    // The package's postinst would run depmod; maintainer scripts do not run here.
-    let release = kernel_release(&unpacked.kernel)?;
-    run(
-        Command::new("depmod")
-            .arg("-b")
-            .arg(unpacked.kernel.join("usr"))
-            .arg(&release),
-        "depmod (kernel module index)",
-    )?;
-    std::fs::write(&stamp, rendered).map_err(|e| ImageError::io(&stamp, e))?;
-    Ok(unpacked)
-}
-
-fn kernel_release(kernel_tree: &Path) -> Result<String, ImageError> {
-    let dir = kernel_tree.join("usr/lib/modules");
-    let mut releases: Vec<String> = std::fs::read_dir(&dir)
-        .map_err(|e| ImageError::io(&dir, e))?
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    releases.sort();
-    match releases.as_slice() {
-        [one] => Ok(one.clone()),
-        _ => Err(ImageError::Layout(format!(
-            "expected one kernel in {}, found {releases:?}",
-            dir.display()
-        ))),
-    }
-}
-
-/// Left out of the root filesystem: documentation (for the build host, not the appliance),
-/// glibc's iconv modules (nothing here converts charsets), and containerd's deprecated v1
-/// shims and its `ctr` debugging client (the appliance has no shell to run it from).
-const PRUNE: &[&str] = &[
-    "usr/share/doc",
-    "usr/share/man",
-    "usr/share/lintian",
-    "usr/share/locale",
-    "usr/lib/aarch64-linux-gnu/gconv",
-    "usr/bin/ctr",
-    "usr/bin/containerd-shim",
-    "usr/bin/containerd-shim-runc-v1",
-];
-
-/// Files of overlays/ laid over the Debian userland, embedded so the binary builds images
-/// from anywhere.
-const OVERLAYS: &[(&str, &str)] = &[
-    ("etc/group", include_str!("../../overlays/etc/group")),
-    (
-        "etc/os-release",
-        include_str!("../../overlays/etc/os-release"),
-    ),
-    ("etc/passwd", include_str!("../../overlays/etc/passwd")),
-];
-
-/// The root filesystem tree: Debian userland, kernel modules, the agent, overlays/, and
-/// what maintainer scripts would have made (merged-/usr links, mount points).
-fn assemble_rootfs(unpacked: &Unpacked, rootfs: &Path, agent: &[u8]) -> Result<(), ImageError> {
-    recreate_dir(rootfs)?;
-    let cp = |from: &Path, to: &Path| {
-        run(
-            Command::new("cp")
-                .args(["-a", "--reflink=auto", "-T"])
-                .arg(from)
-                .arg(to),
-            &format!("cp {}", from.display()),
-        )
-    };
-    cp(&unpacked.userland, rootfs)?;
-    for path in PRUNE {
-        let path = rootfs.join(path);
-        let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
-    }
-    cp(
-        &unpacked.kernel.join("usr/lib/modules"),
-        &rootfs.join("usr/lib/modules"),
-    )?;
-    for (path, text) in OVERLAYS {
-        let path = rootfs.join(path);
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| ImageError::io(dir, e))?;
-        }
-        std::fs::write(&path, text).map_err(|e| ImageError::io(&path, e))?;
-        set_mode(&path, 0o644)?;
-    }
-    let bin = rootfs.join("usr/bin");
-    std::fs::create_dir_all(&bin).map_err(|e| ImageError::io(&bin, e))?;
-    let agent_path = bin.join("letterbox");
-    std::fs::write(&agent_path, agent).map_err(|e| ImageError::io(&agent_path, e))?;
-    set_mode(&agent_path, 0o755)?;
-    for (link, target) in [("bin", "usr/bin"), ("sbin", "usr/sbin"), ("lib", "usr/lib")] {
-        let path = rootfs.join(link);
-        if !path.exists() {
-            std::os::unix::fs::symlink(target, &path).map_err(|e| ImageError::io(&path, e))?;
-        }
-    }
-    for dir in [
-        "boot", "data", "dev", "proc", "sys", "run", "tmp", "root", "etc", "var",
-    ] {
-        let path = rootfs.join(dir);
-        std::fs::create_dir_all(&path).map_err(|e| ImageError::io(&path, e))?;
-    }
-    Ok(())
-}
-
-fn set_mode(path: &Path, mode: u32) -> Result<(), ImageError> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| ImageError::io(path, e))
-}
-
-fn set_mtime(path: &Path, epoch: u64) -> Result<(), ImageError> {
-    let time = std::time::UNIX_EPOCH + Duration::from_secs(epoch);
-    std::fs::File::options()
-        .write(true)
-        .open(path)
-        .and_then(|f| f.set_modified(time))
-        .map_err(|e| ImageError::io(path, e))
-}
-
-/// Regular files with an execute bit that start with the ELF magic or "#!".
-fn count_executables(dir: &Path) -> Result<usize, ImageError> {
-    use std::io::Read;
-    use std::os::unix::fs::PermissionsExt;
-    let mut count = 0;
-    for entry in std::fs::read_dir(dir).map_err(|e| ImageError::io(dir, e))? {
-        let entry = entry.map_err(|e| ImageError::io(dir, e))?;
-        let kind = entry.file_type().map_err(|e| ImageError::io(dir, e))?;
-        let path = entry.path();
-        if kind.is_dir() {
-            count += count_executables(&path)?;
-        } else if kind.is_file() {
-            let meta = entry.metadata().map_err(|e| ImageError::io(&path, e))?;
-            if meta.permissions().mode() & 0o111 == 0 {
-                continue;
-            }
-            let mut magic = [0u8; 4];
-            let n = std::fs::File::open(&path)
-                .and_then(|mut f| f.read(&mut magic))
-                .unwrap_or(0);
-            let is_elf = n == 4 && magic == *b"\x7fELF";
-            // Shared libraries carry the x bit too but are not programs.
-            let is_library = path.to_string_lossy().contains(".so");
-            if (is_elf && !is_library) || (n >= 2 && magic[..2] == *b"#!") {
-                count += 1;
-            }
-        }
-    }
-    Ok(count)
-}
-
-/// Lays the partition images out on 4 MiB boundaries behind an MBR; returns the size.
-fn assemble_disk(out: &Path, signature: u32, parts: &[(u8, &PathBuf)]) -> Result<u64, ImageError> {
-    let align = ALIGN_SECTORS * SECTOR;
-    let mut layout = Vec::new();
-    let mut offset = align;
-    for (kind, image) in parts {
-        let len = round_up(file_len(image)?, align);
-        layout.push((*kind, *image, offset, len));
-        offset += len;
-    }
-    let total = offset;
-    let mut disk = std::fs::File::create(out).map_err(|e| ImageError::io(out, e))?;
-    disk.set_len(total).map_err(|e| ImageError::io(out, e))?;
-    for (_, image, start, _) in &layout {
-        let mut src = std::fs::File::open(image).map_err(|e| ImageError::io(image, e))?;
-        disk.seek(SeekFrom::Start(*start))
-            .map_err(|e| ImageError::io(out, e))?;
-        std::io::copy(&mut src, &mut disk).map_err(|e| ImageError::io(out, e))?;
-    }
-    let mut mbr = mbrman::MBR::new_from(&mut disk, SECTOR as u32, signature.to_le_bytes())?;
-    for (i, (kind, _, start, len)) in layout.iter().enumerate() {
-        mbr[i + 1] = mbrman::MBRPartitionEntry {
-            boot: if i == 0 {
-                mbrman::BOOT_ACTIVE
-            } else {
-                mbrman::BOOT_INACTIVE
-            },
-            first_chs: mbrman::CHS::empty(),
-            sys: *kind,
-            last_chs: mbrman::CHS::empty(),
-            starting_lba: (start / SECTOR) as u32,
-            sectors: (len / SECTOR) as u32,
-        };
-    }
-    mbr.write_into(&mut disk)?;
-    disk.flush().map_err(|e| ImageError::io(out, e))?;
-    Ok(total)
 }

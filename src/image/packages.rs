@@ -163,7 +163,8 @@ impl Cache {
                 .flatten()
                 .and_then(|s| s.into_iter().next());
             if cached_sum.as_deref() != Some(sha256.as_str()) {
-                copy_atomically(deb, &cached)?;
+                // Never a partly copied file under a cached name, even after a crash.
+                crate::atomic_file::copy(deb, &cached).map_err(|e| ImageError::io(&cached, e))?;
             }
             let fields = deb_fields(&cached, &["Package", "Version", "Architecture"])?;
             packages.push(Locked {
@@ -255,13 +256,6 @@ fn resolved_files(list: &str) -> Vec<String> {
     files
 }
 
-/// Copies via `DEST.partial` and a rename, so an interrupted copy never looks like a cached file.
-fn copy_atomically(from: &Path, to: &Path) -> Result<(), ImageError> {
-    let partial = PathBuf::from(format!("{}.partial", to.display()));
-    std::fs::copy(from, &partial).map_err(|e| ImageError::io(&partial, e))?;
-    std::fs::rename(&partial, to).map_err(|e| ImageError::io(to, e))
-}
-
 fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
@@ -286,15 +280,26 @@ fn deb_fields(deb: &Path, names: &[&str]) -> Result<Vec<String>, ImageError> {
     Ok(lines)
 }
 
+/// The SHA-256 digests of `files`, in lowercase hex (as in the lock file).
 fn sha256_files(files: &[PathBuf]) -> Result<Vec<String>, ImageError> {
-    if files.is_empty() {
-        return Ok(Vec::new());
+    files.iter().map(|f| sha256_file(f)).collect()
+}
+
+fn sha256_file(path: &Path) -> Result<String, ImageError> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(|e| ImageError::io(path, e))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0; 1 << 16];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => hasher.update(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(ImageError::io(path, e)),
+        }
     }
-    let out = super::output(Command::new("sha256sum").args(files), "sha256sum")?;
-    Ok(out
-        .lines()
-        .map(|l| l.split_whitespace().next().unwrap_or("").to_string())
-        .collect())
+    Ok(data_encoding::HEXLOWER.encode(&hasher.finalize()))
 }
 
 #[cfg(test)]
@@ -339,11 +344,35 @@ mod tests {
         std::fs::write(&verified, "the verified package").unwrap();
         let cached = dir.path().join("runc_1_arm64.deb");
         std::fs::write(&cached, "trunc").unwrap();
-        copy_atomically(&verified, &cached).unwrap();
+        crate::atomic_file::copy(&verified, &cached).unwrap();
         assert_eq!(std::fs::read(&cached).unwrap(), b"the verified package");
         assert!(!dir.path().join("runc_1_arm64.deb.partial").exists());
         let missing = dir.path().join("missing.deb");
-        assert!(copy_atomically(&missing, &dir.path().join("other.deb")).is_err());
+        assert!(crate::atomic_file::copy(&missing, &dir.path().join("other.deb")).is_err());
         assert!(!dir.path().join("other.deb").exists());
+        // Nothing else either: no temporary file is left beside the cached ones.
+        let mut names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["archive.deb", "runc_1_arm64.deb"]);
+    }
+
+    #[test]
+    fn sha256_of_files_is_lowercase_hex_and_a_missing_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty");
+        let abc = dir.path().join("abc");
+        std::fs::write(&empty, "").unwrap();
+        std::fs::write(&abc, "abc").unwrap();
+        assert_eq!(
+            sha256_files(&[empty, abc.clone()]).unwrap(),
+            [
+                "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+                "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+            ]
+        );
+        assert!(sha256_files(&[abc, dir.path().join("missing")]).is_err());
     }
 }
