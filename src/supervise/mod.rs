@@ -7,6 +7,7 @@
 pub mod log;
 pub mod output;
 pub mod reaper;
+mod stamp;
 mod supervisor;
 mod unit;
 

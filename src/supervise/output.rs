@@ -65,7 +65,7 @@ pub fn capture(ring: Arc<OutputRing>, stream: impl Read + Send + 'static, label:
                 let text = String::from_utf8_lossy(&line);
                 ring.push(format!(
                     "{} {label}: {}",
-                    super::log::timestamp(),
+                    super::stamp::timestamp(),
                     text.trim_end()
                 ));
                 line.clear();
