@@ -8,18 +8,27 @@ use std::path::Path;
 
 /// Writes `contents` to `path` (mode 0644, parent directories created).
 pub fn replace(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    replace_with(path, |file| file.write_all(contents))
+    replace_mode(path, contents, 0o644)
+}
+
+/// [`replace`] with the given permission bits (0600 for a file holding secrets); the file
+/// never exists under `path` with any other mode.
+pub fn replace_mode(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
+    replace_with(path, mode, |file| file.write_all(contents))
 }
 
 /// Copies the file `from` to `path` as `replace` writes it, streaming (for files too large
 /// to hold in memory). A missing `from` leaves `path` as it was.
 pub fn copy(from: &Path, path: &Path) -> std::io::Result<()> {
     let mut source = std::fs::File::open(from)?;
-    replace_with(path, |file| std::io::copy(&mut source, file).map(drop))
+    replace_with(path, 0o644, |file| {
+        std::io::copy(&mut source, file).map(drop)
+    })
 }
 
 fn replace_with(
     path: &Path,
+    mode: u32,
     write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
     let dir = match path.parent() {
@@ -31,9 +40,10 @@ fn replace_with(
     let mut tmp = tempfile::Builder::new()
         .prefix(".letterbox-")
         .tempfile_in(dir)?;
-    write(tmp.as_file_mut())?;
+    // The mode first: the temporary file (0600 from tempfile) must never be wider than asked.
     tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+        .set_permissions(std::fs::Permissions::from_mode(mode))?;
+    write(tmp.as_file_mut())?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     std::fs::File::open(dir)?.sync_all()
@@ -57,6 +67,17 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("file")]);
+    }
+
+    #[test]
+    fn replaces_with_the_mode_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        replace(&path, b"old").unwrap();
+        replace_mode(&path, b"new", 0o600).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
     }
 
     #[test]

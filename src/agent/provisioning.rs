@@ -3,6 +3,7 @@
 //! still explains what is wrong).
 
 use std::fmt;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::config::{self, Config, LoadError};
@@ -42,7 +43,16 @@ pub enum SaveError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot make {path} readable by root only")]
+    Mode {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
+
+/// The last good copy holds the password hashes: readable by root only.
+const LAST_GOOD_MODE: u32 = 0o600;
 
 /// Reads the provisioning file (`None`: the embedded default), saving it as the last good
 /// configuration when valid and falling back to that copy when not.
@@ -121,12 +131,28 @@ pub fn last_good_path(state_dir: &Path) -> PathBuf {
 }
 
 /// Writes the copy atomically, so that power loss leaves either the old or the new copy,
-/// never half of one.
+/// never half of one; and only when it changed, since every boot and reload saves it and
+/// the SD card wears with each write. A copy an older agent left world-readable is made
+/// 0600 in place.
 fn save_last_good(state_dir: &Path, text: &str) -> Result<(), SaveError> {
     let path = last_good_path(state_dir);
-    crate::atomic_file::replace(&path, text.as_bytes()).map_err(|source| SaveError::Write {
-        path: path.display().to_string(),
-        source,
+    let display = || path.display().to_string();
+    if std::fs::read(&path).is_ok_and(|old| old == text.as_bytes()) {
+        let mode = std::fs::metadata(&path).map(|m| m.permissions().mode() & 0o777);
+        if mode.is_ok_and(|mode| mode == LAST_GOOD_MODE) {
+            return Ok(());
+        }
+        return std::fs::set_permissions(&path, std::fs::Permissions::from_mode(LAST_GOOD_MODE))
+            .map_err(|source| SaveError::Mode {
+                path: display(),
+                source,
+            });
+    }
+    crate::atomic_file::replace_mode(&path, text.as_bytes(), LAST_GOOD_MODE).map_err(|source| {
+        SaveError::Write {
+            path: display(),
+            source,
+        }
     })
 }
 
@@ -160,6 +186,43 @@ mod tests {
             std::fs::read_to_string(last_good_path(&state)).unwrap(),
             config::DEFAULT_TOML
         );
+    }
+
+    #[test]
+    fn the_last_good_copy_is_private_and_written_only_when_it_changed() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("letterbox.toml");
+        let copy = last_good_path(dir.path());
+        std::fs::write(&file, config::DEFAULT_TOML).unwrap();
+        load(Some(&file), dir.path());
+        let first = std::fs::metadata(&copy).unwrap();
+        assert_eq!(first.mode() & 0o777, 0o600);
+
+        // The same file again (a reboot, `check`): not rewritten. A rewrite is a rename
+        // onto the path, which gives it a new inode.
+        load(Some(&file), dir.path());
+        let again = std::fs::metadata(&copy).unwrap();
+        assert_eq!(
+            (again.ino(), again.mtime(), again.mtime_nsec()),
+            (first.ino(), first.mtime(), first.mtime_nsec())
+        );
+
+        // A copy an older agent left 0644 is made private in place.
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o644)).unwrap();
+        load(Some(&file), dir.path());
+        let fixed = std::fs::metadata(&copy).unwrap();
+        assert_eq!(fixed.mode() & 0o777, 0o600);
+        assert_eq!(fixed.ino(), first.ino());
+
+        // An edited file is saved, private too.
+        let edited = format!("{}\n# edited\n", config::DEFAULT_TOML);
+        std::fs::write(&file, &edited).unwrap();
+        load(Some(&file), dir.path());
+        let saved = std::fs::metadata(&copy).unwrap();
+        assert_ne!(saved.ino(), first.ino());
+        assert_eq!(saved.mode() & 0o777, 0o600);
+        assert_eq!(std::fs::read_to_string(&copy).unwrap(), edited);
     }
 
     #[test]
