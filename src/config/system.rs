@@ -1,5 +1,7 @@
 //! `[system]` (names, time zone) and `[console]` (serial device, baud, admin hash).
 
+use std::time::Duration;
+
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -27,6 +29,9 @@ pub struct Console {
     pub baud: u32,
     /// A hash of one of the accepted [`Scheme`]s; `None` means no login is possible.
     pub admin_password_hash: Option<String>,
+    /// How long the admin shell waits for a keystroke before it logs out: with CLOCAL an
+    /// unplugged cable never hangs up. `None`: never.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for Console {
@@ -35,9 +40,14 @@ impl Default for Console {
             device: DEFAULT_DEVICE.into(),
             baud: DEFAULT_BAUD,
             admin_password_hash: None,
+            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
         }
     }
 }
+
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// Longer is as good as never; "0m" says so plainly.
+const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
 
 const DEFAULT_DEVICE: &str = "serial0";
 const DEFAULT_BAUD: u32 = 115_200;
@@ -62,6 +72,8 @@ pub(super) struct RawConsole {
     baud: Option<Spanned<u32>>,
     /// Any TOML value, so that a wrong type never gets echoed by serde's error message.
     admin_password_hash: Option<Spanned<toml::Value>>,
+    /// Any TOML value, so that `idle_timeout = 900` gets the message that says the units.
+    idle_timeout: Option<Spanned<toml::Value>>,
 }
 
 pub(super) fn validate_system(raw: RawSystem, c: &mut Collector) -> System {
@@ -167,7 +179,44 @@ pub(super) fn validate_console(raw: RawConsole, c: &mut Collector) -> Console {
     if let Some(hash) = raw.admin_password_hash.and_then(|v| password_hash(v, c)) {
         console.admin_password_hash = Some(hash);
     }
+    if let Some(value) = raw.idle_timeout {
+        match idle_timeout(value.get_ref()) {
+            Ok(timeout) => console.idle_timeout = timeout,
+            Err(why) => c.error(value.span(), why),
+        }
+    }
     console
+}
+
+/// `"15m"`, `"90s"`, `"1h"`: a whole number and its unit, at most a day; zero is never.
+fn idle_timeout(value: &toml::Value) -> Result<Option<Duration>, String> {
+    const EXPECTED: &str = "expected a whole number of seconds, minutes or hours such as \
+                            \"90s\", \"15m\" or \"1h\" (\"0m\": never log out)";
+    let toml::Value::String(text) = value else {
+        return Err(format!(
+            "idle_timeout must be a quoted duration; {EXPECTED}"
+        ));
+    };
+    let invalid = || format!("invalid idle_timeout {text:?}; {EXPECTED}");
+    let split = text
+        .find(|ch: char| !ch.is_ascii_digit())
+        .ok_or_else(invalid)?;
+    let (number, unit) = text.split_at(split);
+    let seconds_per = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 60 * 60,
+        _ => return Err(invalid()),
+    };
+    let number: u64 = number.parse().map_err(|_| invalid())?;
+    let timeout = Duration::from_secs(number.saturating_mul(seconds_per));
+    if timeout > MAX_IDLE_TIMEOUT {
+        return Err(format!(
+            "idle_timeout {text:?} is longer than a day; expected at most \"24h\", or \"0m\" \
+             to never log out"
+        ));
+    }
+    Ok((!timeout.is_zero()).then_some(timeout))
 }
 
 /// Checks a `*password_hash` value without ever quoting it in a message.
@@ -254,6 +303,47 @@ fn is_timezone_name(s: &str) -> bool {
 mod tests {
     use super::*;
     use crate::passwd;
+
+    #[test]
+    fn idle_timeouts_take_seconds_minutes_or_hours_and_zero_is_never() {
+        let parse = |text: &str| idle_timeout(&toml::Value::String(text.into()));
+        assert_eq!(parse("90s"), Ok(Some(Duration::from_secs(90))));
+        assert_eq!(parse("15m"), Ok(Some(DEFAULT_IDLE_TIMEOUT)));
+        assert_eq!(parse("24h"), Ok(Some(MAX_IDLE_TIMEOUT)));
+        assert_eq!(parse("0m"), Ok(None));
+        for bad in ["15", "m", "15 m", "-5m", "1.5h", "15min", ""] {
+            let why = parse(bad).unwrap_err();
+            assert!(why.starts_with("invalid idle_timeout"), "{bad}: {why}");
+            assert!(why.contains("\"15m\""), "{bad}: {why}");
+        }
+        let why = parse("25h").unwrap_err();
+        assert!(why.contains("longer than a day"), "{why}");
+        let why = parse("99999999999999999999h").unwrap_err();
+        assert!(why.starts_with("invalid idle_timeout"), "{why}");
+        let why = idle_timeout(&toml::Value::Integer(900)).unwrap_err();
+        assert!(
+            why.starts_with("idle_timeout must be a quoted duration"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn a_bad_idle_timeout_is_reported_where_it_is() {
+        let text = crate::config::DEFAULT_TOML
+            .replace("baud = 115200", "baud = 115200\nidle_timeout = \"soon\"");
+        let line = text.lines().position(|l| l.contains("soon")).unwrap() + 1;
+        let errors = crate::config::parse("letterbox.toml", &text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            errors.contains(&format!(
+                "letterbox.toml:{line}:16: error: invalid idle_timeout \"soon\""
+            )),
+            "{errors}"
+        );
+        let fine = crate::config::parse("letterbox.toml", crate::config::DEFAULT_TOML).unwrap();
+        assert_eq!(fine.console.idle_timeout, Some(DEFAULT_IDLE_TIMEOUT));
+    }
 
     // Here rather than in passwd's tests: config depends on passwd, not the other way round.
     #[test]

@@ -117,16 +117,16 @@ pub fn open_for_log(path: &Path) -> Result<File, DeviceError> {
     open(path, 0)
 }
 
-/// [`open_for_log`] of `path`, else of `fallback`: the path opened, its handle and why
-/// `path` could not be used; the error of `path` when neither opens.
-pub fn open_for_log_or(
+/// `path` if it opens, else `fallback` if that does, with why `path` could not be used;
+/// the error of `path` when neither opens.
+pub fn usable_or(
     path: &Path,
     fallback: &Path,
-) -> Result<(PathBuf, File, Option<DeviceError>), DeviceError> {
+) -> Result<(PathBuf, Option<DeviceError>), DeviceError> {
     match open_for_log(path) {
-        Ok(file) => Ok((path.to_path_buf(), file, None)),
+        Ok(_) => Ok((path.to_path_buf(), None)),
         Err(e) if path != fallback => match open_for_log(fallback) {
-            Ok(file) => Ok((fallback.to_path_buf(), file, Some(e))),
+            Ok(_) => Ok((fallback.to_path_buf(), Some(e))),
             Err(_) => Err(e),
         },
         Err(e) => Err(e),
@@ -241,16 +241,16 @@ mod tests {
         ))
         .unwrap();
         let missing = Path::new("/dev/ttyLETTERBOXMISSING");
-        let (path, _file, why) = open_for_log_or(missing, &fallback).unwrap();
+        let (path, why) = usable_or(missing, &fallback).unwrap();
         assert_eq!(path, fallback);
         let why = why.unwrap().to_string();
         assert!(why.contains("/dev/ttyLETTERBOXMISSING"), "{why}");
         // A console that opens is used as it is.
-        let (path, _file, why) = open_for_log_or(&fallback, missing).unwrap();
+        let (path, why) = usable_or(&fallback, missing).unwrap();
         assert_eq!(path, fallback);
         assert!(why.is_none());
         // Neither: the configured one's error.
-        let err = open_for_log_or(missing, Path::new("/dev/ttyLETTERBOXGONE")).unwrap_err();
+        let err = usable_or(missing, Path::new("/dev/ttyLETTERBOXGONE")).unwrap_err();
         assert!(err.to_string().contains("ttyLETTERBOXMISSING"), "{err}");
     }
 }

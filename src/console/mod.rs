@@ -8,6 +8,7 @@ mod terminal;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use crate::agent::commands::{self, AdminCommand, Via};
 use crate::agent::Agent;
@@ -56,6 +57,11 @@ async fn serve(
     };
     let file = device::open_for_login(device, baud)?;
     let mut term = Terminal::new(file).map_err(io_error)?;
+    // With every opening: a line that went away and came back (a USB-serial unplug) is a
+    // new tty, on which the log's earlier handle is dead.
+    let log = device::open_for_log(device)?;
+    let same_tty = device::is_stderr_tty(&log, device);
+    logger().log_to_console(log, same_tty);
     log::info!("console ready on {}", device.display());
     // The boot's log lines go first: the prompt is then the last thing on the screen.
     logger().flushed(FLUSH_LIMIT).await;
@@ -125,7 +131,8 @@ async fn sessions(
         }
         failures.lock().expect("failed logins").reset();
         log::info!("console: {USER} logged in");
-        admin_shell(agent, term, &cfg.system.hostname).await?;
+        let idle_limit = cfg.console.idle_timeout;
+        admin_shell(agent, term, &cfg.system.hostname, idle_limit).await?;
         log::info!("console: {USER} logged out");
     }
 }
@@ -152,17 +159,26 @@ async fn unconfigured_prompt(agent: &Arc<Agent>, term: &mut Terminal) -> std::io
     }
 }
 
+/// The shell, until `exit`, ^D or `idle_limit` without a key (`None`: no limit).
 async fn admin_shell(
     agent: &Arc<Agent>,
     term: &mut Terminal,
     hostname: &str,
+    idle_limit: Option<Duration>,
 ) -> std::io::Result<()> {
     term.write("Type `help` for the commands.\n").await?;
     loop {
         term.write(&format!("{hostname}# ")).await?;
-        let line = match term.read_line(true).await? {
+        let line = match term.read_line_within(true, idle_limit).await? {
             Input::Line(line) => line,
             Input::EndOfInput => return Ok(()),
+            Input::Idle => {
+                let idle = idle_limit.map(|d| d.as_secs()).unwrap_or_default();
+                log::info!("console: no key for {idle}s");
+                term.write(&format!("\nno key for {idle}s: logged out\n"))
+                    .await?;
+                return Ok(());
+            }
         };
         let reply = commands::run_line(agent, &line, Via::Console).await;
         term.write(&reply.text).await?;

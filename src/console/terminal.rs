@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
+use std::time::Duration;
 
 use tokio::io::unix::AsyncFd;
 
@@ -29,6 +30,8 @@ pub enum Input {
     Line(String),
     /// ^D on an empty line: the user leaves.
     EndOfInput,
+    /// No key came within the idle limit.
+    Idle,
 }
 
 impl Terminal {
@@ -58,7 +61,17 @@ impl Terminal {
         Ok(())
     }
 
-    async fn read_byte(&self) -> io::Result<u8> {
+    /// The next byte; an error of kind `TimedOut` when none comes within `idle`.
+    async fn read_byte(&self, idle: Option<Duration>) -> io::Result<u8> {
+        match idle {
+            Some(limit) => tokio::time::timeout(limit, self.next_byte())
+                .await
+                .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?,
+            None => self.next_byte().await,
+        }
+    }
+
+    async fn next_byte(&self) -> io::Result<u8> {
         loop {
             let mut guard = self.fd.readable().await?;
             let mut byte = [0u8];
@@ -76,9 +89,26 @@ impl Terminal {
     /// and other escape sequences are ignored. `echo: false` for passwords. Beyond
     /// [`MAX_LINE`] bytes further characters ring the bell and are dropped.
     pub async fn read_line(&mut self, echo: bool) -> io::Result<Input> {
+        self.read_line_within(echo, None).await
+    }
+
+    /// [`Terminal::read_line`], or [`Input::Idle`] once no key has come for `idle`: each key,
+    /// even one that changes nothing, starts the wait over.
+    pub async fn read_line_within(
+        &mut self,
+        echo: bool,
+        idle: Option<Duration>,
+    ) -> io::Result<Input> {
+        match self.edit_line(echo, idle).await {
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => Ok(Input::Idle),
+            other => other,
+        }
+    }
+
+    async fn edit_line(&mut self, echo: bool, idle: Option<Duration>) -> io::Result<Input> {
         let mut line: Vec<u8> = Vec::new();
         loop {
-            let byte = self.read_byte().await?;
+            let byte = self.read_byte(idle).await?;
             let after_cr = std::mem::replace(&mut self.after_cr, byte == b'\r');
             match byte {
                 b'\n' if after_cr => {}
@@ -107,7 +137,7 @@ impl Terminal {
                     self.write("\n").await?;
                     return Ok(Input::EndOfInput);
                 }
-                ESCAPE => self.skip_escape_sequence().await?,
+                ESCAPE => self.skip_escape_sequence(idle).await?,
                 b if b >= 0x20 && line.len() >= MAX_LINE => self.write(BELL).await?,
                 b if b >= 0x20 => {
                     line.push(b);
@@ -121,9 +151,9 @@ impl Terminal {
     }
 
     /// Skips `ESC [ ... final` (CSI) or `ESC x`.
-    async fn skip_escape_sequence(&self) -> io::Result<()> {
-        if self.read_byte().await? == b'[' {
-            while !(0x40..=0x7e).contains(&self.read_byte().await?) {}
+    async fn skip_escape_sequence(&self, idle: Option<Duration>) -> io::Result<()> {
+        if self.read_byte(idle).await? == b'[' {
+            while !(0x40..=0x7e).contains(&self.read_byte(idle).await?) {}
         }
         Ok(())
     }
@@ -190,6 +220,32 @@ mod tests {
             "{echoed:?}"
         );
         assert!(!echoed.contains("secret"), "{echoed:?}");
+    }
+
+    #[tokio::test]
+    async fn an_idle_line_gives_up_but_each_key_starts_the_wait_over() {
+        let (mut master, mut term) = pty();
+        let idle = Duration::from_millis(400);
+        // Keys 150 ms apart, well inside the limit, for longer than the limit in all; then
+        // nothing.
+        let typist = std::thread::spawn(move || {
+            for key in b"status\r" {
+                std::thread::sleep(Duration::from_millis(150));
+                master.write_all(&[*key]).unwrap();
+            }
+            master
+        });
+        assert_eq!(
+            term.read_line_within(true, Some(idle * 2)).await.unwrap(),
+            Input::Line("status".into())
+        );
+        let _master = typist.join().unwrap();
+        let waited = std::time::Instant::now();
+        assert_eq!(
+            term.read_line_within(true, Some(idle)).await.unwrap(),
+            Input::Idle
+        );
+        assert!(waited.elapsed() >= idle, "{:?}", waited.elapsed());
     }
 
     #[tokio::test]

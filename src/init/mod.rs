@@ -279,7 +279,8 @@ async fn bring_up_network(p: &Provisioning, root: &Path) {
     }
 }
 
-/// The console login, the first unit; log lines go to the console from now on.
+/// The console login, the first unit; it sends the log lines to the console whenever it
+/// opens it.
 fn start_console(agent: &Arc<Agent>, mode: Mode, device: &str, baud: u32) {
     use crate::console::device;
     // The kernel's console is where someone is looking: better than no login at all.
@@ -289,25 +290,21 @@ fn start_console(agent: &Arc<Agent>, mode: Mode, device: &str, baud: u32) {
         dev_console.clone()
     });
     // As PID 1 a missing UART (`ttyAMA0` on a board without it) would leave the login
-    // restarting for ever. On a host the error on stderr is the better answer.
-    let opened = match mode {
-        Mode::Pid1 => device::open_for_log_or(&path, &dev_console),
-        Mode::Host => device::open_for_log(&path).map(|file| (path.clone(), file, None)),
-    };
-    match opened {
-        Ok((opened, file, why)) => {
-            if let Some(e) = why {
-                error!(
-                    "{}; using {} instead",
-                    crate::error_chain(&e),
-                    opened.display()
-                );
+    // restarting for ever. On a host the unit's own error is the better answer.
+    if mode == Mode::Pid1 {
+        match device::usable_or(&path, &dev_console) {
+            Ok((usable, why)) => {
+                if let Some(e) = why {
+                    error!(
+                        "{}; using {} instead",
+                        crate::error_chain(&e),
+                        usable.display()
+                    );
+                }
+                path = usable;
             }
-            path = opened;
-            let same_tty = device::is_stderr_tty(&file, &path);
-            logger().log_to_console(file, same_tty);
+            Err(e) => warn!("{}", crate::error_chain(&e)),
         }
-        Err(e) => warn!("{}", crate::error_chain(&e)),
     }
     info!("login prompt on {}", path.display());
     agent.start_unit(crate::console::unit(agent.clone(), path, baud));

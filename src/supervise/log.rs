@@ -150,7 +150,9 @@ impl Logger {
 
     /// Also writes to the console device (a second handle of the console's tty), starting
     /// with the lines logged before it was known, as the kernel's console does; unless it
-    /// is the tty stderr has been writing to, which then stops instead.
+    /// is the tty stderr has been writing to, which then stops instead. Called again (the
+    /// console reopened its device), the new handle replaces the old one and gets the
+    /// lines from then on.
     pub fn log_to_console(&self, console: File, same_tty_as_stderr: bool) {
         self.attach(Attach::Console {
             file: console,
@@ -303,12 +305,14 @@ impl Sinks {
                 replay,
                 replaces_stderr,
             } => {
-                if replay {
+                // A console that comes back is not replayed to: the lines it missed are in
+                // `logs`, and a screenful of them would bury its login prompt.
+                if replay && self.console.is_none() {
                     for line in past() {
                         let _ = file.write_all(format!("{}\r\n", line.stamped).as_bytes());
                     }
                 }
-                if let Some((_, until)) = self.stderr.as_mut().filter(|_| replaces_stderr) {
+                if let Some((_, until @ None)) = self.stderr.as_mut().filter(|_| replaces_stderr) {
                     *until = Some(next);
                 }
                 self.console = Some((file, next));
@@ -416,6 +420,68 @@ mod tests {
         assert_eq!(kept.len(), 2, "{kept:?}");
         assert!(kept[0].ends_with("INFO  tap: server line"), "{kept:?}");
         assert!(kept[1].ends_with("WARN  tap: module line"), "{kept:?}");
+    }
+
+    /// A pty: its master (non-blocking), and its slave opened as the console's log handle.
+    fn console_pty() -> (File, File) {
+        let pair = nix::pty::openpty(None, None).unwrap();
+        let slave_path = std::fs::read_link(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&pair.slave)
+        ))
+        .unwrap();
+        let slave = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(nix::libc::O_NOCTTY)
+            .open(&slave_path)
+            .unwrap();
+        let flags = nix::fcntl::OFlag::O_NONBLOCK;
+        nix::fcntl::fcntl(&pair.master, nix::fcntl::FcntlArg::F_SETFL(flags)).unwrap();
+        (File::from(pair.master), slave)
+    }
+
+    /// What the pty's master reads up to and including `needle`: the pty hands the
+    /// slave's output over asynchronously.
+    fn read_until(mut master: &File, needle: &str) -> String {
+        use std::io::Read;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut text = String::new();
+        while !text.contains(needle) {
+            let mut chunk = [0u8; 4096];
+            match master.read(&mut chunk) {
+                Ok(n) => text.push_str(&String::from_utf8_lossy(&chunk[..n])),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    assert!(Instant::now() < deadline, "{needle:?} not in {text:?}");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("{e}: {needle:?} not in {text:?}"),
+            }
+        }
+        text
+    }
+
+    #[test]
+    fn a_reopened_console_gets_the_lines_from_then_on() {
+        static MINE: OnceLock<Logger> = OnceLock::new();
+        let l = MINE.get_or_init(|| Logger::new(|| MINE.get()));
+        let (first_master, first) = console_pty();
+        l.write_line("letterbox", log::Level::Info, "reopen: before");
+        l.log_to_console(first, false);
+        l.write_line("letterbox", log::Level::Info, "reopen: first console");
+        // The first console is replayed to, as the kernel's console is.
+        let seen = read_until(&first_master, "reopen: first console");
+        assert!(seen.contains("reopen: before"), "{seen:?}");
+
+        // The device goes away (its handle is dead: writes fail) and comes back.
+        drop(first_master);
+        let (second_master, second) = console_pty();
+        l.write_line("letterbox", log::Level::Info, "reopen: while away");
+        l.log_to_console(second, false);
+        l.write_line("letterbox", log::Level::Info, "reopen: back");
+        // Not replayed to again (a replay comes first): the lines before are in `logs`.
+        let seen = read_until(&second_master, "reopen: back");
+        assert!(!seen.contains("reopen: while away"), "{seen:?}");
+        assert!(!seen.contains("reopen: before"), "{seen:?}");
     }
 
     #[test]
