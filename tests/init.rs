@@ -4,6 +4,7 @@
 mod common;
 
 use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -188,10 +189,10 @@ fn pid1_mounts_configures_and_logs_to_the_console() {
         std::fs::read_to_string(lab.dirs.root.join("etc/hostname")).unwrap(),
         "lbxmount\n"
     );
-    assert!(
-        lab.dirs.state.join("last-good.toml").exists(),
-        "a valid file is kept as the last good configuration"
-    );
+    // It holds the password hash: root's only.
+    let last_good = std::fs::metadata(lab.dirs.state.join("last-good.toml"))
+        .expect("a valid file is kept as the last good configuration");
+    assert_eq!(last_good.permissions().mode() & 0o777, 0o600);
 }
 
 #[test]
@@ -489,12 +490,9 @@ fn pid1_reaps_orphans() {
             .filter(|pid| comm(pid).trim() == "sleep")
             .collect()
     };
-    let adopted = orphans();
-    assert_eq!(
-        adopted.len(),
-        1,
-        "the orphan was not re-parented to the agent"
-    );
+    // The shell that started it exits, and the kernel re-parents it, a moment later.
+    let adopted = common::wait_for(TIMEOUT, || Some(orphans()).filter(|o| o.len() == 1))
+        .expect("the orphan was not re-parented to the agent");
     for pid in &adopted {
         kill(*pid, Signal::SIGKILL).unwrap();
     }
@@ -625,4 +623,141 @@ fn pid1_waits_for_an_interface_that_appears_late_and_configures_it() {
     let addresses = addresses(&ns, &link);
     assert!(addresses.contains("inet 192.0.2.10/24"), "{addresses}");
     assert!(addresses.contains("inet6 2001:db8::10/64"), "{addresses}");
+}
+
+#[test]
+fn pid1_gives_the_login_even_when_an_interface_never_appears() {
+    let test = "pid1_gives_the_login_even_when_an_interface_never_appears";
+    if !can_run(test) {
+        return;
+    }
+    // A USB adapter that is not plugged in: the file names a link that never comes.
+    let ns = Netns::new("init-never");
+    let link = format!("lb{}n", common::unique_id());
+    let dirs = Dirs::new();
+    dirs.write_config(&config("lbxnever", &link, true));
+    let mut console = Console::new();
+    let _agent = Pid1::boot(&ns, &dirs, &console);
+    console.expect(&format!("network: waiting up to 20s for {link} to appear"));
+    let waiting = Instant::now();
+    console.expect(&format!("network: {link} did not appear within 20s"));
+    // The whole limit, less the moment the line took to reach the test.
+    assert!(
+        waiting.elapsed() >= Duration::from_secs(18),
+        "gave up after {:?}",
+        waiting.elapsed()
+    );
+    console.expect("lbxnever login: ");
+    console.send("admin");
+    console.expect("Password: ");
+    console.send(PASSWORD);
+    console.expect("lbxnever# ");
+}
+
+/// `letterbox ctl --socket SOCKET ARGS` against the agent; its stdout.
+fn ctl(dirs: &Dirs, args: &[&str]) -> String {
+    run_ok(
+        Command::new(common::letterbox_bin())
+            .arg("ctl")
+            .arg("--socket")
+            .arg(&dirs.socket)
+            .args(args),
+    )
+}
+
+/// Logs in with a wrong password; how long "Login incorrect" took.
+fn fail_login(console: &mut Console, hostname: &str) -> Duration {
+    console.login(hostname, "not-the-password");
+    let sent = Instant::now();
+    console.expect("Login incorrect");
+    sent.elapsed()
+}
+
+#[test]
+fn the_login_delay_keeps_growing_across_a_console_restart() {
+    let test = "the_login_delay_keeps_growing_across_a_console_restart";
+    if !can_run(test) {
+        return;
+    }
+    let mut lab = booted("g", "lbxgrow");
+    let before = [
+        fail_login(&mut lab.console, "lbxgrow"),
+        fail_login(&mut lab.console, "lbxgrow"),
+    ];
+    lab.console.expect("lbxgrow login: ");
+    // As when a USB-serial adapter's EIO ends the unit: a new run of it.
+    assert_eq!(
+        ctl(&lab.dirs, &["restart", "console"]),
+        "restarting unit console\n"
+    );
+    lab.console.expect("console ready on /proc/self/fd/0");
+    let after = fail_login(&mut lab.console, "lbxgrow");
+    // The schedule is 1 s, 2 s, then 4 s; starting over would make the third 1 s. Lower
+    // bounds only: a loaded machine adds to each delay, never takes from it.
+    assert!(
+        before[0] >= Duration::from_secs(1) && before[1] >= Duration::from_secs(2),
+        "{before:?}"
+    );
+    assert!(
+        after >= Duration::from_secs(4),
+        "the delay started over after the restart: {before:?} then {after:?}"
+    );
+}
+
+#[test]
+fn an_idle_admin_shell_is_logged_out_and_typing_keeps_it_in() {
+    let test = "an_idle_admin_shell_is_logged_out_and_typing_keeps_it_in";
+    if !can_run(test) {
+        return;
+    }
+    let idle_limit = Duration::from_secs(4);
+    let (ns, link) = Netns::with_veth("init-i");
+    let dirs = Dirs::new();
+    // config() ends inside [console].
+    let file = format!("{}idle_timeout = \"4s\"\n", config("lbxidle", &link, true));
+    dirs.write_config(&file);
+    let mut console = Console::new();
+    let _agent = Pid1::boot(&ns, &dirs, &console);
+    console.shell("lbxidle");
+
+    // One key a second, for longer than the limit in all: each key starts the wait over.
+    let typing = Instant::now();
+    for key in "status".chars() {
+        std::thread::sleep(Duration::from_secs(1));
+        console.type_keys(&key.to_string());
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    console.send("");
+    let status = console.expect("lbxidle# ");
+    assert!(typing.elapsed() > idle_limit, "typed too fast to tell");
+    assert!(
+        status.contains("hostname:  lbxidle.example.org"),
+        "{status}"
+    );
+    assert!(!status.contains("logged out"), "{status}");
+
+    // Then no key at all.
+    let idle = Instant::now();
+    let out = console.expect("lbxidle login: ");
+    assert!(out.contains("no key for 4s: logged out"), "{out}");
+    // Less the moment the prompt took to reach the test.
+    assert!(
+        idle.elapsed() >= idle_limit - Duration::from_millis(500),
+        "logged out after {:?}",
+        idle.elapsed()
+    );
+}
+
+#[test]
+fn a_console_that_hangs_up_is_reopened_with_its_log_lines() {
+    let test = "a_console_that_hangs_up_is_reopened_with_its_log_lines";
+    if !can_run(test) {
+        return;
+    }
+    let mut lab = booted_to_login("u", "lbxhangup");
+    lab.console.hang_up();
+    // A log line, written after the unit opened the device again: it reaches the console
+    // only through a log handle opened with it (the old one fails with EIO).
+    lab.console.expect("console ready on /proc/self/fd/0");
+    lab.console.shell("lbxhangup");
 }

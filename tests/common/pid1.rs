@@ -104,9 +104,44 @@ impl Console {
     }
 
     pub fn send(&mut self, line: &str) {
-        self.master
-            .write_all(format!("{line}\r").as_bytes())
-            .unwrap();
+        self.type_keys(&format!("{line}\r"));
+    }
+
+    /// Keys as typed, without a line end.
+    pub fn type_keys(&mut self, keys: &str) {
+        self.master.write_all(keys.as_bytes()).unwrap();
+    }
+
+    /// Hangs the line up as an unplugged USB-serial adapter does: every open handle of the
+    /// tty (the agent's too) then reads end of file and fails writes with EIO, and only a
+    /// new open of the device works. vhangup(2) hangs up the caller's controlling terminal,
+    /// so a child makes the pty its own first.
+    pub fn hang_up(&self) {
+        use std::os::unix::ffi::OsStrExt;
+        use std::os::unix::process::CommandExt;
+        let path = std::ffi::CString::new(self.slave_path.as_os_str().as_bytes()).unwrap();
+        let mut hang_up = std::process::Command::new("true");
+        // SAFETY: between fork and exec the child makes only system calls, which are
+        // async-signal-safe, and allocates nothing.
+        unsafe {
+            hang_up.pre_exec(move || {
+                use nix::libc;
+                let check = |result: libc::c_int| match result {
+                    -1 => Err(std::io::Error::last_os_error()),
+                    _ => Ok(()),
+                };
+                check(libc::setsid())?;
+                let fd = libc::open(path.as_ptr(), libc::O_RDWR);
+                check(fd)?;
+                // 1: take it even if it is another session's controlling terminal (root).
+                check(libc::ioctl(fd, libc::TIOCSCTTY, 1))?;
+                // The hangup's SIGHUP goes to this session, that is to this child.
+                libc::signal(libc::SIGHUP, libc::SIG_IGN);
+                check(libc::vhangup())
+            });
+        }
+        let status = hang_up.status().expect("cannot hang up the console");
+        assert!(status.success(), "hanging up the console: {status:?}");
     }
 
     pub fn login(&mut self, hostname: &str, password: &str) {
