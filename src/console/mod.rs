@@ -171,7 +171,7 @@ async fn admin_shell(
         term.write(&format!("{hostname}# ")).await?;
         let line = match term.read_line_within(true, idle_limit).await? {
             Input::Line(line) => line,
-            Input::EndOfInput => return Ok(()),
+            Input::Ended => return Ok(()),
             Input::Idle => {
                 let idle = idle_limit.map(|d| d.as_secs()).unwrap_or_default();
                 log::info!("console: no key for {idle}s");

@@ -29,7 +29,7 @@ pub const MAX_LINE: usize = 1024;
 pub enum Input {
     Line(String),
     /// ^D on an empty line: the user leaves.
-    EndOfInput,
+    Ended,
     /// No key came within the idle limit.
     Idle,
 }
@@ -135,7 +135,7 @@ impl Terminal {
                 }
                 CTRL_D if line.is_empty() => {
                     self.write("\n").await?;
-                    return Ok(Input::EndOfInput);
+                    return Ok(Input::Ended);
                 }
                 ESCAPE => self.skip_escape_sequence(idle).await?,
                 b if b >= 0x20 && line.len() >= MAX_LINE => self.write(BELL).await?,
@@ -207,7 +207,7 @@ mod tests {
             term.read_line(true).await.unwrap(),
             Input::Line("help".into())
         );
-        assert_eq!(term.read_line(true).await.unwrap(), Input::EndOfInput);
+        assert_eq!(term.read_line(true).await.unwrap(), Input::Ended);
         // The pty hands the echo over asynchronously: read until the ^D's newline is in.
         let mut echoed = String::new();
         while !echoed.ends_with("help\r\n\r\n") {
