@@ -5,7 +5,9 @@
 //! `handler` is hickory-server's request handler (rate limiting and header rules
 //! included), `rrl` limits responses per source, `notify` tells secondaries about
 //! changes, `server` runs it over UDP and TCP with zone swaps that never drop a query,
-//! and `udp` batches UDP socket I/O beneath hickory-server's request handling.
+//! on sockets `bind` binds to addresses that may arrive late; `udp` batches UDP socket
+//! I/O beneath hickory-server's request handling, and `tcp` accepts connections within
+//! limits no idle client can lock others out of.
 //!
 //! In the agent: `DnsServer::start(&cfg, state, &listen_addrs(&cfg), threads).await`
 //! inside the Tokio runtime, keep `server.handle()` to call `DnsHandle::reload(&cfg)`
@@ -14,11 +16,13 @@
 //! through `tokio::task::spawn_blocking`. Dropping the server stops it.
 
 mod answer;
+mod bind;
 mod handler;
 mod notify;
 mod rrl;
 mod serial;
 mod server;
+mod tcp;
 mod udp;
 mod zone;
 
@@ -56,6 +60,11 @@ pub enum DnsError {
         proto: &'static str,
         #[source]
         source: std::io::Error,
+    },
+    #[error("the DNS zone load stopped")]
+    Load {
+        #[source]
+        source: tokio::task::JoinError,
     },
     #[error("a DNS TCP listener stopped")]
     Listener {
