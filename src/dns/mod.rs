@@ -1,6 +1,7 @@
 //! The authoritative DNS server for the appliance's own zone.
 //!
-//! `zone` derives the records from the provisioning file, `serial` keeps the SOA serial
+//! `zone` derives the records from the provisioning file (with `dkim`'s keys from the
+//! state), `serial` keeps the SOA serial
 //! across restarts, `answer` finds what a question gets (gathered when the zone loads),
 //! `handler` is hickory-server's request handler (rate limiting and header rules
 //! included), `rrl` limits responses per source, `notify` tells secondaries about
@@ -17,6 +18,7 @@
 
 mod answer;
 mod bind;
+mod dkim;
 mod handler;
 mod notify;
 mod rrl;
@@ -29,9 +31,10 @@ mod zone;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+pub use dkim::DkimKey;
 pub use serial::today_serial;
 pub use server::{listen_addrs, DnsHandle, DnsServer};
-pub use zone::{build, DkimKey, Sources, Zone};
+pub use zone::{build, Sources, Zone};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DnsError {

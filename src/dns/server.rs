@@ -124,7 +124,9 @@ impl DnsServer {
             // Port 0 means "any": TCP takes the port UDP got, so both match.
             let tcp_addr = udp.local_addr().map_err(|e| failed("UDP", e))?;
             let listener = bind::tcp(tcp_addr).map_err(|e| failed("TCP", e))?;
-            listener.set_nonblocking(true).map_err(|e| failed("TCP", e))?;
+            listener
+                .set_nonblocking(true)
+                .map_err(|e| failed("TCP", e))?;
             let listener = TcpListener::from_std(listener).map_err(|e| failed("TCP", e))?;
             dns.tcp
                 .spawn(tcp::accept(listener, handler.clone(), connections.clone()));

@@ -211,7 +211,10 @@ mod tests {
         assert!(connections.admit(ip(1), false).is_none());
         assert!(connections.admit(ip(2), false).is_some(), "another source");
         drop(held);
-        assert!(connections.admit(ip(1), false).is_some(), "places given back");
+        assert!(
+            connections.admit(ip(1), false).is_some(),
+            "places given back"
+        );
     }
 
     #[test]
@@ -222,7 +225,9 @@ mod tests {
             .collect();
         // The first connection is used: the second is now the idlest.
         held[0].touch();
-        let newcomer = connections.admit(ip(9999), false).expect("admitted when full");
+        let newcomer = connections
+            .admit(ip(9999), false)
+            .expect("admitted when full");
         let evicted: Vec<usize> = (0..held.len())
             .filter(|&n| held[n].evicted.is_cancelled())
             .collect();
@@ -242,7 +247,9 @@ mod tests {
             others.iter().all(|s| !s.evicted.is_cancelled()),
             "the secondary took no one's place"
         );
-        let again = connections.admit(ip(5000), true).expect("a secondary when full");
+        let again = connections
+            .admit(ip(5000), true)
+            .expect("a secondary when full");
         assert!(others.iter().all(|s| !s.evicted.is_cancelled()));
         let _newcomer = connections.admit(ip(9999), false).expect("room made");
         assert!(!secondary.evicted.is_cancelled() && !again.evicted.is_cancelled());
