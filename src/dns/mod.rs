@@ -1,9 +1,8 @@
 //! The authoritative DNS server for the appliance's own zone.
 //!
 //! `zone` derives the records from the provisioning file (with `dkim`'s keys from the
-//! state), `serial` keeps the SOA serial
-//! across restarts, `answer` finds what a question gets (gathered when the zone loads),
-//! `handler` is hickory-server's request handler (rate limiting and header rules
+//! state), `serial` keeps the SOA serial across restarts, `answer` finds what a
+//! question gets (gathered when the zone loads), `handler` is hickory-server's request handler (rate limiting and header rules
 //! included), `rrl` limits responses per source, `notify` tells secondaries about
 //! changes, `server` runs it over UDP and TCP with zone swaps that never drop a query,
 //! on sockets `bind` binds to addresses that may arrive late; `udp` batches UDP socket
