@@ -2,12 +2,13 @@
 //!
 //! `zone` derives the records from the provisioning file (with `dkim`'s keys from the
 //! state), `serial` keeps the SOA serial across restarts, `answer` finds what a
-//! question gets (gathered when the zone loads), `handler` is hickory-server's request handler (rate limiting and header rules
-//! included), `rrl` limits responses per source, `notify` tells secondaries about
-//! changes, `server` runs it over UDP and TCP with zone swaps that never drop a query,
-//! on sockets `bind` binds to addresses that may arrive late; `udp` batches UDP socket
-//! I/O beneath hickory-server's request handling, and `tcp` accepts connections within
-//! limits no idle client can lock others out of.
+//! question gets (gathered when the zone loads), `handler` is hickory-server's request
+//! handler (rate limiting and header rules included), `rrl` limits responses per
+//! source, `notify` tells secondaries about changes, `server` runs it over UDP and TCP
+//! with zone swaps that never drop a query, on sockets `bind` binds to addresses that
+//! may arrive late; `udp` batches UDP socket I/O beneath hickory-server's request
+//! handling, and `tcp` accepts connections within limits no idle client can lock
+//! others out of.
 //!
 //! In the agent: `DnsServer::start(&cfg, state, &listen_addrs(&cfg), threads).await`
 //! inside the Tokio runtime, keep `server.handle()` to call `DnsHandle::reload(&cfg)`
