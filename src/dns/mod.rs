@@ -32,8 +32,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 pub use dkim::DkimKey;
+pub use notify::RETRY_AFTER as NOTIFY_RETRY_AFTER;
 pub use serial::today_serial;
 pub use server::{listen_addrs, DnsHandle, DnsServer};
+pub use tcp::{
+    IDLE as TCP_IDLE, MAX_CONNECTIONS as TCP_MAX_CONNECTIONS, MAX_PER_SOURCE as TCP_MAX_PER_SOURCE,
+};
 pub use zone::{build, Sources, Zone};
 
 #[derive(Debug, thiserror::Error)]
