@@ -1,9 +1,10 @@
 //! The DNS server as a unit of the agent: `letterbox run` serves the zone on the
-//! configured address, and SIGHUP (the path the console's `dns reload` takes) serves an
-//! edited file without a restart.
+//! configured address, also one that arrives after it started, and SIGHUP (the path the
+//! console's `dns reload` takes) serves an edited file without a restart.
 
 mod common;
 
+use std::ffi::OsStr;
 use std::path::Path;
 use std::process::Stdio;
 
@@ -25,11 +26,16 @@ impl Lab {
 
     /// `dig` inside the namespace against the agent; the answer section, one record a line.
     fn dig(&self, name: &str, qtype: &str) -> String {
+        self.dig_at("192.0.2.10", name, qtype)
+    }
+
+    /// `dig` inside the namespace against `server`.
+    fn dig_at(&self, server: &str, name: &str, qtype: &str) -> String {
         let out = self
             .netns
             .exec("dig")
-            .args(["@192.0.2.10", "+short"])
-            .args(["+time=2", "+tries=1", name, qtype])
+            .arg(format!("@{server}"))
+            .args(["+short", "+time=2", "+tries=1", name, qtype])
             .output()
             .expect("dig runs");
         String::from_utf8_lossy(&out.stdout).trim().to_string()
@@ -69,6 +75,10 @@ listen = ["192.0.2.10:53"]
 }
 
 fn start_agent(lab: &Lab, file: &Path, state: &Path) -> KillOnDrop {
+    start_agent_with(lab, file, state, &[])
+}
+
+fn start_agent_with(lab: &Lab, file: &Path, state: &Path, args: &[&OsStr]) -> KillOnDrop {
     KillOnDrop(
         lab.netns
             .exec(common::letterbox_bin())
@@ -76,6 +86,7 @@ fn start_agent(lab: &Lab, file: &Path, state: &Path) -> KillOnDrop {
             .arg(file)
             .arg("--state")
             .arg(state)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -119,4 +130,87 @@ fn run_mode_serves_the_zone_and_sighup_serves_an_added_account() {
     let after = lab.serial().unwrap();
     assert!(after > before, "serial {after} should exceed {before}");
     assert_eq!(lab.dig("alice.example.org", "MX"), "10 mail.example.org.");
+}
+
+/// `letterbox ctl` against the agent's control socket; its stdout, if it succeeded.
+fn ctl(socket: &Path, args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new(common::letterbox_bin())
+        .arg("ctl")
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .expect("letterbox ctl runs");
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn dns_answers_once_a_late_address_is_added() {
+    let test = "dns_answers_once_a_late_address_is_added";
+    if !common::is_root() {
+        return common::skip(test, "needs root for network namespaces");
+    }
+    if !common::installed(test, "dig") {
+        return;
+    }
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("letterbox.toml");
+    // Served on addresses no interface has yet, as when eth0 comes late.
+    let late = ["192.0.2.99", "2001:db8::99"];
+    let text = config(&lab.link, &["alice"]).replace(
+        "listen = [\"192.0.2.10:53\"]",
+        "listen = [\"192.0.2.99:53\", \"[2001:db8::99]:53\"]",
+    );
+    std::fs::write(&file, text).unwrap();
+    let socket = dir.path().join("control.sock");
+    let _agent = start_agent_with(
+        &lab,
+        &file,
+        &dir.path().join("state"),
+        &[OsStr::new("--socket"), socket.as_os_str()],
+    );
+
+    // The unit runs, rather than failing to bind and restarting.
+    let dns_state = || {
+        let units = ctl(&socket, &["units"])?;
+        let line = units
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some("dns"))?;
+        Some(line.to_string())
+    };
+    assert!(
+        common::wait_until(TIMEOUT, || dns_state()
+            .is_some_and(|l| l.contains("running"))),
+        "the DNS unit is not running: {:?}",
+        dns_state()
+    );
+    let logs = ctl(&socket, &["logs", "dns"]).unwrap();
+    for ip in late {
+        assert!(
+            logs.contains(&format!("dns: {ip} is on no interface yet")),
+            "bound before {ip} was there:\n{logs}"
+        );
+    }
+
+    lab.netns.ip(&["link", "set", "lo", "up"]);
+    lab.netns.ip(&["addr", "add", "192.0.2.99/32", "dev", "lo"]);
+    // nodad: the address is usable at once, not tentative.
+    lab.netns
+        .ip(&["addr", "add", "2001:db8::99/128", "dev", "lo", "nodad"]);
+    for ip in late {
+        assert!(
+            common::wait_until(TIMEOUT, || {
+                lab.dig_at(ip, "alice.example.org", "MX") == "10 mail.example.org."
+            }),
+            "no answer on {ip} once it was added"
+        );
+    }
+    let logs = ctl(&socket, &["logs", "dns"]).unwrap();
+    assert!(
+        !logs.contains("restarting"),
+        "the DNS unit restarted meanwhile:\n{logs}"
+    );
 }

@@ -232,7 +232,11 @@ pub(in crate::dns) mod tests {
     pub(in crate::dns) fn handler(rate_limit: u32, records: &str) -> ZoneHandler {
         let cfg = crate::config::parse("t.toml", &format!("{TOML}{records}")).unwrap();
         let zone = build(&cfg, &Sources::default(), 7).unwrap();
-        let rrl = (rate_limit > 0).then(|| Arc::new(RateLimiter::new(rate_limit)));
+        // The clock stands still: what is limited does not depend on the test's speed.
+        let rrl = (rate_limit > 0).then(|| {
+            let clock = crate::dns::rrl::tests::manual_clock().0;
+            Arc::new(RateLimiter::with_clock(rate_limit, 0, clock))
+        });
         let current = Current {
             answers: Answers::new(zone, Vec::new()).unwrap(),
             rrl,

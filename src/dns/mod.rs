@@ -1,11 +1,14 @@
 //! The authoritative DNS server for the appliance's own zone.
 //!
-//! `zone` derives the records from the provisioning file, `serial` keeps the SOA serial
-//! across restarts, `answer` finds what a question gets (gathered when the zone loads),
-//! `handler` is hickory-server's request handler (rate limiting and header rules
-//! included), `rrl` limits responses per source, `notify` tells secondaries about
-//! changes, `server` runs it over UDP and TCP with zone swaps that never drop a query,
-//! and `udp` batches UDP socket I/O beneath hickory-server's request handling.
+//! `zone` derives the records from the provisioning file (with `dkim`'s keys from the
+//! state), `serial` keeps the SOA serial across restarts, `answer` finds what a
+//! question gets (gathered when the zone loads), `handler` is hickory-server's request
+//! handler (rate limiting and header rules included), `rrl` limits responses per
+//! source, `notify` tells secondaries about changes, `server` runs it over UDP and TCP
+//! with zone swaps that never drop a query, on sockets `bind` binds to addresses that
+//! may arrive late; `udp` batches UDP socket I/O beneath hickory-server's request
+//! handling, and `tcp` accepts connections within limits no idle client can lock
+//! others out of.
 //!
 //! In the agent: `DnsServer::start(&cfg, state, &listen_addrs(&cfg), threads).await`
 //! inside the Tokio runtime, keep `server.handle()` to call `DnsHandle::reload(&cfg)`
@@ -14,20 +17,28 @@
 //! through `tokio::task::spawn_blocking`. Dropping the server stops it.
 
 mod answer;
+mod bind;
+mod dkim;
 mod handler;
 mod notify;
 mod rrl;
 mod serial;
 mod server;
+mod tcp;
 mod udp;
 mod zone;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+pub use dkim::DkimKey;
+pub use notify::RETRY_AFTER as NOTIFY_RETRY_AFTER;
 pub use serial::today_serial;
 pub use server::{listen_addrs, DnsHandle, DnsServer};
-pub use zone::{build, DkimKey, Sources, Zone};
+pub use tcp::{
+    IDLE as TCP_IDLE, MAX_CONNECTIONS as TCP_MAX_CONNECTIONS, MAX_PER_SOURCE as TCP_MAX_PER_SOURCE,
+};
+pub use zone::{build, Sources, Zone};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DnsError {
@@ -56,6 +67,11 @@ pub enum DnsError {
         proto: &'static str,
         #[source]
         source: std::io::Error,
+    },
+    #[error("the DNS zone load stopped")]
+    Load {
+        #[source]
+        source: tokio::task::JoinError,
     },
     #[error("a DNS TCP listener stopped")]
     Listener {

@@ -9,7 +9,8 @@ use hickory_proto::rr::{DNSClass, Name, Record, RecordType};
 use tokio::net::UdpSocket;
 
 const ATTEMPTS: u32 = 5;
-const TIMEOUT: Duration = Duration::from_secs(2);
+/// An unacknowledged NOTIFY is sent again after this long.
+pub const RETRY_AFTER: Duration = Duration::from_secs(2);
 
 /// Notifies every secondary of `soa` (the new SOA) concurrently, from the first of
 /// `sources` of the secondary's family (secondaries often accept NOTIFY only from the
@@ -71,7 +72,7 @@ async fn notify_one(
             .send_to(&bytes, to)
             .await
             .map_err(|e| format!("cannot send: {e}"))?;
-        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        let deadline = tokio::time::Instant::now() + RETRY_AFTER;
         // Wait for the answer to this NOTIFY; stray datagrams do not end the wait.
         while let Ok(Ok((n, from))) =
             tokio::time::timeout_at(deadline, socket.recv_from(&mut buf)).await

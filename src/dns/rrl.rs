@@ -10,7 +10,7 @@
 
 use std::net::IpAddr;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// 2^SET_BITS sets of `WAYS` buckets each.
 const SET_BITS: u32 = 11;
@@ -26,10 +26,14 @@ pub enum Verdict {
     Drop,
 }
 
+/// The time since the limiter was made, as its buckets count it: the monotonic clock,
+/// or one a test moves by hand.
+pub type Clock = Box<dyn Fn() -> Duration + Send + Sync>;
+
 pub struct RateLimiter {
     limit: u32,
     rate: f64,
-    epoch: Instant,
+    clock: Clock,
     seed: u64,
     sets: Vec<Mutex<[Bucket; WAYS]>>,
 }
@@ -38,7 +42,7 @@ pub struct RateLimiter {
 struct Bucket {
     prefix: u64,
     tokens: f64,
-    /// Seconds since `epoch` of the last refill.
+    /// The clock's seconds at the last refill.
     at: f64,
     over: u32,
     used: bool,
@@ -50,14 +54,19 @@ impl RateLimiter {
         let mut seed = [0u8; 8];
         // Without randomness the table still limits; only its layout becomes guessable.
         let _ = getrandom::fill(&mut seed);
-        Self::with_seed(rate, u64::from_ne_bytes(seed))
+        let epoch = Instant::now();
+        Self::with_clock(
+            rate,
+            u64::from_ne_bytes(seed),
+            Box::new(move || epoch.elapsed()),
+        )
     }
 
-    fn with_seed(rate: u32, seed: u64) -> RateLimiter {
+    pub(in crate::dns) fn with_clock(rate: u32, seed: u64, clock: Clock) -> RateLimiter {
         RateLimiter {
             limit: rate,
             rate: f64::from(rate),
-            epoch: Instant::now(),
+            clock,
             seed,
             sets: (0..1 << SET_BITS)
                 .map(|_| Mutex::new([Bucket::default(); WAYS]))
@@ -77,7 +86,7 @@ impl RateLimiter {
 
     pub fn check(&self, src: IpAddr) -> Verdict {
         let prefix = prefix_of(src);
-        let now = self.epoch.elapsed().as_secs_f64();
+        let now = (self.clock)().as_secs_f64();
         let mut set = self.sets[self.set_of(prefix)]
             .lock()
             .unwrap_or_else(|p| p.into_inner());
@@ -126,12 +135,27 @@ fn prefix_of(ip: IpAddr) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(in crate::dns) mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
     use super::*;
+
+    /// A clock that stands still until the test moves it (by milliseconds).
+    pub(in crate::dns) fn manual_clock() -> (Clock, Arc<AtomicU64>) {
+        let millis = Arc::new(AtomicU64::new(0));
+        let read = millis.clone();
+        let clock = Box::new(move || Duration::from_millis(read.load(Ordering::Relaxed)));
+        (clock, millis)
+    }
+
+    fn stopped(rate: u32, seed: u64) -> RateLimiter {
+        RateLimiter::with_clock(rate, seed, manual_clock().0)
+    }
 
     #[test]
     fn limits_a_prefix_and_leaves_others_alone() {
-        let rrl = RateLimiter::new(5);
+        let rrl = stopped(5, 0);
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let same_24: IpAddr = "192.0.2.200".parse().unwrap();
         let other: IpAddr = "198.51.100.1".parse().unwrap();
@@ -159,7 +183,7 @@ mod tests {
 
     #[test]
     fn a_colliding_prefix_does_not_reset_a_limited_one() {
-        let rrl = RateLimiter::with_seed(5, 0x1234_5678);
+        let rrl = stopped(5, 0x1234_5678);
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let set = rrl.set_of(prefix_of(a));
         let b = (0u32..)
@@ -181,8 +205,21 @@ mod tests {
     fn the_seed_moves_prefixes_between_sets() {
         let a = prefix_of("192.0.2.1".parse().unwrap());
         let sets: std::collections::HashSet<usize> = (0..16)
-            .map(|seed| RateLimiter::with_seed(1, seed * 0x0101_0101_0101).set_of(a))
+            .map(|seed| stopped(1, seed * 0x0101_0101_0101).set_of(a))
             .collect();
         assert!(sets.len() > 1);
+    }
+
+    #[test]
+    fn a_limited_prefix_gets_answers_again_at_the_rate() {
+        let (clock, millis) = manual_clock();
+        let rrl = RateLimiter::with_clock(10, 0, clock);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let answered = |n| (0..n).filter(|_| rrl.check(a) == Verdict::Answer).count();
+        assert_eq!(answered(30), 10, "the burst: one second's worth");
+        millis.store(300, Ordering::Relaxed);
+        assert_eq!(answered(30), 3, "0.3 s at 10 per second");
+        millis.store(60_000, Ordering::Relaxed);
+        assert_eq!(answered(30), 10, "refilled up to the burst, never past it");
     }
 }

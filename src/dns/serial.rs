@@ -9,40 +9,80 @@ use std::path::{Path, PathBuf};
 use super::DnsError;
 
 /// Returns the serial for zone content with hash `hash`, recording it when it changes.
+/// A corrupt file is re-seeded (see [`reseed`]) with a warning, not an error: one bad
+/// byte in the state must not take DNS down.
 pub fn serial_for(state: &Path, hash: u64) -> Result<u32, DnsError> {
     let path = serial_path(state);
-    match read(&path)? {
-        Some((serial, old)) if old == hash => Ok(serial),
-        stored => {
-            let serial = next_serial(stored.map(|(s, _)| s), today_serial());
-            write_atomically(&path, &format!("{serial} {hash:016x}\n"))?;
-            Ok(serial)
+    let serial = match read(&path)? {
+        Stored::Valid(serial, old) if old == hash => return Ok(serial),
+        Stored::Valid(serial, _) => next_serial(Some(serial), today_serial()),
+        Stored::Missing => next_serial(None, today_serial()),
+        Stored::Corrupt { salvaged } => {
+            let serial = reseed(salvaged, today_serial());
+            log::warn!(
+                "dns: {} is corrupt (expected \"<serial> <hash>\"); serial re-seeded at \
+                 {serial}, past any date-based serial served until today",
+                path.display()
+            );
+            serial
         }
-    }
+    };
+    write_atomically(&path, &format!("{serial} {hash:016x}\n"))?;
+    Ok(serial)
 }
 
-/// The serial `serial_for` would return for `hash`, without recording anything.
+/// The serial `serial_for` would return for `hash`, without recording anything. A check
+/// (`letterbox zone --state`), so a corrupt file is an error here.
 pub fn peek_serial(state: &Path, hash: u64) -> Result<u32, DnsError> {
-    Ok(match read(&serial_path(state))? {
-        Some((serial, old)) if old == hash => serial,
-        stored => next_serial(stored.map(|(s, _)| s), today_serial()),
+    let path = serial_path(state);
+    Ok(match read(&path)? {
+        Stored::Valid(serial, old) if old == hash => serial,
+        Stored::Valid(serial, _) => next_serial(Some(serial), today_serial()),
+        Stored::Missing => next_serial(None, today_serial()),
+        Stored::Corrupt { .. } => return Err(DnsError::SerialCorrupt { path }),
     })
 }
 
-fn read(path: &Path) -> Result<Option<(u32, u64)>, DnsError> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => Ok(Some(parse(&text).ok_or_else(|| {
-            DnsError::SerialCorrupt {
-                path: path.to_path_buf(),
-            }
-        })?)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+/// What the serial file holds.
+enum Stored {
+    Missing,
+    Valid(u32, u64),
+    /// Unreadable as "<serial> <hash>"; `salvaged` is its leading number, if any.
+    Corrupt {
+        salvaged: Option<u32>,
+    },
+}
+
+fn read(path: &Path) -> Result<Stored, DnsError> {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            Ok(match parse(&text) {
+                Some((serial, hash)) => Stored::Valid(serial, hash),
+                None => Stored::Corrupt {
+                    salvaged: text.split_whitespace().next().and_then(|s| s.parse().ok()),
+                },
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Stored::Missing),
         Err(source) => Err(DnsError::Io {
             path: path.to_path_buf(),
             source,
         }),
     }
 }
+
+/// The serial after a corrupt file. The serial served before is lost, and a secondary
+/// ignores a zone whose serial went backwards, so this must exceed it: the number
+/// the file still starts with, if any, plus one; and at least today's last date-based
+/// serial (YYYYMMDD99), which exceeds every serial this scheme gave out until today
+/// unless a day saw more than a hundred changes or the clock was wrong.
+fn reseed(salvaged: Option<u32>, today: u32) -> u32 {
+    next_serial(salvaged, today + LAST_OF_DAY)
+}
+
+/// The highest change counter of a date-based serial.
+const LAST_OF_DAY: u32 = 99;
 
 fn serial_path(state: &Path) -> PathBuf {
     state.join("dns").join("serial")
@@ -132,13 +172,43 @@ mod tests {
     }
 
     #[test]
-    fn corrupt_serial_file_is_an_error_not_a_reset() {
+    fn a_reseed_exceeds_what_the_file_still_shows_and_todays_serials() {
+        let today = 2025112300;
+        assert_eq!(reseed(None, today), 2025112399);
+        assert_eq!(reseed(Some(2025112305), today), 2025112399);
+        assert_eq!(reseed(Some(2025112399), today), 2025112400);
+        assert_eq!(
+            reseed(Some(2031010100), today),
+            2031010101,
+            "a serial ahead"
+        );
+    }
+
+    #[test]
+    fn a_corrupt_serial_file_is_reseeded_and_repaired_not_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("dns")).unwrap();
-        std::fs::write(dir.path().join("dns/serial"), "garbage").unwrap();
-        assert!(matches!(
-            serial_for(dir.path(), 1),
-            Err(DnsError::SerialCorrupt { .. })
-        ));
+        let path = dir.path().join("dns/serial");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let ahead = today_serial() + 500; // a busy past, ahead of today's date
+        for (corrupt, at_least) in [
+            (format!("{ahead} not-a-hash\n"), ahead + 1),
+            ("\0\0garbage".to_string(), today_serial() + LAST_OF_DAY),
+        ] {
+            std::fs::write(&path, &corrupt).unwrap();
+            assert!(
+                matches!(
+                    peek_serial(dir.path(), 1),
+                    Err(DnsError::SerialCorrupt { .. })
+                ),
+                "the check reports it"
+            );
+            let serial = serial_for(dir.path(), 1).unwrap();
+            assert!(serial >= at_least, "{corrupt:?}: {serial} < {at_least}");
+            assert_eq!(
+                serial_for(dir.path(), 1).unwrap(),
+                serial,
+                "the file repaired"
+            );
+        }
     }
 }

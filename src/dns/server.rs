@@ -3,24 +3,18 @@
 //!
 //! UDP: worker threads share each socket and answer in batches (see `udp`), so that
 //! DNS load stays off the agent's runtime and no query hops between threads.
-//! TCP: hickory's `Server` has no connection limit, so connections are accepted here,
-//! capped in all and per source (a client holding connections open must not starve
-//! the rest or exhaust PID 1's descriptors), and then served by hickory-server's TCP
-//! framing, request parsing and response handle.
+//! TCP: accepted within limits that no idle client can lock others out of (see `tcp`).
+//! Every socket is bound with IP_FREEBIND (see `bind`), so an address that arrives late
+//! is served once it does.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use futures::StreamExt;
-use hickory_server::net::runtime::iocompat::AsyncIoTokioAsStd;
-use hickory_server::net::xfer::Protocol;
-use hickory_server::server::{ResponseHandle, TimeoutStream};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -28,20 +22,12 @@ use super::answer::Answers;
 use super::handler::{Current, ZoneHandler};
 use super::notify::notify_secondaries;
 use super::rrl::RateLimiter;
-use super::udp;
+use super::tcp::Connections;
 use super::zone::Zone;
 use super::DnsError;
+use super::{bind, tcp, udp};
 use crate::config::Config;
 
-/// A TCP client that sends nothing for this long is disconnected.
-const TCP_IDLE: Duration = Duration::from_secs(10);
-/// Responses queued per TCP connection, at least: a transfer's messages are all queued
-/// before the first is written, so a connection gets room for the current zone's.
-const TCP_RESPONSE_BUFFER: usize = 64;
-/// Concurrent TCP connections, in all and from one source address: past these a new
-/// connection is closed at once.
-const TCP_MAX_CONNECTIONS: usize = 256;
-const TCP_MAX_PER_SOURCE: usize = 16;
 /// UDP socket buffers, as NSD sizes them: bursts queue instead of being dropped.
 const UDP_BUFFER: usize = 1 << 20;
 
@@ -93,13 +79,20 @@ impl DnsServer {
     /// Loads the zone for `cfg` (serial from `state`), binds UDP and TCP on every
     /// address of `listen`, starts `udp_workers` UDP threads per address, and sends
     /// NOTIFY to the secondaries. Must be called inside a Tokio runtime (TCP runs on it).
+    /// An address on no interface yet is bound all the same, and served once it is.
     pub async fn start(
         cfg: &Config,
         state: PathBuf,
         listen: &[SocketAddr],
         udp_workers: usize,
     ) -> Result<DnsServer, DnsError> {
-        let current = load(cfg, &state, None)?;
+        // Reading the state and fsyncing the serial would block a runtime worker.
+        let current = {
+            let (cfg, state) = (cfg.clone(), state.clone());
+            tokio::task::spawn_blocking(move || load(&cfg, &state, None))
+                .await
+                .map_err(|source| DnsError::Load { source })??
+        };
         let shared = Arc::new(Shared {
             current: Arc::new(ArcSwap::from_pointee(current)),
             state,
@@ -109,10 +102,7 @@ impl DnsServer {
         let handler = ZoneHandler {
             current: shared.current.clone(),
         };
-        let limits = Arc::new(TcpLimits {
-            all: Arc::new(Semaphore::new(TCP_MAX_CONNECTIONS)),
-            per_source: Mutex::new(std::collections::HashMap::new()),
-        });
+        let connections = Arc::new(Connections::default());
         let (ended, udp_ended) = mpsc::unbounded_channel();
         let mut dns = DnsServer {
             handle: DnsHandle { shared },
@@ -123,21 +113,23 @@ impl DnsServer {
         };
         let mut udp_sockets = Vec::new();
         for addr in listen {
-            let bind = |proto, source| DnsError::Bind {
+            let failed = |proto, source| DnsError::Bind {
                 addr: *addr,
                 proto,
                 source,
             };
-            let udp = std::net::UdpSocket::bind(addr).map_err(|e| bind("UDP", e))?;
-            udp::prepare(&udp).map_err(|e| bind("UDP", e))?;
+            let udp = bind::udp(*addr).map_err(|e| failed("UDP", e))?;
+            udp::prepare(&udp).map_err(|e| failed("UDP", e))?;
             enlarge_buffers(&udp);
             // Port 0 means "any": TCP takes the port UDP got, so both match.
-            let tcp_addr = udp.local_addr().map_err(|e| bind("UDP", e))?;
-            let listener = std::net::TcpListener::bind(tcp_addr).map_err(|e| bind("TCP", e))?;
-            listener.set_nonblocking(true).map_err(|e| bind("TCP", e))?;
-            let listener = TcpListener::from_std(listener).map_err(|e| bind("TCP", e))?;
+            let tcp_addr = udp.local_addr().map_err(|e| failed("UDP", e))?;
+            let listener = bind::tcp(tcp_addr).map_err(|e| failed("TCP", e))?;
+            listener
+                .set_nonblocking(true)
+                .map_err(|e| failed("TCP", e))?;
+            let listener = TcpListener::from_std(listener).map_err(|e| failed("TCP", e))?;
             dns.tcp
-                .spawn(accept_tcp(listener, handler.clone(), limits.clone()));
+                .spawn(tcp::accept(listener, handler.clone(), connections.clone()));
             udp_sockets.push((tcp_addr, udp));
         }
         for (addr, udp) in &udp_sockets {
@@ -160,6 +152,12 @@ impl DnsServer {
         }
         for (addr, _) in &udp_sockets {
             log::info!("dns: serving {} on {addr} (UDP and TCP)", cfg.system.domain);
+            if !bind::is_local(*addr) {
+                log::warn!(
+                    "dns: {} is on no interface yet; it is served once it is",
+                    addr.ip()
+                );
+            }
         }
         dns.handle.notify();
         Ok(dns)
@@ -290,95 +288,5 @@ fn enlarge_buffers(udp: &std::net::UdpSocket) {
     }
     if setsockopt(udp, sockopt::SndBufForce, &UDP_BUFFER).is_err() {
         let _ = setsockopt(udp, sockopt::SndBuf, &UDP_BUFFER);
-    }
-}
-
-/// The TCP connection caps: a global semaphore and a count per source address.
-struct TcpLimits {
-    all: Arc<Semaphore>,
-    per_source: Mutex<std::collections::HashMap<IpAddr, usize>>,
-}
-
-/// A connection's place under both caps, given back when the connection ends.
-struct TcpSlot {
-    limits: Arc<TcpLimits>,
-    source: IpAddr,
-    _all: tokio::sync::OwnedSemaphorePermit,
-}
-
-impl TcpLimits {
-    fn admit(self: &Arc<Self>, source: IpAddr) -> Option<TcpSlot> {
-        let all = self.all.clone().try_acquire_owned().ok()?;
-        let mut per_source = self.per_source.lock().unwrap_or_else(|p| p.into_inner());
-        let n = per_source.entry(source).or_insert(0);
-        if *n >= TCP_MAX_PER_SOURCE {
-            return None;
-        }
-        *n += 1;
-        Some(TcpSlot {
-            limits: self.clone(),
-            source,
-            _all: all,
-        })
-    }
-}
-
-impl Drop for TcpSlot {
-    fn drop(&mut self) {
-        let mut per_source = self
-            .limits
-            .per_source
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = per_source.get_mut(&self.source) {
-            *n -= 1;
-            if *n == 0 {
-                per_source.remove(&self.source);
-            }
-        }
-    }
-}
-
-/// Accepts connections until aborted; connections over a cap are closed at once.
-async fn accept_tcp(listener: TcpListener, handler: ZoneHandler, limits: Arc<TcpLimits>) {
-    // Owned here, so that aborting this loop also ends its connections.
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, src)) => match limits.admit(src.ip().to_canonical()) {
-                    Some(slot) => {
-                        connections.spawn(serve_tcp(stream, src, handler.clone(), slot));
-                    }
-                    None => log::debug!("dns: TCP connection from {src} over the limit"),
-                },
-                Err(e) => {
-                    // Out of descriptors and the like: wait rather than spin.
-                    log::warn!("dns: TCP accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
-    }
-}
-
-/// One TCP connection, as hickory's `Server` serves one: its framing, with queries
-/// answered in order, until the client closes, sends garbage or has neither sent a
-/// query nor taken its answers (a whole transfer) for `TCP_IDLE`.
-async fn serve_tcp(stream: TcpStream, src: SocketAddr, handler: ZoneHandler, _slot: TcpSlot) {
-    let transfer = handler.current.load().answers.transfer_messages();
-    let (stream, responses) = hickory_server::net::tcp::TcpStream::from_stream_with_buffer_size(
-        AsyncIoTokioAsStd(stream),
-        src,
-        TCP_RESPONSE_BUFFER.max(transfer + 1),
-    );
-    let mut queries = TimeoutStream::new(stream, TCP_IDLE);
-    while let Some(Ok(message)) = queries.next().await {
-        let (bytes, src) = message.into_parts();
-        let response = ResponseHandle::new(src, responses.clone(), Protocol::Tcp);
-        handler
-            .answer_raw(bytes, src, Protocol::Tcp, response)
-            .await;
     }
 }

@@ -9,6 +9,7 @@ use std::path::Path;
 use hickory_proto::rr::rdata::{A, AAAA, MX, SOA};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
+use super::dkim::{self, DkimKey};
 use super::{serial, DnsError};
 use crate::config::{
     derived_records, is_spf, txt_split, Config, Derived, DERIVED_TTL, NAMESERVER_LABEL, SPF_MAIL,
@@ -23,17 +24,6 @@ const REFRESH: i32 = 3600;
 const RETRY: i32 = 900;
 const EXPIRE: i32 = 1_209_600;
 const NEGATIVE_TTL: u32 = 300;
-
-/// A DKIM public key published as `<selector>._domainkey.<domain>`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DkimKey {
-    pub selector: String,
-    /// The `k=` tag: "rsa" or "ed25519".
-    pub key_type: &'static str,
-    /// The `p=` tag: base64 of the SubjectPublicKeyInfo for RSA (RFC 6376), of the raw
-    /// 32-byte key for Ed25519 (RFC 8463).
-    pub public_key: String,
-}
 
 /// What the zone is built from besides the provisioning file.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -52,22 +42,36 @@ pub struct Zone {
 impl Zone {
     /// Builds the zone for `cfg` with the DKIM keys found in `state`, with the serial
     /// recorded in `state` (bumped, and recorded, when the content changed). For the
-    /// server only: one process owns the serial file.
+    /// server only: one process owns the serial file. A bad state file does not stop
+    /// it: a DKIM key that cannot be read is left out and a corrupt serial file is
+    /// re-seeded, each with a warning.
     pub fn load(cfg: &Config, state: &Path) -> Result<Zone, DnsError> {
-        let unserialed = Self::unserialed(cfg, state)?;
+        let found = dkim::read(state);
+        for skipped in &found.skipped {
+            log::warn!(
+                "dns: {}; that key is not published",
+                crate::error_chain(skipped)
+            );
+        }
+        let unserialed = Self::unserialed(cfg, found.keys)?;
         let serial = serial::serial_for(state, unserialed.content_hash())?;
         Ok(unserialed.with_serial(serial))
     }
 
     /// Like [`Zone::load`] but read-only (for `letterbox zone --state`, which may run
     /// beside the agent): the serial the server would serve for this content, or
-    /// `fixed_serial`. Nothing is written.
+    /// `fixed_serial`. Nothing is written. A check, so a bad state file is an error
+    /// here, where the server leaves it out with a warning.
     pub fn preview(
         cfg: &Config,
         state: &Path,
         fixed_serial: Option<u32>,
     ) -> Result<Zone, DnsError> {
-        let unserialed = Self::unserialed(cfg, state)?;
+        let found = dkim::read(state);
+        if let Some(bad) = found.skipped.into_iter().next() {
+            return Err(bad);
+        }
+        let unserialed = Self::unserialed(cfg, found.keys)?;
         let serial = match fixed_serial {
             Some(s) => s,
             None => serial::peek_serial(state, unserialed.content_hash())?,
@@ -75,11 +79,8 @@ impl Zone {
         Ok(unserialed.with_serial(serial))
     }
 
-    fn unserialed(cfg: &Config, state: &Path) -> Result<Zone, DnsError> {
-        let sources = Sources {
-            dkim: read_dkim_keys(state)?,
-        };
-        build(cfg, &sources, 0)
+    fn unserialed(cfg: &Config, dkim: Vec<DkimKey>) -> Result<Zone, DnsError> {
+        build(cfg, &Sources { dkim }, 0)
     }
 
     fn content_hash(&self) -> u64 {
@@ -158,92 +159,6 @@ fn quote(bytes: &[u8]) -> String {
     }
     s.push('"');
     s
-}
-
-/// Reads `STATE/dkim/<selector>.pub` (PEM public keys), sorted by selector.
-pub fn read_dkim_keys(state: &Path) -> Result<Vec<DkimKey>, DnsError> {
-    let dir = state.join("dkim");
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => return Err(DnsError::Io { path: dir, source }),
-    };
-    let mut keys = Vec::new();
-    for entry in entries {
-        let path = entry
-            .map_err(|source| DnsError::Io {
-                path: dir.clone(),
-                source,
-            })?
-            .path();
-        if path.extension().is_none_or(|e| e != "pub") {
-            continue;
-        }
-        let selector = path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or_default()
-            .to_ascii_lowercase();
-        let bad = |why: &str| DnsError::DkimKey {
-            path: path.clone(),
-            why: why.to_string(),
-        };
-        let is_label = (1..=63).contains(&selector.len())
-            && selector
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-');
-        if !is_label {
-            return Err(bad(
-                "the file name is not a DNS label; expected <selector>.pub",
-            ));
-        }
-        let pem = std::fs::read_to_string(&path).map_err(|source| DnsError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        let body: String = pem
-            .lines()
-            .map(str::trim)
-            .skip_while(|l| *l != "-----BEGIN PUBLIC KEY-----")
-            .skip(1)
-            .take_while(|l| *l != "-----END PUBLIC KEY-----")
-            .collect();
-        let der = data_encoding::BASE64.decode(body.as_bytes()).ok();
-        let Some((key_type, public_key)) = der.as_deref().and_then(dkim_key) else {
-            return Err(bad(
-                "expected a PEM RSA or Ed25519 public key (SubjectPublicKeyInfo) between \
-                 -----BEGIN PUBLIC KEY----- and -----END PUBLIC KEY-----",
-            ));
-        };
-        keys.push(DkimKey {
-            selector,
-            key_type,
-            public_key,
-        });
-    }
-    keys.sort_by(|a, b| a.selector.cmp(&b.selector));
-    Ok(keys)
-}
-
-/// DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410), before the 32-byte key.
-const ED25519_SPKI: [u8; 12] = [
-    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
-];
-/// DER of the rsaEncryption OID, 1.2.840.113549.1.1.1.
-const RSA_OID: [u8; 11] = [
-    0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01,
-];
-
-/// The `k=` and `p=` tags for a DER SubjectPublicKeyInfo, by its algorithm OID.
-fn dkim_key(der: &[u8]) -> Option<(&'static str, String)> {
-    if let Some(raw) = der.strip_prefix(&ED25519_SPKI[..]) {
-        return (raw.len() == 32).then(|| ("ed25519", data_encoding::BASE64.encode(raw)));
-    }
-    // SEQUENCE { SEQUENCE { OID rsaEncryption, NULL }, BIT STRING }: the OID comes within
-    // the first few bytes, after the two SEQUENCE headers (whose lengths vary).
-    let head = &der[..der.len().min(24)];
-    let is_rsa = der.first() == Some(&0x30) && head.windows(RSA_OID.len()).any(|w| w == RSA_OID);
-    is_rsa.then(|| ("rsa", data_encoding::BASE64.encode(der)))
 }
 
 /// Builds the records of the zone with the given serial.
@@ -437,50 +352,30 @@ mod tests {
     }
 
     #[test]
-    fn dkim_key_types_come_from_the_key() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("dkim")).unwrap();
-        std::fs::write(
-            dir.path().join("dkim/ed.pub"),
-            "-----BEGIN PUBLIC KEY-----\n\
-             MCowBQYDK2VwAyEAQx7DIktYEEAF6BKKm1mM1YNfvISlwTacauhvqVfTaY8=\n\
-             -----END PUBLIC KEY-----\n",
-        )
-        .unwrap();
-        std::fs::copy(
-            concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/fixtures/dns/state/dkim/letterbox.pub"
-            ),
-            dir.path().join("dkim/rsa.pub"),
-        )
-        .unwrap();
-        let keys = read_dkim_keys(dir.path()).unwrap();
-        let z = zone("", keys);
+    fn dkim_keys_are_published_under_their_selector() {
+        let key = |selector: &str, key_type, public_key: &str| DkimKey {
+            selector: selector.to_string(),
+            key_type,
+            public_key: public_key.to_string(),
+        };
+        let z = zone(
+            "",
+            vec![
+                key(
+                    "ed",
+                    "ed25519",
+                    "Qx7DIktYEEAF6BKKm1mM1YNfvISlwTacauhvqVfTaY8=",
+                ),
+                key("rsa", "rsa", "MIIB"),
+            ],
+        );
         assert_eq!(
             at(&z, "ed._domainkey.example.org.", RecordType::TXT),
-            ["\"v=DKIM1; k=ed25519; p=Qx7DIktYEEAF6BKKm1mM1YNfvISlwTacauhvqVfTaY8=\""],
-            "RFC 8463: the raw 32-byte key"
+            ["\"v=DKIM1; k=ed25519; p=Qx7DIktYEEAF6BKKm1mM1YNfvISlwTacauhvqVfTaY8=\""]
         );
-        let rsa = at(&z, "rsa._domainkey.example.org.", RecordType::TXT);
-        assert!(
-            rsa[0].starts_with("\"v=DKIM1; k=rsa; p=MIICIjANBgkqhkiG9w0BAQEF"),
-            "{rsa:?}"
-        );
-
-        // An EC (P-256) key is neither: a clear error, not a record that cannot verify.
-        std::fs::write(
-            dir.path().join("dkim/ec.pub"),
-            "-----BEGIN PUBLIC KEY-----\n\
-             MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEEVs/o5+uQbTjL3chynL4wXgUg2R9\n\
-             q9UU8I5mEovUf86QZ7kOBIjJwqnzD1omageEHWwHdBO6B+dFabmdT9POxg==\n\
-             -----END PUBLIC KEY-----\n",
-        )
-        .unwrap();
-        let err = read_dkim_keys(dir.path()).unwrap_err().to_string();
-        assert!(
-            err.contains("ec.pub") && err.contains("expected a PEM RSA or Ed25519"),
-            "{err}"
+        assert_eq!(
+            at(&z, "rsa._domainkey.example.org.", RecordType::TXT),
+            ["\"v=DKIM1; k=rsa; p=MIIB\""]
         );
     }
 }
