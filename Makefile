@@ -108,7 +108,7 @@ qemu: cross
 	$(CARGO) run --quiet -- build image/qemu-letterbox.toml --board rpi3 -o $(QEMU_IMAGE) --agent $(AGENT)
 	$(CARGO) run --quiet -- qemu $(QEMU_IMAGE)
 
-bench-image: cross
+bench-image: cross deps-bench
 	benches/image.sh
 
 bench: bench-image

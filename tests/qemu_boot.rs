@@ -2,9 +2,11 @@
 //! console: early boot (coldplugged modules, partitions, data growth), the network on
 //! QEMU's USB adapter with the file's static address, the login and `status`, the zone's
 //! MX answered to `dig` on the host through a forwarded port, and a power-off that waits
-//! only for processes, not kernel threads; then, on the same SD card, a broken
-//! letterbox.toml: the boot continues, the console shows the error with line and column,
-//! and the login still works (last good configuration).
+//! only for processes, not kernel threads; the card's partition table read back after it:
+//! the data partition and its filesystem reach the card's end. Then, on the same SD card, a
+//! broken letterbox.toml: the boot continues, the console shows the error with line and
+//! column, the agent, the console and `status` say the last good configuration is running,
+//! and the login works.
 //!
 //! Needs `make test-image` (make test runs it first). Slow under TCG emulation, so the
 //! timeouts are generous, and what the agent logs on its own schedule is waited for, never
@@ -20,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use letterbox::image::qemu;
+use letterbox::paths;
 
 const TEST_IMAGE: &str = "out/test-rpi3.img";
 const PASSWORD: &str = "letterbox-test";
@@ -206,6 +209,54 @@ fn loaded_modules(line: &str) -> Vec<&str> {
         .unwrap_or_default()
 }
 
+/// After the first boot, read back from the card: the data partition (3, the last) ends at
+/// the card's last sector (a power of two, so already on the 4 MiB alignment), having
+/// started where the image put it and ended short of that; and its ext4 filesystem fills it.
+fn assert_data_partition_fills_the_card(image: &Path, card: &Path) {
+    let table = |path: &Path| {
+        let mut f = std::fs::File::open(path).unwrap();
+        mbrman::MBR::read_from(&mut f, 512).unwrap()
+    };
+    let (built, grown) = (table(image), table(card));
+    let card_sectors = std::fs::metadata(card).unwrap().len() / 512;
+    let end = |p: &mbrman::MBRPartitionEntry| u64::from(p.starting_lba) + u64::from(p.sectors);
+    assert_eq!(
+        grown[3].starting_lba, built[3].starting_lba,
+        "the data partition moved"
+    );
+    assert!(
+        end(&built[3]) < card_sectors,
+        "the image's data partition already ended at the card's end: nothing to grow"
+    );
+    assert_eq!(
+        end(&grown[3]),
+        card_sectors,
+        "the data partition ends at sector {} of a {card_sectors}-sector card",
+        end(&grown[3])
+    );
+    assert!(grown[4].is_unused(), "a fourth partition appeared");
+    let data_bytes = u64::from(grown[3].sectors) * 512;
+    let fs_bytes = ext4_bytes(card, u64::from(grown[3].starting_lba) * 512);
+    assert_eq!(
+        fs_bytes, data_bytes,
+        "the data filesystem's size against its partition's"
+    );
+}
+
+/// An ext4 filesystem's size from its superblock (block count and size), at `offset`.
+fn ext4_bytes(card: &Path, offset: u64) -> u64 {
+    use std::io::{Seek, SeekFrom};
+    let mut f = std::fs::File::open(card).unwrap();
+    let mut sb = [0u8; 1024];
+    f.seek(SeekFrom::Start(offset + 1024)).unwrap();
+    f.read_exact(&mut sb).unwrap();
+    assert_eq!(sb[0x38..0x3a], [0x53, 0xef], "no ext4 superblock");
+    let le32 = |at: usize| u64::from(u32::from_le_bytes(sb[at..at + 4].try_into().unwrap()));
+    let incompat_64bit = le32(0x60) & 0x80 != 0;
+    let blocks = le32(0x04) | if incompat_64bit { le32(0x150) << 32 } else { 0 };
+    blocks * (1024 << le32(0x18))
+}
+
 fn fat_offset(image: &Path) -> u64 {
     let mut f = std::fs::File::open(image).unwrap();
     let mbr = mbrman::MBR::read_from(&mut f, 512).unwrap();
@@ -296,6 +347,7 @@ fn qemu_boots_to_login_with_network_and_survives_a_broken_file() {
         log.contains("every other process has ended") && !log.contains("sending SIGKILL")
     });
     drop(vm);
+    assert_data_partition_fills_the_card(&image, &prepared.sd_card);
 
     // Second boot from the same card, with a broken letterbox.toml written by mcopy.
     let broken = work.path().join("letterbox.toml");
@@ -329,6 +381,22 @@ fn qemu_boots_to_login_with_network_and_survives_a_broken_file() {
     vm.wait_until("the error names line 4, column 10", BOOT_TIMEOUT, |log| {
         log.contains("letterbox.toml:4:10:")
     });
+    // The first boot's file, saved on the data partition: its domain, not the broken 42.
+    let last_good = format!("{}/{}", paths::STATE_DIR, paths::LAST_GOOD_FILE);
+    vm.wait_until(
+        "the agent falls back to the first boot's file",
+        BOOT_TIMEOUT,
+        |log| {
+            log.contains(&format!(
+                "using the last good configuration {last_good} (mail.example.org)"
+            ))
+        },
+    );
+    vm.wait_for(
+        "letterbox.toml has errors (logged above; `check` shows them again): \
+         running the last good configuration.",
+        BOOT_TIMEOUT,
+    );
     vm.login();
     vm.send("status");
     vm.wait_for("config:", REPLY_TIMEOUT);
@@ -337,7 +405,14 @@ fn qemu_boots_to_login_with_network_and_survives_a_broken_file() {
         "status says the last good configuration is running",
         |log| {
             let status = &log[log.rfind("config:").unwrap()..];
-            status.contains("letterbox.toml has errors")
+            let config = status.lines().next().unwrap_or_default();
+            config.contains(&format!("last good configuration {last_good}"))
+                && config.contains("letterbox.toml has errors")
         },
+    );
+    vm.wait_until(
+        "the last good configuration's zone is served",
+        REPLY_TIMEOUT,
+        |log| log.contains("dns: serving example.org on 10.0.2.15:53"),
     );
 }
