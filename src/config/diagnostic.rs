@@ -4,6 +4,8 @@
 use std::fmt;
 use std::ops::Range;
 
+use toml::Spanned;
+
 /// One problem in the provisioning file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {
@@ -60,6 +62,8 @@ pub struct Collector<'a> {
     file: &'a str,
     text: &'a str,
     found: Vec<Diagnostic>,
+    /// (section, key) of each key whose value was reported bad and taken out.
+    bad_values: Vec<(Range<usize>, String)>,
 }
 
 impl<'a> Collector<'a> {
@@ -68,6 +72,7 @@ impl<'a> Collector<'a> {
             file,
             text,
             found: Vec::new(),
+            bad_values: Vec::new(),
         }
     }
 
@@ -95,15 +100,39 @@ impl<'a> Collector<'a> {
     /// Records a deserialization or syntax error from the toml crate.
     pub fn toml_error(&mut self, err: &toml::de::Error) {
         let span = err.span().unwrap_or(0..0);
-        let mut message = err.message().trim_end().replace('\n', "; ");
-        if let Some(field) = message
-            .strip_prefix("missing field `")
-            .and_then(|rest| rest.strip_suffix('`'))
-        {
-            message =
-                format!("missing field `{field}`; expected a `{field} = ...` line in this section");
+        self.error(span, err.message().trim_end().replace('\n', "; "));
+    }
+
+    /// Notes that `key` of the section whose header is at `section` had a bad value,
+    /// reported already, and was taken out before the section was checked further.
+    pub fn bad_value(&mut self, section: Range<usize>, key: String) {
+        self.bad_values.push((section, key));
+    }
+
+    /// Whether [`Collector::bad_value`] took `key` out of the section at `section`: its
+    /// absence is then no news, and checks that depend on it would only add noise.
+    pub fn had_bad_value(&self, section: &Range<usize>, key: &str) -> bool {
+        self.bad_values
+            .iter()
+            .any(|(s, k)| s == section && k == key)
+    }
+
+    /// A key its section cannot do without, reported at the section's header when absent.
+    /// Such keys are optional to serde, so that a missing one (often a misspelt one) does
+    /// not keep the section's other keys from being checked.
+    pub fn require<'v, T>(
+        &mut self,
+        value: &'v Option<Spanned<T>>,
+        key: &str,
+        section: Range<usize>,
+    ) -> Option<&'v Spanned<T>> {
+        if value.is_none() && !self.had_bad_value(&section, key) {
+            self.error(
+                section,
+                format!("missing field `{key}`; expected a `{key} = ...` line in this section"),
+            );
         }
-        self.error(span, message);
+        value.as_ref()
     }
 
     pub fn has_errors(&self) -> bool {

@@ -377,3 +377,114 @@ fn rendered_diagnostic_points_at_the_value() {
     assert!(shown.contains("7 | ipv4 = [\"192.0.2.10/33\"]\n  |         ^^^^^^^^^^^^^^^"));
     assert!(shown.ends_with("1 error"));
 }
+
+/// An unknown key, often a misspelt required one, hides none of its section's other
+/// errors, in any kind of section.
+#[test]
+fn an_unknown_key_hides_no_other_error_of_its_section() {
+    let text = "version = 1
+[system]
+hostnme = \"mail\"
+domain = \"example_org\"
+timezone = \"Mars/Olympus\"
+[[interface]]
+nmae = \"eth0\"
+ipv4 = [\"192.0.2.10/33\"]
+mtu = 10
+[console]
+bogus = 1
+baud = 7
+device = \"\"
+[[account]]
+nmae = \"alice\"
+password_hash = \"hunter2\"
+";
+    let errs = errors(text);
+    let found: Vec<(usize, usize)> = errs.iter().map(|e| (e.0, e.1)).collect();
+    assert_eq!(
+        found,
+        vec![
+            // [system]: `hostname` misspelt, so also missing; a bad domain and time zone.
+            (2, 1),
+            (3, 1),
+            (4, 10),
+            (5, 12),
+            // [[interface]]: `name` misspelt; a bad prefix and MTU.
+            (6, 1),
+            (7, 1),
+            (8, 9),
+            (9, 7),
+            // [console]: an unknown key; a bad baud rate and device.
+            (11, 1),
+            (12, 8),
+            (13, 10),
+            // [[account]]: `name` misspelt; a plaintext password.
+            (14, 1),
+            (15, 1),
+            (16, 17),
+        ],
+        "{errs:#?}"
+    );
+    assert!(
+        errs[0].2.starts_with("missing field `hostname`"),
+        "{errs:#?}"
+    );
+    assert!(
+        errs[1].2.starts_with("unknown field `hostnme`"),
+        "{errs:#?}"
+    );
+    assert!(errs[13].2.contains("not a hash"), "{errs:#?}");
+}
+
+/// The same inside `[dns]` and each of its `[[dns.record]]` entries, which serde sees as
+/// one section.
+#[test]
+fn an_unknown_key_in_dns_or_a_record_hides_no_other_error() {
+    let text = format!(
+        "{}[dns]
+bogus = 1
+public_ipv4 = \"x\"
+[[dns.record]]
+name = \"www\"
+typ = \"A\"
+value = \"192.0.2.20\"
+[[dns.record]]
+name = \"ftp\"
+type = \"A\"
+value = \"192.0.2.300\"
+colour = \"red\"
+[[dns.record]]
+name = \"x y\"
+type = \"A\"
+value = \"192.0.2.21\"
+ttl = \"long\"
+[[dns.record]]
+name = \"smtp\"
+type = \"A\"
+value = \"192.0.2.400\"
+",
+        good()
+    );
+    let errs = errors(&text);
+    let found: Vec<(usize, usize)> = errs.iter().map(|e| (e.0, e.1)).collect();
+    assert_eq!(
+        found,
+        vec![
+            // [dns]: an unknown key; a bad address.
+            (14, 1),
+            (15, 15),
+            // `type` misspelt, so also missing.
+            (16, 1),
+            (18, 1),
+            // A bad value beside an unknown key.
+            (23, 9),
+            (24, 1),
+            // A bad name beside a TTL of the wrong type.
+            (26, 8),
+            (29, 7),
+            // A record after them all is still checked.
+            (33, 9),
+        ],
+        "{errs:#?}"
+    );
+}
