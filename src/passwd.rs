@@ -293,6 +293,59 @@ mod tests {
         assert_eq!(Scheme::from_id("1"), None);
     }
 
+    /// A hash of `scheme`-shaped fields around `params`, with a made-up salt and digest.
+    fn costly(prefix: &str, params: &str, digest_len: usize) -> String {
+        format!("{prefix}{params}$saltsaltsalt${}", "A".repeat(digest_len))
+    }
+
+    #[test]
+    fn sha512_rounds_above_the_limit_are_refused_without_computing() {
+        let sha = |rounds: &str| costly("$6$", &format!("rounds={rounds}"), 86);
+        assert_eq!(check_cost(&sha("1000000")), Ok(()));
+        assert_eq!(check_cost(SHA512), Ok(()));
+        for rounds in ["1000001", "999999999", "99999999999999999999999999"] {
+            let why = check_cost(&sha(rounds)).unwrap_err().to_string();
+            assert!(why.contains("at most 1000000"), "{why}");
+            assert!(why.contains("letterbox passwd"), "{why}");
+        }
+        // 999,999,999 rounds would take minutes: refused at once instead.
+        let started = std::time::Instant::now();
+        assert!(!verify("letterbox", &sha("999999999")));
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    }
+
+    #[test]
+    fn yescrypt_memory_above_the_limit_is_refused_without_computing() {
+        let yes = |n: u64, r: u32, p: u32| {
+            let params = yescrypt::Params::new(Mode::Rw, n, r, p).unwrap();
+            costly("$y$", &params.to_string(), 43)
+        };
+        // libxcrypt's default, N = 4096 and r = 32: 16 MiB.
+        assert_eq!(yes(4096, 32, 1).split('$').nth(2), Some("j9T"));
+        assert_eq!(check_cost(&yes(4096, 32, 1)), Ok(()));
+        assert_eq!(check_cost(&yes(16384, 32, 1)), Ok(()), "64 MiB is allowed");
+        for (n, r, p) in [(32768, 32, 1), (1 << 18, 32, 1), (16384, 32, 2)] {
+            let why = check_cost(&yes(n, r, p)).unwrap_err().to_string();
+            assert!(why.contains("expected at most 64 MiB"), "{why}");
+        }
+        // libxcrypt's largest cost, 1 GiB: an allocation a Pi 3 cannot make.
+        let started = std::time::Instant::now();
+        assert!(!verify("letterbox", &yes(1 << 18, 32, 1)));
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    }
+
+    #[test]
+    fn yescrypt_time_factor_counts_towards_the_cost() {
+        let with_t = |t: u32| {
+            let params = yescrypt::Params::new_with_all_params(Mode::Rw, 4096, 32, 1, t, 0);
+            costly("$y$", &params.unwrap().to_string(), 43)
+        };
+        assert_eq!(check_cost(&with_t(0)), Ok(()));
+        assert_eq!(check_cost(&with_t(3)), Ok(()), "16 MiB times 4");
+        let why = check_cost(&with_t(1000)).unwrap_err().to_string();
+        assert!(why.contains("t = over 3"), "{why}");
+    }
+
     #[test]
     fn empty_password_is_refused() {
         assert!(matches!(hash(""), Err(PasswdError::Empty)));

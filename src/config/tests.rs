@@ -488,3 +488,44 @@ value = \"192.0.2.400\"
         "{errs:#?}"
     );
 }
+
+#[test]
+fn unknown_time_zone_is_refused_at_its_position() {
+    let text = edit(
+        "domain = \"example.org\"",
+        "domain = \"example.org\"\ntimezone = \"Mars/Olympus\"",
+    );
+    assert_one(&text, 5, 12, "unknown timezone \"Mars/Olympus\"");
+    assert!(!errors(&text)[0].2.contains("did you mean"));
+}
+
+#[test]
+fn time_zone_is_an_iana_name_spelt_exactly_with_a_close_one_suggested() {
+    let with = |tz: &str| {
+        edit(
+            "domain = \"example.org\"",
+            &format!("domain = \"example.org\"\ntimezone = \"{tz}\""),
+        )
+    };
+    let c = parse("t.toml", &with("Europe/Paris")).unwrap();
+    assert_eq!(c.system.timezone, "Europe/Paris");
+    for (typed, meant) in [
+        ("europe/paris", "Europe/Paris"),
+        ("Europe/Pariss", "Europe/Paris"),
+        ("Paris", "Europe/Paris"),
+        ("America/New York", "America/New_York"),
+    ] {
+        assert_one(&with(typed), 5, 12, &format!("did you mean \"{meant}\"?"));
+    }
+}
+
+#[test]
+fn a_password_hash_too_costly_to_check_at_login_is_refused() {
+    let costly = HASH.replacen("$6$", "$6$rounds=999999999$", 1);
+    assert_one(&edit(HASH, &costly), 12, 23, "at most 1000000");
+    let account = format!(
+        "{}[[account]]\nname = \"alice\"\npassword_hash = \"{costly}\"\n",
+        good()
+    );
+    assert_one(&account, 15, 17, "at most 1000000");
+}
