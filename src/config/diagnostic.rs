@@ -6,6 +6,8 @@ use std::ops::Range;
 
 use toml::Spanned;
 
+use super::redact::Secrets;
+
 /// One problem in the provisioning file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {
@@ -61,6 +63,7 @@ impl std::error::Error for Diagnostics {}
 pub struct Collector<'a> {
     file: &'a str,
     text: &'a str,
+    secrets: Secrets,
     found: Vec<Diagnostic>,
     /// (section, key) of each key whose value was reported bad and taken out.
     bad_values: Vec<(Range<usize>, String)>,
@@ -71,6 +74,7 @@ impl<'a> Collector<'a> {
         Collector {
             file,
             text,
+            secrets: Secrets::find(text),
             found: Vec::new(),
             bad_values: Vec::new(),
         }
@@ -91,8 +95,10 @@ impl<'a> Collector<'a> {
             file: self.file.to_string(),
             line,
             column,
-            message: message.into(),
-            source_line: redact_secret(self.text[line_start..line_end].trim_end()),
+            message: self.secrets.message(&message.into()),
+            source_line: self
+                .secrets
+                .line(self.text[line_start..line_end].trim_end(), line_start),
             width,
         });
     }
@@ -149,17 +155,6 @@ impl<'a> Collector<'a> {
     }
 }
 
-/// Diagnostics go to the console and the kernel log, so a quoted line must never carry
-/// what may be a pasted plaintext password: everything after a `*password_hash` key is hidden,
-/// whether it is written `key = value` or inside an inline table.
-fn redact_secret(line: &str) -> String {
-    const KEY: &str = "password_hash";
-    match line.find(KEY) {
-        Some(at) => format!("{} = (not shown)", &line[..at + KEY.len()]),
-        None => line.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,6 +168,29 @@ mod tests {
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(
             shown.contains("1 | admin_password_hash = (not shown)"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn a_misspelt_password_key_shows_its_value_nowhere() {
+        let text = "[console]
+admin_pasword_hash = \"hunter2\"\n";
+        let mut c = Collector::new("f.toml", text);
+        let value = text.find('"').unwrap();
+        c.error(10..28, "unknown field `admin_pasword_hash`");
+        c.error(
+            value..value + 9,
+            "invalid type: string \"hunter2\", expected a hash",
+        );
+        let shown = c.finish().unwrap_err().to_string();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.contains("2 | admin_pasword_hash = (not shown)"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("invalid type: string (not shown), expected"),
             "{shown}"
         );
     }

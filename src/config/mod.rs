@@ -8,6 +8,7 @@
 mod diagnostic;
 mod dns;
 mod network;
+mod redact;
 mod system;
 
 use std::net::IpAddr;

@@ -529,3 +529,24 @@ fn a_password_hash_too_costly_to_check_at_login_is_refused() {
     );
     assert_one(&account, 15, 17, "at most 1000000");
 }
+
+#[test]
+fn a_misspelt_password_key_never_shows_its_value() {
+    for line in [
+        "admin_pasword_hash = \"hunter2\"",
+        "admin_pasword_hash = hunter2",
+        "passwd = 'hunter2'",
+        "console_pw = \"\"\"\nhunter2\n\"\"\"",
+    ] {
+        let text = edit(&format!("admin_password_hash = \"{HASH}\""), line);
+        let shown = parse("t.toml", &text).unwrap_err().to_string();
+        assert!(shown.contains("t.toml:12:"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+    let account = format!(
+        "{}[[account]]\nname = \"alice\"\npassword_hash = 2718281828\n",
+        good()
+    );
+    let shown = parse("t.toml", &account).unwrap_err().to_string();
+    assert!(!shown.contains("2718281828"), "{shown}");
+}
