@@ -9,7 +9,7 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 /// What a hidden value is shown as.
-pub const HIDDEN: &str = "(not shown)";
+const HIDDEN: &str = "(not shown)";
 
 /// Parts of a key's name (in lower case) that make its value secret. Loose on purpose:
 /// `admin_pasword_hash`, `passwd`, `pwd` or `api_token` must all match.
@@ -97,7 +97,7 @@ impl Secrets {
 }
 
 /// Whether a key's name looks like it holds a password, hash, key or token.
-pub fn is_secret_key(name: &str) -> bool {
+fn is_secret_key(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
     SECRET_PARTS.iter().any(|part| name.contains(part))
 }
