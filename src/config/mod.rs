@@ -269,3 +269,5 @@ fn misplaced_top_level_key(message: &str) -> Option<&'static str> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod value_tests;
