@@ -4,6 +4,10 @@
 use std::fmt;
 use std::ops::Range;
 
+use toml::Spanned;
+
+use super::redact::Secrets;
+
 /// One problem in the provisioning file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {
@@ -59,7 +63,10 @@ impl std::error::Error for Diagnostics {}
 pub struct Collector<'a> {
     file: &'a str,
     text: &'a str,
+    secrets: Secrets,
     found: Vec<Diagnostic>,
+    /// (section, key) of each key whose value was reported bad and taken out.
+    bad_values: Vec<(Range<usize>, String)>,
 }
 
 impl<'a> Collector<'a> {
@@ -67,7 +74,9 @@ impl<'a> Collector<'a> {
         Collector {
             file,
             text,
+            secrets: Secrets::find(text),
             found: Vec::new(),
+            bad_values: Vec::new(),
         }
     }
 
@@ -86,8 +95,10 @@ impl<'a> Collector<'a> {
             file: self.file.to_string(),
             line,
             column,
-            message: message.into(),
-            source_line: redact_secret(self.text[line_start..line_end].trim_end()),
+            message: self.secrets.message(&message.into()),
+            source_line: self
+                .secrets
+                .line(self.text[line_start..line_end].trim_end(), line_start),
             width,
         });
     }
@@ -95,15 +106,39 @@ impl<'a> Collector<'a> {
     /// Records a deserialization or syntax error from the toml crate.
     pub fn toml_error(&mut self, err: &toml::de::Error) {
         let span = err.span().unwrap_or(0..0);
-        let mut message = err.message().trim_end().replace('\n', "; ");
-        if let Some(field) = message
-            .strip_prefix("missing field `")
-            .and_then(|rest| rest.strip_suffix('`'))
-        {
-            message =
-                format!("missing field `{field}`; expected a `{field} = ...` line in this section");
+        self.error(span, err.message().trim_end().replace('\n', "; "));
+    }
+
+    /// Notes that `key` of the section whose header is at `section` had a bad value,
+    /// reported already, and was taken out before the section was checked further.
+    pub fn bad_value(&mut self, section: Range<usize>, key: String) {
+        self.bad_values.push((section, key));
+    }
+
+    /// Whether [`Collector::bad_value`] took `key` out of the section at `section`: its
+    /// absence is then no news, and checks that depend on it would only add noise.
+    pub fn had_bad_value(&self, section: &Range<usize>, key: &str) -> bool {
+        self.bad_values
+            .iter()
+            .any(|(s, k)| s == section && k == key)
+    }
+
+    /// A key its section cannot do without, reported at the section's header when absent.
+    /// Such keys are optional to serde, so that a missing one (often a misspelt one) does
+    /// not keep the section's other keys from being checked.
+    pub fn require<'v, T>(
+        &mut self,
+        value: &'v Option<Spanned<T>>,
+        key: &str,
+        section: Range<usize>,
+    ) -> Option<&'v Spanned<T>> {
+        if value.is_none() && !self.had_bad_value(&section, key) {
+            self.error(
+                section,
+                format!("missing field `{key}`; expected a `{key} = ...` line in this section"),
+            );
         }
-        self.error(span, message);
+        value.as_ref()
     }
 
     pub fn has_errors(&self) -> bool {
@@ -120,17 +155,6 @@ impl<'a> Collector<'a> {
     }
 }
 
-/// Diagnostics go to the console and the kernel log, so a quoted line must never carry
-/// what may be a pasted plaintext password: everything after a `*password_hash` key is hidden,
-/// whether it is written `key = value` or inside an inline table.
-fn redact_secret(line: &str) -> String {
-    const KEY: &str = "password_hash";
-    match line.find(KEY) {
-        Some(at) => format!("{} = (not shown)", &line[..at + KEY.len()]),
-        None => line.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,6 +168,29 @@ mod tests {
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(
             shown.contains("1 | admin_password_hash = (not shown)"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn a_misspelt_password_key_shows_its_value_nowhere() {
+        let text = "[console]
+admin_pasword_hash = \"hunter2\"\n";
+        let mut c = Collector::new("f.toml", text);
+        let value = text.find('"').unwrap();
+        c.error(10..28, "unknown field `admin_pasword_hash`");
+        c.error(
+            value..value + 9,
+            "invalid type: string \"hunter2\", expected a hash",
+        );
+        let shown = c.finish().unwrap_err().to_string();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.contains("2 | admin_pasword_hash = (not shown)"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("invalid type: string (not shown), expected"),
             "{shown}"
         );
     }

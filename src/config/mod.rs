@@ -8,13 +8,15 @@
 mod diagnostic;
 mod dns;
 mod network;
+mod redact;
 mod system;
 
 use std::net::IpAddr;
+use std::ops::Range;
 use std::path::Path;
 
 use serde::de::{DeserializeOwned, IntoDeserializer};
-use toml::de::{DeTable, DeValue};
+use toml::de::{DeString, DeTable, DeValue};
 use toml::Spanned;
 
 pub use diagnostic::{Diagnostic, Diagnostics};
@@ -105,7 +107,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Diagnostics> {
             "version" => version = section::<Spanned<i64>>(value, &mut c),
             "system" => {
                 has_system = true;
-                raw_system = section::<system::RawSystem>(value, &mut c);
+                raw_system = section::<Spanned<system::RawSystem>>(value, &mut c);
             }
             "interface" => match value.into_inner() {
                 DeValue::Array(items) => {
@@ -194,21 +196,15 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Diagnostics> {
 
 /// Deserializes one value on its own, recording its errors instead of stopping. serde
 /// stops at a table's first bad entry, so the table is tried again without each entry an
-/// error points at: every bad key of a section is reported at once, not one per edit.
-/// Without its unknown keys a table still gives its value, to be checked further; without
-/// a bad known one it gives none, whose checks would only add noise.
+/// error points at: every bad key of a section is reported at once, not one per edit, and
+/// the rest of the section is still checked. A key taken out for a bad value is noted
+/// ([`Collector::bad_value`]), so that it is not reported missing too.
 fn section<T: DeserializeOwned>(mut value: Spanned<DeValue<'_>>, c: &mut Collector) -> Option<T> {
-    let mut removed = Vec::new();
-    let mut removed_known = false;
     loop {
         let e = match T::deserialize(value.clone().into_deserializer()) {
-            Ok(parsed) => return (!removed_known).then_some(parsed),
+            Ok(parsed) => return Some(parsed),
             Err(e) => e,
         };
-        if missing_field(e.message()).is_some_and(|field| removed.iter().any(|r| r == field)) {
-            // Only because a bad entry, reported already, was taken out.
-            return None;
-        }
         c.toml_error(&e);
         if let Some(key) = misplaced_top_level_key(e.message()) {
             // TOML puts every key after a [header] inside that table: a common trap.
@@ -220,22 +216,49 @@ fn section<T: DeserializeOwned>(mut value: Spanned<DeValue<'_>>, c: &mut Collect
                 ),
             );
         }
-        let (DeValue::Table(table), Some(at)) = (value.get_mut(), e.span()) else {
-            return None;
-        };
-        let culprit = table
-            .iter()
-            .find(|(k, v)| k.span().contains(&at.start) || v.span().contains(&at.start))
-            .map(|(k, _)| k.clone())?;
-        table.remove(&culprit);
-        removed_known |= !e.message().starts_with("unknown field");
-        removed.push(culprit.into_inner().into_owned());
+        let (table, key) = remove_culprit(&mut value, e.span()?.start)?;
+        if !e.message().starts_with("unknown field") {
+            c.bad_value(table, key);
+        }
     }
 }
 
-/// The field a "missing field `x`" error names.
-fn missing_field(message: &str) -> Option<&str> {
-    message.strip_prefix("missing field `")?.split('`').next()
+/// Takes out of `value` (a table) the key that the error at byte `at` points at, looking
+/// into the entries of arrays of tables (`[[dns.record]]`). Gives the span of the table
+/// it was taken from, and its name.
+fn remove_culprit(value: &mut Spanned<DeValue<'_>>, at: usize) -> Option<(Range<usize>, String)> {
+    let span = value.span();
+    let DeValue::Table(table) = value.get_mut() else {
+        return None;
+    };
+    let key = key_at(table, at)?;
+    if let Some(DeValue::Array(entries)) = table.get_mut(&key).map(|v| v.get_mut()) {
+        let inside = |e: &Spanned<DeValue<'_>>| matches!(e.get_ref(), DeValue::Table(t) if key_at(t, at).is_some());
+        if let Some(i) = entries.iter().position(inside) {
+            return remove_culprit(&mut entries.as_mut()[i], at);
+        }
+    }
+    table.remove(&key);
+    Some((span, key.into_inner().into_owned()))
+}
+
+/// The key of `table` whose name or value holds byte `at`. The span of a `[[header]]`
+/// table is its header alone, so entries of arrays of tables are searched key by key.
+fn key_at<'i>(table: &DeTable<'i>, at: usize) -> Option<Spanned<DeString<'i>>> {
+    let holds = |v: &Spanned<DeValue<'_>>| {
+        v.span().contains(&at)
+            || match v.get_ref() {
+                DeValue::Table(t) => key_at(t, at).is_some(),
+                DeValue::Array(entries) => entries
+                    .iter()
+                    .any(|e| matches!(e.get_ref(), DeValue::Table(t) if key_at(t, at).is_some())),
+                _ => false,
+            }
+    };
+    table
+        .iter()
+        .find(|(k, v)| k.span().contains(&at) || holds(v))
+        .map(|(k, _)| k.clone())
 }
 
 fn misplaced_top_level_key(message: &str) -> Option<&'static str> {
@@ -246,3 +269,5 @@ fn misplaced_top_level_key(message: &str) -> Option<&'static str> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod value_tests;

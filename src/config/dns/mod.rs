@@ -24,7 +24,7 @@ pub use derived::{
     derived_records, is_spf, txt_split, Derived, DERIVED_TTL, NAMESERVER_LABEL, SPF_MAIL, SPF_NONE,
 };
 pub use records::ExtraRecord;
-use records::{validate_records, RawRecord};
+use records::{given, validate_records, RawRecord};
 
 /// The served zone's settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,7 +68,7 @@ pub(super) struct RawDns {
     secondaries: Vec<Spanned<String>>,
     rate_limit: Option<Spanned<u32>>,
     #[serde(default)]
-    record: Vec<RawRecord>,
+    record: Vec<Spanned<RawRecord>>,
 }
 
 pub(super) fn validate_dns(raw: Option<RawDns>, system: &System, c: &mut Collector) -> Dns {
@@ -125,10 +125,12 @@ pub(super) fn validate_dns(raw: Option<RawDns>, system: &System, c: &mut Collect
         rate_limit: raw.rate_limit.map_or(DEFAULT_RATE_LIMIT, |r| *r.get_ref()),
         records: Vec::new(),
     };
+    // Missing keys are reported even when the records cannot be checked further.
+    let records: Vec<_> = raw.record.into_iter().filter_map(|r| given(r, c)).collect();
     let Ok(origin) = Name::from_ascii(format!("{}.", system.domain)) else {
         return dns; // An invalid domain was reported with [system].
     };
-    dns.records = validate_records(raw.record, system, &origin, c);
+    dns.records = validate_records(records, system, &origin, c);
     dns
 }
 

@@ -27,15 +27,41 @@ pub(super) const TXT_MAX: usize = 4000;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRecord {
-    name: Spanned<String>,
+    name: Option<Spanned<String>>,
     #[serde(rename = "type")]
-    rtype: Spanned<String>,
-    value: Spanned<String>,
+    rtype: Option<Spanned<String>>,
+    value: Option<Spanned<String>>,
     ttl: Option<Spanned<u32>>,
 }
 
+/// A `[[dns.record]]` with its three required keys.
+pub(super) struct Given {
+    name: Spanned<String>,
+    rtype: Spanned<String>,
+    value: Spanned<String>,
+    ttl: Option<Spanned<u32>>,
+    /// A bad `ttl`, reported already: the record's TTL is not compared with its set's.
+    bad_ttl: bool,
+}
+
+/// The record when it has all three required keys; each missing one is reported.
+pub(super) fn given(raw: Spanned<RawRecord>, c: &mut Collector) -> Option<Given> {
+    let header = raw.span();
+    let raw = raw.into_inner();
+    let name = c.require(&raw.name, "name", header.clone()).cloned();
+    let rtype = c.require(&raw.rtype, "type", header.clone()).cloned();
+    let value = c.require(&raw.value, "value", header.clone()).cloned();
+    Some(Given {
+        bad_ttl: c.had_bad_value(&header, "ttl"),
+        name: name?,
+        rtype: rtype?,
+        value: value?,
+        ttl: raw.ttl,
+    })
+}
+
 pub(super) fn validate_records(
-    raw: Vec<RawRecord>,
+    given: Vec<Given>,
     system: &System,
     origin: &Name,
     c: &mut Collector,
@@ -77,7 +103,7 @@ pub(super) fn validate_records(
     let mut spf_at: HashSet<Name> = HashSet::new();
     let mut out = Vec::new();
 
-    for r in raw {
+    for r in given {
         let Some(name) = record_name(&r.name, origin, c) else {
             continue;
         };
@@ -202,7 +228,7 @@ pub(super) fn validate_records(
         let set_ttl = *rrset_ttl
             .entry((name.clone(), rdata.record_type()))
             .or_insert(ttl);
-        if set_ttl != ttl {
+        if set_ttl != ttl && !r.bad_ttl {
             let span = r.ttl.as_ref().map_or(r.name.span(), |t| t.span());
             c.error(
                 span,
