@@ -333,3 +333,55 @@ fn postfix_check_passes_without_set_permissions() {
         "postfix check warned:\n{stderr}"
     );
 }
+
+#[test]
+fn every_program_and_library_finds_the_libraries_it_links() {
+    // Packages only maintainer scripts need are left out; this shows nothing a binary links
+    // against went with them. trixie's own loader resolves each ELF file inside the tree.
+    let test = "every_program_and_library_finds_the_libraries_it_links";
+    let Some((_dir, root)) = unpacked_rootfs(test) else {
+        return;
+    };
+    let mut elf_files = Vec::new();
+    let mut todo = vec![root.join("usr")];
+    while let Some(dir) = todo.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            let kind = entry.file_type().unwrap();
+            if kind.is_dir() {
+                todo.push(entry.path());
+            } else if kind.is_file() {
+                let mut magic = [0u8; 4];
+                let is_elf = std::fs::File::open(entry.path())
+                    .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+                    .is_ok()
+                    && magic == *b"\x7fELF";
+                if is_elf {
+                    elf_files.push(entry.path());
+                }
+            }
+        }
+    }
+    assert!(elf_files.len() > 300, "{} ELF files", elf_files.len());
+    let mut unresolved = Vec::new();
+    for file in &elf_files {
+        let inside = Path::new("/").join(file.strip_prefix(&root).unwrap());
+        let list = chroot(
+            &root,
+            &[
+                "/usr/lib64/ld-linux-x86-64.so.2",
+                "--list",
+                inside.to_str().unwrap(),
+            ],
+        );
+        // A missing library of an executable shows as "not found"; one of a shared
+        // library makes the loader fail.
+        let text = String::from_utf8_lossy(&list.stdout);
+        if !list.status.success() || text.contains("not found") {
+            let stderr = String::from_utf8_lossy(&list.stderr);
+            unresolved.push(format!("{}:\n{text}{stderr}", inside.display()));
+        }
+    }
+    assert!(unresolved.is_empty(), "{}", unresolved.join("\n"));
+    eprintln!("{} ELF files, every library found", elf_files.len());
+}

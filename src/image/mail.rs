@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::oci::{self, Entry, Kind, Layout, Tree};
+use super::oci::{self, add_directories, Entry, Kind, Layout, Tree};
 use super::packages::{Arch, Cache, Lock, PackageSet};
 use super::postfix_files;
 use super::ImageError;
@@ -304,20 +304,6 @@ fn assemble(unpacked: &Path) -> Result<Tree, ImageError> {
     Ok(tree)
 }
 
-/// `path` and its missing parents, as root-owned directories (`mode` for `path` itself).
-pub(super) fn add_directories(tree: &mut Tree, path: &str, mode: u32) {
-    let mut prefix = String::new();
-    for (i, part) in path.split('/').enumerate() {
-        if i > 0 {
-            prefix.push('/');
-        }
-        prefix.push_str(part);
-        let last = prefix.len() == path.len();
-        tree.entry(prefix.clone())
-            .or_insert_with(|| Entry::root(Kind::Dir, if last { mode } else { 0o755 }));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -333,16 +319,5 @@ mod tests {
         assert!(!pruned("usr/share/doc"));
         assert!(!pruned("usr/share/localectl"));
         assert!(!pruned("usr/lib/postfix/sbin/smtpd"));
-    }
-
-    #[test]
-    fn missing_parent_directories_are_added_once() {
-        let mut tree = Tree::new();
-        tree.insert("var".into(), Entry::root(Kind::Dir, 0o700));
-        add_directories(&mut tree, "var/spool/postfix", 0o750);
-        assert_eq!(tree["var"].mode, 0o700, "an existing directory is kept");
-        assert_eq!(tree["var/spool"].mode, 0o755);
-        assert_eq!(tree["var/spool/postfix"].mode, 0o750);
-        assert_eq!(tree.len(), 3);
     }
 }

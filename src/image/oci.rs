@@ -114,6 +114,20 @@ pub fn scan(dir: &Path, keep: &dyn Fn(&str) -> bool) -> Result<Tree, ImageError>
     Ok(tree)
 }
 
+/// `path` and its missing parents, as root-owned directories (`mode` for `path` itself).
+pub fn add_directories(tree: &mut Tree, path: &str, mode: u32) {
+    let mut prefix = String::new();
+    for (i, part) in path.split('/').enumerate() {
+        if i > 0 {
+            prefix.push('/');
+        }
+        prefix.push_str(part);
+        let last = prefix.len() == path.len();
+        tree.entry(prefix.clone())
+            .or_insert_with(|| Entry::root(Kind::Dir, if last { mode } else { 0o755 }));
+    }
+}
+
 /// A blob's "sha256:<hex>" digest and size.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Blob {
@@ -350,5 +364,89 @@ fn append<W: Write>(
             header.set_entry_type(tar::EntryType::Link);
             tar.append_link(&mut header, path, target)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_parent_directories_are_added_once() {
+        let mut tree = Tree::new();
+        tree.insert("var".into(), Entry::root(Kind::Dir, 0o700));
+        add_directories(&mut tree, "var/spool/postfix", 0o750);
+        assert_eq!(tree["var"].mode, 0o700, "an existing directory is kept");
+        assert_eq!(tree["var/spool"].mode, 0o755);
+        assert_eq!(tree["var/spool/postfix"].mode, 0o750);
+        assert_eq!(tree.len(), 3);
+    }
+
+    #[test]
+    fn a_layer_keeps_hard_links_symlinks_modes_and_is_the_same_for_the_same_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree_dir = dir.path().join("tree");
+        std::fs::create_dir_all(tree_dir.join("usr/sbin")).unwrap();
+        std::fs::write(tree_dir.join("usr/sbin/smtp"), "elf").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            tree_dir.join("usr/sbin/smtp"),
+            std::fs::Permissions::from_mode(0o2755),
+        )
+        .unwrap();
+        std::fs::hard_link(
+            tree_dir.join("usr/sbin/smtp"),
+            tree_dir.join("usr/sbin/lmtp"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("usr/sbin", tree_dir.join("sbin")).unwrap();
+        std::fs::write(tree_dir.join("usr/skip-me"), "").unwrap();
+        let tree = scan(&tree_dir, &|p| p != "usr/skip-me").unwrap();
+        assert_eq!(
+            tree.keys().collect::<Vec<_>>(),
+            ["sbin", "usr", "usr/sbin", "usr/sbin/lmtp", "usr/sbin/smtp"]
+        );
+        // The first path in tar order holds the data; the other one links to it.
+        assert_eq!(
+            tree["usr/sbin/smtp"].kind,
+            Kind::HardLink("usr/sbin/lmtp".into())
+        );
+
+        let write = |name: &str| {
+            let layout = Layout::create(&dir.path().join(name)).unwrap();
+            layout.write_layer(&tree, 1_700_000_000).unwrap()
+        };
+        let (first, second) = (write("a"), write("b"));
+        assert_eq!(first.blob, second.blob);
+        let gz = std::fs::read(
+            dir.path()
+                .join("a/blobs/sha256")
+                .join(&first.blob.digest[7..]),
+        )
+        .unwrap();
+        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(gz.as_slice()));
+        let entries: Vec<(String, tar::EntryType, u64, u64, u32)> = archive
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let h = e.header();
+                (
+                    e.path().unwrap().to_string_lossy().into_owned(),
+                    h.entry_type(),
+                    h.mtime().unwrap(),
+                    h.uid().unwrap(),
+                    h.mode().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(entries.len(), 5);
+        assert_eq!(entries[0].1, tar::EntryType::Symlink);
+        assert_eq!(
+            (entries[3].1, entries[3].4),
+            (tar::EntryType::Regular, 0o2755)
+        );
+        assert_eq!(entries[4].1, tar::EntryType::Link);
+        assert!(entries.iter().all(|e| e.2 == 1_700_000_000 && e.3 == 0));
     }
 }

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::oci::{Kind, Tree};
+use super::oci::{add_directories, Kind, Tree};
 use super::ImageError;
 
 /// Debian's values of the parameters postfix-files names (`postconf -d` on trixie, with
@@ -133,7 +133,7 @@ pub fn apply(
             .map_err(|_| error(column(4), format!("expected an octal mode, found {mode:?}")))?;
         let path = path.trim_start_matches('/');
         if kind == "d" && flags.contains('c') {
-            super::mail::add_directories(tree, path, mode);
+            add_directories(tree, path, mode);
         }
         let Some(entry) = tree.get_mut(path) else {
             continue;
