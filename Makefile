@@ -30,6 +30,7 @@ help:
 	@echo "make test    install test dependencies, then run every test"
 	@echo "make bench   run the benchmarks against their peers"
 	@echo "make qemu    build an image from image/qemu-letterbox.toml and boot it in QEMU (raspi3b)"
+	@echo "make mail-image  build the letterbox-mail OCI image for this machine (MAIL_ARCH=amd64|arm64)"
 
 $(STAMPS)/apt-update:
 	@mkdir -p $(STAMPS)
@@ -110,5 +111,20 @@ qemu: cross
 
 bench-image: cross deps-bench
 	benches/image.sh
+
+# --- The letterbox-mail OCI image (src/image/mail.rs): Postfix and Dovecot from trixie ---
+# make mail-image [MAIL_ARCH=amd64|arm64]: an OCI layout in out/letterbox-mail-ARCH and its
+# lock file (manifest digest, package versions) beside it. Rebuilt only when the code, the
+# overlay or the crates changed; packages come from .cache/ (downloaded once).
+MAIL_ARCH ?= $(shell dpkg --print-architecture)
+MAIL_IMAGE := out/letterbox-mail-$(MAIL_ARCH)
+MAIL_IMAGE_INPUTS := $(wildcard src/image/*.rs src/cli/mail_image.rs) \
+	$(shell find overlays/mail -type f) Cargo.toml Cargo.lock
+
+.PHONY: mail-image
+mail-image: $(MAIL_IMAGE).lock
+
+$(MAIL_IMAGE).lock: $(STAMPS)/deps-image $(MAIL_IMAGE_INPUTS)
+	$(CARGO) run --quiet -- mail-image --arch $(MAIL_ARCH) -o $(MAIL_IMAGE)
 
 bench: bench-image

@@ -27,6 +27,8 @@ enum Command {
     Passwd,
     /// Build the SD-card image from a provisioning file (the embedded default when omitted).
     Build(cli::build::Args),
+    /// Build the letterbox-mail OCI image (Postfix, Dovecot) and print its manifest digest.
+    MailImage(cli::mail_image::Args),
     /// Boot an image under qemu-system-aarch64 -M raspi3b, serial console on this terminal.
     Qemu(cli::qemu::Args),
     /// Configure or show the network of the current network namespace.
@@ -64,6 +66,7 @@ fn main() -> ExitCode {
         Command::Check(args) => cli::check::run(args),
         Command::Passwd => cli::passwd::run(),
         Command::Build(args) => cli::build::run(args),
+        Command::MailImage(args) => cli::mail_image::run(args),
         Command::Qemu(args) => cli::qemu::run(args),
         Command::Net { command } => cli::net::run(command),
         Command::Run(args) => cli::run::run(args),

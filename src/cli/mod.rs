@@ -5,6 +5,7 @@ pub mod build;
 pub mod check;
 pub mod ctl;
 pub mod dns;
+pub mod mail_image;
 pub mod net;
 pub mod passwd;
 pub mod qemu;

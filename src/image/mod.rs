@@ -15,7 +15,10 @@ pub mod board;
 mod disk;
 mod fs;
 mod initramfs;
+pub mod mail;
+pub mod oci;
 pub mod packages;
+mod postfix_files;
 pub mod qemu;
 mod rootfs;
 
@@ -69,6 +72,8 @@ pub enum ImageError {
     Modules(#[from] crate::early_boot::modules::ModuleError),
     #[error("partition table")]
     Mbr(#[from] mbrman::Error),
+    #[error("OCI image metadata")]
+    Oci(#[from] oci_spec::OciSpecError),
 }
 
 impl ImageError {
@@ -253,6 +258,7 @@ pub fn build(opts: &BuildOptions) -> Result<Summary, ImageError> {
     // 1. Packages: from the lock and cache when complete, else resolved and downloaded.
     let cache = Cache {
         dir: opts.cache_dir.join("debs"),
+        set: packages::PackageSet::sd_image(),
     };
     let bar = step(opts.progress, "Debian packages: resolving and downloading");
     let (lock, downloaded) = match cache.warm_lock() {
@@ -279,7 +285,7 @@ pub fn build(opts: &BuildOptions) -> Result<Summary, ImageError> {
     // 2. Root filesystem.
     let bar = step(opts.progress, "root filesystem (squashfs)");
     let rootfs = work.join("rootfs");
-    let userland = cache.dependency_closure(&lock, packages::USERLAND_ROOTS)?;
+    let userland = cache.dependency_closure(&lock, packages::USERLAND_ROOTS, &[])?;
     assemble_rootfs(&unpacked, &rootfs, &agent)?;
     let executables = count_executables(&rootfs)?;
     let rootfs_img = work.join("rootfs.squashfs");

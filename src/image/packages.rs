@@ -20,6 +20,66 @@ pub const INCLUDE: &[&str] = &["linux-image-arm64", "raspi-firmware", "container
 /// The packages whose files (with their dependencies) make up the root filesystem's userland.
 pub const USERLAND_ROOTS: &[&str] = &["containerd", "runc"];
 
+/// A Debian architecture (also the OCI one: both use Go's names for these two).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Arch {
+    Amd64,
+    Arm64,
+}
+
+impl Arch {
+    /// The architecture this program runs on, if it is one Debian packages are fetched for.
+    pub fn host() -> Option<Arch> {
+        match std::env::consts::ARCH {
+            "x86_64" => Some(Arch::Amd64),
+            "aarch64" => Some(Arch::Arm64),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "amd64",
+            Arch::Arm64 => "arm64",
+        }
+    }
+}
+
+impl std::fmt::Display for Arch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Packages resolved, downloaded and locked together: one lock file in the cache each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackageSet {
+    pub arch: Arch,
+    /// Asked for by name; apt adds their dependencies.
+    pub include: &'static [&'static str],
+    /// The lock file's name in the cache directory.
+    pub lock_name: String,
+}
+
+impl PackageSet {
+    /// The SD-card image's packages.
+    pub fn sd_image() -> PackageSet {
+        PackageSet {
+            arch: Arch::Arm64,
+            include: INCLUDE,
+            lock_name: "packages.lock".into(),
+        }
+    }
+
+    fn lock_header(&self) -> String {
+        format!(
+            "# letterbox package lock: {MIRROR} {SUITE} {COMPONENTS} {}\n# include: {}\n",
+            self.arch,
+            self.include.join(",")
+        )
+    }
+}
+
 /// One pinned package: "name version arch sha256 file".
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Locked {
@@ -32,19 +92,14 @@ pub struct Locked {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lock {
+    /// Mirror, suite, architecture and package list: a lock for other ones is not reused.
+    header: String,
     pub packages: Vec<Locked>,
 }
 
 impl Lock {
-    fn header() -> String {
-        format!(
-            "# letterbox package lock: {MIRROR} {SUITE} {COMPONENTS} arm64\n# include: {}\n",
-            INCLUDE.join(",")
-        )
-    }
-
     pub fn render(&self) -> String {
-        let mut out = Self::header();
+        let mut out = self.header.clone();
         for p in &self.packages {
             out.push_str(&format!(
                 "{} {} {} {} {}\n",
@@ -54,9 +109,10 @@ impl Lock {
         out
     }
 
-    /// A lock file for the same mirror, suite and package list, or None.
-    pub fn parse(text: &str) -> Option<Lock> {
-        let rest = text.strip_prefix(&Self::header())?;
+    /// A lock file for the same mirror, suite, architecture and package list, or None.
+    pub fn parse(set: &PackageSet, text: &str) -> Option<Lock> {
+        let header = set.lock_header();
+        let rest = text.strip_prefix(&header)?;
         let mut packages = Vec::new();
         for line in rest.lines() {
             let f: Vec<&str> = line.split(' ').collect();
@@ -71,7 +127,7 @@ impl Lock {
                 file: file.into(),
             });
         }
-        Some(Lock { packages })
+        Some(Lock { header, packages })
     }
 
     pub fn get(&self, name: &str) -> Option<&Locked> {
@@ -79,20 +135,21 @@ impl Lock {
     }
 }
 
-/// The package cache: `.cache/debs/*.deb` and `.cache/debs/packages.lock`.
+/// The package cache: `.cache/debs/*.deb` (shared by every set) and one lock file per set.
 pub struct Cache {
     pub dir: PathBuf,
+    pub set: PackageSet,
 }
 
 impl Cache {
     fn lock_path(&self) -> PathBuf {
-        self.dir.join("packages.lock")
+        self.dir.join(&self.set.lock_name)
     }
 
     /// The lock whose files are all present and intact in the cache, if any.
     pub fn warm_lock(&self) -> Option<Lock> {
-        let lock = Lock::parse(&std::fs::read_to_string(self.lock_path()).ok()?)?;
-        if INCLUDE.iter().any(|name| lock.get(name).is_none()) {
+        let lock = Lock::parse(&self.set, &std::fs::read_to_string(self.lock_path()).ok()?)?;
+        if self.set.include.iter().any(|name| lock.get(name).is_none()) {
             return None;
         }
         let files: Vec<PathBuf> = lock
@@ -117,14 +174,17 @@ impl Cache {
         let target = scratch.join("mmdebstrap");
         let _ = std::fs::remove_dir_all(&target);
         let mut cmd = Command::new("mmdebstrap");
-        cmd.args(["--variant=extract", "--arch=arm64", "--quiet"])
+        cmd.args(["--variant=extract", "--quiet"])
+            .arg(format!("--arch={}", self.set.arch))
             .arg(format!("--components={}", COMPONENTS.replace(',', " ")))
-            .arg(format!("--include={}", INCLUDE.join(",")))
+            .arg(format!("--include={}", self.set.include.join(",")))
             .arg("--skip=cleanup/apt/cache")
-            // Seed apt's archive with the cache so only new or changed packages download.
+            // Seed apt's archive with the cache (this architecture's files) so only new or
+            // changed packages download.
             .arg(format!(
-                "--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives && find '{}' -maxdepth 1 -name '*.deb' -exec cp -t \"$1\"/var/cache/apt/archives {{}} +",
-                absolute(&self.dir).display()
+                "--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives && find '{}' -maxdepth 1 \\( -name '*_{}.deb' -o -name '*_all.deb' \\) -exec cp -t \"$1\"/var/cache/apt/archives {{}} +",
+                absolute(&self.dir).display(),
+                self.set.arch
             ))
             // The archive also holds every seeded file, old versions included: record the
             // .deb files apt resolved for this run, which mmdebstrap hands the extract hook.
@@ -182,7 +242,10 @@ impl Cache {
                 pair[0].name, pair[0].file, pair[1].file
             )));
         }
-        let lock = Lock { packages };
+        let lock = Lock {
+            header: self.set.lock_header(),
+            packages,
+        };
         std::fs::write(self.lock_path(), lock.render())
             .map_err(|e| ImageError::io(&self.lock_path(), e))?;
         let _ = std::fs::remove_dir_all(&target);
@@ -201,11 +264,13 @@ impl Cache {
     }
 
     /// The names of `roots` and everything they depend on (Depends, Pre-Depends), within the
-    /// locked set. Version constraints were already satisfied by apt.
+    /// locked set, except `left_out` and what only they pull in. Version constraints were
+    /// already satisfied by apt.
     pub fn dependency_closure(
         &self,
         lock: &Lock,
         roots: &[&str],
+        left_out: &[&str],
     ) -> Result<Vec<String>, ImageError> {
         let mut depends: BTreeMap<&str, Vec<String>> = BTreeMap::new();
         for p in &lock.packages {
@@ -234,7 +299,7 @@ impl Cache {
         let mut seen = BTreeSet::new();
         let mut todo: Vec<String> = roots.iter().map(|r| r.to_string()).collect();
         while let Some(name) = todo.pop() {
-            if seen.insert(name.clone()) {
+            if !left_out.contains(&name.as_str()) && seen.insert(name.clone()) {
                 todo.extend(depends.get(name.as_str()).into_iter().flatten().cloned());
             }
         }
@@ -308,7 +373,9 @@ mod tests {
 
     #[test]
     fn lock_round_trips_and_rejects_other_inputs() {
+        let set = PackageSet::sd_image();
         let lock = Lock {
+            header: set.lock_header(),
             packages: vec![Locked {
                 name: "runc".into(),
                 version: "1.1.15+ds1-2+b4".into(),
@@ -317,8 +384,13 @@ mod tests {
                 file: "runc_1.1.15+ds1-2+b4_arm64.deb".into(),
             }],
         };
-        assert_eq!(Lock::parse(&lock.render()), Some(lock.clone()));
-        assert_eq!(Lock::parse("# other header\n"), None);
+        assert_eq!(Lock::parse(&set, &lock.render()), Some(lock.clone()));
+        assert_eq!(Lock::parse(&set, "# other header\n"), None);
+        let other_arch = PackageSet {
+            arch: Arch::Amd64,
+            ..set
+        };
+        assert_eq!(Lock::parse(&other_arch, &lock.render()), None);
     }
 
     #[test]

@@ -31,7 +31,7 @@ pub(super) fn unpack_all(cache: &Cache, lock: &Lock, dir: &Path) -> Result<Unpac
         return Ok(unpacked);
     }
     recreate_dir(dir)?;
-    for name in cache.dependency_closure(lock, packages::USERLAND_ROOTS)? {
+    for name in cache.dependency_closure(lock, packages::USERLAND_ROOTS, &[])? {
         let p = lock
             .get(&name)
             .ok_or_else(|| ImageError::MissingPackage(name.clone()))?;
