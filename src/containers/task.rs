@@ -42,6 +42,8 @@ pub struct ContainerSpec {
     pub memory_limit_bytes: i64,
     /// The runc binary the shim runs for this container.
     pub runc: PathBuf,
+    /// runc's state directory (else `/run/containerd/runc`, shared with the host's containerd).
+    pub runc_root: PathBuf,
 }
 
 impl ContainerSpec {
@@ -104,13 +106,15 @@ impl ContainerSpec {
     }
 }
 
-/// containerd's runc shim options (`containerd.runc.v1.Options`), only the field we set:
-/// containerd has no configuration key for the runc binary outside its CRI plugin, so
-/// each container names it, as `ctr run --runc-binary` does.
+/// containerd's runc shim options (`containerd.runc.v1.Options`), only the fields we set:
+/// containerd has no configuration key for them outside its CRI plugin, so each container
+/// names them, as `ctr run --runc-binary` does.
 #[derive(Clone, PartialEq, prost::Message)]
 struct RuncOptions {
     #[prost(string, tag = "6")]
     binary_name: String,
+    #[prost(string, tag = "7")]
+    root: String,
 }
 
 /// How a task ended.
@@ -141,6 +145,7 @@ pub async fn create_container(
         )))?;
     let options = RuncOptions {
         binary_name: spec.runc.display().to_string(),
+        root: spec.runc_root.display().to_string(),
     };
     let container = Container {
         id: id.clone(),
@@ -264,6 +269,7 @@ mod tests {
             env: vec!["PATH=/usr/bin:/bin".into()],
             memory_limit_bytes: 32 << 20,
             runc: "/usr/sbin/runc".into(),
+            runc_root: "/run/letterbox/runc".into(),
         }
     }
 
@@ -301,11 +307,12 @@ mod tests {
     }
 
     #[test]
-    fn runc_options_encode_binary_name_as_field_6() {
+    fn runc_options_encode_binary_name_and_root_as_fields_6_and_7() {
         let bytes = prost::Message::encode_to_vec(&RuncOptions {
             binary_name: "/r".into(),
+            root: "/s".into(),
         });
-        // Field 6, wire type 2 (length-delimited): (6 << 3) | 2 = 0x32.
-        assert_eq!(bytes, [0x32, 2, b'/', b'r']);
+        // Wire type 2 (length-delimited): (6 << 3) | 2 = 0x32, (7 << 3) | 2 = 0x3a.
+        assert_eq!(bytes, [0x32, 2, b'/', b'r', 0x3a, 2, b'/', b's']);
     }
 }

@@ -128,7 +128,6 @@ pub(super) async fn unpack(
                     name: chain_id.clone(),
                     key: key.clone(),
                     labels: HashMap::new(),
-                    ..Default::default()
                 },
                 lease,
             ))
