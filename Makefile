@@ -7,8 +7,10 @@ CACHE := .cache
 STAMPS := $(CACHE)/stamps
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends
 
-# What the tests drive: kernel netlink tools, DNS clients and peers.
-TEST_PACKAGES := iproute2 iputils-ping util-linux procps dnsutils knot-dnsutils bind9-utils knot nsd radvd
+# What the tests drive: kernel netlink tools, DNS clients and peers; protoc for the
+# containerd client's build; mmdebstrap, patchelf and busybox for the containerd tests.
+TEST_PACKAGES := iproute2 iputils-ping util-linux procps dnsutils knot-dnsutils bind9-utils knot nsd radvd \
+	protobuf-compiler mmdebstrap patchelf busybox-static
 # What the benchmarks drive: the load generator and the peers.
 BENCH_PACKAGES := dnsperf nsd knot dnsutils python3
 
@@ -43,10 +45,31 @@ $(STAMPS)/deps-test: $(STAMPS)/apt-update Makefile
 
 deps-test: $(STAMPS)/deps-test
 
-test: deps-test test-image
+test: deps-test test-image containerd-trixie
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	LETTERBOX_REQUIRE_ALL=1 tests/run
+
+# The appliance's containerd and runc (Debian trixie, this host's architecture) for
+# tests/containers.rs, extracted with mmdebstrap as the image's packages are. trixie's runc
+# needs trixie's glibc (2.38+): its copy in bin/ loads trixie's loader and libraries
+# (patchelf; an extracted tree has no merged-/usr links), so runc can still re-execute itself (`runc init`) through /proc/self/exe.
+CONTAINERD_TRIXIE := $(CACHE)/containerd-trixie
+.PHONY: containerd-trixie
+$(STAMPS)/containerd-trixie: $(STAMPS)/deps-test
+	rm -rf $(CONTAINERD_TRIXIE) && mkdir -p $(CONTAINERD_TRIXIE)
+	mmdebstrap --variant=extract --arch=$$(dpkg --print-architecture) --quiet \
+		--include=containerd,runc trixie $(CONTAINERD_TRIXIE)/root http://deb.debian.org/debian
+	mkdir -p $(CONTAINERD_TRIXIE)/bin
+	cp $(CONTAINERD_TRIXIE)/root/usr/sbin/runc $(CONTAINERD_TRIXIE)/bin/runc
+	patchelf --set-interpreter $(CURDIR)/$(CONTAINERD_TRIXIE)/root/usr$$(patchelf --print-interpreter $(CONTAINERD_TRIXIE)/bin/runc) \
+		--set-rpath $(CURDIR)/$(CONTAINERD_TRIXIE)/root/usr/lib/$$(dpkg-architecture -qDEB_HOST_MULTIARCH) \
+		$(CONTAINERD_TRIXIE)/bin/runc
+	$(CONTAINERD_TRIXIE)/bin/runc --version
+	$(CONTAINERD_TRIXIE)/root/usr/bin/containerd --version
+	@touch $@
+
+containerd-trixie: $(STAMPS)/containerd-trixie
 
 $(STAMPS)/deps-bench: $(STAMPS)/apt-update Makefile
 	$(APT_INSTALL) $(BENCH_PACKAGES) $(HOST_RUST_PACKAGES)
@@ -70,7 +93,7 @@ TARGET := aarch64-unknown-linux-gnu
 AGENT := target-aarch64/$(TARGET)/release/letterbox
 TEST_IMAGE := out/test-rpi3.img
 # Builds the image: no root, loop devices or mounts; QEMU boots it.
-IMAGE_PACKAGES := mmdebstrap mtools dosfstools e2fsprogs squashfs-tools kmod qemu-system-arm
+IMAGE_PACKAGES := protobuf-compiler mmdebstrap mtools dosfstools e2fsprogs squashfs-tools kmod qemu-system-arm
 # The agent for aarch64 with the rustup target when installed, else Debian's Rust.
 CROSS_ENV := CARGO_TARGET_DIR=target-aarch64 RUSTFLAGS='-C target-feature=+crt-static' \
 	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=$(CURDIR)/image/cross/link-static-aarch64

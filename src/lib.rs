@@ -9,6 +9,7 @@ pub mod atomic_file;
 pub mod cli;
 pub mod config;
 pub mod console;
+pub mod containers;
 pub mod content_hash;
 pub mod dns;
 pub mod early_boot;

@@ -1,0 +1,87 @@
+//! The containers layer: the only code that talks to containerd.
+//!
+//! - [`daemon`]: containerd's configuration and command (the agent runs it as a process unit);
+//! - [`client`]: a connection over its socket, in the `letterbox` namespace;
+//! - [`import`]: an OCI image layout into the content store, unpacked into overlayfs
+//!   snapshots (what `ctr images import` does on the client side);
+//! - [`unpack`]: layers into a chain of overlayfs snapshots;
+//! - [`task`]: runtime specs (oci-spec) and containers' tasks.
+//!
+//! It uses only the gRPC services that containerd 1.6, 1.7 and 2.x share: version, content,
+//! images, leases, snapshots, diff, containers and tasks.
+
+pub mod client;
+pub mod daemon;
+pub mod import;
+pub mod task;
+pub mod unpack;
+
+use std::path::{Path, PathBuf};
+
+pub use client::Client;
+pub use daemon::Containerd;
+pub use import::{import_oci_layout, Imported};
+pub use task::{ContainerSpec, Exit};
+
+/// Every object the agent creates lives in this containerd namespace.
+pub const NAMESPACE: &str = "letterbox";
+/// The only snapshotter the agent uses.
+pub const SNAPSHOTTER: &str = "overlayfs";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContainersError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("containerd did not answer on {} within {waited_secs} s", socket.display())]
+    NotReady {
+        socket: PathBuf,
+        waited_secs: u64,
+        #[source]
+        source: containerd_client::tonic::transport::Error,
+    },
+    #[error("containerd {call}: {}", status.message())]
+    Rpc {
+        call: String,
+        #[source]
+        status: containerd_client::tonic::Status,
+    },
+    /// An OCI layout or image that cannot be imported: which file and what was wrong.
+    #[error("{}: {message}", path.display())]
+    Layout { path: PathBuf, message: String },
+    #[error("runtime spec: {0}")]
+    Spec(#[from] oci_spec::OciSpecError),
+}
+
+impl ContainersError {
+    pub fn io(path: &Path, source: std::io::Error) -> ContainersError {
+        ContainersError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    fn rpc(
+        call: impl Into<String>,
+    ) -> impl FnOnce(containerd_client::tonic::Status) -> ContainersError {
+        let call = call.into();
+        move |status| ContainersError::Rpc { call, status }
+    }
+
+    fn layout(path: &Path, message: impl Into<String>) -> ContainersError {
+        ContainersError::Layout {
+            path: path.to_path_buf(),
+            message: message.into(),
+        }
+    }
+
+    /// The gRPC code when containerd refused a call (e.g. NotFound, AlreadyExists).
+    pub fn code(&self) -> Option<containerd_client::tonic::Code> {
+        match self {
+            ContainersError::Rpc { status, .. } => Some(status.code()),
+            _ => None,
+        }
+    }
+}
