@@ -690,7 +690,10 @@ fn the_login_delay_keeps_growing_across_a_console_restart() {
         ctl(&lab.dirs, &["restart", "console"]),
         "restarting unit console\n"
     );
-    lab.console.expect("console ready on /proc/self/fd/0");
+    // A restart is not a shutdown, and the console says which.
+    let notice = lab.console.expect("console ready on /proc/self/fd/0");
+    assert!(notice.contains("the console is restarting"), "{notice}");
+    assert!(!notice.contains("shutting down"), "{notice}");
     let after = fail_login(&mut lab.console, "lbxgrow");
     // The schedule is 1 s, 2 s, then 4 s; starting over would make the third 1 s. Lower
     // bounds only: a loaded machine adds to each delay, never takes from it.

@@ -12,6 +12,7 @@ pub mod provisioning;
 mod status;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -73,6 +74,9 @@ pub struct Agent {
     shutdown: mpsc::UnboundedSender<Shutdown>,
     /// The DNS server's zone switch, while the DNS unit runs.
     dns: Mutex<Option<DnsHandle>>,
+    /// Set once the units are being stopped for good: a unit stopping then is not
+    /// restarting.
+    shutting_down: AtomicBool,
 }
 
 impl Agent {
@@ -90,6 +94,7 @@ impl Agent {
             started: Instant::now(),
             shutdown,
             dns: Mutex::new(None),
+            shutting_down: AtomicBool::new(false),
         };
         (Arc::new(agent), requests)
     }
@@ -137,6 +142,17 @@ impl Agent {
         tokio::task::spawn_blocking(move || agent.reload())
             .await
             .map_err(|e| AgentError::Task("check", e))
+    }
+
+    /// Stops every unit, last started first, for a reboot or power-off.
+    pub async fn stop_units(&self) {
+        self.shutting_down.store(true, Ordering::Relaxed);
+        self.supervisor.stop_all().await;
+    }
+
+    /// Whether the agent is stopping its units for good (not restarting one).
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
     }
 
     pub fn request_shutdown(&self, how: Shutdown, via: commands::Via) {

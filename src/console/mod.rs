@@ -70,7 +70,11 @@ async fn serve(
         _ = stop.requested() => {
             // After the shutdown's log lines so far, as at boot.
             logger().flushed(FLUSH_LIMIT).await;
-            let _ = term.write("\nletterbox is shutting down\n").await;
+            let notice = match agent.is_shutting_down() {
+                true => "\nletterbox is shutting down\n",
+                false => "\nthe console is restarting\n",
+            };
+            let _ = term.write(notice).await;
             Ok(())
         }
     }

@@ -19,13 +19,12 @@ use containerd_client::services::v1::{
     WriteAction, WriteContentRequest,
 };
 use containerd_client::tonic::Code;
-use containerd_client::types::Descriptor as WireDescriptor;
 use oci_spec::image::{Arch, Descriptor, ImageConfiguration, ImageIndex, ImageManifest, MediaType};
 use tokio::io::AsyncReadExt;
 
 use super::client::Lease;
 use super::unpack::{chain_ids, unpack};
-use super::{Client, ContainersError, SNAPSHOTTER};
+use super::{wire, Client, ContainersError, SNAPSHOTTER};
 
 /// Well below containerd's 16 MB gRPC message limit.
 const CHUNK: usize = 1 << 20;
@@ -201,15 +200,6 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, Container
                 .to_string(),
         }
     })
-}
-
-pub(super) fn wire(desc: &Descriptor) -> WireDescriptor {
-    WireDescriptor {
-        media_type: desc.media_type().to_string(),
-        digest: desc.digest().to_string(),
-        size: desc.size() as i64,
-        annotations: desc.annotations().clone().unwrap_or_default(),
-    }
 }
 
 /// Puts the blob into the content store unless it is there; sets `labels` on it either way.

@@ -28,6 +28,16 @@ pub const NAMESPACE: &str = "letterbox";
 /// The only snapshotter the agent uses.
 pub const SNAPSHOTTER: &str = "overlayfs";
 
+/// An OCI descriptor as containerd's gRPC messages carry it.
+fn wire(desc: &oci_spec::image::Descriptor) -> containerd_client::types::Descriptor {
+    containerd_client::types::Descriptor {
+        media_type: desc.media_type().to_string(),
+        digest: desc.digest().to_string(),
+        size: desc.size() as i64,
+        annotations: desc.annotations().clone().unwrap_or_default(),
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ContainersError {
     #[error("{}: {source}", path.display())]

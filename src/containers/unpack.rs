@@ -15,8 +15,7 @@ use containerd_client::tonic::Code;
 use oci_spec::image::Descriptor;
 
 use super::client::Lease;
-use super::import::wire;
-use super::{Client, ContainersError, SNAPSHOTTER};
+use super::{wire, Client, ContainersError, SNAPSHOTTER};
 
 /// The chain IDs of a layer stack: the first layer's diff ID, then
 /// sha256(parent chain ID + " " + diff ID) (OCI image spec, "Layer ChainID").

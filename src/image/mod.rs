@@ -340,7 +340,7 @@ pub fn build(opts: &BuildOptions) -> Result<Summary, ImageError> {
     };
     write("config.txt", opts.board.config_txt())?;
     write("cmdline.txt", &board::cmdline_txt(&root_ref.to_string()))?;
-    write("letterbox.toml", &config_text)?;
+    write(crate::paths::PROVISIONING_FILE, &config_text)?;
     let mut boot_files: Vec<PathBuf> = std::fs::read_dir(&boot_dir)
         .map_err(|e| ImageError::io(&boot_dir, e))?
         .flatten()

@@ -33,7 +33,7 @@ impl Prepared {
     /// its file gives no interface an address in 10.0.2.0/24.
     fn user_network_warning(&self) -> Option<String> {
         let net: ipnet::Ipv4Net = GUEST_NET.parse().expect("GUEST_NET");
-        let reachable = crate::config::parse("letterbox.toml", &self.config_text)
+        let reachable = crate::config::parse(crate::paths::PROVISIONING_FILE, &self.config_text)
             .map(|cfg| {
                 cfg.interfaces
                     .iter()
@@ -86,7 +86,7 @@ pub fn prepare(image: &Path, work: &Path) -> Result<Prepared, ImageError> {
         .map_err(|e| ImageError::io(&cmdline_path, e))?
         .trim()
         .to_string();
-    let config_path = extract("letterbox.toml")?;
+    let config_path = extract(crate::paths::PROVISIONING_FILE)?;
     let config_text =
         std::fs::read_to_string(&config_path).map_err(|e| ImageError::io(&config_path, e))?;
     let sd_card = work.join("sd.img");

@@ -71,7 +71,7 @@ impl Signals {
 /// Stops the units, last started first, and as PID 1 whatever else still runs.
 pub async fn stop_everything(agent: &Agent, mode: Mode) {
     info!("shutting down: stopping units");
-    agent.supervisor().stop_all().await;
+    agent.stop_units().await;
     if mode == Mode::Pid1 {
         stop_remaining_processes().await;
     }
