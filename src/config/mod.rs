@@ -5,6 +5,7 @@
 //! others. Meaning is checked afterwards; every problem becomes a [`Diagnostic`] with
 //! file, line and column.
 
+mod containers;
 mod diagnostic;
 mod dns;
 mod network;
@@ -19,6 +20,7 @@ use serde::de::{DeserializeOwned, IntoDeserializer};
 use toml::de::{DeString, DeTable, DeValue};
 use toml::Spanned;
 
+pub use containers::{Containers, DEFAULT_IPV4, DEFAULT_MEMORY_LIMIT};
 pub use diagnostic::{Diagnostic, Diagnostics};
 pub use dns::{
     derived_records, is_spf, txt_split, Account, Derived, Dns, ExtraRecord, DEFAULT_RATE_LIMIT,
@@ -35,7 +37,7 @@ pub const DEFAULT_NAME: &str = "letterbox.toml (embedded default)";
 
 const VERSION: i64 = 1;
 const SECTIONS: &str =
-    "`version`, `system`, `interface`, `nameservers`, `console`, `dns`, `account`";
+    "`version`, `system`, `interface`, `nameservers`, `console`, `dns`, `account`, `containers`";
 
 /// A validated provisioning file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +48,7 @@ pub struct Config {
     pub console: Console,
     pub dns: Dns,
     pub accounts: Vec<Account>,
+    pub containers: Containers,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +103,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Diagnostics> {
     let mut raw_console = None;
     let mut raw_dns = None;
     let mut raw_accounts = Vec::new();
+    let mut raw_containers = None;
 
     for (key, value) in root.into_inner() {
         let span = key.span();
@@ -124,6 +128,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Diagnostics> {
             }
             "console" => raw_console = section::<system::RawConsole>(value, &mut c),
             "dns" => raw_dns = section::<dns::RawDns>(value, &mut c),
+            "containers" => raw_containers = section(value, &mut c),
             "account" => match value.into_inner() {
                 DeValue::Array(items) => {
                     raw_accounts.extend(items.into_iter().filter_map(|v| section(v, &mut c)))
@@ -167,6 +172,10 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Diagnostics> {
             "no `[[interface]]`; expected at least one interface with its addresses",
         );
     }
+    let interface_headers: Vec<_> = raw_interfaces
+        .iter()
+        .map(|r: &Spanned<network::RawInterface>| r.span())
+        .collect();
     let interfaces = network::validate_interfaces(raw_interfaces, &mut c);
     let nameservers = network::validate_nameservers(&raw_nameservers, &mut c);
     let console = raw_console
@@ -183,6 +192,14 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Diagnostics> {
         None => (Dns::default(), Vec::new()),
     };
 
+    let containers = containers::validate_containers(
+        raw_containers,
+        &interfaces,
+        &interface_headers,
+        accounts.len(),
+        &mut c,
+    );
+
     c.finish()?;
     Ok(Config {
         system: system.expect("a missing or invalid [system] is an error above"),
@@ -191,6 +208,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Diagnostics> {
         console,
         dns,
         accounts,
+        containers,
     })
 }
 
