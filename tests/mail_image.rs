@@ -7,104 +7,17 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::OnceLock;
+use std::path::Path;
 
-use oci_spec::image::{Arch, ImageConfiguration, ImageIndex, ImageManifest, MediaType, Os};
+use common::mail_image::{blob, build_into, built, chroot, the_manifest, unpacked_rootfs, EPOCH};
+use oci_spec::image::{Arch, ImageConfiguration, MediaType, Os};
 use sha2::{Digest, Sha256};
-
-/// Not the default epoch, so the test sees that SOURCE_DATE_EPOCH is what stamps the layer.
-const EPOCH: u64 = 1_700_000_000;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-struct Built {
-    _dir: tempfile::TempDir,
-    layout: PathBuf,
-    stdout: String,
-}
-
-/// `letterbox mail-image --arch amd64` into `output`, run by a shell with `umask`.
-fn build_into(output: &Path, umask: &str) -> Output {
-    Command::new("sh")
-        .current_dir(repo())
-        .env("SOURCE_DATE_EPOCH", EPOCH.to_string())
-        .env("TZ", "EST5EDT")
-        .arg("-c")
-        .arg(format!("umask {umask} && exec \"$@\""))
-        .arg("sh")
-        .arg(common::letterbox_bin())
-        .args(["mail-image", "--arch", "amd64", "--cache", ".cache", "-o"])
-        .arg(output)
-        .output()
-        .expect("run letterbox mail-image")
-}
-
-/// The image, built once for every test of this binary; None (skipped) without the tools.
-fn built(test: &str) -> Option<&'static Built> {
-    static BUILT: OnceLock<Option<Built>> = OnceLock::new();
-    for tool in ["mmdebstrap", "dpkg-deb"] {
-        if !common::installed(test, tool) {
-            return None;
-        }
-    }
-    BUILT
-        .get_or_init(|| {
-            let dir = tempfile::tempdir().unwrap();
-            let layout = dir.path().join("letterbox-mail-amd64");
-            let out = build_into(&layout, "022");
-            assert!(
-                out.status.success(),
-                "letterbox mail-image failed:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-            Some(Built {
-                _dir: dir,
-                layout,
-                stdout: String::from_utf8(out.stdout).unwrap(),
-            })
-        })
-        .as_ref()
-}
 
 fn sha256(bytes: &[u8]) -> String {
     format!(
         "sha256:{}",
         data_encoding::HEXLOWER.encode(&Sha256::digest(bytes))
     )
-}
-
-fn blob(layout: &Path, digest: &str) -> Vec<u8> {
-    let hex = digest.strip_prefix("sha256:").unwrap();
-    std::fs::read(layout.join("blobs/sha256").join(hex)).unwrap()
-}
-
-fn the_manifest(layout: &Path) -> (String, ImageManifest) {
-    let index = ImageIndex::from_file(layout.join("index.json")).unwrap();
-    assert_eq!(index.manifests().len(), 1);
-    let descriptor = &index.manifests()[0];
-    assert_eq!(descriptor.media_type(), &MediaType::ImageManifest);
-    let platform = descriptor.platform().as_ref().expect("a platform");
-    assert_eq!(
-        (platform.architecture(), platform.os()),
-        (&Arch::Amd64, &Os::Linux)
-    );
-    let digest = descriptor.digest().to_string();
-    let bytes = blob(layout, &digest);
-    assert_eq!(bytes.len() as u64, descriptor.size());
-    (
-        digest,
-        ImageManifest::from_reader(bytes.as_slice()).unwrap(),
-    )
-}
-
-fn the_layer(layout: &Path) -> Vec<u8> {
-    let (_, manifest) = the_manifest(layout);
-    blob(layout, manifest.layers()[0].digest().as_ref())
 }
 
 #[test]
@@ -247,45 +160,6 @@ fn two_builds_give_byte_identical_layouts() {
     }
     let lock = |layout: &Path| std::fs::read(format!("{}.lock", layout.display())).unwrap();
     assert_eq!(lock(&built.layout), lock(&again));
-}
-
-/// The layer unpacked by the host's tar (not the writer's crate), with the /dev/null the
-/// container runtime would provide; None (skipped) when not root.
-fn unpacked_rootfs(test: &str) -> Option<(tempfile::TempDir, PathBuf)> {
-    let built = built(test)?;
-    if !common::is_root() {
-        common::skip(test, "chroot needs root");
-        return None;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("rootfs");
-    std::fs::create_dir(&root).unwrap();
-    let layer = dir.path().join("layer.tar.gz");
-    std::fs::write(&layer, the_layer(&built.layout)).unwrap();
-    common::run_ok(
-        Command::new("tar")
-            .arg("-xzf")
-            .arg(&layer)
-            .arg("-C")
-            .arg(&root),
-    );
-    common::run_ok(
-        Command::new("mknod")
-            .args(["-m", "666"])
-            .arg(root.join("dev/null"))
-            .args(["c", "1", "3"]),
-    );
-    Some((dir, root))
-}
-
-fn chroot(root: &Path, args: &[&str]) -> Output {
-    Command::new("chroot")
-        .arg(root)
-        .args(args)
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin")
-        .output()
-        .unwrap()
 }
 
 #[test]

@@ -3,6 +3,7 @@
 
 use std::io::Write;
 
+pub mod mail_image;
 pub mod pid1;
 
 /// Marks the current test as skipped: prints SKIPPED on the real stderr (past libtest's

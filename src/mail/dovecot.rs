@@ -1,0 +1,173 @@
+//! Dovecot 2.4: the front's IMAP proxy and each box's LMTP and IMAP server, with their
+//! passwd-files.
+//!
+//! A login is `box@<name>.<domain>` or `<name>`, in any case (`auth_username_format`
+//! lowers it). Each passwd-file has a line for both forms; the short one renames the
+//! login to the address (the front through `destuser`, a box through `user`), so that a
+//! box only ever sees its canonical user.
+
+use std::fmt::Write as _;
+
+use super::paths::{BOX_HOME, DOVECOT_PASSWD, TLS_CERT, TLS_KEY};
+use super::{BoxPlan, MailPlan, GENERATED};
+use crate::mail::postfix::LMTP_PORT;
+
+/// The IMAP port a box serves the front on (and, with STARTTLS, direct clients).
+pub const BOX_IMAP_PORT: u16 = 143;
+
+/// The settings every instance starts with: 2.4 requires the two versions first.
+fn header(out: &mut String, what: &str) {
+    out.push_str(GENERATED);
+    let _ = write!(
+        out,
+        "{what}
+
+dovecot_config_version = 2.4.1
+dovecot_storage_version = 2.4.1
+log_path = /dev/stderr
+
+# No password travels in clear: 143 needs STARTTLS first, 993 is TLS from the start.
+auth_allow_cleartext = no
+auth_username_format = %{{user|lower}}
+ssl_server_cert_file = {TLS_CERT}
+ssl_server_key_file = {TLS_KEY}
+"
+    );
+}
+
+fn imap_listeners(out: &mut String) {
+    out.push_str(
+        "
+service imap-login {
+  inet_listener imap {
+    port = 143
+  }
+  inet_listener imaps {
+    port = 993
+    ssl = yes
+  }
+}
+",
+    );
+}
+
+fn passdb(out: &mut String) {
+    let _ = write!(
+        out,
+        "
+passdb passwd-file {{
+  passwd_file_path = {DOVECOT_PASSWD}
+}}
+"
+    );
+}
+
+/// The front: an IMAP proxy that checks the password, then logs in to the box with it.
+pub fn front_conf(plan: &MailPlan) -> String {
+    let mut out = String::new();
+    header(
+        &mut out,
+        "# The front's Dovecot: an IMAP proxy on ports 143 and 993. It checks each login's\n\
+         # password itself, then forwards the login to the account's box.",
+    );
+    let listen = if plan.ipv6 { "*, ::" } else { "*" };
+    let _ = write!(
+        out,
+        "ssl = required
+protocols = imap
+listen = {listen}
+"
+    );
+    imap_listeners(&mut out);
+    passdb(&mut out);
+    out
+}
+
+/// The front's passwd-file: every account's hash, and where its box is.
+pub fn front_passwd(plan: &MailPlan) -> String {
+    let mut out = String::from(GENERATED);
+    out.push_str(
+        "# Logins of the front's IMAP proxy: user:password:::::: then where to forward.\n",
+    );
+    for b in &plan.boxes {
+        let proxy = format!(
+            "proxy=y host={} port={BOX_IMAP_PORT} destuser={}",
+            b.ipv4, b.address
+        );
+        for login in [&b.address, &b.name] {
+            let _ = writeln!(out, "{login}:{{CRYPT}}{}::::::{proxy}", b.password_hash);
+        }
+    }
+    out
+}
+
+/// One account's box: LMTP from the front on its private address, IMAP for the front
+/// (143 on the bridge) and for IPv6 clients (143 with STARTTLS, 993) on its own address.
+pub fn box_conf(plan: &MailPlan, account: &BoxPlan) -> String {
+    let mut out = String::new();
+    header(
+        &mut out,
+        &format!(
+            "# The box of {}: it receives the account's mail over LMTP from the front,\n\
+             # keeps it in a Maildir and serves it over IMAP.",
+            account.address
+        ),
+    );
+    let listen = match account.ipv6 {
+        Some(v6) => format!("{}, {v6}", account.ipv4),
+        None => account.ipv4.to_string(),
+    };
+    let _ = write!(
+        out,
+        "ssl = yes
+protocols = imap lmtp
+listen = {listen}
+# The front has checked the client's password and TLS; its logins carry the client's
+# real address.
+login_trusted_networks = {front}
+
+mail_driver = maildir
+mail_path = ~/Maildir
+# The one user's own uid and gid, and no other.
+first_valid_uid = {id}
+last_valid_uid = {id}
+first_valid_gid = {id}
+last_valid_gid = {id}
+
+service lmtp {{
+  inet_listener lmtp {{
+    listen = {ipv4}
+    port = {LMTP_PORT}
+  }}
+}}
+",
+        front = plan.front_ipv4,
+        id = account.id,
+        ipv4 = account.ipv4,
+    );
+    imap_listeners(&mut out);
+    passdb(&mut out);
+    let _ = write!(
+        out,
+        "
+userdb passwd-file {{
+  passwd_file_path = {DOVECOT_PASSWD}
+}}
+"
+    );
+    out
+}
+
+/// A box's passwd-file: its one account, with uid, gid and home.
+pub fn box_passwd(account: &BoxPlan) -> String {
+    let mut out = String::from(GENERATED);
+    out.push_str("# The box's one account: user:password:uid:gid::home::extra fields.\n");
+    let user = format!(
+        "{{CRYPT}}{}:{id}:{id}::{BOX_HOME}::",
+        account.password_hash,
+        id = account.id
+    );
+    let _ = writeln!(out, "{}:{user}", account.address);
+    let _ = writeln!(out, "{}:{user}user={}", account.name, account.address);
+    out
+}

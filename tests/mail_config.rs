@@ -1,0 +1,195 @@
+//! The mail configuration rendered from a provisioning file with two accounts: every
+//! file against its golden file under tests/golden/mail, and every file loaded, without
+//! an error or a warning, by trixie's own Postfix 3.10 and Dovecot 2.4 (the amd64
+//! letterbox-mail image, unpacked and run in a chroot).
+
+mod common;
+
+use std::path::Path;
+use std::process::Output;
+
+use common::mail_image::{chroot, unpacked_rootfs};
+use letterbox::mail::{dovecot, paths, postfix, MailPlan, GENERATED};
+
+/// Both hashes are of "letterbox": alice's SHA-512 crypt, bob's yescrypt.
+const FIXTURE: &str = r#"version = 1
+[system]
+hostname = "mail"
+domain = "example.org"
+[[interface]]
+name = "eth0"
+ipv4 = ["192.0.2.10/24"]
+gateway4 = "192.0.2.1"
+ipv6 = ["2001:db8::10/64"]
+gateway6 = "2001:db8::1"
+[[account]]
+name = "alice"
+password_hash = "$6$saltsaltsalt$S/Pf/kKX1rCNRo4NCSDP1C7O8qxgb7lD0RhObcGYaY.ETFEN6GtQYVXCn22/nm.Ujp4KjOqcwTpiIrOQ.hq6S/"
+[[account]]
+name = "bob"
+password_hash = "$y$j9T$l.4Kf7wcyQ20w/sxhEjQM0$NX6qsFMn96tMnY1br5GGM9L9SXp5CLU7qKRx8LB/14D"
+"#;
+
+fn plan() -> MailPlan {
+    let config = letterbox::config::parse("fixture.toml", FIXTURE).expect("a valid fixture");
+    MailPlan::from(&config)
+}
+
+/// Every rendered file, named as its golden file under tests/golden/mail.
+fn rendered(plan: &MailPlan) -> Vec<(String, String)> {
+    let mut files = vec![
+        ("front/postfix/main.cf".into(), postfix::main_cf(plan)),
+        ("front/postfix/master.cf".into(), postfix::master_cf()),
+        ("front/dovecot.conf".into(), dovecot::front_conf(plan)),
+        ("front/passwd".into(), dovecot::front_passwd(plan)),
+    ];
+    for b in &plan.boxes {
+        files.push((
+            format!("box-{}/dovecot.conf", b.name),
+            dovecot::box_conf(plan, b),
+        ));
+        files.push((format!("box-{}/passwd", b.name), dovecot::box_passwd(b)));
+    }
+    files
+}
+
+#[test]
+fn every_rendered_file_matches_its_golden_file() {
+    let plan = plan();
+    assert_eq!(plan.boxes.len(), 2);
+    for (name, text) in rendered(&plan) {
+        letterbox::golden::check(&format!("mail/{name}"), &text);
+    }
+}
+
+#[test]
+fn every_rendered_file_says_it_is_generated_and_renders_the_same_twice() {
+    let first = rendered(&plan());
+    assert_eq!(first.len(), 8);
+    for (name, text) in &first {
+        assert!(text.starts_with(GENERATED), "{name} starts with:\n{text}");
+    }
+    assert_eq!(first, rendered(&plan()));
+}
+
+/// Writes `text` at `path` inside `root` (an absolute path of the container).
+fn put(root: &Path, path: &str, text: &str) {
+    let file = root.join(path.trim_start_matches('/'));
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(file, text).unwrap();
+}
+
+/// The command succeeded and said nothing on stderr: no error, no warning.
+fn assert_clean(what: &str, out: &Output) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stderr.trim().is_empty(),
+        "{what}: {}\n{stderr}",
+        out.status
+    );
+}
+
+#[test]
+fn trixies_postfix_loads_the_front_files_without_a_warning() {
+    let test = "trixies_postfix_loads_the_front_files_without_a_warning";
+    let Some((_dir, root)) = unpacked_rootfs(test) else {
+        return;
+    };
+    let plan = plan();
+    put(&root, "/etc/postfix/main.cf", &postfix::main_cf(&plan));
+    put(&root, "/etc/postfix/master.cf", &postfix::master_cf());
+    let postconf = chroot(&root, &["postconf", "-c", paths::POSTFIX_CONFIG, "-n"]);
+    assert_clean("postconf -n", &postconf);
+    let settings = String::from_utf8_lossy(&postconf.stdout);
+    for expected in [
+        "relay_domains = alice.example.org, bob.example.org",
+        "mynetworks = 127.0.0.0/8 [::1]/128",
+        "allow_percent_hack = no",
+    ] {
+        assert!(
+            settings.lines().any(|l| l == expected),
+            "{expected}:\n{settings}"
+        );
+    }
+    // The inline maps parse, route each domain to its own box, and know each box's
+    // one address and no other.
+    let map = |name: &str| {
+        let out = chroot(
+            &root,
+            &["postconf", "-c", paths::POSTFIX_CONFIG, "-h", name],
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let (transports, recipients) = (map("transport_maps"), map("relay_recipient_maps"));
+    let query = |map: &str, key: &str| {
+        let out = chroot(
+            &root,
+            &["postmap", "-c", paths::POSTFIX_CONFIG, "-q", key, map],
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    for b in &plan.boxes {
+        let route = format!("lmtp:inet:[{}]:24", b.ipv4);
+        assert_eq!(query(&transports, &b.mail_domain), route);
+        assert_eq!(query(&recipients, &b.address), "ok");
+        assert_eq!(
+            query(&recipients, &format!("postmaster@{}", b.mail_domain)),
+            ""
+        );
+    }
+    let chroots = chroot(
+        &root,
+        &["postconf", "-c", paths::POSTFIX_CONFIG, "-F", "*/*/chroot"],
+    );
+    assert_clean("postconf -F", &chroots);
+    let chroots = String::from_utf8_lossy(&chroots.stdout);
+    assert!(
+        chroots.lines().count() > 20 && chroots.lines().all(|l| l.ends_with("/chroot = n")),
+        "{chroots}"
+    );
+    assert_clean(
+        "postfix check",
+        &chroot(&root, &["postfix", "-c", paths::POSTFIX_CONFIG, "check"]),
+    );
+}
+
+#[test]
+fn trixies_dovecot_loads_the_front_and_box_files_without_a_warning() {
+    let test = "trixies_dovecot_loads_the_front_and_box_files_without_a_warning";
+    let Some((_dir, root)) = unpacked_rootfs(test) else {
+        return;
+    };
+    let plan = plan();
+    let mut configs = vec![("front".to_string(), dovecot::front_conf(&plan))];
+    for b in &plan.boxes {
+        configs.push((format!("box-{}", b.name), dovecot::box_conf(&plan, b)));
+    }
+    put(&root, paths::DOVECOT_PASSWD, &dovecot::front_passwd(&plan));
+    for (name, conf) in &configs {
+        let path = format!("/etc/dovecot/{name}.conf");
+        put(&root, &path, conf);
+        let out = chroot(&root, &["doveconf", "-c", &path, "-n"]);
+        assert_clean(&format!("doveconf -n of {name}"), &out);
+        let shown = String::from_utf8_lossy(&out.stdout);
+        assert!(shown.contains("passdb passwd-file {"), "{name}:\n{shown}");
+    }
+    // Both schemes verify with the {CRYPT} prefix the passwd-files give them.
+    let front = "/etc/dovecot/front.conf";
+    for b in &plan.boxes {
+        let hash = format!("{{CRYPT}}{}", b.password_hash);
+        let right = chroot(
+            &root,
+            &["doveadm", "-c", front, "pw", "-t", &hash, "-p", "letterbox"],
+        );
+        assert_clean(&format!("{}'s hash verifies", b.name), &right);
+        let wrong = chroot(
+            &root,
+            &["doveadm", "-c", front, "pw", "-t", &hash, "-p", "wrong"],
+        );
+        assert!(
+            !wrong.status.success(),
+            "{}'s hash takes any password",
+            b.name
+        );
+    }
+}
