@@ -181,7 +181,7 @@ impl Lab {
     fn state(&self) -> String {
         let mut out = self.host_sh(&format!(
             "{LINKS}; ip route show table all; ip -6 route show table all; \
-                 ip -6 neigh show proxy; ip -d link show master lbbr0 | grep -o 'isolated o.'; \
+                 ip -6 neigh show proxy; ip -6 rule; ip -d link show master lbbr0 | grep -o 'isolated o.'; \
                  cat /proc/sys/net/ipv6/conf/all/forwarding /proc/sys/net/ipv4/conf/*/forwarding"
         ));
         for net in [&self.a, &self.b] {

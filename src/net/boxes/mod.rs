@@ -18,18 +18,20 @@ use std::path::{Path, PathBuf};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use netlink_packet_route::link::InfoKind;
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use nix::sched::CloneFlags;
+use nix::mount::{umount2, MntFlags};
 use rtnetlink::Handle;
 use sha2::{Digest, Sha256};
 
 use super::{netlink, sysctl, NetError, Origin};
+use netns::{connect_in, ensure_netns_file, is_netns_file, netns_error, nix_error};
+
+mod ipv6;
+mod kernel;
+mod netns;
 
 /// The box's end of its veth pair, inside its namespace.
 pub const BOX_LINK: &str = "eth0";
 const LOOPBACK: &str = "lo";
-/// statfs(2) magic of nsfs, the file system of /proc/*/ns/* and of their bind mounts.
-const NSFS_MAGIC: nix::sys::statfs::FsType = nix::sys::statfs::FsType(0x6e73_6673);
 
 #[derive(Debug, thiserror::Error)]
 pub enum BoxNetError {
@@ -141,7 +143,7 @@ async fn ensure_bridge_on(
         }
         Some(link) => link,
         None => {
-            netlink::add_bridge(handle, &bridge.name)
+            kernel::add_bridge(handle, &bridge.name)
                 .await
                 .map_err(failed(&bridge.name, "add the bridge"))?;
             changes.push(format!("bridge {} added", bridge.name));
@@ -189,7 +191,7 @@ pub async fn ensure_box_netns(
         ensure_veth(&host, &inside, &bridge_link, &netns, net, &mut changes).await?;
         configure_inside(&inside, bridge, net, &mut changes).await?;
         if let Some(address) = net.ipv6 {
-            route_ipv6(&host, &bridge_link, address, &mut changes).await?;
+            ipv6::route(&host, &bridge_link, address, &mut changes).await?;
         }
         Ok::<_, BoxNetError>(())
     }
@@ -209,13 +211,13 @@ pub async fn remove_box_netns(netns_dir: &Path, net: &BoxNet) -> Result<Changes,
     let result = async {
         let host_link = host_link_name(&net.name);
         if let Some(link) = find_link(&handle, &host_link).await? {
-            netlink::del_link(&handle, link.index)
+            kernel::del_link(&handle, link.index)
                 .await
                 .map_err(failed(&host_link, "remove the link"))?;
             changes.push(format!("veth {host_link} removed"));
         }
         if let Some(address) = net.ipv6 {
-            unroute_ipv6(&handle, address, &mut changes).await?;
+            ipv6::unroute(&handle, address, &mut changes).await?;
         }
         Ok::<_, BoxNetError>(())
     }
@@ -261,72 +263,8 @@ fn check_box(bridge: &Bridge, net: &BoxNet) -> Result<(), BoxNetError> {
     Ok(())
 }
 
-fn is_link_local(address: Ipv6Addr) -> bool {
+pub(super) fn is_link_local(address: Ipv6Addr) -> bool {
     address.segments()[0] & 0xffc0 == 0xfe80
-}
-
-/// Makes `path` a named network namespace as `ip netns add` does: `dir` a shared mount (so
-/// that unmounting a namespace file reaches copies in mount namespaces made later, and the
-/// namespace is not kept alive by them), and a new namespace bind-mounted onto `path`.
-/// Returns whether it was created.
-fn ensure_netns_file(dir: &Path, path: &Path) -> Result<bool, BoxNetError> {
-    std::fs::create_dir_all(dir).map_err(netns_error("create", dir))?;
-    let shared = MsFlags::MS_SHARED | MsFlags::MS_REC;
-    if let Err(nix::Error::EINVAL) = mount(None::<&str>, dir, None::<&str>, shared, None::<&str>) {
-        // Not a mount point yet: bind it onto itself first.
-        let bind = MsFlags::MS_BIND | MsFlags::MS_REC;
-        mount(Some(dir), dir, None::<&str>, bind, None::<&str>)
-            .map_err(nix_error("bind-mount", dir))?;
-        mount(None::<&str>, dir, None::<&str>, shared, None::<&str>)
-            .map_err(nix_error("make shared", dir))?;
-    }
-    if is_netns_file(path) {
-        return Ok(false);
-    }
-    File::create(path).map_err(netns_error("create", path))?;
-    // A thread of its own: unshare moves only the calling thread into the new namespace,
-    // and the thread ends right after, so no other work ever runs inside it.
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            nix::sched::unshare(CloneFlags::CLONE_NEWNET)
-                .map_err(nix_error("create a network namespace for", path))?;
-            mount(
-                Some("/proc/thread-self/ns/net"),
-                path,
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            )
-            .map_err(nix_error("bind-mount the new network namespace onto", path))
-        })
-        .join()
-        .expect("the namespace thread does not panic")
-    })?;
-    Ok(true)
-}
-
-fn is_netns_file(path: &Path) -> bool {
-    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type() == NSFS_MAGIC)
-}
-
-/// Opens a routing netlink socket inside the namespace open as `netns`: a socket belongs
-/// to the namespace of the thread that creates it, so a short-lived thread enters it.
-fn connect_in(
-    netns: &File,
-    path: &Path,
-) -> Result<(Handle, tokio::task::JoinHandle<()>), BoxNetError> {
-    let runtime = tokio::runtime::Handle::current();
-    let (connection, handle, _) = std::thread::scope(|s| {
-        s.spawn(|| {
-            nix::sched::setns(netns.as_fd(), CloneFlags::CLONE_NEWNET)
-                .map_err(nix_error("enter", path))?;
-            let _runtime = runtime.enter();
-            rtnetlink::new_connection().map_err(|e| BoxNetError::from(NetError::Connect(e)))
-        })
-        .join()
-        .expect("the netlink thread does not panic")
-    })?;
-    Ok((handle, tokio::spawn(connection)))
 }
 
 /// The veth pair: the host's end a port of the bridge, isolated and up; the box's end
@@ -347,16 +285,16 @@ async fn ensure_veth(
         (Some(link), Some(_)) => link,
         (host_end, box_end) => {
             if let Some(link) = host_end {
-                netlink::del_link(host, link.index)
+                kernel::del_link(host, link.index)
                     .await
                     .map_err(failed(&name, "remove the link without a peer"))?;
             }
             if let Some(link) = box_end {
-                netlink::del_link(inside, link.index)
+                kernel::del_link(inside, link.index)
                     .await
                     .map_err(failed(BOX_LINK, "remove the link without a peer"))?;
             }
-            netlink::add_veth_into(host, &name, bridge.index, BOX_LINK, netns.as_fd())
+            kernel::add_veth_into(host, &name, bridge.index, BOX_LINK, netns.as_fd())
                 .await
                 .map_err(failed(&name, "add the veth pair"))?;
             changes.push(format!("veth {name} added, {BOX_LINK} in box {}", net.name));
@@ -366,13 +304,13 @@ async fn ensure_veth(
         }
     };
     if link.controller != Some(bridge.index) {
-        netlink::set_controller(host, link.index, bridge.index)
+        kernel::set_controller(host, link.index, bridge.index)
             .await
             .map_err(failed(&name, "add the port to the bridge"))?;
         changes.push(format!("{name} is a port of the bridge"));
     }
     if !link.isolated {
-        netlink::isolate_port(host, link.index)
+        kernel::isolate_port(host, link.index)
             .await
             .map_err(failed(&name, "isolate the bridge port"))?;
         changes.push(format!("{name} isolated"));
@@ -420,83 +358,6 @@ async fn configure_inside(
                 .map_err(failed(BOX_LINK, "add the default route"))?;
             changes.push(format!("box {}: default via {gateway}", net.name));
         }
-    }
-    Ok(())
-}
-
-/// The box's IPv6 address routed to the bridge; proxied on the uplink whose on-link prefix
-/// holds it, so that the uplink's router finds it by neighbour discovery.
-async fn route_ipv6(
-    host: &Handle,
-    bridge: &netlink::Link,
-    address: Ipv6Addr,
-    changes: &mut Changes,
-) -> Result<(), BoxNetError> {
-    let routes = netlink::ipv6_host_routes(host).await?;
-    let routed = routes
-        .iter()
-        .any(|r| r.index == bridge.index && r.destination == IpAddr::V6(address));
-    if !routed {
-        netlink::add_ipv6_host_route(host, bridge.index, address)
-            .await
-            .map_err(failed(&bridge.name, "route the box's IPv6 address"))?;
-        changes.push(format!("route {address}/128 dev {}", bridge.name));
-    }
-
-    let links = netlink::links(host).await?;
-    let uplink = netlink::addresses(host)
-        .await?
-        .into_iter()
-        .find(|a| {
-            a.index != bridge.index
-                && a.net.prefix_len() < 128
-                && matches!(a.net, IpNet::V6(n) if n.contains(&address) && !is_link_local(n.addr()))
-        })
-        .and_then(|a| links.into_iter().find(|l| l.index == a.index));
-    let Some(uplink) = uplink else {
-        return Ok(());
-    };
-    if sysctl::ensure(&uplink.name, "proxy_ndp", 1)? {
-        changes.push(format!("net.ipv6.conf.{}.proxy_ndp = 1", uplink.name));
-    }
-    let proxied = netlink::ipv6_proxy_neighbours(host)
-        .await?
-        .iter()
-        .any(|p| p.index == uplink.index && p.address == address);
-    if !proxied {
-        netlink::add_ipv6_proxy_neighbour(host, uplink.index, address)
-            .await
-            .map_err(failed(&uplink.name, "add the proxy NDP entry"))?;
-        changes.push(format!("proxy NDP {address} on {}", uplink.name));
-    }
-    Ok(())
-}
-
-/// Removes letterbox's route and proxy entries for a box's IPv6 address.
-async fn unroute_ipv6(
-    host: &Handle,
-    address: Ipv6Addr,
-    changes: &mut Changes,
-) -> Result<(), BoxNetError> {
-    for route in netlink::ipv6_host_routes(host)
-        .await?
-        .iter()
-        .filter(|r| r.destination == IpAddr::V6(address) && r.origin == Origin::Letterbox)
-    {
-        netlink::del_host_route(host, route)
-            .await
-            .map_err(failed("the bridge", "remove the box's IPv6 route"))?;
-        changes.push(format!("route {address}/128 removed"));
-    }
-    for entry in netlink::ipv6_proxy_neighbours(host)
-        .await?
-        .iter()
-        .filter(|p| p.address == address && p.origin == Origin::Letterbox)
-    {
-        netlink::del_proxy_neighbour(host, entry)
-            .await
-            .map_err(failed("the uplink", "remove the proxy NDP entry"))?;
-        changes.push(format!("proxy NDP {address} removed"));
     }
     Ok(())
 }
@@ -555,7 +416,10 @@ async fn ensure_addresses(
     Ok(())
 }
 
-fn failed<'a>(link: &'a str, action: &'a str) -> impl FnOnce(rtnetlink::Error) -> BoxNetError + 'a {
+pub(super) fn failed<'a>(
+    link: &'a str,
+    action: &'a str,
+) -> impl FnOnce(rtnetlink::Error) -> BoxNetError + 'a {
     move |source| {
         BoxNetError::Net(NetError::Netlink {
             link: link.into(),
@@ -563,22 +427,4 @@ fn failed<'a>(link: &'a str, action: &'a str) -> impl FnOnce(rtnetlink::Error) -
             source,
         })
     }
-}
-
-fn netns_error<'a>(
-    action: &'static str,
-    path: &'a Path,
-) -> impl FnOnce(std::io::Error) -> BoxNetError + 'a {
-    move |source| BoxNetError::Netns {
-        action,
-        path: path.into(),
-        source,
-    }
-}
-
-fn nix_error<'a>(
-    action: &'static str,
-    path: &'a Path,
-) -> impl FnOnce(nix::Error) -> BoxNetError + 'a {
-    move |errno| netns_error(action, path)(std::io::Error::from(errno))
 }
