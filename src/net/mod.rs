@@ -6,6 +6,7 @@
 //! (protocol 213, see `netlink`), so a later apply removes exactly the marked addresses and
 //! routes the file no longer lists and leaves everything else alone.
 
+pub mod boxes;
 mod files;
 mod netlink;
 mod report;

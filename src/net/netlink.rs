@@ -8,7 +8,9 @@ use ipnet::IpNet;
 use netlink_packet_route::address::{
     AddressAttribute, AddressFlags, AddressMessage, AddressProtocol,
 };
-use netlink_packet_route::link::{LinkAttribute, LinkFlags};
+use netlink_packet_route::link::{
+    InfoBridgePort, InfoKind, InfoPortData, LinkAttribute, LinkFlags, LinkInfo,
+};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol,
 };
@@ -34,6 +36,12 @@ pub struct Link {
     pub name: String,
     pub up: bool,
     pub mtu: Option<u32>,
+    /// The kind of a virtual link (bridge, veth); None for hardware.
+    pub kind: Option<InfoKind>,
+    /// The bridge (or bond) this link is a port of.
+    pub controller: Option<u32>,
+    /// A bridge port that forwards only to non-isolated ports (`isolated on`).
+    pub isolated: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -71,11 +79,26 @@ pub async fn links(handle: &Handle) -> Result<Vec<Link>, NetError> {
                 name: String::new(),
                 up: m.header.flags.contains(LinkFlags::Up),
                 mtu: None,
+                kind: None,
+                controller: None,
+                isolated: false,
             };
             for attr in m.attributes {
                 match attr {
                     LinkAttribute::IfName(name) => link.name = name,
                     LinkAttribute::Mtu(mtu) => link.mtu = Some(mtu),
+                    LinkAttribute::Controller(index) => link.controller = Some(index),
+                    LinkAttribute::LinkInfo(infos) => {
+                        for info in infos {
+                            match info {
+                                LinkInfo::Kind(kind) => link.kind = Some(kind),
+                                LinkInfo::PortData(InfoPortData::BridgePort(port)) => {
+                                    link.isolated = port.contains(&InfoBridgePort::Isolated(true))
+                                }
+                                _ => {}
+                            }
+                        }
+                    }
                     _ => {}
                 }
             }

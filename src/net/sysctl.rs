@@ -1,5 +1,5 @@
-//! Per-interface IPv6 sysctls under /proc/sys/net/ipv6/conf; they belong to the caller's
-//! network namespace, like the links themselves.
+//! Network sysctls under /proc/sys/net (per-interface IPv6 ones under ipv6/conf); they
+//! belong to the network namespace of the thread that opens them, like the links themselves.
 
 use std::path::PathBuf;
 
@@ -11,7 +11,11 @@ fn path(link: &str, name: &str) -> PathBuf {
 
 /// Sets an integer sysctl of `link`; returns whether it had another value before.
 pub fn ensure(link: &str, name: &str, value: u8) -> Result<bool, NetError> {
-    let path = path(link, name);
+    ensure_at(path(link, name), value)
+}
+
+/// Sets the integer sysctl at `path`; returns whether it had another value before.
+pub fn ensure_at(path: PathBuf, value: u8) -> Result<bool, NetError> {
     let err = |source| NetError::Sysctl {
         path: path.clone(),
         source,
