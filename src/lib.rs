@@ -16,6 +16,7 @@ pub mod early_boot;
 pub mod golden;
 pub mod image;
 pub mod init;
+pub mod mail;
 pub mod net;
 pub mod passwd;
 pub mod paths;

@@ -1,0 +1,2 @@
+//! Mail: what Postfix and Dovecot need on the data partition.
+pub mod tls;
