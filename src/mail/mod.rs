@@ -1,2 +1,3 @@
 //! Mail: what Postfix and Dovecot need on the data partition.
+pub mod maildir;
 pub mod tls;

@@ -2,8 +2,8 @@
 //! device and kept on the data partition (ACME comes later).
 //!
 //! The key is ECDSA P-256: every TLS stack a mail client or Postfix/Dovecot (OpenSSL 3)
-//! uses accepts it, while Ed25519 certificates are still refused by several (Windows'
-//! Schannel, older Apple and Android stacks), and ring cannot make RSA keys.
+//! uses accepts it, while Ed25519 certificates are still refused by some (Windows'
+//! Schannel, under Outlook, for one), and ring cannot make RSA keys.
 //!
 //! The certificate lives 824 days: Apple's clients refuse any TLS server certificate
 //! valid for more than 825 days, self-signed and user-trusted ones included, so the ten
