@@ -1,14 +1,18 @@
 //! Mail configuration, rendered from `letterbox.toml`: the front's Postfix 3.10
 //! (`main.cf`, `master.cf`) and Dovecot 2.4 (an IMAP proxy), and each box's Dovecot 2.4
-//! (LMTP and IMAP), with their passwd-files.
+//! (LMTP and IMAP), with their passwd-files; and what they need on the data partition: the
+//! TLS key and certificate, and each box's Maildir with its own uid.
 //!
 //! Pure: [`plan::MailPlan`] is derived from a validated `Config`, and each renderer is a
 //! function of the plan alone, so the same file always gives the same bytes (the golden
-//! files under tests/golden/mail hold them).
+//! files under tests/golden/mail hold them). `tls` and `maildir` write to the data
+//! partition.
 
 pub mod dovecot;
+pub mod maildir;
 pub mod plan;
 pub mod postfix;
+pub mod tls;
 
 pub use plan::{BoxPlan, MailPlan};
 

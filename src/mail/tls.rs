@@ -1,0 +1,279 @@
+//! The mail TLS key and self-signed certificate for `<hostname>.<domain>`, made on the
+//! device and kept on the data partition (ACME comes later).
+//!
+//! The key is ECDSA P-256: every TLS stack a mail client or Postfix/Dovecot (OpenSSL 3)
+//! uses accepts it, while Ed25519 certificates are still refused by some (Windows'
+//! Schannel, under Outlook, for one), and ring cannot make RSA keys.
+//!
+//! The certificate lives 824 days: Apple's clients refuse any TLS server certificate
+//! valid for more than 825 days, self-signed and user-trusted ones included, so the ten
+//! years usual for self-signed certificates would lock out every iPhone. It is remade 30
+//! days before it expires; users then accept the new one, about every two years.
+
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use rcgen::{
+    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, KeyPair,
+    KeyUsagePurpose, PublicKeyData, PKCS_ECDSA_P256_SHA256,
+};
+use time::{Duration, OffsetDateTime};
+use x509_parser::extensions::GeneralName;
+
+/// The certificate's file in the TLS directory, PEM.
+pub const CERT_FILE: &str = "cert.pem";
+/// The private key's file in the TLS directory, PKCS#8 PEM.
+pub const KEY_FILE: &str = "key.pem";
+
+/// Both files are 0600, as the issue asks: only root reads them, and Postfix and Dovecot
+/// load their certificates as root before dropping privileges.
+const FILE_MODE: u32 = 0o600;
+/// Any clock before this is wrong (the Pi has no real-time clock and starts in 1970):
+/// 2026-11-01T00:00:00Z, before this code was written.
+const EARLIEST_TRUSTED_TIME: i64 = 1_793_491_200;
+const LIFETIME: Duration = Duration::days(824);
+/// Backdated so that a client whose clock is a little behind still accepts a new one.
+const BACKDATE: Duration = Duration::hours(1);
+const RENEW_BEFORE_EXPIRY: Duration = Duration::days(30);
+
+/// Where the key and certificate are, ready for Postfix's and Dovecot's configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+    /// Why a new key and certificate were made; `None` when the existing ones were kept.
+    pub replaced: Option<Replaced>,
+}
+
+/// Why the key and certificate on disk could not be kept.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Replaced {
+    #[error("there were none")]
+    Missing,
+    #[error("they could not be read: {0}")]
+    Unreadable(String),
+    #[error("the certificate is not for the key beside it")]
+    KeyMismatch,
+    #[error("the certificate is for {found:?}, not {wanted}")]
+    OtherName { found: Vec<String>, wanted: String },
+    #[error("the certificate was made while the clock was wrong (valid from {not_before})")]
+    MadeWithWrongClock { not_before: OffsetDateTime },
+    #[error("the certificate is not valid yet (from {not_before})")]
+    NotYetValid { not_before: OffsetDateTime },
+    #[error("the certificate expires at {not_after}, in less than 30 days")]
+    ExpiresSoon { not_after: OffsetDateTime },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error(
+        "the clock says {now}, before {floor}, so it cannot be trusted yet: \
+         no TLS key or certificate is made until the time is set ({reason})"
+    )]
+    ClockNotTrusted {
+        now: OffsetDateTime,
+        floor: OffsetDateTime,
+        /// Why the existing files, if any, could not be kept instead.
+        reason: Replaced,
+    },
+    #[error("creating the TLS directory {path}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("making a TLS certificate for {fqdn}")]
+    Generate { fqdn: String, source: rcgen::Error },
+    #[error("writing {path}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Keeps the key and certificate in `dir` if they are a matching pair for `fqdn`, made
+/// under a trusted clock and not about to expire; otherwise makes new ones. Refuses to
+/// make any while `now` is before a plausible time: the caller retries once the clock is
+/// set. With such a clock, a pair that is right but for its dates is kept, since its
+/// dates cannot be judged, so mail still starts at boot before the time is known.
+pub fn ensure_self_signed(dir: &Path, fqdn: &str, now: SystemTime) -> Result<TlsFiles, TlsError> {
+    let cert_path = dir.join(CERT_FILE);
+    let key_path = dir.join(KEY_FILE);
+    let now = OffsetDateTime::from(now);
+    let floor = earliest_trusted_time();
+    let clock_trusted = now >= floor;
+    let existing = check_existing(&cert_path, &key_path, fqdn, floor).and_then(|validity| {
+        if clock_trusted {
+            check_dates(validity, now)
+        } else {
+            Ok(())
+        }
+    });
+    let reason = match existing {
+        Ok(()) => {
+            return Ok(TlsFiles {
+                cert_path,
+                key_path,
+                replaced: None,
+            })
+        }
+        Err(reason) => reason,
+    };
+    if !clock_trusted {
+        return Err(TlsError::ClockNotTrusted { now, floor, reason });
+    }
+    let (cert_pem, key_pem) = generate(fqdn, now).map_err(|source| TlsError::Generate {
+        fqdn: fqdn.to_string(),
+        source,
+    })?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| TlsError::CreateDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    // The key first: a power cut between the two leaves a new key beside the old
+    // certificate, which the next call sees as a mismatch and replaces.
+    for (path, contents) in [(&key_path, key_pem), (&cert_path, cert_pem)] {
+        crate::atomic_file::replace_mode(path, contents.as_bytes(), FILE_MODE).map_err(
+            |source| TlsError::Write {
+                path: path.clone(),
+                source,
+            },
+        )?;
+    }
+    log::info!(
+        "made a TLS key and certificate for {fqdn} in {}: {reason}",
+        dir.display()
+    );
+    Ok(TlsFiles {
+        cert_path,
+        key_path,
+        replaced: Some(reason),
+    })
+}
+
+/// The earliest time the clock may say before it is trusted.
+pub fn earliest_trusted_time() -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(EARLIEST_TRUSTED_TIME).expect("a valid constant")
+}
+
+struct Validity {
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+}
+
+/// Everything about the existing pair that does not depend on the current time.
+fn check_existing(
+    cert_path: &Path,
+    key_path: &Path,
+    fqdn: &str,
+    floor: OffsetDateTime,
+) -> Result<Validity, Replaced> {
+    let read = |path: &Path| match std::fs::read(path) {
+        Ok(bytes) => Ok(bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Replaced::Missing),
+        Err(e) => Err(Replaced::Unreadable(format!("{}: {e}", path.display()))),
+    };
+    let key_pem = read(key_path)?;
+    let cert_pem = read(cert_path)?;
+    // The parser's message only: it never quotes the key.
+    let key = std::str::from_utf8(&key_pem)
+        .ok()
+        .and_then(|pem| KeyPair::from_pem(pem).ok())
+        .ok_or_else(|| {
+            Replaced::Unreadable(format!("{}: not a PEM private key", key_path.display()))
+        })?;
+    let unreadable_cert = |e: String| Replaced::Unreadable(format!("{}: {e}", cert_path.display()));
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&cert_pem)
+        .map_err(|e| unreadable_cert(format!("not a PEM certificate: {e}")))?;
+    let cert = pem
+        .parse_x509()
+        .map_err(|e| unreadable_cert(format!("not an X.509 certificate: {e}")))?;
+    if cert.public_key().raw != key.subject_public_key_info().as_slice() {
+        return Err(Replaced::KeyMismatch);
+    }
+    let names: Vec<String> = match cert.subject_alternative_name() {
+        Ok(Some(san)) => san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|name| match name {
+                GeneralName::DNSName(dns) => Some(dns.to_string()),
+                _ => None,
+            })
+            .collect(),
+        Ok(None) => Vec::new(),
+        Err(e) => {
+            return Err(unreadable_cert(format!(
+                "its subject alternative names: {e}"
+            )))
+        }
+    };
+    if !names.iter().any(|n| n.eq_ignore_ascii_case(fqdn)) {
+        return Err(Replaced::OtherName {
+            found: names,
+            wanted: fqdn.to_string(),
+        });
+    }
+    let validity = Validity {
+        not_before: cert.validity().not_before.to_datetime(),
+        not_after: cert.validity().not_after.to_datetime(),
+    };
+    if validity.not_before + BACKDATE < floor {
+        return Err(Replaced::MadeWithWrongClock {
+            not_before: validity.not_before,
+        });
+    }
+    Ok(validity)
+}
+
+fn check_dates(validity: Validity, now: OffsetDateTime) -> Result<(), Replaced> {
+    if validity.not_before > now {
+        return Err(Replaced::NotYetValid {
+            not_before: validity.not_before,
+        });
+    }
+    if validity.not_after - now < RENEW_BEFORE_EXPIRY {
+        return Err(Replaced::ExpiresSoon {
+            not_after: validity.not_after,
+        });
+    }
+    Ok(())
+}
+
+/// A new key and a certificate for `fqdn` signed by it: (certificate PEM, key PEM).
+fn generate(fqdn: &str, now: OffsetDateTime) -> Result<(String, String), rcgen::Error> {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let mut params = CertificateParams::new(vec![fqdn.to_string()])?;
+    let mut subject = DistinguishedName::new();
+    subject.push(DnType::CommonName, fqdn);
+    params.distinguished_name = subject;
+    // Whole seconds: X.509 times carry no fraction.
+    let start = now.replace_nanosecond(0).expect("0 is a valid nanosecond") - BACKDATE;
+    params.not_before = start;
+    params.not_after = start + LIFETIME;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    // Apple's clients require serverAuth in every TLS server certificate.
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    // The serial number is rcgen's default, a hash of the public key: a new key never
+    // repeats an old serial, which Firefox and Thunderbird would refuse.
+    let cert = params.self_signed(&key)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_trusted_time_floor_is_november_2026() {
+        let floor = earliest_trusted_time();
+        assert_eq!(
+            (floor.year(), floor.month(), floor.day(), floor.hour()),
+            (2026, time::Month::November, 1, 0)
+        );
+    }
+}
