@@ -93,8 +93,19 @@ impl Lab {
         self.dir.path().join("state")
     }
 
-    /// `letterbox run` in the namespace, with containerd and the mail image at `image`.
+    /// The agent's stderr (its log), in the order the runs started.
+    fn log(&self) -> PathBuf {
+        self.dir.path().join("agent.log")
+    }
+
+    /// `letterbox run` in the namespace, with containerd and the mail image at `image`; its
+    /// log is appended to [`Lab::log`].
     fn start_agent(&self, image: &Path) -> KillOnDrop {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log())
+            .unwrap();
         let mut cmd = self.netns.exec(common::letterbox_bin());
         cmd.arg("run")
             .arg(self.dir.path().join("letterbox.toml"))
@@ -110,7 +121,7 @@ impl Lab {
         KillOnDrop(
             cmd.stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(log)
                 .spawn()
                 .expect("letterbox run starts"),
         )
@@ -175,10 +186,10 @@ impl Lab {
             .collect()
     }
 
-    /// SIGTERM to the agent: it exits successfully within the limit, leaving no containerd.
+    /// SIGTERM to the agent: it stops the mail unit, then containerd, then DNS, and exits
+    /// successfully within the limit, leaving no containerd.
     fn stop(&self, agent: &mut KillOnDrop) {
-        let containerd = self.containerd_processes();
-        assert!(!containerd.is_empty(), "no containerd ran for this lab");
+        let logged_before = std::fs::read_to_string(self.log()).unwrap().len();
         kill(Pid::from_raw(agent.id() as i32), Signal::SIGTERM).unwrap();
         let status = common::wait_for(TIMEOUT, || agent.try_wait().unwrap())
             .expect("the agent did not exit within the limit after SIGTERM");
@@ -188,6 +199,23 @@ impl Lab {
             Vec::<String>::new(),
             "containerd left behind"
         );
+        let log = std::fs::read_to_string(self.log()).unwrap();
+        let shutdown = &log[logged_before..];
+        let mut at = 0;
+        for step in [
+            "SIGTERM received",
+            "stopping unit mail",
+            "unit mail stopped",
+            "stopping unit containerd",
+            "unit containerd stopped",
+            "stopping unit dns",
+            "unit dns stopped",
+        ] {
+            match shutdown[at..].find(step) {
+                Some(i) => at += i + step.len(),
+                None => panic!("{step:?} missing or out of order:\n{shutdown}"),
+            }
+        }
     }
 }
 
@@ -239,6 +267,7 @@ fn run_mode_imports_the_mail_image_once_and_stops_containerd_with_the_agent() {
     assert!(logs.contains("layers unpacked"), "{logs}");
     assert!(!logs.contains("already in containerd"), "{logs}");
     assert_eq!(lab.dig_mx(), "10 mail.example.org.");
+    assert!(!lab.containerd_processes().is_empty());
     lab.stop(&mut agent);
 
     // Again on the same state: containerd already has every blob and the snapshot, so the
@@ -300,5 +329,41 @@ fn a_missing_mail_image_is_reported_and_retried_while_dns_answers() {
         "units: {:?}",
         lab.ctl(&["units"])
     );
+    assert!(!lab.containerd_processes().is_empty());
+    lab.stop(&mut agent);
+}
+
+#[test]
+fn a_containerd_that_will_not_start_is_reported_while_dns_answers() {
+    let test = "a_containerd_that_will_not_start_is_reported_while_dns_answers";
+    if !can_run(test, true) {
+        return;
+    }
+    let lab = Lab::new();
+    // A directory where containerd's socket goes: the real containerd cannot listen there.
+    std::fs::create_dir_all(lab.state().join("containerd/containerd.sock/in-the-way")).unwrap();
+    let mut agent = lab.start_agent(&mail_image());
+
+    let failing = common::wait_until(TIMEOUT, || {
+        lab.unit("containerd")
+            .is_some_and(|l| l.contains("restarting (exited with status 1; "))
+    });
+    assert!(failing, "units: {:?}", lab.ctl(&["units"]));
+    let status = lab.status_line("containerd:").unwrap();
+    assert!(
+        status.starts_with("containerd: not running: restarting (exited with status 1; "),
+        "{status}"
+    );
+    let logs = lab.ctl(&["logs", "containerd"]).unwrap();
+    assert!(
+        logs.contains("failed to get listener for main endpoint: is a directory"),
+        "{logs}"
+    );
+    let image = lab.status_line("mail image:").unwrap();
+    assert!(
+        image.ends_with("waiting for containerd to import it"),
+        "{image}"
+    );
+    assert_eq!(lab.dig_mx(), "10 mail.example.org.");
     lab.stop(&mut agent);
 }
