@@ -65,24 +65,26 @@ const CONNECT_LIMIT: Duration = Duration::from_secs(30);
 /// How long `status` waits for containerd's version.
 const STATUS_LIMIT: Duration = Duration::from_secs(1);
 
-/// containerd with everything under `STATE/containerd`; its binary is looked up afresh at
-/// every start.
+/// containerd with everything under `STATE/containerd`, as absolute paths (containerd's
+/// configuration wants them; `letterbox run --state` may be relative).
 pub fn daemon(state_dir: &Path, settings: &MailSettings) -> Containerd {
-    let binary = find_program("containerd", &settings.binary_dirs)
-        .unwrap_or_else(|| PathBuf::from("containerd"));
+    let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let dirs: Vec<PathBuf> = settings.binary_dirs.iter().map(|d| absolute(d)).collect();
+    let binary = find_program("containerd", &dirs).unwrap_or_else(|| "containerd".into());
     Containerd::under(
-        &state_dir.join(crate::paths::CONTAINERD_DIR),
+        &absolute(&state_dir.join(crate::paths::CONTAINERD_DIR)),
         binary,
-        settings.binary_dirs.clone(),
+        dirs,
     )
 }
 
-/// The `containerd` process unit. Its configuration is rendered before every start.
+/// The `containerd` process unit. Its binary is looked up and its configuration rendered
+/// before every start.
 pub fn containerd_unit(state_dir: PathBuf, settings: MailSettings) -> Unit {
     Unit::process("containerd", move || {
         let daemon = daemon(&state_dir, &settings);
-        if !daemon.binary.is_absolute() {
-            let searched: Vec<String> = (settings.binary_dirs.iter())
+        if find_program("containerd", &daemon.shim_dirs).is_none() {
+            let searched: Vec<String> = (daemon.shim_dirs.iter())
                 .map(|d| d.display().to_string())
                 .chain(["PATH".to_string()])
                 .collect();
@@ -241,6 +243,8 @@ mod tests {
         };
         let d = daemon(Path::new("/data/letterbox"), &settings);
         assert_eq!(d.root, Path::new("/data/letterbox/containerd/root"));
+        let relative = daemon(Path::new("state"), &settings);
+        assert!(relative.root.is_absolute() && relative.socket.is_absolute());
         assert_eq!(d.state, Path::new("/data/letterbox/containerd/state"));
         assert_eq!(
             d.socket,
