@@ -45,7 +45,7 @@ $(STAMPS)/deps-test: $(STAMPS)/apt-update Makefile
 
 deps-test: $(STAMPS)/deps-test
 
-test: deps-test test-image containerd-trixie
+test: deps-test test-image containerd-trixie mail-image
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	LETTERBOX_REQUIRE_ALL=1 tests/run

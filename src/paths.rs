@@ -13,3 +13,11 @@ pub const PROVISIONING_FILE: &str = "letterbox.toml";
 pub const LAST_GOOD_FILE: &str = "last-good.toml";
 /// The agent's control socket on the appliance.
 pub const CONTROL_SOCKET: &str = "/run/letterbox/control.sock";
+/// containerd's root, state, socket and configuration: this directory of the agent's state
+/// directory (on the appliance /data/letterbox/containerd, on the data partition).
+pub const CONTAINERD_DIR: &str = "containerd";
+/// Where the appliance's root filesystem has containerd, its runc shim (Debian's
+/// `/usr/bin`) and runc (`/usr/sbin`).
+pub const CONTAINERD_BIN_DIRS: &[&str] = &["/usr/bin", "/usr/sbin"];
+/// The `letterbox-mail` OCI image layout, on the read-only root filesystem.
+pub const MAIL_IMAGE_DIR: &str = "/usr/share/letterbox/letterbox-mail";

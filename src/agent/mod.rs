@@ -6,6 +6,7 @@
 //! name while it runs. `init` builds it at boot; `console` and the control socket drive it.
 
 pub mod commands;
+mod containers_unit;
 pub mod control;
 mod dns_unit;
 pub mod provisioning;
@@ -21,6 +22,8 @@ use tokio::sync::mpsc;
 use crate::dns::{DnsError, DnsHandle};
 use crate::net::NetError;
 use crate::supervise::{SuperviseError, Supervisor, Unit};
+use containers_unit::MailImage;
+pub use containers_unit::MailSettings;
 use provisioning::Provisioning;
 
 /// Where the agent finds its files.
@@ -32,6 +35,9 @@ pub struct Settings {
     pub state_dir: PathBuf,
     /// Root under which /etc/hostname, /etc/hosts and /etc/resolv.conf are written.
     pub system_root: PathBuf,
+    /// containerd and the mail image; `None`: no mail (`letterbox run` without
+    /// `--mail-image`).
+    pub mail: Option<MailSettings>,
 }
 
 /// Why the agent stops.
@@ -74,6 +80,8 @@ pub struct Agent {
     shutdown: mpsc::UnboundedSender<Shutdown>,
     /// The DNS server's zone switch, while the DNS unit runs.
     dns: Mutex<Option<DnsHandle>>,
+    /// Where the `mail` unit stands with the image.
+    mail_image: Mutex<MailImage>,
     /// Set once the units are being stopped for good: a unit stopping then is not
     /// restarting.
     shutting_down: AtomicBool,
@@ -94,6 +102,7 @@ impl Agent {
             started: Instant::now(),
             shutdown,
             dns: Mutex::new(None),
+            mail_image: Mutex::new(MailImage::WaitingForContainerd),
             shutting_down: AtomicBool::new(false),
         };
         (Arc::new(agent), requests)
@@ -113,6 +122,19 @@ impl Agent {
     /// The authoritative DNS server, as a unit.
     pub fn start_dns(self: &Arc<Self>) {
         self.start_unit(dns_unit::unit(self.clone()));
+    }
+
+    /// containerd, then the `mail` unit that imports the image into it; nothing without
+    /// mail settings.
+    pub fn start_containers(self: &Arc<Self>) {
+        let Some(mail) = self.settings.mail.clone() else {
+            return;
+        };
+        let state_dir = self.settings.state_dir.clone();
+        let socket = containers_unit::daemon(&state_dir, &mail).socket;
+        let image = mail.image.clone();
+        self.start_unit(containers_unit::containerd_unit(state_dir, mail));
+        self.start_unit(containers_unit::mail_unit(self.clone(), socket, image));
     }
 
     /// The control socket at `path`, as a unit.
@@ -170,6 +192,14 @@ impl Agent {
 
     fn set_dns(&self, handle: Option<DnsHandle>) {
         *self.dns.lock().expect("dns handle") = handle;
+    }
+
+    fn set_mail_image(&self, state: MailImage) {
+        *self.mail_image.lock().expect("mail image") = state;
+    }
+
+    fn mail_image(&self) -> MailImage {
+        self.mail_image.lock().expect("mail image").clone()
     }
 
     /// The serial the DNS server is serving, if it runs.

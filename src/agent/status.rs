@@ -31,6 +31,9 @@ pub async fn report(agent: &Arc<Agent>) -> String {
     if let Some(serial) = agent.dns_serial() {
         let _ = writeln!(out, "dns:       serving serial {serial}");
     }
+    if let Some(mail) = &agent.settings.mail {
+        out.push_str(&super::containers_unit::report(agent, mail).await);
+    }
     let _ = writeln!(out, "interfaces:");
     match crate::net::snapshot().await {
         Ok(links) => {

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use super::CliResult;
-use crate::agent::Settings;
+use crate::agent::{MailSettings, Settings};
 use crate::init::{self, Mode, Options};
 
 #[derive(Debug, clap::Args)]
@@ -23,6 +23,15 @@ pub struct Args {
     /// The control socket for `letterbox ctl --socket PATH` (none when omitted).
     #[arg(long)]
     socket: Option<PathBuf>,
+    /// The letterbox-mail OCI image (`make mail-image` builds it in out/): runs containerd,
+    /// with its root, state and socket in STATE/containerd, and imports the image into it.
+    /// Without it: no containerd and no mail.
+    #[arg(long, value_name = "DIR")]
+    mail_image: Option<PathBuf>,
+    /// Where containerd, containerd-shim-runc-v2 and runc are, searched before PATH (may be
+    /// given more than once).
+    #[arg(long, value_name = "DIR", requires = "mail_image")]
+    containerd_dir: Vec<PathBuf>,
 }
 
 pub fn run(args: Args) -> CliResult {
@@ -32,6 +41,10 @@ pub fn run(args: Args) -> CliResult {
             provisioning_file: args.file,
             system_root: args.root.unwrap_or_else(|| args.state.join("root")),
             state_dir: args.state,
+            mail: args.mail_image.map(|image| MailSettings {
+                image,
+                binary_dirs: args.containerd_dir,
+            }),
         },
         console: args.console,
         control_socket: args.socket,

@@ -40,7 +40,7 @@ fn wire(desc: &oci_spec::image::Descriptor) -> containerd_client::types::Descrip
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContainersError {
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Io {
         path: PathBuf,
         source: std::io::Error,

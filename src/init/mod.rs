@@ -53,6 +53,7 @@ impl From<InitArgs> for Options {
                 provisioning_file: Some(args.boot_dir.join(crate::paths::PROVISIONING_FILE)),
                 state_dir: args.state_dir,
                 system_root: args.root,
+                mail: Some(crate::agent::MailSettings::appliance()),
             },
             console: args.console,
             control_socket: Some(args.socket),
@@ -149,7 +150,8 @@ async fn boot(mut options: Options) -> Result<Shutdown, InitError> {
         agent.start_control_socket(path);
     }
     agent.start_dns();
-    // Later units (containerd, the mail containers) start here: they stop first.
+    // After DNS, so they stop before it: containerd, then the mail containers.
+    agent.start_containers();
 
     let how = signals
         .wait_for_shutdown(&agent, &mut shutdown_requests)
