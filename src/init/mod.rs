@@ -130,6 +130,7 @@ async fn boot(mut options: Options) -> Result<Shutdown, InitError> {
     if options.mode == Mode::Pid1 {
         mount_kernel_filesystems();
         run_early_boot(&mut options.settings);
+        keep_mail_only_if_installed(&mut options.settings);
     }
     let mut signals = Signals::watch()?;
     let reaper = Reaper::start(reaper_scope(options.mode))?;
@@ -212,6 +213,20 @@ fn run_early_boot(settings: &mut Settings) {
         }
         Ok(None) => {}
         Err(e) => error!("early boot failed: {}", crate::error_chain(&e)),
+    }
+}
+
+/// An image built without the mail system (`make image` does not ship the letterbox-mail
+/// image yet) runs no containerd: it would only restart its mail unit for ever.
+fn keep_mail_only_if_installed(settings: &mut Settings) {
+    let Some(mail) = &settings.mail else { return };
+    let index = mail.image.join("index.json");
+    if !index.exists() {
+        info!(
+            "mail: no letterbox-mail image in this build ({} is missing); containerd and mail stay off",
+            index.display()
+        );
+        settings.mail = None;
     }
 }
 
