@@ -1,27 +1,30 @@
 //! Each account's home on the data partition, `<root>/<name>/Maildir/{cur,new,tmp}`:
-//! bind-mounted into that account's box only, and owned by a uid and gid of its own.
+//! bind-mounted into that account's box only, and owned by that box's uid and gid.
 //!
-//! The home directory's owner is the record of its uid: a new account takes the lowest
-//! free uid in 20000–29999, and keeps it as long as its home exists. Not a hash of the
-//! name: with 10 000 uids, 20 accounts collide about once in 50 installations, and two
-//! boxes sharing a uid could read each other's mail; resolving collisions makes the uid
-//! depend on the order of creation, which is state anyway. Not a separate state file:
-//! it could be lost or disagree with the owners of the files it describes. The range is
-//! above the login users of a host (1000–) and below systemd's dynamic users (61184–)
-//! and the subordinate ids of rootless containers (100000–).
+//! The uid is given by the plan (`mail::plan::BoxPlan::id`), not chosen here: one fact
+//! in one place. The account's slot gives its box's IPv4, IPv6 and uid together, and the
+//! box's Dovecot config is rendered with that uid, so the home must be owned by it too.
+//! A slot moves only when an earlier account is deleted (see `config::containers`); the
+//! home then still has the old uid as its owner and is handed over to the new one.
+//! Two homes are never owned by one uid: that box could read the other's mail. The
+//! range is above the login users of a host (1000–) and below systemd's dynamic users
+//! (61184–) and the subordinate ids of rootless containers (100000–).
 
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
 
+use super::plan::BOX_ID_BASE;
+
 /// The box uids (and gids, which equal them).
-pub const FIRST_UID: u32 = 20000;
-pub const LAST_UID: u32 = 29999;
+pub const FIRST_UID: u32 = BOX_ID_BASE;
+pub const LAST_UID: u32 = BOX_ID_BASE + 9999;
 
 /// Readable by the box's own uid only, as Dovecot wants a Maildir.
 const MODE: u32 = 0o700;
-/// Serialises allocation between concurrent callers.
+/// Serialises callers, so that the check that no other home has a uid holds until that
+/// uid owns its home.
 const LOCK_FILE: &str = ".lock";
 /// A home is made under this prefix and renamed into place with its owner set, so a
 /// home under its own name always has its final uid.
@@ -33,6 +36,9 @@ pub struct BoxHome {
     pub path: PathBuf,
     pub uid: u32,
     pub gid: u32,
+    /// The box uid that owned the home before it was handed over to `uid`, because the
+    /// account's slot moved.
+    pub reowned_from: Option<u32>,
 }
 
 impl BoxHome {
@@ -46,6 +52,8 @@ impl BoxHome {
 pub enum MaildirError {
     #[error("{name:?} is not an account name: expected a lowercase DNS label (a-z, 0-9 and '-', not first, at most 63)")]
     InvalidName { name: String },
+    #[error("uid {uid} for account {name:?} is not a box uid: expected {FIRST_UID}-{LAST_UID}")]
+    UidOutOfRange { name: String, uid: u32 },
     #[error("{action} {path}")]
     Io {
         action: &'static str,
@@ -54,51 +62,80 @@ pub enum MaildirError {
     },
     #[error("{path} is not a directory")]
     NotADirectory { path: PathBuf },
-    #[error("{path} is owned by uid {uid}, not a box uid ({FIRST_UID}-{LAST_UID}): give it its own box uid with chown -R, or move it away")]
-    ForeignOwner { path: PathBuf, uid: u32 },
-    #[error("{path} and {other} are both owned by uid {uid}: each box needs a uid of its own")]
+    #[error("{path} is owned by uid {uid}, not a box uid ({FIRST_UID}-{LAST_UID}): if it is this account's mail, give it to the box with chown -R {box_uid}:{box_uid}; otherwise move it away")]
+    ForeignOwner {
+        path: PathBuf,
+        uid: u32,
+        box_uid: u32,
+    },
+    #[error("{path} cannot be owned by uid {uid}: {other} is owned by it, and each box needs a uid of its own; if {other} belongs to a deleted account, move it away")]
     SharedUid {
         path: PathBuf,
         other: PathBuf,
         uid: u32,
     },
-    #[error("every box uid from {FIRST_UID} to {LAST_UID} is taken in {root}")]
-    NoFreeUid { root: PathBuf },
 }
 
-/// Makes `<root>/<account>/Maildir/{cur,new,tmp}`, each mode 0700 and owned by the
-/// account's uid and gid, choosing that uid if the account has no home yet. Changes
+/// Makes `<root>/<name>/Maildir/{cur,new,tmp}`, each mode 0700 and owned by `uid` (and
+/// the gid equal to it), handing an existing home over from another box uid. Changes
 /// nothing that is already right.
-pub fn ensure_maildir(root: &Path, account: &str) -> Result<BoxHome, MaildirError> {
-    check_name(account)?;
+pub fn ensure_maildir(root: &Path, name: &str, uid: u32) -> Result<BoxHome, MaildirError> {
+    check_name(name)?;
+    if !(FIRST_UID..=LAST_UID).contains(&uid) {
+        return Err(MaildirError::UidOutOfRange {
+            name: name.to_string(),
+            uid,
+        });
+    }
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(MODE)
         .create(root)
         .map_err(io("creating", root))?;
     let _lock = lock(root)?;
-    let path = root.join(account);
+    let path = root.join(name);
     let homes = homes_and_owners(root)?;
-    let uid = match homes.iter().find(|(home, _)| *home == path) {
-        Some(&(_, uid)) => check_owner(&path, uid, &homes)?,
+    let owner = match homes.iter().find(|(home, _)| *home == path) {
+        Some(&(_, owner)) => Some(owner),
         // A symbolic link could lead the box to another's mail.
         None if std::fs::symlink_metadata(&path).is_ok() => {
             return Err(MaildirError::NotADirectory { path })
         }
+        None => None,
+    };
+    if let Some(owner) = owner.filter(|owner| !(FIRST_UID..=LAST_UID).contains(owner)) {
+        return Err(MaildirError::ForeignOwner {
+            path,
+            uid: owner,
+            box_uid: uid,
+        });
+    }
+    if let Some((other, _)) = homes
+        .iter()
+        .find(|(home, owner)| *owner == uid && *home != path)
+    {
+        return Err(MaildirError::SharedUid {
+            path,
+            other: other.clone(),
+            uid,
+        });
+    }
+    let reowned_from = match owner {
         None => {
-            let uid = (FIRST_UID..=LAST_UID)
-                .find(|uid| homes.iter().all(|(_, owner)| owner != uid))
-                .ok_or_else(|| MaildirError::NoFreeUid {
-                    root: root.to_path_buf(),
-                })?;
-            create_home(root, account, uid)?;
-            uid
+            create_home(root, name, uid)?;
+            None
+        }
+        Some(owner) if owner == uid => None,
+        Some(owner) => {
+            hand_over(&path, owner, uid)?;
+            Some(owner)
         }
     };
     let home = BoxHome {
         path,
         uid,
         gid: uid,
+        reowned_from,
     };
     let maildir = home.maildir();
     for dir in [
@@ -158,38 +195,44 @@ fn homes_and_owners(root: &Path) -> Result<Vec<(PathBuf, u32)>, MaildirError> {
     Ok(homes)
 }
 
-/// The uid of an existing home, if it is a box uid no other home has.
-fn check_owner(path: &Path, uid: u32, homes: &[(PathBuf, u32)]) -> Result<u32, MaildirError> {
-    if !(FIRST_UID..=LAST_UID).contains(&uid) {
-        return Err(MaildirError::ForeignOwner {
-            path: path.to_path_buf(),
-            uid,
-        });
-    }
-    match homes
-        .iter()
-        .find(|(home, owner)| *owner == uid && home != path)
-    {
-        Some((other, _)) => Err(MaildirError::SharedUid {
-            path: path.to_path_buf(),
-            other: other.clone(),
-            uid,
-        }),
-        None => Ok(uid),
-    }
-}
-
 /// Makes the home under a temporary name, owned by `uid`, then renames it into place.
-fn create_home(root: &Path, account: &str, uid: u32) -> Result<(), MaildirError> {
-    let new = root.join(format!("{NEW_PREFIX}{account}"));
+fn create_home(root: &Path, name: &str, uid: u32) -> Result<(), MaildirError> {
+    let new = root.join(format!("{NEW_PREFIX}{name}"));
     // Left by a power cut before its rename; it held nothing yet.
     if std::fs::symlink_metadata(&new).is_ok() {
         std::fs::remove_dir_all(&new).map_err(io("removing", &new))?;
     }
     ensure_dir(&new, uid)?;
-    let path = root.join(account);
+    let path = root.join(name);
     std::fs::rename(&new, &path).map_err(io("renaming into place", &path))?;
     sync_dir(root)
+}
+
+/// Gives what box uid `from` owns in the home to `to` (the gid likewise), the home itself
+/// last: if a power cut stops it halfway, the home still shows `from` and the next run
+/// finishes. Only what `from` owned: a hard link the old box made to another's file must
+/// not be given away.
+fn hand_over(home: &Path, from: u32, to: u32) -> Result<(), MaildirError> {
+    reown_tree(home, from, to)?;
+    // One fsync commits the journal, and with it every chown before it.
+    sync_dir(home)
+}
+
+fn reown_tree(path: &Path, from: u32, to: u32) -> Result<(), MaildirError> {
+    let meta = std::fs::symlink_metadata(path).map_err(io("inspecting", path))?;
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path).map_err(io("reading", path))? {
+            let entry = entry.map_err(io("reading", path))?;
+            reown_tree(&entry.path(), from, to)?;
+        }
+    }
+    let uid = (meta.uid() == from).then_some(to);
+    let gid = (meta.gid() == from).then_some(to);
+    if uid.is_some() || gid.is_some() {
+        // lchown: a symbolic link is re-owned itself, never what it points to.
+        std::os::unix::fs::lchown(path, uid, gid).map_err(io("chown", path))?;
+    }
+    Ok(())
 }
 
 /// Creates `path` if it is missing, then sets its owner, group and mode where they differ.

@@ -6,7 +6,8 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use crate::config::Config;
 
 /// Boxes run as uid (and gid) `BOX_ID_BASE + slot`: their own, never a system account's,
-/// and stable for as long as the account exists (it owns the box's Maildir).
+/// and stable for as long as the account exists. `mail::maildir::ensure_maildir` gives
+/// the box's home that uid, so the Maildir's owner follows the slot too.
 pub const BOX_ID_BASE: u32 = 20_000;
 
 /// The mail system of one `letterbox.toml`.
@@ -35,7 +36,7 @@ pub struct BoxPlan {
     pub address: String,
     pub ipv4: Ipv4Addr,
     pub ipv6: Option<Ipv6Addr>,
-    /// The box's mail uid and gid.
+    /// The box's mail uid and gid, which own its home (`mail::maildir::ensure_maildir`).
     pub id: u32,
     /// crypt(3) `$6$` or `$y$`, as in the file.
     pub password_hash: String,
