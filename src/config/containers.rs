@@ -41,6 +41,10 @@ pub const DEFAULT_IPV4: &str = "10.88.0.0/24";
 pub const DEFAULT_MEMORY_LIMIT: &str = "30M";
 /// Longer prefixes leave room for too few boxes; shorter ones need more than a /112.
 const IPV4_PREFIXES: Range<u8> = 16..31;
+/// The most boxes a network holds, whatever its size: each box's uid is
+/// `mail::plan::BOX_ID_BASE` plus its slot, and box uids stay in a range of this size,
+/// below the ids that systemd and user namespaces hand out.
+pub const MAX_BOXES: u32 = 10_000;
 /// A derived IPv6 prefix is this long: room for as many boxes as the largest IPv4 network.
 const DERIVED_IPV6_PREFIX: u8 = 112;
 /// One Dovecot at rest takes about 18 MB; less than this and a box cannot even start.
@@ -78,7 +82,7 @@ impl Containers {
 
 fn capacity(net: Ipv4Net) -> u32 {
     // Network and broadcast addresses aside, less the front's.
-    (1u32 << (32 - net.prefix_len())) - 3
+    ((1u32 << (32 - net.prefix_len())) - 3).min(MAX_BOXES)
 }
 
 fn nth4(net: Ipv4Net, n: u32) -> Ipv4Addr {

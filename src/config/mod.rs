@@ -20,7 +20,7 @@ use serde::de::{DeserializeOwned, IntoDeserializer};
 use toml::de::{DeString, DeTable, DeValue};
 use toml::Spanned;
 
-pub use containers::{Containers, DEFAULT_IPV4, DEFAULT_MEMORY_LIMIT};
+pub use containers::{Containers, DEFAULT_IPV4, DEFAULT_MEMORY_LIMIT, MAX_BOXES};
 pub use diagnostic::{Diagnostic, Diagnostics};
 pub use dns::{
     derived_records, is_spf, txt_split, Account, Derived, Dns, ExtraRecord, DEFAULT_RATE_LIMIT,

@@ -19,7 +19,7 @@ use super::plan::BOX_ID_BASE;
 
 /// The box uids (and gids, which equal them).
 pub const FIRST_UID: u32 = BOX_ID_BASE;
-pub const LAST_UID: u32 = BOX_ID_BASE + 9999;
+pub const LAST_UID: u32 = BOX_ID_BASE + crate::config::MAX_BOXES - 1;
 
 /// Readable by the box's own uid only, as Dovecot wants a Maildir.
 const MODE: u32 = 0o700;

@@ -222,3 +222,10 @@ fn unknown_keys_are_errors() {
     assert_eq!(errs.len(), 1, "{errs:#?}");
     assert!(errs[0].2.contains("unknown field `bridge`"), "{errs:#?}");
 }
+
+#[test]
+fn a_large_network_holds_no_more_boxes_than_there_are_box_uids() {
+    let net = |text: &str| super::capacity(text.parse().unwrap());
+    assert_eq!(net("10.88.0.0/24"), 253);
+    assert_eq!(net("10.88.0.0/16"), super::MAX_BOXES);
+}
