@@ -5,7 +5,8 @@
 //! - [`import`]: an OCI image layout into the content store, unpacked into overlayfs
 //!   snapshots (what `ctr images import` does on the client side);
 //! - [`unpack`]: layers into a chain of overlayfs snapshots;
-//! - [`task`]: runtime specs (oci-spec) and containers' tasks.
+//! - [`spec`]: the mail containers' runtime specs (oci-spec), built from small parts;
+//! - [`task`]: containers and their tasks.
 //!
 //! It uses only the gRPC services that containerd 1.6, 1.7 and 2.x share: version, content,
 //! images, leases, snapshots, diff, containers and tasks.
@@ -13,6 +14,7 @@
 pub mod client;
 pub mod daemon;
 pub mod import;
+pub mod spec;
 pub mod task;
 pub mod unpack;
 
@@ -21,7 +23,8 @@ use std::path::{Path, PathBuf};
 pub use client::Client;
 pub use daemon::Containerd;
 pub use import::{import_oci_layout, Imported};
-pub use task::{ContainerSpec, Exit};
+pub use spec::{BoxFiles, FrontFiles};
+pub use task::{ContainerSpec, Exit, Placement};
 
 /// Every object the agent creates lives in this containerd namespace.
 pub const NAMESPACE: &str = "letterbox";

@@ -14,13 +14,10 @@ use containerd_client::services::v1::{
     DeleteTaskRequest, StartRequest, WaitRequest,
 };
 use containerd_client::tonic::Code;
-use oci_spec::runtime::{
-    Capabilities, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxMemoryBuilder,
-    LinuxResourcesBuilder, MountBuilder, ProcessBuilder, Spec,
-};
+use oci_spec::runtime::Spec;
 
 use super::unpack::remove_snapshot;
-use super::{Client, ContainersError, SNAPSHOTTER};
+use super::{spec, Client, ContainersError, SNAPSHOTTER};
 
 /// The shim every container runs under (containerd 1.6, 1.7 and 2.x all ship it).
 const RUNTIME: &str = "io.containerd.runc.v2";
@@ -39,7 +36,7 @@ pub struct ContainerSpec {
     pub chain_id: String,
     pub args: Vec<String>,
     pub env: Vec<String>,
-    pub memory_limit_bytes: i64,
+    pub memory_limit_bytes: u64,
     /// The runc binary the shim runs for this container.
     pub runc: PathBuf,
     /// runc's state directory (else `/run/containerd/runc`, shared with the host's containerd).
@@ -47,63 +44,44 @@ pub struct ContainerSpec {
 }
 
 impl ContainerSpec {
-    /// The OCI runtime spec: oci-spec's defaults (namespaces, /proc, /dev, masked paths, no
-    /// new privileges), a read-only root with tmpfs on /tmp and /run, no capabilities at
-    /// all, and a memory limit in the cgroup `/letterbox/ID`.
+    /// The OCI runtime spec: `spec::base` (read-only root, no capabilities at all, the
+    /// memory limit) with this environment and a tmpfs on /tmp and /run.
     pub fn runtime_spec(&self) -> Result<Spec, ContainersError> {
-        let mut spec = Spec::default();
-        let none = Capabilities::new();
-        let none = LinuxCapabilitiesBuilder::default()
-            .bounding(none.clone())
-            .effective(none.clone())
-            .inheritable(none.clone())
-            .permitted(none.clone())
-            .ambient(none)
-            .build()?;
-        let process = ProcessBuilder::default()
-            .args(self.args.clone())
-            .env(self.env.clone())
-            .cwd("/")
-            .no_new_privileges(true)
-            .capabilities(none)
-            .build()?;
-        spec.set_process(Some(process));
-        spec.set_hostname(Some(self.id.clone()));
-        if let Some(root) = spec.root_mut() {
-            root.set_readonly(Some(true));
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let mut spec = spec::base(&self.id, &args, self.memory_limit_bytes)?;
+        if let Some(process) = spec.process_mut() {
+            process.set_env(Some(self.env.clone()));
         }
-        let mut mounts = spec.mounts().clone().unwrap_or_default();
-        for dir in ["/tmp", "/run"] {
-            mounts.push(
-                MountBuilder::default()
-                    .destination(dir)
-                    .typ("tmpfs")
-                    .source("tmpfs")
-                    .options(vec![
-                        "nosuid".to_string(),
-                        "nodev".into(),
-                        "mode=1777".into(),
-                        "size=16m".into(),
-                    ])
-                    .build()?,
-            );
-        }
-        spec.set_mounts(Some(mounts));
-        let defaults = spec.linux().clone().unwrap_or_default();
-        let memory = LinuxMemoryBuilder::default()
-            .limit(self.memory_limit_bytes)
-            .build()?;
-        let resources = LinuxResourcesBuilder::default().memory(memory).build()?;
-        let mut linux = LinuxBuilder::default()
-            .resources(resources)
-            .cgroups_path(PathBuf::from(format!("/letterbox/{}", self.id)))
-            .build()?;
-        linux.set_namespaces(defaults.namespaces().clone());
-        linux.set_masked_paths(defaults.masked_paths().clone());
-        linux.set_readonly_paths(defaults.readonly_paths().clone());
-        spec.set_linux(Some(linux));
+        spec::with_tmpfs(&mut spec, "/tmp", true)?;
+        spec::with_tmpfs(&mut spec, "/run", true)?;
         Ok(spec)
     }
+
+    /// Where the container runs: everything but its runtime spec.
+    pub fn placement(&self) -> Placement {
+        Placement {
+            id: self.id.clone(),
+            image: self.image.clone(),
+            chain_id: self.chain_id.clone(),
+            runc: self.runc.clone(),
+            runc_root: self.runc_root.clone(),
+        }
+    }
+}
+
+/// A container's image, snapshot and runtime, for a runtime spec built elsewhere
+/// (`containers::spec`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    pub id: String,
+    /// The image it was created from (recorded on the container).
+    pub image: String,
+    /// The snapshot its root filesystem is a read-only view of (the image's chain ID).
+    pub chain_id: String,
+    /// The runc binary the shim runs for this container.
+    pub runc: PathBuf,
+    /// runc's state directory (else `/run/containerd/runc`, shared with the host's containerd).
+    pub runc_root: PathBuf,
 }
 
 /// containerd's runc shim options (`containerd.runc.v1.Options`), only the fields we set:
@@ -128,8 +106,17 @@ pub async fn create_container(
     client: &Client,
     spec: &ContainerSpec,
 ) -> Result<(), ContainersError> {
+    create_container_with(client, &spec.placement(), &spec.runtime_spec()?).await
+}
+
+/// Creates the container `spec` places, with the runtime spec `runtime`.
+pub async fn create_container_with(
+    client: &Client,
+    spec: &Placement,
+    runtime: &Spec,
+) -> Result<(), ContainersError> {
     let id = &spec.id;
-    let runtime_spec = serde_json::to_vec(&spec.runtime_spec()?)
+    let runtime_spec = serde_json::to_vec(runtime)
         .map_err(|e| ContainersError::Spec(oci_spec::OciSpecError::SerDe(e)))?;
     SnapshotsClient::new(client.channel())
         .view(client.request(ViewSnapshotRequest {

@@ -87,6 +87,10 @@ const DIRECTORIES: &[(&str, u32)] = &[
     ("tmp", 0o1777),
     ("var/tmp", 0o1777),
     ("root", 0o700),
+    // Where the runtime specs (containers::spec) bind the TLS files and a box's home: a
+    // read-only root cannot grow a mount point at run time.
+    ("etc/letterbox/tls", 0o755),
+    ("var/vmail", 0o755),
 ];
 
 /// The environment the image's processes start with.
