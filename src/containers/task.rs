@@ -11,7 +11,7 @@ use containerd_client::services::v1::snapshots::{MountsRequest, ViewSnapshotRequ
 use containerd_client::services::v1::tasks_client::TasksClient;
 use containerd_client::services::v1::{
     Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
-    DeleteTaskRequest, StartRequest, WaitRequest,
+    DeleteTaskRequest, KillRequest, StartRequest, WaitRequest,
 };
 use containerd_client::tonic::Code;
 use oci_spec::runtime::Spec;
@@ -213,6 +213,20 @@ pub async fn wait_task(client: &Client, id: &str) -> Result<Exit, ContainersErro
     Ok(Exit {
         status: reply.into_inner().exit_status,
     })
+}
+
+/// Sends `signal` to every process of the container's task.
+pub async fn kill_task(client: &Client, id: &str, signal: u32) -> Result<(), ContainersError> {
+    TasksClient::new(client.channel())
+        .kill(client.request(KillRequest {
+            container_id: id.into(),
+            signal,
+            all: true,
+            ..Default::default()
+        }))
+        .await
+        .map_err(ContainersError::rpc(format!("kill task {id}")))?;
+    Ok(())
 }
 
 /// Deletes an exited task, then the container and its snapshot; what is already gone is
