@@ -132,7 +132,10 @@ fn runtime_specs_match_their_golden_files() {
         )],
         "a box writes only its own home"
     );
-    assert_eq!(json["process"]["capabilities"]["ambient"], serde_json::json!([]));
+    assert_eq!(
+        json["process"]["capabilities"]["ambient"],
+        serde_json::json!([])
+    );
     for front in [&postfix, &front_dovecot] {
         let json = serde_json::to_value(front).unwrap();
         assert_eq!(json["root"]["readonly"], true);
@@ -220,12 +223,14 @@ impl Drop for Lab {
             let procs = format!("{hierarchy}{}/cgroup.procs", self.cgroup);
             kill_all(&std::fs::read_to_string(procs).unwrap_or_default());
         }
-        let containerd = self.supervisor.states().into_iter().find_map(|(name, state)| {
-            match state {
-                UnitState::Running { pid, .. } if name == "containerd" => pid,
-                _ => None,
-            }
-        });
+        let containerd =
+            self.supervisor
+                .states()
+                .into_iter()
+                .find_map(|(name, state)| match state {
+                    UnitState::Running { pid, .. } if name == "containerd" => pid,
+                    _ => None,
+                });
         if let Some(pid) = containerd {
             let _ = kill(pid, Signal::SIGKILL);
         }
@@ -258,37 +263,60 @@ impl Drop for Lab {
     }
 }
 
-/// Run in the host namespace: delivers one message over LMTP to the box (retrying until
-/// Dovecot listens), then logs in over IMAP after STARTTLS and counts INBOX's messages.
+/// Run in the host namespace: `lmtp HOST RCPT` delivers one message over LMTP to the box
+/// (retrying until Dovecot listens); `imap HOST LOGIN PASSWORD` logs in over IMAP after
+/// STARTTLS and says how many messages INBOX holds.
 const CLIENT: &str = r#"
 import imaplib, smtplib, ssl, sys, time
-host, rcpt, login, password = sys.argv[1:5]
-deadline = time.monotonic() + 30
-while True:
-    try:
-        lmtp = smtplib.LMTP(host, 24, timeout=5)
-        break
-    except OSError as e:
-        if time.monotonic() > deadline:
-            sys.exit(f"LMTP {host}:24 never answered: {e}")
-        time.sleep(0.05)
-print("lmtp-ready", flush=True)
-message = f"From: tester@example.net\r\nTo: {rcpt}\r\nSubject: hello box\r\n\r\nfirst message\r\n"
-refused = lmtp.sendmail("tester@example.net", [rcpt], message)
-lmtp.quit()
-print("lmtp-delivered", refused, flush=True)
-imap = imaplib.IMAP4(host, 143, timeout=10)
-context = ssl.create_default_context()
-context.check_hostname = False
-context.verify_mode = ssl.CERT_NONE
-imap.starttls(context)
-print("imap-tls", imap.sock.version(), flush=True)
-typ, _ = imap.login(login, password)
-print("imap-login", typ, flush=True)
-typ, data = imap.select("INBOX")
-print("imap-messages", data[0].decode(), flush=True)
-imap.logout()
+mode, host = sys.argv[1:3]
+if mode == "lmtp":
+    rcpt = sys.argv[3]
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            lmtp = smtplib.LMTP(host, 24, timeout=5)
+            break
+        except OSError as e:
+            if time.monotonic() > deadline:
+                sys.exit(f"LMTP {host}:24 never answered: {e}")
+            time.sleep(0.05)
+    message = f"From: tester@example.net\r\nTo: {rcpt}\r\nSubject: hello box\r\n\r\nfirst message\r\n"
+    refused = lmtp.sendmail("tester@example.net", [rcpt], message)
+    lmtp.quit()
+    print("lmtp-delivered", refused, flush=True)
+else:
+    login, password = sys.argv[3:5]
+    imap = imaplib.IMAP4(host, 143, timeout=10)
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    imap.starttls(context)
+    print("imap-tls", imap.sock.version(), flush=True)
+    typ, _ = imap.login(login, password)
+    print("imap-login", typ, flush=True)
+    typ, data = imap.select("INBOX")
+    print("imap-messages", data[0].decode(), flush=True)
+    imap.logout()
 "#;
+
+/// Runs the client in the host namespace; its stdout, or a panic with everything known.
+fn run_client(lab: &Lab, args: &[&str], log: &Path) -> String {
+    let output = lab
+        .host
+        .exec("python3")
+        .args(["-c", CLIENT])
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        output.status.success(),
+        "client {args:?} failed:\n{stdout}{}\nbox log:\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+    stdout
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_box_receives_mail_over_lmtp_and_serves_imap_after_starttls() {
@@ -426,53 +454,49 @@ async fn a_box_receives_mail_over_lmtp_and_serves_imap_after_starttls() {
         });
     let task_started = created.elapsed();
 
-    let output = lab
-        .host
-        .exec("python3")
-        .args(["-c", CLIENT])
-        .args([
-            &alice.ipv4.to_string(),
-            &alice.address,
-            &alice.address,
-            PASSWORD,
-        ])
-        .output()
-        .unwrap();
-    let login_works = created.elapsed();
-    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
-    let report = format!(
-        "client stdout:\n{stdout}\nclient stderr:\n{}\nbox log:\n{}",
-        String::from_utf8_lossy(&output.stderr),
-        std::fs::read_to_string(&log).unwrap_or_default()
+    let box_ip = alice.ipv4.to_string();
+    let delivered = run_client(&lab, &["lmtp", &box_ip, &alice.address], &log);
+    let delivered_after = created.elapsed();
+    assert_eq!(
+        delivered.trim(),
+        "lmtp-delivered {}",
+        "no recipient refused"
     );
-    assert!(output.status.success(), "{report}");
-    assert!(stdout.contains("lmtp-delivered {}"), "{report}");
-    assert!(stdout.contains("imap-tls TLS"), "{report}");
-    assert!(stdout.contains("imap-login OK"), "{report}");
-    assert!(stdout.contains("imap-messages 1"), "{report}");
 
-    // The message is a file in alice's Maildir/new, owned by her box's uid.
+    // The message is a file in alice's Maildir/new, owned by her box's uid (read before
+    // IMAP, whose SELECT moves it to cur/).
     let new: Vec<PathBuf> = std::fs::read_dir(home.maildir().join("new"))
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
-    assert_eq!(new.len(), 1, "{new:?}\n{report}");
+    assert_eq!(new.len(), 1, "{new:?}");
     let meta = std::fs::metadata(&new[0]).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (alice.id, alice.id));
     let text = std::fs::read_to_string(&new[0]).unwrap();
     assert!(text.contains("Subject: hello box"), "{text}");
 
+    let imap = run_client(&lab, &["imap", &box_ip, &alice.address, PASSWORD], &log);
+    let login_works = created.elapsed();
+    assert!(imap.contains("imap-tls TLS"), "{imap}");
+    assert!(imap.contains("imap-login OK"), "{imap}");
+    assert!(imap.contains("imap-messages 1"), "{imap}");
+
     task::kill_task(&client, &placement.id, 15).await.unwrap();
-    let exit = tokio::time::timeout(Duration::from_secs(10), task::wait_task(&client, &placement.id))
+    let exit = tokio::time::timeout(
+        Duration::from_secs(10),
+        task::wait_task(&client, &placement.id),
+    )
+    .await
+    .expect("Dovecot stops on SIGTERM")
+    .unwrap();
+    task::delete_container(&client, &placement.id)
         .await
-        .expect("Dovecot stops on SIGTERM")
         .unwrap();
-    task::delete_container(&client, &placement.id).await.unwrap();
     lab.in_host(async { boxes::remove_box_netns(&netns_dir, &net).await.unwrap() });
     lab.supervisor.stop("containerd").await.unwrap();
     eprintln!(
-        "{test}: image imported in {imported:?}; task started {task_started:?} and LMTP + IMAP \
-         login done {login_works:?} after create; Dovecot exited with {}",
+        "{test}: image imported in {imported:?}; after create: task started {task_started:?}, \
+         delivered {delivered_after:?}, IMAP login done {login_works:?}; Dovecot exited with {}",
         exit.status
     );
 }

@@ -258,7 +258,12 @@ pub fn box_spec(
     with_capabilities(&mut spec, DOVECOT_CAPABILITIES)?;
     join_network(&mut spec, netns)?;
     dovecot_scratch(&mut spec)?;
-    with_bind(&mut spec, &files.dovecot_dir, config_dir(DOVECOT_CONFIG), false)?;
+    with_bind(
+        &mut spec,
+        &files.dovecot_dir,
+        config_dir(DOVECOT_CONFIG),
+        false,
+    )?;
     with_bind(&mut spec, &files.tls_dir, tls_dir(), false)?;
     with_bind(&mut spec, &files.home, BOX_HOME, true)?;
     Ok(spec)
@@ -295,7 +300,12 @@ pub fn front_dovecot_spec(files: &FrontFiles) -> Result<Spec, ContainersError> {
     host_network(&mut spec);
     dovecot_scratch(&mut spec)?;
     with_bind(&mut spec, &files.sockets, FRONT_SOCKETS, true)?;
-    with_bind(&mut spec, &files.dovecot_dir, config_dir(DOVECOT_CONFIG), false)?;
+    with_bind(
+        &mut spec,
+        &files.dovecot_dir,
+        config_dir(DOVECOT_CONFIG),
+        false,
+    )?;
     with_bind(&mut spec, &files.tls_dir, tls_dir(), false)?;
     Ok(spec)
 }
