@@ -121,7 +121,7 @@ fn runtime_specs_match_their_golden_files() {
     );
     let writable: Vec<(String, String)> = mounts(&json)
         .into_iter()
-        .filter(|(_, _, options)| options.contains("bind") && !options.contains("ro"))
+        .filter(|(_, _, options)| options.split(',').any(|o| o == "rw"))
         .map(|(dest, source, _)| (dest, source))
         .collect();
     assert_eq!(
