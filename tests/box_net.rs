@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::future::Future;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -102,31 +101,9 @@ impl Lab {
         self.dir.path().join("netns")
     }
 
-    /// Runs `f` on a runtime whose thread is inside the host namespace: the library works
-    /// on the caller's namespace.
-    fn in_host<F: Future + Send>(&self, future: F) -> F::Output
-    where
-        F::Output: Send,
-    {
-        let netns = std::fs::File::open(format!("/run/netns/{}", self.host.name)).unwrap();
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .expect("enter the host namespace");
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap()
-                    .block_on(future)
-            })
-            .join()
-            .unwrap()
-        })
-    }
-
     fn ensure_all(&self) -> Changes {
         let dir = self.netns_dir();
-        self.in_host(async {
+        self.host.block_on_inside(async {
             let mut changes = boxes::ensure_bridge(&self.bridge).await.expect("bridge");
             for net in [&self.a, &self.b] {
                 let (path, more) = boxes::ensure_box_netns(&self.bridge, &dir, net)
@@ -141,7 +118,8 @@ impl Lab {
 
     fn remove(&self, net: &BoxNet) -> Changes {
         let dir = self.netns_dir();
-        self.in_host(async { boxes::remove_box_netns(&dir, net).await.expect("remove") })
+        self.host
+            .block_on_inside(async { boxes::remove_box_netns(&dir, net).await.expect("remove") })
     }
 
     fn box_path(&self, net: &BoxNet) -> PathBuf {

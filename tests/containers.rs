@@ -92,28 +92,7 @@ impl Drop for Daemon {
         if let Some(pid) = self.pid() {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
-        // The shims outlive containerd by design; ours name our socket on their command line.
-        let socket = self.containerd.socket.display().to_string();
-        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-            if String::from_utf8_lossy(&cmdline).contains(&socket) {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-            }
-        }
-        let dir = self.dir.path().display().to_string();
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut mounts: Vec<&str> = mountinfo
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .filter(|m| m.starts_with(&dir))
-            .collect();
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in mounts {
-            let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
-        }
+        common::clear_containerd_leftovers(&self.containerd.socket, self.dir.path());
         // The containers' parent cgroup in every hierarchy; left while another test uses it.
         for hierarchy in std::fs::read_dir("/sys/fs/cgroup")
             .into_iter()

@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::future::Future;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -180,28 +179,6 @@ struct Lab {
 }
 
 impl Lab {
-    /// Runs `future` on a thread inside the host namespace: `net::boxes` works on the
-    /// caller's namespace.
-    fn in_host<F: Future + Send>(&self, future: F) -> F::Output
-    where
-        F::Output: Send,
-    {
-        let netns = std::fs::File::open(format!("/run/netns/{}", self.host.name)).unwrap();
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .expect("enter the host namespace");
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap()
-                    .block_on(future)
-            })
-            .join()
-            .unwrap()
-        })
-    }
-
     fn containerd_log(&self) -> String {
         self.supervisor
             .output("containerd", 40)
@@ -234,28 +211,7 @@ impl Drop for Lab {
         if let Some(pid) = containerd {
             let _ = kill(pid, Signal::SIGKILL);
         }
-        // The shims outlive containerd by design; ours name our socket on their command line.
-        let socket = self.containerd.socket.display().to_string();
-        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-            if String::from_utf8_lossy(&cmdline).contains(&socket) {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-            }
-        }
-        let dir = self.dir.path().display().to_string();
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut mounts: Vec<&str> = mountinfo
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .filter(|m| m.starts_with(&dir))
-            .collect();
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in mounts {
-            let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
-        }
+        common::clear_containerd_leftovers(&self.containerd.socket, self.dir.path());
         for hierarchy in ["/sys/fs/cgroup", "/sys/fs/cgroup/memory"] {
             let _ = std::fs::remove_dir(format!("{hierarchy}{}", self.cgroup));
             let _ = std::fs::remove_dir(format!("{hierarchy}/letterbox"));
@@ -392,7 +348,7 @@ async fn a_box_receives_mail_over_lmtp_and_serves_imap_after_starttls() {
         ipv6: None,
     };
     let netns_dir = lab.dir.path().join("netns");
-    let netns = lab.in_host(async {
+    let netns = lab.host.block_on_inside(async {
         boxes::ensure_bridge(&bridge).await.expect("bridge");
         let (path, _) = boxes::ensure_box_netns(&bridge, &netns_dir, &net)
             .await
@@ -492,7 +448,8 @@ async fn a_box_receives_mail_over_lmtp_and_serves_imap_after_starttls() {
     task::delete_container(&client, &placement.id)
         .await
         .unwrap();
-    lab.in_host(async { boxes::remove_box_netns(&netns_dir, &net).await.unwrap() });
+    lab.host
+        .block_on_inside(async { boxes::remove_box_netns(&netns_dir, &net).await.unwrap() });
     lab.supervisor.stop("containerd").await.unwrap();
     eprintln!(
         "{test}: image imported in {imported:?}; after create: task started {task_started:?}, \

@@ -139,6 +139,59 @@ impl Netns {
     }
 }
 
+impl Netns {
+    /// Runs `future` on a thread inside this namespace: what works on the caller's
+    /// namespace (net::boxes, net::apply) then works on this one.
+    pub fn block_on_inside<F: std::future::Future + Send>(&self, future: F) -> F::Output
+    where
+        F::Output: Send,
+    {
+        let netns = std::fs::File::open(format!("/run/netns/{}", self.name)).unwrap();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .expect("enter the namespace");
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(future)
+            })
+            .join()
+            .unwrap()
+        })
+    }
+}
+
+/// After a containerd test, whatever is left of it: the shims (which outlive containerd
+/// by design and name its socket on their command line) are killed, and the mounts under
+/// the test's directory are detached, deepest first.
+pub fn clear_containerd_leftovers(socket: &std::path::Path, dir: &std::path::Path) {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let socket = socket.display().to_string();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(&socket) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+    let dir = dir.display().to_string();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut mounts: Vec<&str> = mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(&dir))
+        .collect();
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for m in mounts {
+        let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = std::process::Command::new("ip")
