@@ -1,6 +1,7 @@
 //! The agent's containers units: `containerd`, a supervised child with its root, state and
 //! socket in the agent's state directory, and `mail`, which imports the `letterbox-mail`
-//! image into it and then holds the mail containers (the front and the boxes come later).
+//! image into it and then holds the mail containers (the boxes are `boxes_unit`'s; the front
+//! comes later).
 //!
 //! They start after DNS, so they stop before it; `mail` stops before `containerd`. A
 //! missing image or a containerd that does not answer fails the `mail` unit with the
@@ -22,6 +23,8 @@ pub struct MailSettings {
     pub image: PathBuf,
     /// Searched before PATH for `containerd`, `containerd-shim-runc-v2` and `runc`.
     pub binary_dirs: Vec<PathBuf>,
+    /// Where the boxes' network namespace files are bind-mounted.
+    pub netns_dir: PathBuf,
 }
 
 impl MailSettings {
@@ -33,6 +36,7 @@ impl MailSettings {
                 .iter()
                 .map(PathBuf::from)
                 .collect(),
+            netns_dir: APPLIANCE_NETNS_DIR.into(),
         }
     }
 }
@@ -58,10 +62,12 @@ pub enum MailError {
     Containers(#[from] ContainersError),
 }
 
+/// The boxes' network namespace files on the appliance (tmpfs: they are remade at boot).
+const APPLIANCE_NETNS_DIR: &str = "/run/letterbox/netns";
 /// The log target of what the agent says about the containerd unit (kept in its ring).
 const CONTAINERD_LOG: &str = "letterbox::agent::containerd";
 /// How long `mail` waits for containerd to answer before it fails (and is retried).
-const CONNECT_LIMIT: Duration = Duration::from_secs(30);
+pub(super) const CONNECT_LIMIT: Duration = Duration::from_secs(30);
 /// How long `status` waits for containerd's version.
 const STATUS_LIMIT: Duration = Duration::from_secs(1);
 
@@ -202,7 +208,7 @@ pub async fn report(agent: &Agent, settings: &MailSettings) -> String {
 }
 
 /// The first of `dirs`, then PATH, that has an executable `name`.
-fn find_program(name: &str, dirs: &[PathBuf]) -> Option<PathBuf> {
+pub(super) fn find_program(name: &str, dirs: &[PathBuf]) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let path = std::env::var_os("PATH").unwrap_or_default();
     dirs.iter()
@@ -240,6 +246,7 @@ mod tests {
         let settings = MailSettings {
             image: "/img".into(),
             binary_dirs: vec![],
+            netns_dir: "/run/letterbox/netns".into(),
         };
         let d = daemon(Path::new("/data/letterbox"), &settings);
         assert_eq!(d.root, Path::new("/data/letterbox/containerd/root"));

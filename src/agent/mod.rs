@@ -5,6 +5,7 @@
 //! The agent owns the [`Supervisor`], so units can be started, stopped and restarted by
 //! name while it runs. `init` builds it at boot; `console` and the control socket drive it.
 
+mod boxes_unit;
 pub mod commands;
 mod containers_unit;
 pub mod control;
@@ -124,8 +125,9 @@ impl Agent {
         self.start_unit(dns_unit::unit(self.clone()));
     }
 
-    /// containerd, then the `mail` unit that imports the image into it; nothing without
-    /// mail settings.
+    /// containerd, then the `mail` unit that imports the image into it, then a
+    /// `box-<name>` unit per account of the configuration in force, in the plan's order;
+    /// nothing without mail settings.
     pub fn start_containers(self: &Arc<Self>) {
         let Some(mail) = self.settings.mail.clone() else {
             return;
@@ -133,8 +135,34 @@ impl Agent {
         let state_dir = self.settings.state_dir.clone();
         let socket = containers_unit::daemon(&state_dir, &mail).socket;
         let image = mail.image.clone();
-        self.start_unit(containers_unit::containerd_unit(state_dir, mail));
-        self.start_unit(containers_unit::mail_unit(self.clone(), socket, image));
+        self.start_unit(containers_unit::containerd_unit(
+            state_dir.clone(),
+            mail.clone(),
+        ));
+        self.start_unit(containers_unit::mail_unit(
+            self.clone(),
+            socket.clone(),
+            image,
+        ));
+        let Some((config, _)) = self.provisioning().config else {
+            return;
+        };
+        let plan = crate::mail::MailPlan::from(&config);
+        let bridge = boxes_unit::bridge(&plan, config.containers.ipv4);
+        let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        for account in &plan.boxes {
+            let setup = boxes_unit::BoxSetup {
+                plan: plan.clone(),
+                account: account.clone(),
+                bridge: bridge.clone(),
+                memory_limit: config.containers.memory_limit,
+                state_dir: absolute(&state_dir),
+                netns_dir: absolute(&mail.netns_dir),
+                socket: socket.clone(),
+                settings: mail.clone(),
+            };
+            self.start_unit(boxes_unit::unit(self.clone(), setup));
+        }
     }
 
     /// The control socket at `path`, as a unit.

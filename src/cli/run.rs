@@ -35,6 +35,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> CliResult {
+    let netns_dir = args.state.join("netns");
     Ok(init::start(Options {
         mode: Mode::Host,
         settings: Settings {
@@ -44,6 +45,7 @@ pub fn run(args: Args) -> CliResult {
             mail: args.mail_image.map(|image| MailSettings {
                 image,
                 binary_dirs: args.containerd_dir,
+                netns_dir,
             }),
         },
         console: args.console,
