@@ -111,7 +111,7 @@ pub fn unit(agent: Arc<Agent>, setup: BoxSetup) -> Unit {
 
 async fn run_box(agent: Arc<Agent>, setup: BoxSetup, mut stop: StopSignal) -> TaskResult {
     let image = tokio::select! {
-        image = imported(&agent) => image,
+        image = imported(&agent, &setup.account.name) => image,
         _ = stop.requested() => return Ok(()),
     };
     let prepared = tokio::select! {
@@ -139,11 +139,17 @@ async fn run_box(agent: Arc<Agent>, setup: BoxSetup, mut stop: StopSignal) -> Ta
     }
 }
 
-/// The image, once the `mail` unit has imported it.
-async fn imported(agent: &Agent) -> Imported {
+/// The image, once the `mail` unit has imported it; the wait is logged, so that a box
+/// shown running but not answering says why (`logs box-<name>`).
+async fn imported(agent: &Agent, name: &str) -> Imported {
+    let mut logged = false;
     loop {
         if let MailImage::Imported(image) = agent.mail_image() {
             return image;
+        }
+        if !logged {
+            log::info!("box {name} waits for the mail unit to import the image");
+            logged = true;
         }
         tokio::time::sleep(IMAGE_POLL).await;
     }
