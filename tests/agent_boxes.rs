@@ -1,7 +1,7 @@
 //! The agent's box units under `letterbox run`: with trixie's containerd (`make
 //! containerd-trixie`) and the `letterbox-mail` image (`make mail-image`), an account's box
 //! comes up on the agent's bridge, takes mail over LMTP into its Maildir, comes back after a
-//! restart, and is gone, with containerd and its shim, when the agent stops.
+//! restart and after its task is killed, and is gone, with containerd and its shim, when the agent stops.
 
 mod common;
 
@@ -245,8 +245,8 @@ fn is_dovecot(pid: i32) -> bool {
 }
 
 #[test]
-fn a_box_per_account_takes_mail_restarts_and_stops_with_the_agent() {
-    let test = "a_box_per_account_takes_mail_restarts_and_stops_with_the_agent";
+fn a_box_per_account_takes_mail_comes_back_and_stops_with_the_agent() {
+    let test = "a_box_per_account_takes_mail_comes_back_and_stops_with_the_agent";
     if !can_run(test) {
         return;
     }
@@ -281,6 +281,20 @@ fn a_box_per_account_takes_mail_restarts_and_stops_with_the_agent() {
     lab.deliver("after the restart");
     assert_eq!(lab.new_mail().len(), 2, "{:?}", lab.new_mail());
 
+    // A task that dies fails the unit, and the supervisor starts it again.
+    kill(Pid::from_raw(second), Signal::SIGKILL).unwrap();
+    let restarted = common::wait_until(TIMEOUT, || lab.box_pids().len() == 3);
+    assert!(restarted, "box-alice not restarted:\n{}", lab.diagnostics());
+    let logs = lab.ctl(&["logs", "box-alice"]).unwrap();
+    assert!(
+        logs.contains("the box's task exited with status 137"),
+        "{logs}"
+    );
+    let third = lab.box_pids()[2];
+    assert!(common::wait_until(TIMEOUT, || is_dovecot(third)));
+    lab.deliver("after the crash");
+    assert_eq!(lab.new_mail().len(), 3, "{:?}", lab.new_mail());
+
     // SIGTERM: the box stops before mail, mail before containerd; nothing is left.
     kill(Pid::from_raw(agent.id() as i32), Signal::SIGTERM).unwrap();
     let status = common::wait_for(TIMEOUT, || agent.try_wait().unwrap())
@@ -301,5 +315,5 @@ fn a_box_per_account_takes_mail_restarts_and_stops_with_the_agent() {
         }
     }
     assert_eq!(lab.containerd_processes(), Vec::<String>::new());
-    assert!(!is_dovecot(second), "the box's Dovecot outlived the agent");
+    assert!(!is_dovecot(third), "the box's Dovecot outlived the agent");
 }
