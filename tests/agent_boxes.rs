@@ -147,24 +147,11 @@ impl Lab {
     }
 
     fn ctl(&self, args: &[&str]) -> Option<String> {
-        let out = Command::new(common::letterbox_bin())
-            .arg("ctl")
-            .arg("--socket")
-            .arg(self.socket())
-            .args(args)
-            .output()
-            .expect("letterbox ctl runs");
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        common::ctl(&self.socket(), args)
     }
 
     fn unit(&self, unit: &str) -> Option<String> {
-        let units = self.ctl(&["units"])?;
-        units
-            .lines()
-            .find(|l| l.split_whitespace().next() == Some(unit))
-            .map(str::to_string)
+        common::unit_line(&self.socket(), unit)
     }
 
     /// The pids of alice's box task, from its unit's log, one per start.

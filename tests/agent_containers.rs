@@ -6,7 +6,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::{KillOnDrop, Netns, TIMEOUT};
@@ -127,27 +127,12 @@ impl Lab {
         )
     }
 
-    /// `letterbox ctl`'s output, if it succeeded.
     fn ctl(&self, args: &[&str]) -> Option<String> {
-        let out = Command::new(common::letterbox_bin())
-            .arg("ctl")
-            .arg("--socket")
-            .arg(self.socket())
-            .args(args)
-            .output()
-            .expect("letterbox ctl runs");
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        common::ctl(&self.socket(), args)
     }
 
-    /// The `units` line of `unit`.
     fn unit(&self, unit: &str) -> Option<String> {
-        let units = self.ctl(&["units"])?;
-        units
-            .lines()
-            .find(|l| l.split_whitespace().next() == Some(unit))
-            .map(str::to_string)
+        common::unit_line(&self.socket(), unit)
     }
 
     /// The line of `ctl status` that starts with `label`.

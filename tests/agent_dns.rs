@@ -132,20 +132,6 @@ fn run_mode_serves_the_zone_and_sighup_serves_an_added_account() {
     assert_eq!(lab.dig("alice.example.org", "MX"), "10 mail.example.org.");
 }
 
-/// `letterbox ctl` against the agent's control socket; its stdout, if it succeeded.
-fn ctl(socket: &Path, args: &[&str]) -> Option<String> {
-    let out = std::process::Command::new(common::letterbox_bin())
-        .arg("ctl")
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .output()
-        .expect("letterbox ctl runs");
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 #[test]
 fn dns_answers_once_a_late_address_is_added() {
     let test = "dns_answers_once_a_late_address_is_added";
@@ -174,20 +160,14 @@ fn dns_answers_once_a_late_address_is_added() {
     );
 
     // The unit runs, rather than failing to bind and restarting.
-    let dns_state = || {
-        let units = ctl(&socket, &["units"])?;
-        let line = units
-            .lines()
-            .find(|l| l.split_whitespace().next() == Some("dns"))?;
-        Some(line.to_string())
-    };
+    let dns_state = || common::unit_line(&socket, "dns");
     assert!(
         common::wait_until(TIMEOUT, || dns_state()
             .is_some_and(|l| l.contains("running"))),
         "the DNS unit is not running: {:?}",
         dns_state()
     );
-    let logs = ctl(&socket, &["logs", "dns"]).unwrap();
+    let logs = common::ctl(&socket, &["logs", "dns"]).unwrap();
     for ip in late {
         assert!(
             logs.contains(&format!("dns: {ip} is on no interface yet")),
@@ -208,7 +188,7 @@ fn dns_answers_once_a_late_address_is_added() {
             "no answer on {ip} once it was added"
         );
     }
-    let logs = ctl(&socket, &["logs", "dns"]).unwrap();
+    let logs = common::ctl(&socket, &["logs", "dns"]).unwrap();
     assert!(
         !logs.contains("restarting"),
         "the DNS unit restarted meanwhile:\n{logs}"

@@ -76,6 +76,29 @@ pub fn run(args: &[&str]) -> String {
     run_ok(std::process::Command::new(args[0]).args(&args[1..]))
 }
 
+/// `letterbox ctl --socket SOCKET ARGS` against a running agent; its stdout, if it
+/// succeeded.
+pub fn ctl(socket: &std::path::Path, args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new(letterbox_bin())
+        .arg("ctl")
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .expect("letterbox ctl runs");
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The line `ctl units` prints for `unit`, if the agent answers and has it.
+pub fn unit_line(socket: &std::path::Path, unit: &str) -> Option<String> {
+    ctl(socket, &["units"])?
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(unit))
+        .map(str::to_string)
+}
+
 /// Polls `probe` every 50 ms until it returns something or `limit` has passed.
 pub fn wait_for<T>(limit: std::time::Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = std::time::Instant::now() + limit;
