@@ -214,17 +214,17 @@ pub async fn execute(agent: &Arc<Agent>, command: AdminCommand, via: Via) -> Rep
     }
 }
 
-/// The help text, as `help` prints it everywhere.
-pub fn help() -> String {
-    match parse(&["help"]) {
-        Parsed::Answer(reply) => reply.text,
-        other => unreachable!("`help` is clap's own: {other:?}"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The help text, as `help` prints it everywhere.
+    fn help() -> String {
+        match parse(&["help"]) {
+            Parsed::Answer(reply) => reply.text,
+            other => unreachable!("`help` is clap's own: {other:?}"),
+        }
+    }
 
     fn command(line: &str) -> AdminCommand {
         let words: Vec<&str> = line.split_whitespace().collect();

@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 
 use crate::dns::{DnsError, DnsHandle};
 use crate::net::NetError;
-use crate::supervise::{SuperviseError, Supervisor, Unit};
+use crate::supervise::{Supervisor, Unit};
 use containers_unit::MailImage;
 pub use containers_unit::MailSettings;
 use provisioning::Provisioning;
@@ -67,8 +67,6 @@ pub enum AgentError {
     Dns(#[from] DnsError),
     #[error(transparent)]
     Net(#[from] NetError),
-    #[error(transparent)]
-    Unit(#[from] SuperviseError),
     #[error("the {0} task failed")]
     Task(&'static str, #[source] tokio::task::JoinError),
 }

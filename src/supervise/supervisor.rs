@@ -68,11 +68,6 @@ impl Supervisor {
         }
     }
 
-    /// The reaper the units' processes run under, for one-shot commands too.
-    pub fn reaper(&self) -> &Reaper {
-        &self.reaper
-    }
-
     /// Starts a unit and keeps it running until it is stopped.
     pub fn start(&self, unit: Unit) -> Result<(), SuperviseError> {
         let mut units = self.lock();
