@@ -6,7 +6,7 @@
 mod common;
 
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -18,24 +18,6 @@ use nix::unistd::Pid;
 /// A cold import of the image and a box's first start on a loaded machine; a deadline.
 const START_LIMIT: Duration = Duration::from_secs(120);
 
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn containerd_dirs() -> [PathBuf; 2] {
-    let trixie = repo().join(".cache/containerd-trixie");
-    [trixie.join("bin"), trixie.join("root/usr/bin")]
-}
-
-fn mail_image() -> PathBuf {
-    let arch = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    };
-    repo().join(format!("out/letterbox-mail-{arch}"))
-}
-
 fn can_run(test: &str) -> bool {
     if !common::is_root() {
         common::skip(test, "needs root (network namespaces, containerd)");
@@ -44,7 +26,7 @@ fn can_run(test: &str) -> bool {
     if !common::installed(test, "python3") || !common::installed(test, "nsenter") {
         return false;
     }
-    let [runc, containerd] = containerd_dirs();
+    let [runc, containerd] = common::trixie_containerd_dirs();
     if !containerd.join("containerd").is_file() || !runc.join("runc").is_file() {
         common::skip(
             test,
@@ -52,10 +34,10 @@ fn can_run(test: &str) -> bool {
         );
         return false;
     }
-    if !mail_image().join("index.json").is_file() {
+    if !common::built_mail_image().join("index.json").is_file() {
         let why = format!(
             "no mail image at {} (make mail-image builds it)",
-            mail_image().display()
+            common::built_mail_image().display()
         );
         common::skip(test, &why);
         return false;
@@ -133,8 +115,8 @@ impl Lab {
             .arg("--socket")
             .arg(self.socket())
             .arg("--mail-image")
-            .arg(mail_image());
-        for dir in containerd_dirs() {
+            .arg(common::built_mail_image());
+        for dir in common::trixie_containerd_dirs() {
             cmd.arg("--containerd-dir").arg(dir);
         }
         KillOnDrop(

@@ -16,26 +16,6 @@ use nix::unistd::Pid;
 /// A cold import of the 37 MiB image on a loaded machine; a deadline, not a goal.
 const IMPORT_LIMIT: Duration = Duration::from_secs(120);
 
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// trixie's containerd and its shim, and runc, as `make containerd-trixie` leaves them.
-fn containerd_dirs() -> [PathBuf; 2] {
-    let trixie = repo().join(".cache/containerd-trixie");
-    [trixie.join("bin"), trixie.join("root/usr/bin")]
-}
-
-/// `make mail-image`'s output for this machine.
-fn mail_image() -> PathBuf {
-    let arch = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    };
-    repo().join(format!("out/letterbox-mail-{arch}"))
-}
-
 /// Whether the test can run; if not, it is skipped, naming what is missing.
 fn can_run(test: &str, needs_image: bool) -> bool {
     if !common::is_root() {
@@ -45,7 +25,7 @@ fn can_run(test: &str, needs_image: bool) -> bool {
     if !common::installed(test, "dig") {
         return false;
     }
-    let [runc, containerd] = containerd_dirs();
+    let [runc, containerd] = common::trixie_containerd_dirs();
     if !containerd.join("containerd").is_file() || !runc.join("runc").is_file() {
         common::skip(
             test,
@@ -53,12 +33,12 @@ fn can_run(test: &str, needs_image: bool) -> bool {
         );
         return false;
     }
-    if needs_image && !mail_image().join("index.json").is_file() {
+    if needs_image && !common::built_mail_image().join("index.json").is_file() {
         common::skip(
             test,
             &format!(
                 "no mail image at {} (make mail-image builds it)",
-                mail_image().display()
+                common::built_mail_image().display()
             ),
         );
         return false;
@@ -115,7 +95,7 @@ impl Lab {
             .arg(self.socket())
             .arg("--mail-image")
             .arg(image);
-        for dir in containerd_dirs() {
+        for dir in common::trixie_containerd_dirs() {
             cmd.arg("--containerd-dir").arg(dir);
         }
         KillOnDrop(
@@ -220,7 +200,7 @@ fn run_mode_imports_the_mail_image_once_and_stops_containerd_with_the_agent() {
         return;
     }
     let lab = Lab::new();
-    let image = mail_image();
+    let image = common::built_mail_image();
     let digest = locked_manifest(&image);
     let want = format!("mail image: letterbox-mail:latest {digest} (unpacked)");
 
@@ -327,7 +307,7 @@ fn a_containerd_that_will_not_start_is_reported_while_dns_answers() {
     let lab = Lab::new();
     // A directory where containerd's socket goes: the real containerd cannot listen there.
     std::fs::create_dir_all(lab.state().join("containerd/containerd.sock/in-the-way")).unwrap();
-    let mut agent = lab.start_agent(&mail_image());
+    let mut agent = lab.start_agent(&common::built_mail_image());
 
     let failing = common::wait_until(TIMEOUT, || {
         lab.unit("containerd")

@@ -14,11 +14,6 @@ use letterbox::containers::{self, task, Client, ContainerSpec, Containerd};
 use letterbox::supervise::{Reaper, Scope, Supervisor, Unit, UnitState};
 use sha2::{Digest, Sha256};
 
-/// trixie's containerd and runc, as `make containerd-trixie` leaves them.
-fn trixie() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/containerd-trixie")
-}
-
 /// A containerd of its own, under the Supervisor; on drop (also when a test fails) the
 /// containerd and its shims are killed, mounts under its directory unmounted, and the
 /// directory removed.
@@ -36,8 +31,10 @@ impl Daemon {
             common::skip(test, "needs root (containerd, overlayfs mounts)");
             return None;
         }
-        let bin = trixie().join("root/usr/bin");
-        if !bin.join("containerd").is_file() || !trixie().join("bin/runc").is_file() {
+        let bin = common::trixie_containerd().join("root/usr/bin");
+        if !bin.join("containerd").is_file()
+            || !common::trixie_containerd().join("bin/runc").is_file()
+        {
             common::skip(
                 test,
                 "trixie's containerd and runc are not in .cache/containerd-trixie (make containerd-trixie fetches them)",
@@ -315,7 +312,7 @@ async fn a_task_runs_in_a_read_only_container_and_its_exit_status_is_seen() {
         args: vec!["/bin/sh".into(), "-c".into(), script.into()],
         env: vec!["PATH=/bin".into()],
         memory_limit_bytes: 32 << 20,
-        runc: trixie().join("bin/runc"),
+        runc: common::trixie_containerd().join("bin/runc"),
         runc_root: daemon.containerd.state.join("runc"),
     };
     task::create_container(client, &spec)

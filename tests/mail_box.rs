@@ -153,19 +153,6 @@ fn runtime_specs_match_their_golden_files() {
     }
 }
 
-/// trixie's containerd and runc, as `make containerd-trixie` leaves them.
-fn trixie() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/containerd-trixie")
-}
-
-fn mail_image() -> PathBuf {
-    let arch = match std::env::consts::ARCH {
-        "aarch64" => "arm64",
-        _ => "amd64",
-    };
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("out/letterbox-mail-{arch}"))
-}
-
 /// Everything the box test sets up; drop undoes it, also when the test fails: the box's
 /// processes (by their cgroup), containerd and its shims, mounts under the directory, the
 /// box's namespace file and the host namespace.
@@ -281,20 +268,21 @@ async fn a_box_receives_mail_over_lmtp_and_serves_imap_after_starttls() {
         common::skip(test, "needs root (containerd, network namespaces, mounts)");
         return;
     }
-    let bin = trixie().join("root/usr/bin");
-    if !bin.join("containerd").is_file() || !trixie().join("bin/runc").is_file() {
+    let bin = common::trixie_containerd().join("root/usr/bin");
+    if !bin.join("containerd").is_file() || !common::trixie_containerd().join("bin/runc").is_file()
+    {
         common::skip(
             test,
             "trixie's containerd and runc are not in .cache/containerd-trixie (make containerd-trixie fetches them)",
         );
         return;
     }
-    if !mail_image().join("index.json").is_file() {
+    if !common::built_mail_image().join("index.json").is_file() {
         common::skip(
             test,
             &format!(
                 "the mail image is not in {} (make mail-image builds it)",
-                mail_image().display()
+                common::built_mail_image().display()
             ),
         );
         return;
@@ -327,9 +315,10 @@ async fn a_box_receives_mail_over_lmtp_and_serves_imap_after_starttls() {
             )
         });
     let started = Instant::now();
-    let image = containers::import_oci_layout(&client, &mail_image(), "letterbox-mail:test")
-        .await
-        .unwrap_or_else(|e| panic!("{}", letterbox::error_chain(&e)));
+    let image =
+        containers::import_oci_layout(&client, &common::built_mail_image(), "letterbox-mail:test")
+            .await
+            .unwrap_or_else(|e| panic!("{}", letterbox::error_chain(&e)));
     let imported = started.elapsed();
 
     let plan = plan(&letterbox::passwd::hash(PASSWORD).unwrap());
@@ -390,7 +379,7 @@ async fn a_box_receives_mail_over_lmtp_and_serves_imap_after_starttls() {
         id: spec::box_id(&alice),
         image: image.name.clone(),
         chain_id: image.chain_id.clone(),
-        runc: trixie().join("bin/runc"),
+        runc: common::trixie_containerd().join("bin/runc"),
         runc_root: lab.containerd.state.join("runc"),
     };
     let log = lab.dir.path().join("box.log");

@@ -44,6 +44,27 @@ pub fn letterbox_bin() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_BIN_EXE_letterbox"))
 }
 
+/// trixie's containerd, its shim and runc, as `make containerd-trixie` leaves them.
+pub fn trixie_containerd() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/containerd-trixie")
+}
+
+/// Where those binaries are: runc (patched to trixie's loader), then containerd and its shim.
+pub fn trixie_containerd_dirs() -> [std::path::PathBuf; 2] {
+    let trixie = trixie_containerd();
+    [trixie.join("bin"), trixie.join("root/usr/bin")]
+}
+
+/// `make mail-image`'s output for this machine.
+pub fn built_mail_image() -> std::path::PathBuf {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("out/letterbox-mail-{arch}"))
+}
+
 /// Generous: the agent answers in milliseconds, but CI machines stall. A deadline for
 /// polling, never a timing goal.
 pub const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
