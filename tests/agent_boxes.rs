@@ -140,7 +140,7 @@ impl Lab {
     fn box_pids(&self) -> Vec<i32> {
         let logs = self.ctl(&["logs", "box-alice"]).unwrap_or_default();
         logs.lines()
-            .filter_map(|l| l.split("box alice started (pid ").nth(1))
+            .filter_map(|l| l.split("box-alice started (pid ").nth(1))
             .filter_map(|rest| rest.split(')').next()?.parse().ok())
             .collect()
     }
@@ -256,7 +256,7 @@ fn a_box_per_account_takes_mail_comes_back_and_stops_with_the_agent() {
     assert!(restarted, "box-alice not restarted:\n{}", lab.diagnostics());
     let logs = lab.ctl(&["logs", "box-alice"]).unwrap();
     assert!(
-        logs.contains("the box's task exited with status 137"),
+        logs.contains("the box-alice task exited with status 137"),
         "{logs}"
     );
     let third = lab.box_pids()[2];

@@ -1,7 +1,7 @@
 //! The agent's containers units: `containerd`, a supervised child with its root, state and
 //! socket in the agent's state directory, and `mail`, which imports the `letterbox-mail`
-//! image into it and then holds the mail containers (the boxes are `boxes_unit`'s; the front
-//! comes later).
+//! image into it and then holds the mail containers (the front's are `front_unit`'s, the
+//! boxes `boxes_unit`'s).
 //!
 //! They start after DNS, so they stop before it; `mail` stops before `containerd`. A
 //! missing image or a containerd that does not answer fails the `mail` unit with the

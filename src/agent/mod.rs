@@ -10,6 +10,8 @@ pub mod commands;
 mod containers_unit;
 pub mod control;
 mod dns_unit;
+mod front_unit;
+mod mail_container;
 pub mod provisioning;
 mod status;
 
@@ -123,9 +125,9 @@ impl Agent {
         self.start_unit(dns_unit::unit(self.clone()));
     }
 
-    /// containerd, then the `mail` unit that imports the image into it, then a
-    /// `box-<name>` unit per account of the configuration in force, in the plan's order;
-    /// nothing without mail settings.
+    /// containerd, then the `mail` unit that imports the image into it, then the front's
+    /// two units and a `box-<name>` unit per account of the configuration in force, in the
+    /// plan's order; nothing without mail settings.
     pub fn start_containers(self: &Arc<Self>) {
         let Some(mail) = self.settings.mail.clone() else {
             return;
@@ -146,18 +148,28 @@ impl Agent {
             return;
         };
         let plan = crate::mail::MailPlan::from(&config);
-        let bridge = boxes_unit::bridge(&plan, config.containers.ipv4);
         let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        let site = mail_container::Site {
+            state_dir: absolute(&state_dir),
+            socket,
+            settings: mail.clone(),
+        };
+        let front = front_unit::FrontSetup {
+            plan: plan.clone(),
+            site: site.clone(),
+        };
+        for unit in front_unit::units(self.clone(), front) {
+            self.start_unit(unit);
+        }
+        let bridge = boxes_unit::bridge(&plan, config.containers.ipv4);
         for account in &plan.boxes {
             let setup = boxes_unit::BoxSetup {
                 plan: plan.clone(),
                 account: account.clone(),
                 bridge: bridge.clone(),
                 memory_limit: config.containers.memory_limit,
-                state_dir: absolute(&state_dir),
                 netns_dir: absolute(&mail.netns_dir),
-                socket: socket.clone(),
-                settings: mail.clone(),
+                site: site.clone(),
             };
             self.start_unit(boxes_unit::unit(self.clone(), setup));
         }

@@ -51,6 +51,25 @@ pub struct Config {
     pub containers: Containers,
 }
 
+impl Config {
+    /// Whether the host has an IPv6 address, so that the boxes get theirs.
+    pub fn has_ipv6(&self) -> bool {
+        self.interfaces.iter().any(|i| !i.ipv6.is_empty())
+    }
+
+    /// Each account (in the file's order) with its box's routed IPv6 address: none when
+    /// the host has no IPv6, as nothing would route it.
+    pub fn box_ipv6_addresses(&self) -> Vec<(&Account, Option<std::net::Ipv6Addr>)> {
+        let slots = self.containers.slots(&self.accounts);
+        (self.accounts.iter().zip(slots))
+            .map(|(account, slot)| {
+                let ipv6 = self.containers.box_ipv6(slot).filter(|_| self.has_ipv6());
+                (account, ipv6)
+            })
+            .collect()
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("cannot read provisioning file {path}")]

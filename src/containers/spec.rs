@@ -50,8 +50,8 @@ pub const DOVECOT_CAPABILITIES: &[Capability] = &[
     Capability::SysChroot,
 ];
 
-/// What Postfix's master, started as root by `postfix start-fg`, needs (not yet run in a
-/// test): to bind 25, switch to the postfix uid, and let `postfix-script` check and fix
+/// What Postfix's master, started as root by `postfix start-fg`, needs (tests/mail_e2e.rs
+/// runs it): to bind 25, switch to the postfix uid, and let `postfix-script` check and fix
 /// the queue's owners and modes (CHOWN, FOWNER, DAC_OVERRIDE: the queue directories are
 /// postfix's, mode 0700), and signal its children (KILL). No SYS_CHROOT: `chroot = n`.
 pub const POSTFIX_CAPABILITIES: &[Capability] = &[

@@ -208,10 +208,14 @@ pub fn build(cfg: &Config, sources: &Sources, serial: u32) -> Result<Zone, DnsEr
         }
     }
 
-    for account in &cfg.accounts {
+    // An account's name is its box's: IPv6 clients reach its IMAP there directly.
+    for (account, box_ipv6) in cfg.box_ipv6_addresses() {
         let at = name_in(&account.name, &origin)?;
         z.add(&at, RData::MX(MX::new(10, host.clone())));
         z.add(&at, RData::TXT(txt_split(SPF_MAIL)));
+        if let Some(address) = box_ipv6 {
+            z.add(&at, RData::AAAA(AAAA(address)));
+        }
     }
 
     let mut extra_ttl = BTreeMap::new();

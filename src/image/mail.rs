@@ -76,6 +76,15 @@ const OVERLAYS: &[(&str, &str)] = &[
         "etc/default/postfix",
         include_str!("../../overlays/mail/etc/default/postfix"),
     ),
+    // A read-only root cannot grow a file mount point at run time.
+    (
+        "etc/postfix/main.cf",
+        include_str!("../../overlays/mail/etc/postfix/main.cf"),
+    ),
+    (
+        "etc/postfix/master.cf",
+        include_str!("../../overlays/mail/etc/postfix/master.cf"),
+    ),
 ];
 
 /// Mount points and scratch directories a container expects (mode).

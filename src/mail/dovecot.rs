@@ -24,7 +24,8 @@ fn header(out: &mut String, what: &str) {
 
 dovecot_config_version = 2.4.1
 dovecot_storage_version = 2.4.1
-log_path = /dev/stderr
+# Its output is the container's log (containerd's shim copies stdout into the file).
+log_path = /dev/stdout
 
 # No password travels in clear: 143 needs STARTTLS first, 993 is TLS from the start.
 auth_allow_cleartext = no
@@ -125,6 +126,9 @@ listen = {listen}
 # The front has checked the client's password and TLS; its logins carry the client's
 # real address.
 login_trusted_networks = {front}
+
+# The front's Received: header names the client; the hop over the bridge adds nothing.
+lmtp_add_received_header = no
 
 mail_driver = maildir
 mail_path = ~/Maildir

@@ -19,7 +19,7 @@ pub struct MailPlan {
     /// The front's address on the boxes' bridge: the only client a box's LMTP and its
     /// trusted-network logins accept.
     pub front_ipv4: Ipv4Addr,
-    /// Whether the host has IPv6, so that the front listens on it too.
+    /// Whether the host has IPv6, so that the front listens on it too and boxes get theirs.
     pub ipv6: bool,
     /// One box per account, sorted by name.
     pub boxes: Vec<BoxPlan>,
@@ -51,14 +51,15 @@ impl From<&Config> for MailPlan {
             .accounts
             .iter()
             .zip(slots)
-            .map(|(account, slot)| {
+            .zip(config.box_ipv6_addresses())
+            .map(|((account, slot), (_, ipv6))| {
                 let mail_domain = format!("{}.{domain}", account.name);
                 BoxPlan {
                     name: account.name.clone(),
                     address: format!("box@{mail_domain}"),
                     mail_domain,
                     ipv4: containers.box_ipv4(slot),
-                    ipv6: containers.box_ipv6(slot),
+                    ipv6,
                     id: BOX_ID_BASE + slot,
                     password_hash: account.password_hash.clone(),
                 }
@@ -69,7 +70,7 @@ impl From<&Config> for MailPlan {
             hostname: config.system.fqdn(),
             domain,
             front_ipv4: containers.front_ipv4(),
-            ipv6: config.interfaces.iter().any(|i| !i.ipv6.is_empty()),
+            ipv6: config.has_ipv6(),
             boxes,
         }
     }

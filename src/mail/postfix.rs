@@ -90,6 +90,12 @@ smtpd_tls_received_header = yes
 smtpd_tls_loglevel = 1
 smtp_tls_security_level = may
 
+# A box is down only while it restarts (a second or two): mail deferred for it is tried
+# again within seconds, not after Postfix's default of 5 minutes.
+queue_run_delay = 5s
+minimal_backoff_time = 5s
+maximal_backoff_time = 10m
+
 # The queue and Postfix's state are on the data partition; the log is the container's
 # output.
 queue_directory = {POSTFIX_QUEUE}

@@ -1,0 +1,136 @@
+//! The agent's front units: `front-postfix` (port 25, the queue, LMTP to the boxes) and
+//! `front-dovecot` (the IMAP proxy on 143 and 993), two containers in the agent's network
+//! namespace, so that both see every client's real address (`containers::spec` says why
+//! two). Each renders its files from the configuration in force, then runs its container
+//! (`mail_container::run`). The queue and Postfix's state are on the data partition, so
+//! mail accepted survives the container, the agent and a reboot.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use oci_spec::runtime::Spec;
+
+use super::mail_container::{self, ContainerUnitError, Rendered, Site, DOVECOT_GID};
+use super::Agent;
+use crate::containers::spec::{self, FRONT_DOVECOT, FRONT_POSTFIX};
+use crate::containers::FrontFiles;
+use crate::mail::{dovecot, paths, postfix, MailPlan};
+use crate::supervise::{StopSignal, TaskResult, Unit};
+
+/// The image's postfix user and group (overlays/mail/etc/passwd), owner of its state.
+const POSTFIX_ID: u32 = 100;
+
+/// Everything the front's units need, fixed when the agent starts its units.
+#[derive(Debug, Clone)]
+pub struct FrontSetup {
+    pub plan: MailPlan,
+    pub site: Site,
+}
+
+impl FrontSetup {
+    fn dir(&self) -> PathBuf {
+        self.site.state_dir.join("front")
+    }
+
+    /// Where everything the front's containers mount is on the host.
+    fn files(&self) -> FrontFiles {
+        let postfix = self.site.state_dir.join("postfix");
+        FrontFiles {
+            postfix_dir: self.dir().join("postfix"),
+            dovecot_dir: self.dir().join("dovecot"),
+            tls_dir: self.site.state_dir.join("tls"),
+            postfix_queue: postfix.join("spool"),
+            postfix_data: postfix.join("lib"),
+            sockets: self.dir().join("sockets"),
+        }
+    }
+
+    fn log(&self, id: &str) -> PathBuf {
+        self.dir().join(format!("{id}.log"))
+    }
+}
+
+/// The `front-postfix` and `front-dovecot` task units.
+pub fn units(agent: Arc<Agent>, setup: FrontSetup) -> [Unit; 2] {
+    let logs = [module_path!(), "letterbox::agent::mail_container"];
+    let (postfix_agent, postfix_setup) = (agent.clone(), setup.clone());
+    let postfix = Unit::task(FRONT_POSTFIX, move |stop| {
+        run_postfix(postfix_agent.clone(), postfix_setup.clone(), stop)
+    })
+    .logs_from(&logs);
+    let dovecot = Unit::task(FRONT_DOVECOT, move |stop| {
+        run_dovecot(agent.clone(), setup.clone(), stop)
+    })
+    .logs_from(&logs);
+    [postfix, dovecot]
+}
+
+async fn run_postfix(agent: Arc<Agent>, setup: FrontSetup, mut stop: StopSignal) -> TaskResult {
+    let log = setup.log(FRONT_POSTFIX);
+    let prepare = async {
+        let files = prepare_common(&setup)?;
+        mail_container::write_files(
+            &files.postfix_dir,
+            &[
+                Rendered {
+                    name: "main.cf".into(),
+                    text: postfix::main_cf(&setup.plan),
+                    readable_by: None,
+                },
+                Rendered {
+                    name: "master.cf".into(),
+                    text: postfix::master_cf(),
+                    readable_by: None,
+                },
+            ],
+        )?;
+        // The queue's top is root's; Postfix makes and owns what is inside at start.
+        mail_container::ensure_dir(&files.postfix_queue, 0o755)?;
+        mail_container::ensure_dir(&files.postfix_data, 0o700)?;
+        std::os::unix::fs::chown(&files.postfix_data, Some(POSTFIX_ID), Some(POSTFIX_ID)).map_err(
+            |source| ContainerUnitError::Write {
+                path: files.postfix_data.clone(),
+                source,
+            },
+        )?;
+        log::info!(
+            "front-postfix: port 25 for {} account domain(s), LMTP to their boxes",
+            setup.plan.boxes.len()
+        );
+        Ok::<Spec, ContainerUnitError>(spec::front_postfix_spec(&files)?)
+    };
+    mail_container::run(&agent, &setup.site, FRONT_POSTFIX, &log, &mut stop, prepare).await
+}
+
+async fn run_dovecot(agent: Arc<Agent>, setup: FrontSetup, mut stop: StopSignal) -> TaskResult {
+    let log = setup.log(FRONT_DOVECOT);
+    let prepare = async {
+        let files = prepare_common(&setup)?;
+        mail_container::write_files(
+            &files.dovecot_dir,
+            &[
+                Rendered {
+                    name: mail_container::file_name(paths::DOVECOT_CONFIG),
+                    text: dovecot::front_conf(&setup.plan),
+                    readable_by: None,
+                },
+                Rendered {
+                    name: mail_container::file_name(paths::DOVECOT_PASSWD),
+                    text: dovecot::front_passwd(&setup.plan),
+                    readable_by: Some(DOVECOT_GID),
+                },
+            ],
+        )?;
+        log::info!("front-dovecot: IMAP proxy on 143 (STARTTLS) and 993 to the boxes");
+        Ok::<Spec, ContainerUnitError>(spec::front_dovecot_spec(&files)?)
+    };
+    mail_container::run(&agent, &setup.site, FRONT_DOVECOT, &log, &mut stop, prepare).await
+}
+
+/// What both front containers need: the TLS pair and their shared socket directory.
+fn prepare_common(setup: &FrontSetup) -> Result<FrontFiles, ContainerUnitError> {
+    let files = setup.files();
+    mail_container::ensure_tls(&files.tls_dir, &setup.plan.hostname)?;
+    mail_container::ensure_dir(&files.sockets, 0o755)?;
+    Ok(files)
+}

@@ -1,0 +1,657 @@
+//! Mail end to end under `letterbox run`, with trixie's containerd and runc (`make
+//! containerd-trixie`) and the amd64 `letterbox-mail` image (`make mail-image`): the agent
+//! runs the front (Postfix on 25, the Dovecot IMAP proxy on 143 and 993) and a box each for
+//! alice and bob. A client namespace stands for the Internet: it sends with swaks and reads
+//! with Python's imaplib, over IPv4 through the front and over IPv6 straight to a box.
+//!
+//! The labs run one at a time: every agent names its boxes' cgroups `/letterbox/box-NAME`
+//! on the one host.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use common::{KillOnDrop, Netns, TIMEOUT};
+use letterbox::mail::{BoxPlan, MailPlan};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// A cold import of the image and the first start of five containers on a loaded machine.
+const START_LIMIT: Duration = Duration::from_secs(120);
+/// Mail deferred while a box was down is tried again within the front's 5 s backoff.
+const DELIVERY_LIMIT: Duration = Duration::from_secs(60);
+const PASSWORD: &str = "correct horse battery";
+const SERVER_V4: &str = "192.0.2.10";
+const CLIENT_V4: &str = "192.0.2.20";
+const SERVER_V6: &str = "2001:db8::10";
+const CLIENT_V6: &str = "2001:db8::20";
+
+static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn can_run(test: &str) -> bool {
+    if !common::is_root() {
+        common::skip(test, "needs root (network namespaces, containerd)");
+        return false;
+    }
+    for tool in ["python3", "nsenter", "swaks", "dig"] {
+        if !common::installed(test, tool) {
+            return false;
+        }
+    }
+    let [runc, containerd] = common::trixie_containerd_dirs();
+    if !containerd.join("containerd").is_file() || !runc.join("runc").is_file() {
+        common::skip(
+            test,
+            "trixie's containerd and runc are not in .cache/containerd-trixie (make containerd-trixie fetches them)",
+        );
+        return false;
+    }
+    if !common::built_mail_image().join("index.json").is_file() {
+        let why = format!(
+            "no mail image at {} (make mail-image builds it)",
+            common::built_mail_image().display()
+        );
+        common::skip(test, &why);
+        return false;
+    }
+    true
+}
+
+/// Logs in over IMAP and prints, as JSON, the login's outcome and each INBOX message's
+/// Subject and Received headers. Arguments: host port user password mode, where mode is
+/// `tls` (993), `starttls` (143) or `plain` (143, no STARTTLS).
+const IMAP_CLIENT: &str = r#"
+import email, imaplib, json, ssl, sys
+host, port, user, password, mode = sys.argv[1:6]
+tls = ssl.create_default_context()
+tls.check_hostname = False
+tls.verify_mode = ssl.CERT_NONE
+if mode == "tls":
+    imap = imaplib.IMAP4_SSL(host, int(port), ssl_context=tls, timeout=10)
+else:
+    imap = imaplib.IMAP4(host, int(port), timeout=10)
+    if mode == "starttls":
+        imap.starttls(ssl_context=tls)
+result = {"capabilities": list(imap.capabilities), "messages": []}
+try:
+    imap.login(user, password)
+except imaplib.IMAP4.error as e:
+    result["refused"] = str(e)
+    print(json.dumps(result))
+    sys.exit(0)
+imap.select("INBOX", readonly=True)
+for num in imap.search(None, "ALL")[1][0].split():
+    message = email.message_from_bytes(imap.fetch(num, "(RFC822)")[1][0][1])
+    result["messages"].append({
+        "subject": message["Subject"],
+        "received": [" ".join(r.split()) for r in message.get_all("Received", [])],
+    })
+imap.logout()
+print(json.dumps(result))
+"#;
+
+#[derive(Debug, serde::Deserialize)]
+struct Mailbox {
+    capabilities: Vec<String>,
+    refused: Option<String>,
+    messages: Vec<Message>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct Message {
+    subject: String,
+    received: Vec<String>,
+}
+
+struct Lab {
+    server: Netns,
+    client: Netns,
+    dir: tempfile::TempDir,
+    plan: MailPlan,
+    agent: Option<KillOnDrop>,
+}
+
+impl Lab {
+    /// The server namespace, linked to the client's, with alice and bob in the file; the
+    /// agent started and every mail unit's container up.
+    fn start() -> Lab {
+        let (server, link) = Netns::with_veth("mail");
+        let client = Netns::new("mailc");
+        let peer = format!("{}b", link.strip_suffix('a').unwrap());
+        server.ip(&["link", "set", &peer, "netns", &client.name]);
+        client.ip(&["addr", "add", &format!("{CLIENT_V4}/24"), "dev", &peer]);
+        client.ip(&[
+            "addr",
+            "add",
+            &format!("{CLIENT_V6}/64"),
+            "dev",
+            &peer,
+            "nodad",
+        ]);
+        client.ip(&["link", "set", &peer, "up"]);
+        client.ip(&["link", "set", "lo", "up"]);
+
+        let dir = tempfile::tempdir().unwrap();
+        let hash = letterbox::passwd::hash(PASSWORD).unwrap();
+        let config = format!(
+            "version = 1\n\n[system]\nhostname = \"mail\"\ndomain = \"example.org\"\n\n\
+             [[interface]]\nname = \"{link}\"\nipv4 = [\"{SERVER_V4}/24\"]\n\
+             ipv6 = [\"{SERVER_V6}/64\"]\n\n\
+             [dns]\nlisten = [\"{SERVER_V4}:53\"]\n\n\
+             [[account]]\nname = \"alice\"\npassword_hash = \"{hash}\"\n\n\
+             [[account]]\nname = \"bob\"\npassword_hash = \"{hash}\"\n"
+        );
+        let path = dir.path().join("letterbox.toml");
+        std::fs::write(&path, &config).unwrap();
+        let parsed = letterbox::config::parse(&path.display().to_string(), &config).unwrap();
+        let mut lab = Lab {
+            server,
+            client,
+            dir,
+            plan: MailPlan::from(&parsed),
+            agent: None,
+        };
+        lab.agent = Some(lab.start_agent());
+        let up = common::wait_until(START_LIMIT, || {
+            ["front-postfix", "front-dovecot", "box-alice", "box-bob"]
+                .iter()
+                .all(|unit| !lab.pids(unit).is_empty())
+        });
+        assert!(
+            up,
+            "the mail containers never started:\n{}",
+            lab.diagnostics()
+        );
+        let answering = common::wait_until(TIMEOUT, || {
+            lab.swaks(&["--quit-after", "EHLO"]).status.success()
+        });
+        assert!(answering, "port 25 never answered:\n{}", lab.diagnostics());
+        lab
+    }
+
+    fn box_of(&self, name: &str) -> &BoxPlan {
+        self.plan.find(name).unwrap()
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("control.sock")
+    }
+
+    fn log(&self) -> PathBuf {
+        self.dir.path().join("agent.log")
+    }
+
+    /// `letterbox run` in the server namespace only (`ip netns exec` would also give it a
+    /// fresh /sys, without the cgroup mount runc needs).
+    fn start_agent(&self) -> KillOnDrop {
+        let log = std::fs::File::create(self.log()).unwrap();
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.server.name))
+            .arg("--")
+            .arg(common::letterbox_bin())
+            .arg("run")
+            .arg(self.dir.path().join("letterbox.toml"))
+            .arg("--state")
+            .arg(self.state())
+            .arg("--socket")
+            .arg(self.socket())
+            .arg("--mail-image")
+            .arg(common::built_mail_image());
+        for dir in common::trixie_containerd_dirs() {
+            cmd.arg("--containerd-dir").arg(dir);
+        }
+        KillOnDrop(
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("letterbox run starts"),
+        )
+    }
+
+    fn ctl(&self, args: &[&str]) -> Option<String> {
+        common::ctl(&self.socket(), args)
+    }
+
+    /// The pids of `unit`'s container task, one per start, from the unit's log.
+    fn pids(&self, unit: &str) -> Vec<i32> {
+        let marker = format!("{unit} started (pid ");
+        let logs = self.ctl(&["logs", unit, "-n", "200"]).unwrap_or_default();
+        logs.lines()
+            .filter_map(|l| l.split(&marker).nth(1))
+            .filter_map(|rest| rest.split(')').next()?.parse().ok())
+            .collect()
+    }
+
+    /// The pid of `unit`'s running task: its last start's, once that process is alive.
+    fn running_pid(&self, unit: &str, starts: usize) -> i32 {
+        let pid = common::wait_for(START_LIMIT, || {
+            let pids = self.pids(unit);
+            (pids.len() >= starts).then(|| *pids.last().unwrap())
+        });
+        let pid = pid.unwrap_or_else(|| panic!("{unit} start {starts}:\n{}", self.diagnostics()));
+        assert!(
+            common::wait_until(TIMEOUT, || std::path::Path::new(&format!("/proc/{pid}"))
+                .exists()),
+            "{unit}'s pid {pid} is gone"
+        );
+        pid
+    }
+
+    fn front_postfix_log(&self) -> String {
+        std::fs::read_to_string(self.state().join("front/front-postfix.log")).unwrap_or_default()
+    }
+
+    fn diagnostics(&self) -> String {
+        let mut out = format!("units:\n{}\n", self.ctl(&["units"]).unwrap_or_default());
+        for file in [
+            "front/front-postfix.log",
+            "front/front-dovecot.log",
+            "boxes/alice/box.log",
+            "boxes/bob/box.log",
+        ] {
+            let text = std::fs::read_to_string(self.state().join(file)).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(30).collect();
+            out += &format!(
+                "{file}:\n{}\n",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        out + &format!(
+            "agent log:\n{}",
+            std::fs::read_to_string(self.log()).unwrap_or_default()
+        )
+    }
+
+    /// swaks from the client namespace to port 25 of the server, with `args`.
+    fn swaks(&self, args: &[&str]) -> Output {
+        self.client
+            .exec("swaks")
+            .args(["--server", SERVER_V4, "--port", "25", "--timeout", "15"])
+            .args([
+                "--helo",
+                "client.example.net",
+                "--from",
+                "tester@example.net",
+            ])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// Sends one message to `to`; whether the front accepted it (250 after DATA).
+    fn send(&self, to: &str, subject: &str) -> bool {
+        let out = self.swaks(&["--to", to, "--header", &format!("Subject: {subject}")]);
+        out.status.success()
+    }
+
+    /// The reply to RCPT TO:<to>, as swaks shows it (`<** 550 5.1.1 ...`).
+    fn rcpt_reply(&self, to: &str) -> String {
+        let out = self.swaks(&["--to", to, "--quit-after", "RCPT"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let rcpt = text.find("RCPT TO").map(|i| &text[i..]).unwrap_or(&text);
+        rcpt.lines()
+            .find(|l| l.starts_with("<"))
+            .unwrap_or_else(|| panic!("no reply to RCPT TO:<{to}>:\n{text}"))
+            .to_string()
+    }
+
+    fn imap(&self, host: &str, port: u16, user: &str, mode: &str) -> Mailbox {
+        let out = self
+            .client
+            .exec("python3")
+            .args([
+                "-c",
+                IMAP_CLIENT,
+                host,
+                &port.to_string(),
+                user,
+                PASSWORD,
+                mode,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "IMAP {user}@{host}:{port} ({mode}): {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.diagnostics()
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// How many times each subject is in `name`'s Maildir (new and cur).
+    fn delivered(&self, name: &str) -> BTreeMap<String, usize> {
+        let mut count = BTreeMap::new();
+        for dir in ["new", "cur"] {
+            let path = self.state().join(format!("mail/{name}/Maildir/{dir}"));
+            for entry in std::fs::read_dir(&path).into_iter().flatten().flatten() {
+                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                if let Some(subject) = text
+                    .lines()
+                    .take_while(|l| !l.is_empty())
+                    .find_map(|l| l.strip_prefix("Subject: "))
+                {
+                    *count.entry(subject.to_string()).or_default() += 1;
+                }
+            }
+        }
+        count
+    }
+
+    /// Waits until every one of `subjects` is in `name`'s Maildir, then asserts that each
+    /// is there exactly once.
+    fn assert_delivered_once(&self, name: &str, subjects: &[String]) {
+        let all = common::wait_until(DELIVERY_LIMIT, || {
+            let delivered = self.delivered(name);
+            subjects.iter().all(|s| delivered.contains_key(s))
+        });
+        let delivered = self.delivered(name);
+        let missing: Vec<&String> = subjects
+            .iter()
+            .filter(|s| !delivered.contains_key(*s))
+            .collect();
+        assert!(
+            all,
+            "accepted but never delivered: {missing:?}\n{}",
+            self.diagnostics()
+        );
+        let twice: Vec<(&String, &usize)> = delivered.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(twice.is_empty(), "delivered more than once: {twice:?}");
+    }
+
+    /// Sends `count` messages to alice, one after another; calls `fault` once `at` of them
+    /// were accepted. The subjects the front accepted.
+    fn send_with_fault(
+        &self,
+        tag: &str,
+        count: usize,
+        at: usize,
+        fault: impl FnOnce(),
+    ) -> Vec<String> {
+        let mut accepted = Vec::new();
+        let mut fault = Some(fault);
+        for i in 0..count {
+            let subject = format!("{tag} {i}");
+            if self.send(&self.box_of("alice").address, &subject) {
+                accepted.push(subject);
+            }
+            if accepted.len() == at {
+                if let Some(fault) = fault.take() {
+                    fault();
+                }
+            }
+        }
+        assert!(
+            fault.is_none(),
+            "only {} of {count} accepted",
+            accepted.len()
+        );
+        accepted
+    }
+
+    fn postfix_queue_files(&self) -> Vec<PathBuf> {
+        let spool = self.state().join("postfix/spool");
+        ["incoming", "active", "deferred", "hold", "maildrop"]
+            .iter()
+            .flat_map(|q| walk(&spool.join(q)))
+            .collect()
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.agent.take();
+        let socket = self.state().join("containerd/containerd.sock");
+        common::clear_containerd_leftovers(&socket, self.dir.path());
+    }
+}
+
+#[test]
+fn mail_to_port_25_reaches_only_its_box_and_is_read_through_the_front_and_over_ipv6() {
+    let test = "mail_to_port_25_reaches_only_its_box_and_is_read_through_the_front_and_over_ipv6";
+    if !can_run(test) {
+        return;
+    }
+    let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = Lab::start();
+    let alice = lab.box_of("alice").clone();
+    assert!(
+        lab.send(&alice.address, "hello alice"),
+        "{}",
+        lab.diagnostics()
+    );
+
+    // Through the front's 993, by the short login and by the address.
+    let mut found = None;
+    for user in ["alice", alice.address.as_str()] {
+        found = common::wait_for(DELIVERY_LIMIT, || {
+            let inbox = lab.imap(SERVER_V4, 993, user, "tls");
+            assert_eq!(inbox.refused, None, "{user} logs in over 993");
+            inbox
+                .messages
+                .into_iter()
+                .find(|m| m.subject == "hello alice")
+        });
+        assert!(
+            found.is_some(),
+            "{user}: not in the inbox\n{}",
+            lab.diagnostics()
+        );
+    }
+    let message = found.unwrap();
+    let [received] = &message.received[..] else {
+        panic!("one Received: header, the front's: {:?}", message.received);
+    };
+    assert!(
+        received.contains(&format!("[{CLIENT_V4}]")) && received.contains("by mail.example.org"),
+        "the front names the client's real address: {received}"
+    );
+    assert!(
+        !received.contains("10.88."),
+        "no bridge address: {received}"
+    );
+
+    let bob = lab.imap(SERVER_V4, 993, "bob", "tls");
+    assert_eq!(bob.refused, None);
+    assert!(
+        bob.messages.iter().all(|m| m.subject != "hello alice"),
+        "bob has alice's mail: {bob:?}"
+    );
+
+    // Over IPv6, straight to alice's box at the AAAA of alice.example.org.
+    let aaaa = lab
+        .client
+        .exec("dig")
+        .args([
+            "+short",
+            &format!("@{SERVER_V4}"),
+            "alice.example.org",
+            "AAAA",
+        ])
+        .output()
+        .unwrap();
+    let aaaa = String::from_utf8_lossy(&aaaa.stdout).trim().to_string();
+    assert_eq!(
+        aaaa,
+        alice.ipv6.unwrap().to_string(),
+        "alice's AAAA is her box"
+    );
+    let direct = lab.imap(&aaaa, 143, "alice", "starttls");
+    assert_eq!(direct.refused, None);
+    assert!(
+        direct.messages.iter().any(|m| m.subject == "hello alice"),
+        "{direct:?}"
+    );
+    let wrong_box = lab.imap(
+        &lab.box_of("bob").ipv6.unwrap().to_string(),
+        993,
+        "alice",
+        "tls",
+    );
+    assert!(wrong_box.refused.is_some(), "alice logged in on bob's box");
+
+    // From inside alice's box, bob's Maildir does not exist: only her home is mounted.
+    let pid = lab.running_pid("box-alice", 1);
+    let root = PathBuf::from(format!("/proc/{pid}/root"));
+    let homes: Vec<String> = std::fs::read_dir(root.join("var/vmail"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(homes, ["Maildir"], "alice's box sees only her Maildir");
+    let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    assert!(mountinfo.contains("/mail/alice"), "{mountinfo}");
+    assert!(
+        !mountinfo.contains("/mail/bob"),
+        "bob's mail is mounted in alice's box:\n{mountinfo}"
+    );
+}
+
+#[test]
+fn strangers_unknown_recipients_relay_forms_and_cleartext_logins_are_refused() {
+    let test = "strangers_unknown_recipients_relay_forms_and_cleartext_logins_are_refused";
+    if !can_run(test) {
+        return;
+    }
+    let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = Lab::start();
+
+    let unknown = lab.rcpt_reply("nobody@alice.example.org");
+    assert!(
+        unknown.contains("550 5.1.1"),
+        "unknown recipient: {unknown}"
+    );
+    for stranger in ["user@outside.example", "box@carol.example.org"] {
+        let reply = lab.rcpt_reply(stranger);
+        assert!(reply.contains("554 5.7.1"), "relay to {stranger}: {reply}");
+    }
+    // The classic open-relay forms, at the bare domain and at an account's: each is a
+    // local part there, never a route, so each is refused at RCPT.
+    for domain in ["example.org", "alice.example.org"] {
+        for form in [
+            format!("user%outside.example@{domain}"),
+            format!("\"user@outside.example\"@{domain}"),
+            format!("@{domain}:user@outside.example"),
+            format!("outside.example!user@{domain}"),
+        ] {
+            let reply = lab.rcpt_reply(&form);
+            assert!(
+                reply.contains("554 5.7.1") || reply.contains("550 5.1.1"),
+                "{form}: {reply}"
+            );
+        }
+    }
+    assert_eq!(
+        lab.postfix_queue_files(),
+        Vec::<PathBuf>::new(),
+        "nothing was queued"
+    );
+    assert_eq!(lab.delivered("alice"), BTreeMap::new());
+
+    // No password in clear: 143 without STARTTLS offers no login and refuses one.
+    let plain = lab.imap(SERVER_V4, 143, "alice", "plain");
+    assert!(
+        plain.capabilities.iter().any(|c| c == "LOGINDISABLED"),
+        "{plain:?}"
+    );
+    assert!(
+        plain.refused.is_some(),
+        "a cleartext login was accepted: {plain:?}"
+    );
+    let tls = lab.imap(SERVER_V4, 143, "alice", "starttls");
+    assert_eq!(tls.refused, None, "after STARTTLS the same login works");
+    let wrong = lab
+        .client
+        .exec("python3")
+        .args([
+            "-c",
+            IMAP_CLIENT,
+            SERVER_V4,
+            "993",
+            "alice",
+            "not the password",
+            "tls",
+        ])
+        .output()
+        .unwrap();
+    let wrong: Mailbox = serde_json::from_slice(&wrong.stdout).unwrap();
+    assert!(wrong.refused.is_some(), "a wrong password was accepted");
+}
+
+#[test]
+fn a_box_killed_while_mail_arrives_gets_every_accepted_message_once() {
+    let test = "a_box_killed_while_mail_arrives_gets_every_accepted_message_once";
+    if !can_run(test) {
+        return;
+    }
+    let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = Lab::start();
+    let first = lab.running_pid("box-alice", 1);
+    let accepted = lab.send_with_fault("during a box kill", 30, 10, || {
+        kill(Pid::from_raw(first), Signal::SIGKILL).unwrap();
+    });
+    lab.running_pid("box-alice", 2);
+    lab.assert_delivered_once("alice", &accepted);
+}
+
+#[test]
+fn mail_for_a_box_that_is_down_is_deferred_then_delivered() {
+    let test = "mail_for_a_box_that_is_down_is_deferred_then_delivered";
+    if !can_run(test) {
+        return;
+    }
+    let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = Lab::start();
+    let first = lab.running_pid("box-alice", 1);
+    kill(Pid::from_raw(first), Signal::SIGKILL).unwrap();
+    // The supervisor waits a second before it starts the box again: the front finds no
+    // box meanwhile.
+    assert!(lab.send(&lab.box_of("alice").address, "while the box is down"));
+    let deferred = common::wait_until(TIMEOUT, || {
+        lab.front_postfix_log()
+            .lines()
+            .any(|l| l.contains("to=<box@alice.example.org>") && l.contains("status=deferred"))
+    });
+    assert!(deferred, "the front did not defer:\n{}", lab.diagnostics());
+    lab.running_pid("box-alice", 2);
+    lab.assert_delivered_once("alice", &["while the box is down".to_string()]);
+}
+
+#[test]
+fn a_sigkilled_postfix_loses_no_accepted_mail() {
+    let test = "a_sigkilled_postfix_loses_no_accepted_mail";
+    if !can_run(test) {
+        return;
+    }
+    let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = Lab::start();
+    let postfix = lab.running_pid("front-postfix", 1);
+    let accepted = lab.send_with_fault("during a Postfix kill", 30, 15, || {
+        kill(Pid::from_raw(postfix), Signal::SIGKILL).unwrap();
+    });
+    let again = lab.running_pid("front-postfix", 2);
+    assert_ne!(again, postfix);
+    lab.assert_delivered_once("alice", &accepted);
+}
