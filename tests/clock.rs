@@ -255,3 +255,73 @@ fn no_saved_time_and_no_build_time_leaves_the_clock_alone() {
     assert!(matches!(done, Restore::AlreadyLater { .. }), "{done:?}");
     assert!(clock.now() < UNIX_EPOCH + Duration::from_secs(60));
 }
+
+#[test]
+fn run_mode_measures_the_hosts_clock_against_the_server_and_never_keeps_it() {
+    let test = "run_mode_measures_the_hosts_clock_against_the_server_and_never_keeps_it";
+    let Some(server) = NtpServer::start(test) else {
+        return;
+    };
+    let id = common::unique_id();
+    let (link, peer) = (format!("lb{id}a"), format!("lb{id}b"));
+    server
+        .netns
+        .ip(&["link", "add", &link, "type", "veth", "peer", "name", &peer]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("letterbox.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "version = 1\n\n[system]\nhostname = \"mail\"\ndomain = \"example.org\"\n\
+             ntp = [\"127.0.0.1\"]\n\n[[interface]]\nname = \"{link}\"\nipv4 = [\"192.0.2.10/24\"]\n"
+        ),
+    )
+    .unwrap();
+    let state = dir.path().join("state");
+    let socket = dir.path().join("control.sock");
+    let _agent = KillOnDrop(
+        server
+            .netns
+            .exec(common::letterbox_bin())
+            .arg("run")
+            .arg(&file)
+            .arg("--state")
+            .arg(&state)
+            .arg("--socket")
+            .arg(&socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("letterbox run starts"),
+    );
+
+    let line = common::wait_for(TIMEOUT, || {
+        let status = common::ctl(&socket, &["status"])?;
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("clock:"))?
+            .to_string();
+        line.contains("(offset ").then_some(line)
+    })
+    .expect("status never showed the server's offset");
+    assert!(
+        line.starts_with("clock:     kept by the host; 127.0.0.1 (offset "),
+        "{line}"
+    );
+    // chronyd serves the host's own clock: a measured offset under a second says so.
+    let offset = line
+        .split("(offset ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|secs| secs.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no offset in {line}"));
+    assert!(offset.abs() < 1.0, "{line}");
+    assert!(
+        common::unit_line(&socket, "clock").is_some_and(|l| l.contains("running")),
+        "{:?}",
+        common::unit_line(&socket, "clock")
+    );
+    // Only the machine's own init saves the time it keeps.
+    assert!(!saved::path(&state).exists());
+}
