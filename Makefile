@@ -8,9 +8,10 @@ STAMPS := $(CACHE)/stamps
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends
 
 # What the tests drive: kernel netlink tools, DNS clients and peers; protoc for the
-# containerd client's build; mmdebstrap, patchelf and busybox for the containerd tests.
+# containerd client's build; mmdebstrap, patchelf and busybox for the containerd tests;
+# chrony (only its chronyd, run with -x in a namespace) for the clock tests.
 TEST_PACKAGES := iproute2 iputils-ping util-linux procps dnsutils knot-dnsutils bind9-utils knot nsd radvd \
-	protobuf-compiler mmdebstrap patchelf busybox-static openssl python3
+	protobuf-compiler mmdebstrap patchelf busybox-static openssl python3 chrony
 # What the benchmarks drive: the load generator and the peers.
 BENCH_PACKAGES := dnsperf nsd knot dnsutils python3
 
