@@ -8,7 +8,8 @@ STAMPS := $(CACHE)/stamps
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends
 
 # What the tests drive: kernel netlink tools, DNS clients and peers; protoc for the
-# containerd client's build; mmdebstrap, patchelf and busybox for the containerd tests.
+# containerd client's build; mmdebstrap, patchelf and busybox for the containerd tests;
+# swaks for the mail tests.
 TEST_PACKAGES := iproute2 iputils-ping util-linux procps dnsutils knot-dnsutils bind9-utils knot nsd radvd \
 	protobuf-compiler mmdebstrap patchelf busybox-static openssl python3 swaks
 # What the benchmarks drive: the load generator and the peers.
@@ -45,7 +46,7 @@ $(STAMPS)/deps-test: $(STAMPS)/apt-update Makefile
 
 deps-test: $(STAMPS)/deps-test
 
-test: deps-test test-image containerd-trixie mail-image
+test: deps-test test-image containerd-trixie chrony-trixie mail-image
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	LETTERBOX_REQUIRE_ALL=1 tests/run
@@ -70,6 +71,26 @@ $(STAMPS)/containerd-trixie: $(STAMPS)/deps-test
 	@touch $@
 
 containerd-trixie: $(STAMPS)/containerd-trixie
+
+# chronyd (Debian trixie's) for tests/clock.rs, extracted as containerd is above and never
+# installed: installing chrony would start a time daemon on the machine running the tests
+# and remove its own. The test runs it with -x, so it never sets the clock it serves. Its
+# copy in bin/ loads trixie's libraries through DT_RPATH (--force-rpath), which, unlike
+# RUNPATH, also serves those libraries' own dependencies (gnutls's libunistring).
+CHRONY_TRIXIE := $(CACHE)/chrony-trixie
+.PHONY: chrony-trixie
+$(STAMPS)/chrony-trixie: $(STAMPS)/deps-test
+	rm -rf $(CHRONY_TRIXIE) && mkdir -p $(CHRONY_TRIXIE)/bin
+	mmdebstrap --variant=extract --arch=$$(dpkg --print-architecture) --quiet \
+		--include=chrony trixie $(CHRONY_TRIXIE)/root http://deb.debian.org/debian
+	cp $(CHRONY_TRIXIE)/root/usr/sbin/chronyd $(CHRONY_TRIXIE)/bin/chronyd
+	patchelf --set-interpreter $(CURDIR)/$(CHRONY_TRIXIE)/root/usr$$(patchelf --print-interpreter $(CHRONY_TRIXIE)/bin/chronyd) \
+		--force-rpath --set-rpath $(CURDIR)/$(CHRONY_TRIXIE)/root/usr/lib/$$(dpkg-architecture -qDEB_HOST_MULTIARCH) \
+		$(CHRONY_TRIXIE)/bin/chronyd
+	$(CHRONY_TRIXIE)/bin/chronyd --version
+	@touch $@
+
+chrony-trixie: $(STAMPS)/chrony-trixie
 
 $(STAMPS)/deps-bench: $(STAMPS)/apt-update Makefile
 	$(APT_INSTALL) $(BENCH_PACKAGES) $(HOST_RUST_PACKAGES)

@@ -3,10 +3,11 @@
 //! One module per concern, in layers that import only the ones below them: `cli` and
 //! `init` at the top; `console`; `agent` (the running agent and its commands);
 //! `supervise` (units, reaper, logs); and the concerns themselves (`config`, `net`,
-//! `dns`, `early_boot`, `image`).
+//! `dns`, `clock`, `early_boot`, `image`).
 pub mod agent;
 pub mod atomic_file;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod console;
 pub mod containers;

@@ -242,7 +242,7 @@ fn console_and_socket_give_the_same_help_and_the_same_errors() {
     let error = String::from_utf8(no_unit.stderr).unwrap();
     assert_eq!(
         error,
-        "error: no unit named `nosuch`; expected one of: console, control, dns\n"
+        "error: no unit named `nosuch`; expected one of: console, control, clock, dns\n"
     );
     assert_eq!(lab.console_reply("restart nosuch"), error);
 }

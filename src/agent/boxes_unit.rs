@@ -69,6 +69,7 @@ pub fn unit(agent: Arc<Agent>, setup: BoxSetup) -> Unit {
         run_box(agent.clone(), setup.clone(), stop)
     })
     .logs_from(&[module_path!(), "letterbox::agent::mail_container"])
+    .with_grace(mail_container::UNIT_GRACE)
 }
 
 async fn run_box(agent: Arc<Agent>, setup: BoxSetup, mut stop: StopSignal) -> TaskResult {

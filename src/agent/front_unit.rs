@@ -57,11 +57,13 @@ pub fn units(agent: Arc<Agent>, setup: FrontSetup) -> [Unit; 2] {
     let postfix = Unit::task(FRONT_POSTFIX, move |stop| {
         run_postfix(postfix_agent.clone(), postfix_setup.clone(), stop)
     })
-    .logs_from(&logs);
+    .logs_from(&logs)
+    .with_grace(mail_container::UNIT_GRACE);
     let dovecot = Unit::task(FRONT_DOVECOT, move |stop| {
         run_dovecot(agent.clone(), setup.clone(), stop)
     })
-    .logs_from(&logs);
+    .logs_from(&logs)
+    .with_grace(mail_container::UNIT_GRACE);
     [postfix, dovecot]
 }
 

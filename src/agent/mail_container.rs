@@ -23,8 +23,15 @@ use crate::supervise::{StopSignal, TaskResult};
 pub const DOVECOT_GID: u32 = 101;
 /// How often a container waiting for the image looks again.
 const IMAGE_POLL: Duration = Duration::from_millis(200);
+/// How long a container waits for a synchronised clock before it starts on the restored
+/// one (never earlier than the image's build time): mail must not wait for an NTP server
+/// that cannot be reached, and the TLS pair has its own floor (`mail::tls`).
+const CLOCK_WAIT: Duration = Duration::from_secs(30);
 /// How long a container's program has to stop after SIGTERM before it is killed.
 const STOP_LIMIT: Duration = Duration::from_secs(5);
+/// How long the supervisor gives a container unit to stop: SIGTERM's limit, SIGKILL, and
+/// deleting the container, so that it is never dropped with its container still there.
+pub const UNIT_GRACE: Duration = Duration::from_secs(15);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerUnitError {
@@ -121,13 +128,15 @@ pub async fn run(
     prepare: impl Future<Output = Result<Spec, ContainerUnitError>>,
 ) -> TaskResult {
     let image = tokio::select! {
-        image = imported(agent, id) => image,
+        image = async {
+            clock_or_timeout(agent, id).await;
+            imported(agent, id).await
+        } => image,
         _ = stop.requested() => return Ok(()),
     };
-    let started = tokio::select! {
-        started = async { start(site, &image, id, log, prepare.await?).await } => started?,
-        _ = stop.requested() => return Ok(()),
-    };
+    // Not raced with a stop: a start cut short could leave a container containerd goes on
+    // creating. It is bounded (CONNECT_LIMIT), and a stop meanwhile is seen below at once.
+    let started = start(site, &image, id, log, prepare.await?).await?;
     let exited = tokio::select! {
         exit = task::wait_task(&started, id) => Some(exit),
         _ = stop.requested() => None,
@@ -144,6 +153,20 @@ pub async fn run(
             log::info!("{id} stopped");
             Ok(())
         }
+    }
+}
+
+/// Returns once the clock is synchronised, or after [`CLOCK_WAIT`], saying which.
+async fn clock_or_timeout(agent: &Agent, id: &str) {
+    if agent.clock().is_trusted() {
+        return;
+    }
+    log::info!("{id} waits up to {CLOCK_WAIT:?} for the clock to be synchronised");
+    if tokio::time::timeout(CLOCK_WAIT, agent.clock().trusted())
+        .await
+        .is_err()
+    {
+        log::warn!("{id} starts with the clock not synchronised (see `status`)");
     }
 }
 

@@ -6,6 +6,7 @@
 //! name while it runs. `init` builds it at boot; `console` and the control socket drive it.
 
 mod boxes_unit;
+mod clock_unit;
 pub mod commands;
 mod containers_unit;
 pub mod control;
@@ -22,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use crate::clock::ClockStatus;
 use crate::dns::{DnsError, DnsHandle};
 use crate::net::NetError;
 use crate::supervise::{Supervisor, Unit};
@@ -83,6 +85,8 @@ pub struct Agent {
     dns: Mutex<Option<DnsHandle>>,
     /// Where the `mail` unit stands with the image.
     mail_image: Mutex<MailImage>,
+    /// Whether the clock can be trusted yet, and from where it was set.
+    clock: ClockStatus,
     /// Set once the units are being stopped for good: a unit stopping then is not
     /// restarting.
     shutting_down: AtomicBool,
@@ -104,6 +108,7 @@ impl Agent {
             shutdown,
             dns: Mutex::new(None),
             mail_image: Mutex::new(MailImage::WaitingForContainerd),
+            clock: ClockStatus::new(clock_unit::initial_state()),
             shutting_down: AtomicBool::new(false),
         };
         (Arc::new(agent), requests)
@@ -118,6 +123,18 @@ impl Agent {
         if let Err(e) = self.supervisor.start(unit) {
             log::error!("{e}");
         }
+    }
+
+    /// The clock, as a unit: started before DNS and mail, so it is stopped after them and
+    /// saves the time last.
+    pub fn start_clock(self: &Arc<Self>) {
+        self.start_unit(clock_unit::unit(self.clone()));
+    }
+
+    /// Whether the clock can be trusted yet: what stamps or judges times (certificates,
+    /// ACME, DKIM) waits for it.
+    pub fn clock(&self) -> &ClockStatus {
+        &self.clock
     }
 
     /// The authoritative DNS server, as a unit.

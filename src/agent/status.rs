@@ -26,6 +26,7 @@ pub async fn report(agent: &Arc<Agent>) -> String {
         None => "none (letterbox.toml has errors; see `check`)".into(),
     };
     let _ = writeln!(out, "config:    {source}");
+    let _ = writeln!(out, "clock:     {}", agent.clock().state());
     let _ = writeln!(out, "units:");
     out.push_str(&units(agent));
     if let Some(serial) = agent.dns_serial() {

@@ -27,7 +27,7 @@ pub use dns::{
     DERIVED_TTL, NAMESERVER_LABEL, SPF_MAIL, SPF_NONE,
 };
 pub use network::Interface;
-pub use system::{check_password_hash, Console, System};
+pub use system::{check_password_hash, Console, System, DEFAULT_NTP};
 
 use diagnostic::Collector;
 

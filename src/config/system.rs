@@ -1,4 +1,5 @@
-//! `[system]` (names, time zone) and `[console]` (serial device, baud, admin hash).
+//! `[system]` (names, time zone, time servers) and `[console]` (serial device, baud, admin
+//! hash).
 
 use std::time::Duration;
 
@@ -14,6 +15,9 @@ pub struct System {
     /// The mail domain; also the DNS zone the appliance serves.
     pub domain: String,
     pub timezone: String,
+    /// The NTP servers the clock is set from, by host name or address, in the order they
+    /// are tried; empty: no time sync.
+    pub ntp: Vec<String>,
 }
 
 impl System {
@@ -52,6 +56,11 @@ const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
 const DEFAULT_DEVICE: &str = "serial0";
 const DEFAULT_BAUD: u32 = 115_200;
 const DEFAULT_TIMEZONE: &str = "UTC";
+/// Two operators, both anycast and free of any vendor-zone rule (the NTP pool asks
+/// appliances not to use its default zone).
+pub const DEFAULT_NTP: [&str; 2] = ["time.cloudflare.com", "time.google.com"];
+/// More is never needed: the clock unit takes the first server that answers.
+const MAX_NTP_SERVERS: usize = 8;
 /// Rates the Pi's PL011 and mini UART drivers accept through termios.
 const BAUD_RATES: [u32; 10] = [
     1200, 2400, 4800, 9600, 19200, 38400, 57600, 115_200, 230_400, 460_800,
@@ -63,6 +72,7 @@ pub(super) struct RawSystem {
     hostname: Option<Spanned<String>>,
     domain: Option<Spanned<String>>,
     timezone: Option<Spanned<String>>,
+    ntp: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -94,11 +104,49 @@ pub(super) fn validate_system(raw: Spanned<RawSystem>, c: &mut Collector) -> Sys
             .to_string(),
         None => DEFAULT_TIMEZONE.into(),
     };
+    let ntp = match raw.ntp {
+        Some(servers) => check_ntp_servers(&servers, c),
+        None => DEFAULT_NTP.map(String::from).to_vec(),
+    };
     System {
         hostname: hostname.map_or_else(String::new, |h| h.get_ref().to_ascii_lowercase()),
         domain: domain.map_or_else(String::new, |d| normal_domain(d.get_ref())),
         timezone,
+        ntp,
     }
+}
+
+/// Each server is an IP address or a host name (no port: NTP's is 123).
+fn check_ntp_servers(servers: &[Spanned<String>], c: &mut Collector) -> Vec<String> {
+    if let Some(extra) = servers.get(MAX_NTP_SERVERS) {
+        c.error(
+            extra.span(),
+            format!(
+                "more than {MAX_NTP_SERVERS} NTP servers; expected at most {MAX_NTP_SERVERS} \
+                 (the first that answers is used)"
+            ),
+        );
+    }
+    let mut valid = Vec::new();
+    for server in servers {
+        let name = server.get_ref();
+        let host = normal_domain(name);
+        if name.parse::<std::net::IpAddr>().is_ok() {
+            valid.push(name.clone());
+        } else if is_rfc1123_domain(&host) {
+            valid.push(host);
+        } else {
+            c.error(
+                server.span(),
+                format!(
+                    "invalid NTP server {name:?}; expected a host name such as \
+                     \"time.cloudflare.com\" or an IP address such as \"192.0.2.123\" \
+                     (no port: NTP uses 123)"
+                ),
+            );
+        }
+    }
+    valid
 }
 
 fn check_hostname(hostname: &Spanned<String>, c: &mut Collector) {
@@ -395,6 +443,55 @@ mod tests {
         );
         let fine = crate::config::parse("letterbox.toml", crate::config::DEFAULT_TOML).unwrap();
         assert_eq!(fine.console.idle_timeout, Some(DEFAULT_IDLE_TIMEOUT));
+    }
+
+    #[test]
+    fn ntp_servers_default_to_two_operators_and_take_names_or_addresses() {
+        let cfg = crate::config::parse("letterbox.toml", crate::config::DEFAULT_TOML).unwrap();
+        assert_eq!(cfg.system.ntp, DEFAULT_NTP.map(String::from).to_vec());
+        let without = crate::config::DEFAULT_TOML
+            .lines()
+            .filter(|l| !l.starts_with("ntp ="))
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert_ne!(without, crate::config::DEFAULT_TOML);
+        let cfg = crate::config::parse("letterbox.toml", &without).unwrap();
+        assert_eq!(cfg.system.ntp, DEFAULT_NTP.map(String::from).to_vec());
+        let text = crate::config::DEFAULT_TOML.replace(
+            "ntp = [\"time.cloudflare.com\", \"time.google.com\"]",
+            "ntp = [\"NTP.Example.org.\", \"192.0.2.123\", \"2001:db8::123\"]",
+        );
+        let cfg = crate::config::parse("letterbox.toml", &text).unwrap();
+        assert_eq!(
+            cfg.system.ntp,
+            ["ntp.example.org", "192.0.2.123", "2001:db8::123"]
+        );
+        let off = crate::config::DEFAULT_TOML.replace(
+            "ntp = [\"time.cloudflare.com\", \"time.google.com\"]",
+            "ntp = []",
+        );
+        let cfg = crate::config::parse("letterbox.toml", &off).unwrap();
+        assert!(cfg.system.ntp.is_empty());
+    }
+
+    #[test]
+    fn a_bad_ntp_server_is_reported_where_it_is() {
+        let text = crate::config::DEFAULT_TOML.replace(
+            "ntp = [\"time.cloudflare.com\", \"time.google.com\"]",
+            "ntp = [\"time.cloudflare.com\", \"192.0.2.1:123\"]",
+        );
+        let line = text.lines().position(|l| l.starts_with("ntp =")).unwrap() + 1;
+        let errors = crate::config::parse("letterbox.toml", &text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            errors.contains(&format!(
+                "letterbox.toml:{line}:31: error: invalid NTP server \"192.0.2.1:123\"; \
+                 expected a host name"
+            )),
+            "{errors}"
+        );
+        assert!(errors.contains("(no port: NTP uses 123)"), "{errors}");
     }
 
     // Here rather than in passwd's tests: config depends on passwd, not the other way round.

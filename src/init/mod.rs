@@ -130,6 +130,7 @@ async fn boot(mut options: Options) -> Result<Shutdown, InitError> {
     if options.mode == Mode::Pid1 {
         mount_kernel_filesystems();
         run_early_boot(&mut options.settings);
+        crate::clock::restore_at_boot(&options.settings.state_dir);
         keep_mail_only_if_installed(&mut options.settings);
     }
     let mut signals = Signals::watch()?;
@@ -150,6 +151,7 @@ async fn boot(mut options: Options) -> Result<Shutdown, InitError> {
     if let Some(path) = options.control_socket {
         agent.start_control_socket(path);
     }
+    agent.start_clock();
     agent.start_dns();
     // After DNS, so they stop before it: containerd, then the mail containers.
     agent.start_containers();

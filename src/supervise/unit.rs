@@ -87,6 +87,12 @@ impl Unit {
     }
 
     /// Keeps the log lines of these modules (and their submodules) in the unit's ring.
+    /// How long a stop waits for the unit before it kills it (or drops its task).
+    pub fn with_grace(mut self, grace: Duration) -> Unit {
+        self.grace = grace;
+        self
+    }
+
     pub fn logs_from(mut self, targets: &[&str]) -> Unit {
         self.log_targets = targets.iter().map(|t| t.to_string()).collect();
         self

@@ -55,6 +55,11 @@ pub fn trixie_containerd_dirs() -> [std::path::PathBuf; 2] {
     [trixie.join("bin"), trixie.join("root/usr/bin")]
 }
 
+/// trixie's chronyd, extracted and patched by `make chrony-trixie` (never installed).
+pub fn trixie_chronyd() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/chrony-trixie/bin/chronyd")
+}
+
 /// `make mail-image`'s output for this machine.
 pub fn built_mail_image() -> std::path::PathBuf {
     let arch = match std::env::consts::ARCH {
