@@ -55,18 +55,30 @@ pub fn add(
 ) -> Result<Edited, AccountError> {
     check_new(file, text, name)?;
     let mut doc = document(text);
+    let mut entry = new_table(name, password_hash);
+    // Tables are laid out by position: the last entry's keeps the new one beside it
+    // rather than after the sections that follow it.
+    let last_entry = match doc.get("account") {
+        Some(Item::ArrayOfTables(entries)) => entries.iter().filter_map(Table::position).max(),
+        _ => None,
+    };
+    if last_entry.is_none() || last_entry >= positions(doc.as_table()).into_iter().max() {
+        // The new table ends the file: the comments that ended it belong to the table
+        // before it (often commented-out keys), so they stay above the new header.
+        let trailing = doc.trailing().as_str().unwrap_or_default().to_string();
+        if !trailing.trim().is_empty() {
+            entry.decor_mut().set_prefix(format!("{trailing}\n"));
+            doc.set_trailing("");
+        }
+    }
+    entry.set_position(last_entry);
     match doc.get_mut("account") {
         None => {
             let mut entries = ArrayOfTables::new();
-            entries.push(new_table(name, password_hash, None));
+            entries.push(entry);
             doc.insert("account", Item::ArrayOfTables(entries));
         }
-        Some(Item::ArrayOfTables(entries)) => {
-            // Tables are laid out by position: the last entry's keeps the new one beside it
-            // rather than after the sections that follow it.
-            let last = entries.iter().filter_map(Table::position).max();
-            entries.push(new_table(name, password_hash, last));
-        }
+        Some(Item::ArrayOfTables(entries)) => entries.push(entry),
         Some(Item::Value(Value::Array(entries))) => {
             let mut entry = InlineTable::new();
             entry.insert("name", name.into());
@@ -107,9 +119,16 @@ pub fn delete(file: &str, text: &str, name: &str) -> Result<Edited, AccountError
     let name = account.name.clone();
     let is_it = |entry: Option<&str>| entry.is_some_and(|n| n.eq_ignore_ascii_case(&name));
     let mut doc = document(text);
+    let mut orphans = None;
     let now_empty = match doc.get_mut("account") {
         Some(Item::ArrayOfTables(entries)) => {
-            entries.retain(|t| !is_it(t.get("name").and_then(Item::as_str)));
+            let gone = entries
+                .iter()
+                .position(|t| is_it(t.get("name").and_then(Item::as_str)))
+                .expect("the file's check found the account");
+            let entry = entries.get(gone).expect("found above");
+            orphans = entry.position().zip(not_its_own(entry.decor().prefix()));
+            entries.remove(gone);
             entries.is_empty()
         }
         Some(Item::Value(Value::Array(entries))) => {
@@ -127,7 +146,89 @@ pub fn delete(file: &str, text: &str, name: &str) -> Result<Edited, AccountError
     if now_empty {
         doc.remove("account");
     }
+    if let Some((position, comments)) = orphans {
+        keep_comments(&mut doc, position, &comments);
+    }
     finish(file, doc, Change::Deleted { name })
+}
+
+/// The comments above a table's header that are not its own: those above the blank line
+/// over its own comment block (the comment lines directly above the header). They are
+/// about what came before, such as the commented-out keys of the section above.
+fn not_its_own(prefix: Option<&toml_edit::RawString>) -> Option<String> {
+    let prefix = prefix?.as_str()?;
+    let lines: Vec<&str> = prefix.split_inclusive('\n').collect();
+    let own = lines
+        .iter()
+        .rev()
+        .take_while(|l| l.trim_start().starts_with('#'))
+        .count();
+    let mut before = &lines[..lines.len() - own];
+    // The blank line that set the table apart goes with it.
+    if before.last().is_some_and(|l| l.trim().is_empty()) {
+        before = &before[..before.len() - 1];
+    }
+    let before = before.concat();
+    before.contains('#').then_some(before)
+}
+
+/// Puts `comments`, left over by the table at `position`, above the table laid out next,
+/// or at the end of the file.
+fn keep_comments(doc: &mut DocumentMut, position: isize, comments: &str) {
+    let next = positions(doc.as_table())
+        .into_iter()
+        .filter(|&p| p > position)
+        .min();
+    match next.and_then(|next| table_at(doc.as_table_mut(), next)) {
+        Some(next) => {
+            let prefix = next.decor().prefix().and_then(|p| p.as_str()).unwrap_or("");
+            let prefix = format!("{comments}{prefix}");
+            next.decor_mut().set_prefix(prefix);
+        }
+        None => {
+            let trailing = doc.trailing().as_str().unwrap_or_default();
+            let trailing = format!("{comments}{trailing}");
+            doc.set_trailing(trailing);
+        }
+    }
+}
+
+/// The tables directly in `item`: itself, or the entries of an array of tables.
+fn tables_in(item: &Item) -> Vec<&Table> {
+    match item {
+        Item::Table(t) => vec![t],
+        Item::ArrayOfTables(entries) => entries.iter().collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The layout positions of the tables in `table`, nested ones included.
+fn positions(table: &Table) -> Vec<isize> {
+    table
+        .iter()
+        .flat_map(|(_, item)| tables_in(item))
+        .flat_map(|t| t.position().into_iter().chain(positions(t)))
+        .collect()
+}
+
+/// The table laid out at `position`, nested ones included.
+fn table_at(table: &mut Table, position: isize) -> Option<&mut Table> {
+    for (_, item) in table.iter_mut() {
+        let tables: Vec<&mut Table> = match item {
+            Item::Table(t) => vec![t],
+            Item::ArrayOfTables(entries) => entries.iter_mut().collect(),
+            _ => continue,
+        };
+        for t in tables {
+            if t.position() == Some(position) {
+                return Some(t);
+            }
+            if let Some(found) = table_at(t, position) {
+                return Some(found);
+            }
+        }
+    }
+    None
 }
 
 /// The file as `toml_edit` sees it. The file's check, run first, has parsed it already
@@ -137,13 +238,12 @@ fn document(text: &str) -> DocumentMut {
         .expect("a file that passed the check is valid TOML")
 }
 
-fn new_table(name: &str, password_hash: &str, position: Option<isize>) -> Table {
+fn new_table(name: &str, password_hash: &str) -> Table {
     let mut entry = Table::new();
     entry.insert("name", toml_edit::value(name));
     entry.insert("password_hash", toml_edit::value(password_hash));
     // A blank line before the header, as hand-written files have.
     entry.decor_mut().set_prefix("\n");
-    entry.set_position(position);
     entry
 }
 
