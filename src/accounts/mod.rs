@@ -72,3 +72,6 @@ pub enum AccountError {
     #[error("the edited file would not pass `letterbox check`, so nothing was written:\n{0}")]
     EditInvalid(Diagnostics),
 }
+
+#[cfg(test)]
+mod tests;
