@@ -26,7 +26,9 @@ pub fn copy(from: &Path, path: &Path) -> std::io::Result<()> {
     })
 }
 
-fn replace_with(
+/// Replaces `path` with what `write` puts in the temporary file (mode `mode`), for
+/// contents made in place, such as an image copied and then patched.
+pub fn replace_with(
     path: &Path,
     mode: u32,
     write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,

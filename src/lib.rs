@@ -4,6 +4,7 @@
 //! `init` at the top; `console`; `agent` (the running agent and its commands);
 //! `supervise` (units, reaper, logs); and the concerns themselves (`config`, `net`,
 //! `dns`, `clock`, `early_boot`, `image`).
+pub mod accounts;
 pub mod agent;
 pub mod atomic_file;
 pub mod cli;

@@ -25,6 +25,8 @@ enum Command {
     Check(cli::check::Args),
     /// Read a password from the terminal (or stdin) and print a hash for letterbox.toml.
     Passwd,
+    /// Add, list or delete mail accounts in a provisioning file or an SD image, offline.
+    Account(cli::account::Args),
     /// Build the SD-card image from a provisioning file (the embedded default when omitted).
     Build(cli::build::Args),
     /// Build the letterbox-mail OCI image (Postfix, Dovecot) and print its manifest digest.
@@ -65,6 +67,7 @@ fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Check(args) => cli::check::run(args),
         Command::Passwd => cli::passwd::run(),
+        Command::Account(args) => cli::account::run(args),
         Command::Build(args) => cli::build::run(args),
         Command::MailImage(args) => cli::mail_image::run(args),
         Command::Qemu(args) => cli::qemu::run(args),

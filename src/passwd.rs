@@ -207,19 +207,26 @@ pub fn verify(password: &str, hash: &str) -> bool {
 pub fn prompt_and_hash() -> Result<String, PasswdError> {
     let stdin = std::io::stdin();
     if !stdin.is_terminal() {
-        let mut line = String::new();
-        stdin
-            .lock()
-            .read_line(&mut line)
-            .map_err(PasswdError::Read)?;
-        return hash(line.trim_end_matches(['\r', '\n']));
+        return hash(&read_line(&mut stdin.lock())?);
     }
+    hash(&ask_twice()?)
+}
+
+/// One line of `input` (a pipe), without its line ending.
+pub fn read_line(input: &mut impl BufRead) -> Result<String, PasswdError> {
+    let mut line = String::new();
+    input.read_line(&mut line).map_err(PasswdError::Read)?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
+}
+
+/// Asks for a password twice on the terminal on stdin, echo off; the two must match.
+pub fn ask_twice() -> Result<String, PasswdError> {
     let first = read_hidden("Password: ")?;
     let second = read_hidden("Again: ")?;
     if first != second {
         return Err(PasswdError::Mismatch);
     }
-    hash(&first)
+    Ok(first)
 }
 
 fn read_hidden(prompt: &str) -> Result<String, PasswdError> {

@@ -1,6 +1,7 @@
 //! The `letterbox` command line, one file per subcommand; `main.rs` only parses and
 //! dispatches to them.
 
+pub mod account;
 pub mod build;
 pub mod check;
 pub mod ctl;

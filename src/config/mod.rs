@@ -5,6 +5,7 @@
 //! others. Meaning is checked afterwards; every problem becomes a [`Diagnostic`] with
 //! file, line and column.
 
+mod account_policy;
 mod containers;
 mod diagnostic;
 mod dns;
@@ -20,11 +21,12 @@ use serde::de::{DeserializeOwned, IntoDeserializer};
 use toml::de::{DeString, DeTable, DeValue};
 use toml::Spanned;
 
+pub use account_policy::AccountPolicy;
 pub use containers::{Containers, DEFAULT_IPV4, DEFAULT_MEMORY_LIMIT, MAX_BOXES};
 pub use diagnostic::{Diagnostic, Diagnostics};
 pub use dns::{
-    derived_records, is_spf, txt_split, Account, Derived, Dns, ExtraRecord, DEFAULT_RATE_LIMIT,
-    DERIVED_TTL, NAMESERVER_LABEL, SPF_MAIL, SPF_NONE,
+    derived_records, is_spf, reserved_account_names, txt_split, Account, Derived, Dns, ExtraRecord,
+    DEFAULT_RATE_LIMIT, DERIVED_TTL, NAMESERVER_LABEL, SPF_MAIL, SPF_NONE,
 };
 pub use network::Interface;
 pub use system::{check_password_hash, Console, System, DEFAULT_NTP};
@@ -37,7 +39,8 @@ pub const DEFAULT_NAME: &str = "letterbox.toml (embedded default)";
 
 const VERSION: i64 = 1;
 const SECTIONS: &str =
-    "`version`, `system`, `interface`, `nameservers`, `console`, `dns`, `account`, `containers`";
+    "`version`, `system`, `interface`, `nameservers`, `console`, `dns`, `accounts`, `account`, \
+     `containers`";
 
 /// A validated provisioning file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +51,8 @@ pub struct Config {
     pub console: Console,
     pub dns: Dns,
     pub accounts: Vec<Account>,
+    /// `[accounts]`: the rules for adding one.
+    pub account_policy: AccountPolicy,
     pub containers: Containers,
 }
 
@@ -122,6 +127,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Diagnostics> {
     let mut raw_console = None;
     let mut raw_dns = None;
     let mut raw_accounts = Vec::new();
+    let mut raw_account_policy = None;
     let mut raw_containers = None;
 
     for (key, value) in root.into_inner() {
@@ -148,6 +154,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Diagnostics> {
             "console" => raw_console = section::<system::RawConsole>(value, &mut c),
             "dns" => raw_dns = section::<dns::RawDns>(value, &mut c),
             "containers" => raw_containers = section(value, &mut c),
+            "accounts" => raw_account_policy = section(value, &mut c),
             "account" => match value.into_inner() {
                 DeValue::Array(items) => {
                     raw_accounts.extend(items.into_iter().filter_map(|v| section(v, &mut c)))
@@ -211,6 +218,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Diagnostics> {
         None => (Dns::default(), Vec::new()),
     };
 
+    let account_policy = account_policy::validate_account_policy(raw_account_policy, &mut c);
     let containers = containers::validate_containers(
         raw_containers,
         &interfaces,
@@ -227,6 +235,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Diagnostics> {
         console,
         dns,
         accounts,
+        account_policy,
         containers,
     })
 }

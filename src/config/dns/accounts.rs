@@ -28,27 +28,44 @@ pub(in crate::config) struct RawAccount {
     password_hash: Option<Spanned<toml::Value>>,
 }
 
+/// Labels every mail domain uses by convention: `mail` and `www` for hosts, `postmaster` and
+/// `abuse` for the addresses RFC 2142 asks for.
+const CONVENTIONAL_LABELS: [&str; 4] = ["mail", "www", "postmaster", "abuse"];
+
+/// The names an account may not take: the host name, the labels letterbox publishes, the
+/// conventional ones and each single-label `[[dns.record]]`. The one list for a file
+/// edited by hand and for `letterbox account add`.
+pub fn reserved_account_names(system: &System, dns: &Dns) -> Vec<String> {
+    let mut reserved: Vec<String> = [
+        system.hostname.as_str(),
+        NAMESERVER_LABEL,
+        "_dmarc",
+        "_domainkey",
+    ]
+    .into_iter()
+    .chain(CONVENTIONAL_LABELS)
+    .map(str::to_string)
+    .collect();
+    if let Ok(origin) = Name::from_ascii(format!("{}.", system.domain)) {
+        reserved.extend(
+            dns.records
+                .iter()
+                .map(|r| relative_label(&r.name, &origin))
+                .filter(|l| !l.contains('.') && l != "@"),
+        );
+    }
+    reserved.sort();
+    reserved.dedup();
+    reserved
+}
+
 pub(in crate::config) fn validate_accounts(
     raw: Vec<Spanned<RawAccount>>,
     system: &System,
     dns: &Dns,
     c: &mut Collector,
 ) -> Vec<Account> {
-    let origin = Name::from_ascii(format!("{}.", system.domain)).ok();
-    let mut reserved: Vec<String> = vec![
-        system.hostname.clone(),
-        NAMESERVER_LABEL.to_string(),
-        "_dmarc".to_string(),
-        "_domainkey".to_string(),
-    ];
-    if let Some(origin) = &origin {
-        reserved.extend(
-            dns.records
-                .iter()
-                .map(|r| relative_label(&r.name, origin))
-                .filter(|l| !l.contains('.') && l != "@"),
-        );
-    }
+    let reserved = reserved_account_names(system, dns);
     let mut names = HashSet::new();
     let mut out = Vec::new();
     for a in raw {

@@ -19,7 +19,7 @@ use super::diagnostic::Collector;
 use super::system::System;
 
 pub(super) use accounts::validate_accounts;
-pub use accounts::Account;
+pub use accounts::{reserved_account_names, Account};
 pub use derived::{
     derived_records, is_spf, txt_split, Derived, DERIVED_TTL, NAMESERVER_LABEL, SPF_MAIL, SPF_NONE,
 };

@@ -203,7 +203,8 @@ fn account_names() {
         "\"not_a_label\"",
         "invalid account name",
     );
-    for taken in ["mail", "ns1"] {
+    // The host name, what letterbox publishes, and the conventional names.
+    for taken in ["mail", "ns1", "www", "postmaster", "abuse"] {
         let text = file(&account(taken));
         assert_error(&text, "[[account]]", &format!("\"{taken}\""), "clashes");
     }

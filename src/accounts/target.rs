@@ -1,0 +1,67 @@
+//! Where the provisioning file is edited offline: a file, or the boot partition of a built
+//! SD image.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use super::{BootPartition, ImageError};
+use crate::paths::PROVISIONING_FILE;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    File(PathBuf),
+    Image(PathBuf),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("{}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{name} is not valid UTF-8; expected a UTF-8 text file")]
+    NotUtf8 { name: String },
+    #[error(transparent)]
+    Image(#[from] ImageError),
+}
+
+impl Target {
+    /// The name errors give the file, with line and column after it.
+    pub fn name(&self) -> String {
+        match self {
+            Target::File(path) => path.display().to_string(),
+            Target::Image(image) => format!("{}::{PROVISIONING_FILE}", image.display()),
+        }
+    }
+
+    pub fn read(&self) -> Result<String, TargetError> {
+        let bytes = match self {
+            Target::File(path) => std::fs::read(path).map_err(io(path))?,
+            Target::Image(image) => BootPartition::open(image)?.read_config()?,
+        };
+        String::from_utf8(bytes).map_err(|_| TargetError::NotUtf8 { name: self.name() })
+    }
+
+    /// Replaces the file atomically (temporary file, fsync, rename), keeping its mode.
+    pub fn write(&self, text: &str) -> Result<(), TargetError> {
+        match self {
+            Target::File(path) => {
+                let mode = std::fs::metadata(path)
+                    .map_err(io(path))?
+                    .permissions()
+                    .mode()
+                    & 0o7777;
+                crate::atomic_file::replace_mode(path, text.as_bytes(), mode).map_err(io(path))
+            }
+            Target::Image(image) => Ok(BootPartition::open(image)?.write_config(text.as_bytes())?),
+        }
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TargetError + '_ {
+    move |source| TargetError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
