@@ -1,4 +1,4 @@
-//! The letterbox-mail OCI image, built for amd64 from Debian trixie: a valid OCI layout,
+//! The letterbox-mail OCI image, built for amd64 (and arm64, the SD image's) from Debian trixie: a valid OCI layout,
 //! byte-reproducible, and its unpacked layer runs trixie's Postfix and Dovecot on this
 //! kernel (never the build host's Debian 12 packages).
 //!
@@ -9,7 +9,10 @@ mod common;
 
 use std::path::Path;
 
-use common::mail_image::{blob, build_into, built, chroot, the_manifest, unpacked_rootfs, EPOCH};
+use common::mail_image::{
+    blob, build_for, build_into, built, chroot, the_manifest, the_manifest_for, unpacked_rootfs,
+    EPOCH,
+};
 use oci_spec::image::{Arch, ImageConfiguration, MediaType, Os};
 use sha2::{Digest, Sha256};
 
@@ -258,4 +261,53 @@ fn every_program_and_library_finds_the_libraries_it_links() {
     }
     assert!(unresolved.is_empty(), "{}", unresolved.join("\n"));
     eprintln!("{} ELF files, every library found", elf_files.len());
+}
+
+/// The ELF machine of an aarch64 program (e_machine, at byte 18).
+const EM_AARCH64: u16 = 183;
+
+#[test]
+fn the_arm64_image_of_the_sd_card_holds_aarch64_postfix_and_dovecot() {
+    let test = "the_arm64_image_of_the_sd_card_holds_aarch64_postfix_and_dovecot";
+    for tool in ["mmdebstrap", "dpkg-deb"] {
+        if !common::installed(test, tool) {
+            return;
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("letterbox-mail-arm64");
+    let out = build_for("arm64", &layout, "022");
+    assert!(
+        out.status.success(),
+        "letterbox mail-image --arch arm64 failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, manifest) = the_manifest_for(&layout, Arch::ARM64);
+    let config = blob(&layout, manifest.config().digest().as_ref());
+    let config = ImageConfiguration::from_reader(config.as_slice()).unwrap();
+    assert_eq!(config.architecture(), &Arch::ARM64);
+    let layer = blob(&layout, manifest.layers()[0].digest().as_ref());
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(layer.as_slice()));
+    let mut machines = std::collections::BTreeMap::new();
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let path = entry.path().unwrap().to_string_lossy().into_owned();
+        if [
+            "usr/sbin/postfix",
+            "usr/sbin/dovecot",
+            "usr/lib/postfix/sbin/smtpd",
+        ]
+        .contains(&path.as_str())
+        {
+            let mut head = [0u8; 20];
+            std::io::Read::read_exact(&mut entry, &mut head).unwrap();
+            assert_eq!(&head[..4], b"\x7fELF", "{path} is an ELF file");
+            machines.insert(path, u16::from_le_bytes([head[18], head[19]]));
+        }
+    }
+    assert_eq!(machines.len(), 3, "{machines:?}");
+    assert!(
+        machines.values().all(|m| *m == EM_AARCH64),
+        "every program is aarch64: {machines:?}"
+    );
 }

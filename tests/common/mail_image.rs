@@ -22,6 +22,11 @@ pub struct Built {
 
 /// `letterbox mail-image --arch amd64` into `output`, run by a shell with `umask`.
 pub fn build_into(output: &Path, umask: &str) -> Output {
+    build_for("amd64", output, umask)
+}
+
+/// `letterbox mail-image --arch ARCH` into `output`, run by a shell with `umask`.
+pub fn build_for(arch: &str, output: &Path, umask: &str) -> Output {
     Command::new("sh")
         .current_dir(repo())
         .env("SOURCE_DATE_EPOCH", EPOCH.to_string())
@@ -30,7 +35,7 @@ pub fn build_into(output: &Path, umask: &str) -> Output {
         .arg(format!("umask {umask} && exec \"$@\""))
         .arg("sh")
         .arg(super::letterbox_bin())
-        .args(["mail-image", "--arch", "amd64", "--cache", ".cache", "-o"])
+        .args(["mail-image", "--arch", arch, "--cache", ".cache", "-o"])
         .arg(output)
         .output()
         .expect("run letterbox mail-image")
@@ -70,6 +75,11 @@ pub fn blob(layout: &Path, digest: &str) -> Vec<u8> {
 }
 
 pub fn the_manifest(layout: &Path) -> (String, ImageManifest) {
+    the_manifest_for(layout, Arch::Amd64)
+}
+
+/// The layout's one manifest, for `arch`, and its digest.
+pub fn the_manifest_for(layout: &Path, arch: Arch) -> (String, ImageManifest) {
     let index = ImageIndex::from_file(layout.join("index.json")).unwrap();
     assert_eq!(index.manifests().len(), 1);
     let descriptor = &index.manifests()[0];
@@ -77,7 +87,7 @@ pub fn the_manifest(layout: &Path) -> (String, ImageManifest) {
     let platform = descriptor.platform().as_ref().expect("a platform");
     assert_eq!(
         (platform.architecture(), platform.os()),
-        (&Arch::Amd64, &Os::Linux)
+        (&arch, &Os::Linux)
     );
     let digest = descriptor.digest().to_string();
     let bytes = blob(layout, &digest);
