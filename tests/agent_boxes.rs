@@ -7,7 +7,6 @@ mod common;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{KillOnDrop, Netns, TIMEOUT};
@@ -19,30 +18,7 @@ use nix::unistd::Pid;
 const START_LIMIT: Duration = Duration::from_secs(120);
 
 fn can_run(test: &str) -> bool {
-    if !common::is_root() {
-        common::skip(test, "needs root (network namespaces, containerd)");
-        return false;
-    }
-    if !common::installed(test, "python3") || !common::installed(test, "nsenter") {
-        return false;
-    }
-    let [runc, containerd] = common::trixie_containerd_dirs();
-    if !containerd.join("containerd").is_file() || !runc.join("runc").is_file() {
-        common::skip(
-            test,
-            "trixie's containerd and runc are not in .cache/containerd-trixie (make containerd-trixie fetches them)",
-        );
-        return false;
-    }
-    if !common::built_mail_image().join("index.json").is_file() {
-        let why = format!(
-            "no mail image at {} (make mail-image builds it)",
-            common::built_mail_image().display()
-        );
-        common::skip(test, &why);
-        return false;
-    }
-    true
+    common::mail_parts_present(test, &["python3", "nsenter"], true)
 }
 
 /// Delivers one message to `rcpt` over LMTP at `host`:24, retrying the connection while
@@ -100,32 +76,8 @@ impl Lab {
         self.dir.path().join("agent.log")
     }
 
-    /// `letterbox run` in the lab's network namespace only: `ip netns exec` would also give
-    /// it a mount namespace with a fresh /sys and so no cgroup mount, which runc needs.
     fn start_agent(&self) -> KillOnDrop {
-        let log = std::fs::File::create(self.log()).unwrap();
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net=/run/netns/{}", self.netns.name))
-            .arg("--")
-            .arg(common::letterbox_bin())
-            .arg("run")
-            .arg(self.dir.path().join("letterbox.toml"))
-            .arg("--state")
-            .arg(self.state())
-            .arg("--socket")
-            .arg(self.socket())
-            .arg("--mail-image")
-            .arg(common::built_mail_image());
-        for dir in common::trixie_containerd_dirs() {
-            cmd.arg("--containerd-dir").arg(dir);
-        }
-        KillOnDrop(
-            cmd.stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("letterbox run starts"),
-        )
+        common::start_mail_agent(&self.netns, self.dir.path(), &common::built_mail_image())
     }
 
     fn ctl(&self, args: &[&str]) -> Option<String> {

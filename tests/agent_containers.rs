@@ -6,7 +6,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::{KillOnDrop, Netns, TIMEOUT};
@@ -18,32 +17,7 @@ const IMPORT_LIMIT: Duration = Duration::from_secs(120);
 
 /// Whether the test can run; if not, it is skipped, naming what is missing.
 fn can_run(test: &str, needs_image: bool) -> bool {
-    if !common::is_root() {
-        common::skip(test, "needs root (network namespaces, containerd)");
-        return false;
-    }
-    if !common::installed(test, "dig") {
-        return false;
-    }
-    let [runc, containerd] = common::trixie_containerd_dirs();
-    if !containerd.join("containerd").is_file() || !runc.join("runc").is_file() {
-        common::skip(
-            test,
-            "trixie's containerd and runc are not in .cache/containerd-trixie (make containerd-trixie fetches them)",
-        );
-        return false;
-    }
-    if needs_image && !common::built_mail_image().join("index.json").is_file() {
-        common::skip(
-            test,
-            &format!(
-                "no mail image at {} (make mail-image builds it)",
-                common::built_mail_image().display()
-            ),
-        );
-        return false;
-    }
-    true
+    common::mail_parts_present(test, &["dig", "nsenter"], needs_image)
 }
 
 /// A network namespace with the agent's link, a provisioning file, and a state directory.
@@ -81,30 +55,7 @@ impl Lab {
     /// `letterbox run` in the namespace, with containerd and the mail image at `image`; its
     /// log is appended to [`Lab::log`].
     fn start_agent(&self, image: &Path) -> KillOnDrop {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log())
-            .unwrap();
-        let mut cmd = self.netns.exec(common::letterbox_bin());
-        cmd.arg("run")
-            .arg(self.dir.path().join("letterbox.toml"))
-            .arg("--state")
-            .arg(self.state())
-            .arg("--socket")
-            .arg(self.socket())
-            .arg("--mail-image")
-            .arg(image);
-        for dir in common::trixie_containerd_dirs() {
-            cmd.arg("--containerd-dir").arg(dir);
-        }
-        KillOnDrop(
-            cmd.stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("letterbox run starts"),
-        )
+        common::start_mail_agent(&self.netns, self.dir.path(), image)
     }
 
     fn ctl(&self, args: &[&str]) -> Option<String> {

@@ -11,7 +11,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -33,32 +33,7 @@ const CLIENT_V6: &str = "2001:db8::20";
 static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn can_run(test: &str) -> bool {
-    if !common::is_root() {
-        common::skip(test, "needs root (network namespaces, containerd)");
-        return false;
-    }
-    for tool in ["python3", "nsenter", "swaks", "dig"] {
-        if !common::installed(test, tool) {
-            return false;
-        }
-    }
-    let [runc, containerd] = common::trixie_containerd_dirs();
-    if !containerd.join("containerd").is_file() || !runc.join("runc").is_file() {
-        common::skip(
-            test,
-            "trixie's containerd and runc are not in .cache/containerd-trixie (make containerd-trixie fetches them)",
-        );
-        return false;
-    }
-    if !common::built_mail_image().join("index.json").is_file() {
-        let why = format!(
-            "no mail image at {} (make mail-image builds it)",
-            common::built_mail_image().display()
-        );
-        common::skip(test, &why);
-        return false;
-    }
-    true
+    common::mail_parts_present(test, &["python3", "nsenter", "swaks", "dig"], true)
 }
 
 /// Logs in over IMAP and prints, as JSON, the login's outcome and each INBOX message's
@@ -189,32 +164,8 @@ impl Lab {
         self.dir.path().join("agent.log")
     }
 
-    /// `letterbox run` in the server namespace only (`ip netns exec` would also give it a
-    /// fresh /sys, without the cgroup mount runc needs).
     fn start_agent(&self) -> KillOnDrop {
-        let log = std::fs::File::create(self.log()).unwrap();
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net=/run/netns/{}", self.server.name))
-            .arg("--")
-            .arg(common::letterbox_bin())
-            .arg("run")
-            .arg(self.dir.path().join("letterbox.toml"))
-            .arg("--state")
-            .arg(self.state())
-            .arg("--socket")
-            .arg(self.socket())
-            .arg("--mail-image")
-            .arg(common::built_mail_image());
-        for dir in common::trixie_containerd_dirs() {
-            cmd.arg("--containerd-dir").arg(dir);
-        }
-        KillOnDrop(
-            cmd.stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("letterbox run starts"),
-        )
+        common::start_mail_agent(&self.server, self.dir.path(), &common::built_mail_image())
     }
 
     fn ctl(&self, args: &[&str]) -> Option<String> {

@@ -212,6 +212,73 @@ impl Netns {
     }
 }
 
+/// Whether a mail test can run: root, `tools`, trixie's containerd and runc, and, when
+/// `needs_image`, the built mail image; else it is skipped, with what is missing.
+pub fn mail_parts_present(test: &str, tools: &[&str], needs_image: bool) -> bool {
+    if !is_root() {
+        skip(test, "needs root (network namespaces, containerd)");
+        return false;
+    }
+    if !tools.iter().all(|tool| installed(test, tool)) {
+        return false;
+    }
+    let [runc, containerd] = trixie_containerd_dirs();
+    if !containerd.join("containerd").is_file() || !runc.join("runc").is_file() {
+        skip(
+            test,
+            "trixie's containerd and runc are not in .cache/containerd-trixie (make containerd-trixie fetches them)",
+        );
+        return false;
+    }
+    if needs_image && !built_mail_image().join("index.json").is_file() {
+        let why = format!(
+            "no mail image at {} (make mail-image builds it)",
+            built_mail_image().display()
+        );
+        skip(test, &why);
+        return false;
+    }
+    true
+}
+
+/// `letterbox run DIR/letterbox.toml --state DIR/state --socket DIR/control.sock` with
+/// containerd and the mail image at `image`, in `netns`'s network namespace only (`ip
+/// netns exec` would also give it a fresh /sys, without the cgroup mount runc needs); its
+/// stderr (its log) appended to DIR/agent.log.
+pub fn start_mail_agent(
+    netns: &Netns,
+    dir: &std::path::Path,
+    image: &std::path::Path,
+) -> KillOnDrop {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("agent.log"))
+        .unwrap();
+    let mut cmd = std::process::Command::new("nsenter");
+    cmd.arg(format!("--net=/run/netns/{}", netns.name))
+        .arg("--")
+        .arg(letterbox_bin())
+        .arg("run")
+        .arg(dir.join("letterbox.toml"))
+        .arg("--state")
+        .arg(dir.join("state"))
+        .arg("--socket")
+        .arg(dir.join("control.sock"))
+        .arg("--mail-image")
+        .arg(image);
+    for bin in trixie_containerd_dirs() {
+        cmd.arg("--containerd-dir").arg(bin);
+    }
+    KillOnDrop(
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("letterbox run starts"),
+    )
+}
+
 /// After a containerd test, whatever is left of it: the shims (which outlive containerd
 /// by design and name its socket on their command line) are killed, and the mounts under
 /// the test's directory are detached, deepest first.
