@@ -102,7 +102,7 @@ fn trixies_postfix_loads_the_front_files_without_a_warning() {
     assert_clean("postconf -n", &postconf);
     let settings = String::from_utf8_lossy(&postconf.stdout);
     for expected in [
-        "relay_domains = alice.example.org, bob.example.org",
+        "relay_domains = socketmap:unix:/run/letterbox/maps.sock:domains",
         "mynetworks = 127.0.0.0/8 [::1]/128",
         "allow_percent_hack = no",
     ] {
@@ -111,8 +111,12 @@ fn trixies_postfix_loads_the_front_files_without_a_warning() {
             "{expected}:\n{settings}"
         );
     }
-    // The inline maps parse, route each domain to its own box, and know each box's
-    // one address and no other.
+    // The maps, asked by trixie's own socketmap client (postmap -q) of our socketmap
+    // answers, route each domain to its own box, and know each box's one address.
+    let served = serve_socketmap(
+        &root.join("run/letterbox").join(paths::MAPS_SOCKET),
+        plan.clone(),
+    );
     let map = |name: &str| {
         let out = chroot(
             &root,
@@ -120,7 +124,11 @@ fn trixies_postfix_loads_the_front_files_without_a_warning() {
         );
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     };
-    let (transports, recipients) = (map("transport_maps"), map("relay_recipient_maps"));
+    let (domains, transports, recipients) = (
+        map("relay_domains"),
+        map("transport_maps"),
+        map("relay_recipient_maps"),
+    );
     let query = |map: &str, key: &str| {
         let out = chroot(
             &root,
@@ -130,13 +138,20 @@ fn trixies_postfix_loads_the_front_files_without_a_warning() {
     };
     for b in &plan.boxes {
         let route = format!("lmtp:inet:[{}]:24", b.ipv4);
-        assert_eq!(query(&transports, &b.mail_domain), route);
+        assert_eq!(query(&domains, &b.mail_domain), b.mail_domain);
+        assert_eq!(query(&transports, &b.address), route);
         assert_eq!(query(&recipients, &b.address), "ok");
         assert_eq!(
             query(&recipients, &format!("postmaster@{}", b.mail_domain)),
             ""
         );
     }
+    assert_eq!(
+        query(&domains, "example.org"),
+        "",
+        "the bare domain is no box's"
+    );
+    assert!(served.join().is_ok());
     let chroots = chroot(
         &root,
         &["postconf", "-c", paths::POSTFIX_CONFIG, "-F", "*/*/chroot"],
@@ -192,4 +207,39 @@ fn trixies_dovecot_loads_the_front_and_box_files_without_a_warning() {
             b.name
         );
     }
+}
+
+/// Serves `plan`'s maps on `socket` with letterbox's socketmap answers, one connection at
+/// a time, until no client has come for a second.
+fn serve_socketmap(socket: &Path, plan: letterbox::mail::MailPlan) -> std::thread::JoinHandle<()> {
+    use letterbox::mail::socketmap;
+    use std::io::{Read, Write};
+    std::fs::create_dir_all(socket.parent().unwrap()).unwrap();
+    let listener = std::os::unix::net::UnixListener::bind(socket).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let mut idle_since = std::time::Instant::now();
+        while idle_since.elapsed() < std::time::Duration::from_secs(1) {
+            let Ok((mut stream, _)) = listener.accept() else {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                continue;
+            };
+            stream.set_nonblocking(false).unwrap();
+            let mut buffer = Vec::new();
+            let mut chunk = [0u8; 1024];
+            loop {
+                match socketmap::take_netstring(&mut buffer).unwrap() {
+                    Some(request) => {
+                        let reply = socketmap::answer(Some(&plan), &request);
+                        stream.write_all(&socketmap::netstring(&reply)).unwrap();
+                    }
+                    None => match stream.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                    },
+                }
+            }
+            idle_since = std::time::Instant::now();
+        }
+    })
 }

@@ -298,9 +298,9 @@ impl Lab {
         count
     }
 
-    /// Waits until every one of `subjects` is in `name`'s Maildir, then asserts that each
-    /// is there exactly once.
-    fn assert_delivered_once(&self, name: &str, subjects: &[String]) {
+    /// Waits until every one of `subjects` is in `name`'s Maildir; how many times each
+    /// subject is there.
+    fn assert_all_delivered(&self, name: &str, subjects: &[String]) -> BTreeMap<String, usize> {
         let all = common::wait_until(DELIVERY_LIMIT, || {
             let delivered = self.delivered(name);
             subjects.iter().all(|s| delivered.contains_key(s))
@@ -315,6 +315,12 @@ impl Lab {
             "accepted but never delivered: {missing:?}\n{}",
             self.diagnostics()
         );
+        delivered
+    }
+
+    /// [`Lab::assert_all_delivered`], and each exactly once.
+    fn assert_delivered_once(&self, name: &str, subjects: &[String]) {
+        let delivered = self.assert_all_delivered(name, subjects);
         let twice: Vec<(&String, &usize)> = delivered.iter().filter(|(_, n)| **n > 1).collect();
         assert!(twice.is_empty(), "delivered more than once: {twice:?}");
     }
@@ -604,5 +610,10 @@ fn a_sigkilled_postfix_loses_no_accepted_mail() {
     });
     let again = lab.running_pid("front-postfix", 2);
     assert_ne!(again, postfix);
-    lab.assert_delivered_once("alice", &accepted);
+    // Not "exactly once": a delivery under way when Postfix dies (the box said 250, the
+    // queue file not yet marked) is made again after the restart, as SMTP's at-least-once
+    // rule wants. That window is a few milliseconds; it is reported, not asserted away.
+    let delivered = lab.assert_all_delivered("alice", &accepted);
+    let twice: Vec<_> = delivered.iter().filter(|(_, n)| **n > 1).collect();
+    eprintln!("delivered twice after the SIGKILL: {twice:?}");
 }

@@ -17,6 +17,8 @@ use crate::containers::FrontFiles;
 use crate::mail::{dovecot, paths, postfix, MailPlan};
 use crate::supervise::{StopSignal, TaskResult, Unit};
 
+/// The front's shared socket directory, under the state directory.
+pub const SOCKETS: &str = "front/sockets";
 /// The image's postfix user and group (overlays/mail/etc/passwd), owner of its state.
 const POSTFIX_ID: u32 = 100;
 
@@ -41,7 +43,7 @@ impl FrontSetup {
             tls_dir: self.site.state_dir.join("tls"),
             postfix_queue: postfix.join("spool"),
             postfix_data: postfix.join("lib"),
-            sockets: self.dir().join("sockets"),
+            sockets: self.site.state_dir.join(SOCKETS),
         }
     }
 

@@ -13,6 +13,7 @@ pub mod control;
 mod dns_unit;
 mod front_unit;
 mod mail_container;
+mod maps_unit;
 pub mod provisioning;
 mod status;
 
@@ -85,6 +86,8 @@ pub struct Agent {
     dns: Mutex<Option<DnsHandle>>,
     /// Where the `mail` unit stands with the image.
     mail_image: Mutex<MailImage>,
+    /// The accounts whose boxes the agent runs: what the front's routing tables answer.
+    mail_plan: Mutex<Option<Arc<crate::mail::MailPlan>>>,
     /// Whether the clock can be trusted yet, and from where it was set.
     clock: ClockStatus,
     /// Set once the units are being stopped for good: a unit stopping then is not
@@ -108,6 +111,7 @@ impl Agent {
             shutdown,
             dns: Mutex::new(None),
             mail_image: Mutex::new(MailImage::WaitingForContainerd),
+            mail_plan: Mutex::new(None),
             clock: ClockStatus::new(clock_unit::initial_state()),
             shutting_down: AtomicBool::new(false),
         };
@@ -165,6 +169,7 @@ impl Agent {
             return;
         };
         let plan = crate::mail::MailPlan::from(&config);
+        self.set_mail_plan(plan.clone());
         let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
         let site = mail_container::Site {
             state_dir: absolute(&state_dir),
@@ -175,6 +180,11 @@ impl Agent {
             plan: plan.clone(),
             site: site.clone(),
         };
+        let maps = site
+            .state_dir
+            .join(front_unit::SOCKETS)
+            .join(crate::mail::paths::MAPS_SOCKET);
+        self.start_unit(maps_unit::unit(self.clone(), maps));
         for unit in front_unit::units(self.clone(), front) {
             self.start_unit(unit);
         }
@@ -247,6 +257,15 @@ impl Agent {
 
     fn set_dns(&self, handle: Option<DnsHandle>) {
         *self.dns.lock().expect("dns handle") = handle;
+    }
+
+    fn set_mail_plan(&self, plan: crate::mail::MailPlan) {
+        *self.mail_plan.lock().expect("mail plan") = Some(Arc::new(plan));
+    }
+
+    /// The accounts whose boxes run, if the mail system runs.
+    fn mail_plan(&self) -> Option<Arc<crate::mail::MailPlan>> {
+        self.mail_plan.lock().expect("mail plan").clone()
     }
 
     fn set_mail_image(&self, state: MailImage) {

@@ -28,7 +28,7 @@ use crate::mail::BoxPlan;
 pub const FRONT_POSTFIX: &str = "front-postfix";
 pub const FRONT_DOVECOT: &str = "front-dovecot";
 /// Where both front containers see their shared socket directory.
-pub const FRONT_SOCKETS: &str = "/run/letterbox";
+pub use crate::mail::paths::FRONT_SOCKETS;
 /// Each front container's memory limit: Postfix's and Dovecot's processes for every
 /// client at once, far above a box's.
 pub const FRONT_MEMORY_LIMIT: u64 = 128 << 20;

@@ -12,6 +12,7 @@ pub mod dovecot;
 pub mod maildir;
 pub mod plan;
 pub mod postfix;
+pub mod socketmap;
 pub mod tls;
 
 pub use plan::{BoxPlan, MailPlan};
@@ -35,6 +36,10 @@ pub mod paths {
     /// The appliance's TLS certificate (with its chain) and key.
     pub const TLS_CERT: &str = "/etc/letterbox/tls/cert.pem";
     pub const TLS_KEY: &str = "/etc/letterbox/tls/key.pem";
+    /// The socket directory both front containers share (the agent's is STATE/front/sockets).
+    pub const FRONT_SOCKETS: &str = "/run/letterbox";
+    /// The agent's socketmap in it, Postfix's routing tables (`mail::socketmap`).
+    pub const MAPS_SOCKET: &str = "maps.sock";
     /// A box's home: its own directory of the data partition, holding its Maildir.
     pub const BOX_HOME: &str = "/var/vmail";
 }

@@ -1,14 +1,12 @@
 //! The front's Postfix 3.10: `main.cf` and `master.cf`.
 //!
-//! The routing tables are `inline:{...}` maps inside main.cf rather than `texthash:`
-//! files beside it: both are read when a process starts, so either needs `postfix
-//! reload` after a change, and inline keeps the front's whole configuration in the two
-//! files it must have anyway (one golden file, one atomic write). Live tables answered by
-//! the agent (`socketmap:`) replace them when accounts come and go at run time.
+//! The routing tables are not in these files: the agent answers them live over a socketmap
+//! (`mail::socketmap`), so main.cf does not change when accounts come and go.
 
 use std::fmt::Write as _;
 
-use super::paths::{POSTFIX_DATA, POSTFIX_QUEUE, TLS_CERT, TLS_KEY};
+use super::paths::{FRONT_SOCKETS, MAPS_SOCKET, POSTFIX_DATA, POSTFIX_QUEUE, TLS_CERT, TLS_KEY};
+use super::socketmap::{DOMAINS, RECIPIENTS, TRANSPORT};
 use super::{MailPlan, GENERATED};
 
 /// LMTP's port on each box.
@@ -46,26 +44,19 @@ mynetworks = 127.0.0.0/8 [::1]/128
         domain = plan.domain,
     );
 
-    out.push_str(
-        "# Each account's domain, its route (LMTP to its box; [address] skips DNS) and its\n\
-         # one recipient: any other address there is refused at RCPT with 550 5.1.1.\n",
+    let _ = write!(
+        out,
+        "\
+# Each account's domain, its route (LMTP to its box) and its one recipient, answered live
+# by the agent (mail::socketmap): any other address there is refused at RCPT with 550
+# 5.1.1, and an account added or deleted takes effect without a reload. While the agent
+# does not answer, lookups fail softly (4xx): mail is deferred, never refused.
+relay_domains = {maps}:{DOMAINS}
+transport_maps = {maps}:{TRANSPORT}
+relay_recipient_maps = {maps}:{RECIPIENTS}
+",
+        maps = format_args!("socketmap:unix:{FRONT_SOCKETS}/{MAPS_SOCKET}"),
     );
-    let domains: Vec<&str> = plan.boxes.iter().map(|b| b.mail_domain.as_str()).collect();
-    let _ = writeln!(out, "relay_domains = {}", domains.join(", "));
-    let transports: Vec<String> = plan
-        .boxes
-        .iter()
-        .map(|b| format!("{} = lmtp:inet:[{}]:{LMTP_PORT}", b.mail_domain, b.ipv4))
-        .collect();
-    let recipients: Vec<String> = plan
-        .boxes
-        .iter()
-        .map(|b| format!("{} = ok", b.address))
-        .collect();
-    // An empty inline map is a fatal error; with no account, no domain is relayed at all.
-    let _ = writeln!(out, "transport_maps ={}", inline(&transports));
-    let _ = writeln!(out, "relay_recipient_maps ={}", inline(&recipients));
-
     let _ = write!(
         out,
         "
@@ -104,16 +95,6 @@ maillog_file = /dev/stdout
 "
     );
     out
-}
-
-/// ` inline:{ ... }` with one entry a line (main.cf continues a line that starts with
-/// white space), or nothing for no entries.
-fn inline(entries: &[String]) -> String {
-    if entries.is_empty() {
-        return String::new();
-    }
-    let body: Vec<String> = entries.iter().map(|e| format!("    {{ {e} }}")).collect();
-    format!(" inline:{{\n{}\n  }}", body.join(",\n"))
 }
 
 /// Postfix's services, as Debian's master.cf.proto has them, every one with chroot off:
