@@ -8,6 +8,7 @@ use std::sync::Arc;
 use clap::{ColorChoice, Parser, Subcommand};
 
 use super::{status, Agent, Shutdown};
+use crate::accounts::AccountCommand;
 
 /// One line of admin input: its first word is the command (clap's multicall mode, as in
 /// a REPL).
@@ -45,6 +46,11 @@ pub enum AdminCommand {
         /// How many lines
         #[arg(short = 'n', long, default_value_t = 40)]
         lines: usize,
+    },
+    /// Add, list or delete mail accounts
+    Account {
+        #[command(subcommand)]
+        action: crate::accounts::AccountCommand,
     },
     /// The units and their states
     Units,
@@ -150,24 +156,45 @@ pub fn parse<S: AsRef<str>>(words: &[S]) -> Parsed {
     }
 }
 
-/// Parses and runs one line of input (split on white space).
-pub async fn run_line(agent: &Arc<Agent>, line: &str, via: Via) -> Reply {
-    let words: Vec<&str> = line.split_whitespace().collect();
-    run_words(agent, &words, via).await
-}
-
 /// Parses and runs one command given as words.
 pub async fn run_words<S: AsRef<str>>(agent: &Arc<Agent>, words: &[S], via: Via) -> Reply {
+    run_with_password(agent, words, via, None).await
+}
+
+/// [`run_words`], with the password `account add` needs, which never travels in the words
+/// (so never in a log line or an argv).
+pub async fn run_with_password<S: AsRef<str>>(
+    agent: &Arc<Agent>,
+    words: &[S],
+    via: Via,
+    password: Option<String>,
+) -> Reply {
     match parse(words) {
         Parsed::Empty => Reply::ok(""),
         Parsed::Answer(reply) => reply,
-        Parsed::Command(command) => execute(agent, command, via).await,
+        Parsed::Command(command) => execute(agent, command, via, password).await,
     }
 }
 
-/// Runs a parsed command.
-pub async fn execute(agent: &Arc<Agent>, command: AdminCommand, via: Via) -> Reply {
+/// Whether `words` are an `account add`, which needs a password.
+pub fn needs_password<S: AsRef<str>>(words: &[S]) -> bool {
+    matches!(
+        parse(words),
+        Parsed::Command(AdminCommand::Account {
+            action: AccountCommand::Add { .. }
+        })
+    )
+}
+
+/// Runs a parsed command; `password` is `account add`'s.
+pub async fn execute(
+    agent: &Arc<Agent>,
+    command: AdminCommand,
+    via: Via,
+    password: Option<String>,
+) -> Reply {
     match command {
+        AdminCommand::Account { action } => account(agent, action, password).await,
         AdminCommand::Status => Reply::ok(status::report(agent).await),
         AdminCommand::Net => match agent.apply_network().await {
             Ok(report) => Reply::ok(report),
@@ -211,6 +238,24 @@ pub async fn execute(agent: &Arc<Agent>, command: AdminCommand, via: Via) -> Rep
             Reply::logout("powering off")
         }
         AdminCommand::Exit => Reply::logout(""),
+    }
+}
+
+async fn account(agent: &Arc<Agent>, action: AccountCommand, password: Option<String>) -> Reply {
+    let done = match action {
+        AccountCommand::Add { name, .. } => agent.add_account(&name, password).await,
+        AccountCommand::Del { name, purge } => agent.delete_account(&name, purge).await,
+        AccountCommand::List { json } => agent.list_accounts().map(|listings| {
+            if json {
+                serde_json::to_string_pretty(&listings).expect("listings serialize")
+            } else {
+                crate::accounts::render_table(&listings)
+            }
+        }),
+    };
+    match done {
+        Ok(text) => Reply::ok(text),
+        Err(e) => Reply::error(crate::error_chain(&e)),
     }
 }
 

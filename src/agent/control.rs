@@ -42,6 +42,9 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
 pub struct Request {
     /// The command's words, the first being its name: `["logs", "dns"]`.
     pub command: Vec<String>,
+    /// The password of `account add`, kept out of the words (and so out of the log).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -152,7 +155,13 @@ async fn serve_client(agent: Arc<Agent>, mut stream: UnixStream, _slot: OwnedSem
             Ok(request) => {
                 let name = request.command.first().map_or("", String::as_str);
                 log::info!("control: `{name}`");
-                let reply = commands::run_words(&agent, &request.command, Via::ControlSocket).await;
+                let reply = commands::run_with_password(
+                    &agent,
+                    &request.command,
+                    Via::ControlSocket,
+                    request.password,
+                )
+                .await;
                 Response {
                     ok: reply.ok,
                     output: reply.text,
@@ -236,7 +245,11 @@ async fn send(stream: &mut UnixStream, response: &Response) {
 }
 
 /// Sends one command to the agent at `path` and returns its answer (`letterbox ctl`).
-pub fn request(path: &Path, command: &[String]) -> Result<Response, ControlError> {
+pub fn request(
+    path: &Path,
+    command: &[String],
+    password: Option<String>,
+) -> Result<Response, ControlError> {
     let display = || path.display().to_string();
     let io = |source| ControlError::Io {
         path: display(),
@@ -250,6 +263,7 @@ pub fn request(path: &Path, command: &[String]) -> Result<Response, ControlError
     stream.set_read_timeout(Some(CLIENT_TIMEOUT)).map_err(io)?;
     let mut line = serde_json::to_vec(&Request {
         command: command.to_vec(),
+        password,
     })
     .expect("a request serializes");
     line.push(b'\n');

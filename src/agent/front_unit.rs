@@ -131,6 +131,20 @@ async fn run_dovecot(agent: Arc<Agent>, setup: FrontSetup, mut stop: StopSignal)
     mail_container::run(&agent, &setup.site, FRONT_DOVECOT, &log, &mut stop, prepare).await
 }
 
+/// The front's IMAP logins for `plan`, replaced atomically: Dovecot reads a changed
+/// passwd-file at the next login, with no reload.
+pub fn write_logins(site: &Site, plan: &MailPlan) -> Result<(), ContainerUnitError> {
+    let dir = site.state_dir.join("front/dovecot");
+    let path = dir.join(mail_container::file_name(paths::DOVECOT_PASSWD));
+    let text = dovecot::front_passwd(plan);
+    // Owned before the rename, so Dovecot never finds a file it may not read.
+    crate::atomic_file::replace_with(&path, 0o640, |file| {
+        std::os::unix::fs::fchown(&*file, Some(0), Some(DOVECOT_GID))?;
+        std::io::Write::write_all(file, text.as_bytes())
+    })
+    .map_err(|source| ContainerUnitError::Write { path, source })
+}
+
 /// What both front containers need: the TLS pair and their shared socket directory.
 fn prepare_common(setup: &FrontSetup) -> Result<FrontFiles, ContainerUnitError> {
     let files = setup.files();

@@ -5,6 +5,7 @@
 //! The agent owns the [`Supervisor`], so units can be started, stopped and restarted by
 //! name while it runs. `init` builds it at boot; `console` and the control socket drive it.
 
+pub mod accounts;
 mod boxes_unit;
 mod clock_unit;
 pub mod commands;
@@ -88,6 +89,10 @@ pub struct Agent {
     mail_image: Mutex<MailImage>,
     /// The accounts whose boxes the agent runs: what the front's routing tables answer.
     mail_plan: Mutex<Option<Arc<crate::mail::MailPlan>>>,
+    /// Where the mail units run, once started: what a new account's box needs.
+    mail_site: Mutex<Option<accounts::MailSite>>,
+    /// Account commands run one at a time.
+    accounts: tokio::sync::Mutex<()>,
     /// Whether the clock can be trusted yet, and from where it was set.
     clock: ClockStatus,
     /// Set once the units are being stopped for good: a unit stopping then is not
@@ -112,6 +117,8 @@ impl Agent {
             dns: Mutex::new(None),
             mail_image: Mutex::new(MailImage::WaitingForContainerd),
             mail_plan: Mutex::new(None),
+            mail_site: Mutex::new(None),
+            accounts: tokio::sync::Mutex::new(()),
             clock: ClockStatus::new(clock_unit::initial_state()),
             shutting_down: AtomicBool::new(false),
         };
@@ -176,6 +183,10 @@ impl Agent {
             socket,
             settings: mail.clone(),
         };
+        *self.mail_site.lock().expect("mail site") = Some(accounts::MailSite {
+            site: site.clone(),
+            netns_dir: absolute(&mail.netns_dir),
+        });
         let front = front_unit::FrontSetup {
             plan: plan.clone(),
             site: site.clone(),

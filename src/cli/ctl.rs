@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use super::CliResult;
-use crate::agent::control;
+use crate::agent::{commands, control};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -19,7 +19,18 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> CliResult {
-    let response = control::request(&args.socket, &args.command)?;
+    // `account add` takes its password here, from the terminal without echo or from
+    // stdin (--password-stdin), and sends it beside the words, never among them.
+    let password = if commands::needs_password(&args.command) {
+        Some(if args.command.iter().any(|w| w == "--password-stdin") {
+            crate::passwd::read_line(&mut std::io::stdin().lock())?
+        } else {
+            crate::passwd::ask_twice()?
+        })
+    } else {
+        None
+    };
+    let response = control::request(&args.socket, &args.command, password)?;
     if response.ok {
         print!("{}", response.output);
         std::io::stdout().flush()?;

@@ -153,7 +153,7 @@ async fn unconfigured_prompt(agent: &Arc<Agent>, term: &mut Terminal) -> std::io
         term.write("letterbox (no login)> ").await?;
         match term.read_line(true).await? {
             Input::Line(line) if line.trim() == "check" => {
-                let reply = commands::execute(agent, AdminCommand::Check, Via::Console).await;
+                let reply = commands::execute(agent, AdminCommand::Check, Via::Console, None).await;
                 term.write(&reply.text).await?;
                 return Ok(());
             }
@@ -184,10 +184,39 @@ async fn admin_shell(
                 return Ok(());
             }
         };
-        let reply = commands::run_line(agent, &line, Via::Console).await;
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let password = if commands::needs_password(&words) {
+            match ask_new_password(term).await? {
+                Some(password) => Some(password),
+                None => continue,
+            }
+        } else {
+            None
+        };
+        let reply = commands::run_with_password(agent, &words, Via::Console, password).await;
         term.write(&reply.text).await?;
         if reply.logout {
             return Ok(());
         }
     }
+}
+
+/// `account add`'s password, typed twice without echo; None (and why, on the console)
+/// when the two differ or the input ends.
+async fn ask_new_password(term: &mut Terminal) -> std::io::Result<Option<String>> {
+    let mut typed = Vec::new();
+    for prompt in ["Password: ", "Again: "] {
+        term.write(prompt).await?;
+        match term.read_line(false).await? {
+            Input::Line(line) => typed.push(line),
+            Input::Ended | Input::Idle => return Ok(None),
+        }
+        term.write("\n").await?;
+    }
+    if typed[0] != typed[1] {
+        term.write("error: the two passwords differ; nothing was changed\n")
+            .await?;
+        return Ok(None);
+    }
+    Ok(typed.pop())
 }

@@ -1,0 +1,239 @@
+//! `account add`, `account del` and `account list` against the running agent: the file,
+//! the zone, the front's routing and logins, and the boxes kept in step.
+//!
+//! One command at a time (`Agent::accounts`), so two adds, or an add and a delete, never
+//! interleave. An add writes the file first (it is the source of truth), then routes the
+//! account (the socketmap answers at once; mail for a box still starting is deferred, never
+//! refused), gives the front its login, starts its box and waits until it answers, then
+//! publishes its zone records. A box that does not come up undoes all of it: the old file
+//! back, no route, no login, no records.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{boxes_unit, front_unit, mail_container::Site, Agent};
+use crate::accounts::{self, AccountError, BoxState, Listing, Target, TargetError};
+use crate::config::Config;
+use crate::mail::dovecot::BOX_IMAP_PORT;
+use crate::mail::MailPlan;
+use crate::supervise::UnitState;
+
+/// How long a new box has to answer IMAP before the add is undone.
+const BOX_READY_LIMIT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LiveAccountError {
+    #[error("the agent runs the embedded default configuration: there is no letterbox.toml to add an account to")]
+    NoFile,
+    #[error("the mail system is not running here (no mail image)")]
+    NoMail,
+    #[error("a password is needed: type it when asked, or give it on stdin with --password-stdin")]
+    NoPassword,
+    #[error(transparent)]
+    Account(#[from] AccountError),
+    #[error(transparent)]
+    File(#[from] TargetError),
+    #[error("hashing the password")]
+    Hash(#[source] crate::passwd::PasswdError),
+    #[error("the box of {name} did not answer within {}s, so the account was not added (see `logs box-{name}`)", BOX_READY_LIMIT.as_secs())]
+    BoxNotReady { name: String },
+    #[error("the {0} task failed")]
+    Task(&'static str, #[source] tokio::task::JoinError),
+    #[error(transparent)]
+    Front(#[from] super::mail_container::ContainerUnitError),
+    #[error("deleting {}", .path.display())]
+    Purge {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Where the mail units of the agent run: set once they are started.
+#[derive(Debug, Clone)]
+pub struct MailSite {
+    pub site: Site,
+    pub netns_dir: PathBuf,
+}
+
+impl Agent {
+    fn file_target(&self) -> Result<Target, LiveAccountError> {
+        let path = self.settings.provisioning_file.clone();
+        Ok(Target::File(path.ok_or(LiveAccountError::NoFile)?))
+    }
+
+    fn mail_site(&self) -> Result<MailSite, LiveAccountError> {
+        let site = self.mail_site.lock().expect("mail site").clone();
+        site.ok_or(LiveAccountError::NoMail)
+    }
+
+    /// Adds account `name` with `password`, or changes nothing.
+    pub async fn add_account(
+        self: &Arc<Self>,
+        name: &str,
+        password: Option<String>,
+    ) -> Result<String, LiveAccountError> {
+        let _one_at_a_time = self.accounts.lock().await;
+        let target = self.file_target()?;
+        let site = self.mail_site()?;
+        let file = target.name();
+        let before = target.read()?;
+        let old = accounts::check_new(&file, &before, name)?;
+        let password = password
+            .filter(|p| !p.is_empty())
+            .ok_or(LiveAccountError::NoPassword)?;
+        accounts::check_password(&password, &old.account_policy).map_err(AccountError::from)?;
+        let hash = tokio::task::spawn_blocking(move || crate::passwd::hash(&password))
+            .await
+            .map_err(|e| LiveAccountError::Task("password hash", e))?
+            .map_err(LiveAccountError::Hash)?;
+        let edited = accounts::add(&file, &before, name, &hash)?;
+        target.write(&edited.text)?;
+        self.reload_off_runtime()
+            .await
+            .map_err(|_| LiveAccountError::NoMail)?;
+        let plan = MailPlan::from(&edited.config);
+        self.apply_accounts(&site, &plan)?;
+        let account = plan
+            .find(name)
+            .expect("the added account is in the new plan")
+            .clone();
+        self.start_box(&site, &edited.config, &plan, &account);
+        let address = SocketAddr::from((account.ipv4, BOX_IMAP_PORT));
+        if !answers(address, BOX_READY_LIMIT).await {
+            self.undo_add(&target, &before, &site, &old, name).await;
+            return Err(LiveAccountError::BoxNotReady { name: name.into() });
+        }
+        let zone = match self.reload_dns().await {
+            Ok(done) => done,
+            Err(e) => format!("the zone was not reloaded: {}", crate::error_chain(&e)),
+        };
+        log::info!("account {name} added: {}", account.address);
+        Ok(format!(
+            "account {name} added: mail to {} goes to its box, which is running\n{zone}",
+            account.address
+        ))
+    }
+
+    /// Deletes account `name`: refused at RCPT from now on, its box stopped, its records
+    /// gone. Its Maildir stays on the data partition, unless `purge`.
+    pub async fn delete_account(
+        self: &Arc<Self>,
+        name: &str,
+        purge: bool,
+    ) -> Result<String, LiveAccountError> {
+        let _one_at_a_time = self.accounts.lock().await;
+        let target = self.file_target()?;
+        let site = self.mail_site()?;
+        let file = target.name();
+        let before = target.read()?;
+        let edited = accounts::delete(&file, &before, name)?;
+        target.write(&edited.text)?;
+        self.reload_off_runtime()
+            .await
+            .map_err(|_| LiveAccountError::NoMail)?;
+        self.apply_accounts(&site, &MailPlan::from(&edited.config))?;
+        let unit = format!("box-{name}");
+        if let Err(e) = self.supervisor.stop(&unit).await {
+            log::warn!("{e}");
+        }
+        let home = site.site.state_dir.join("mail").join(name);
+        let kept = if purge {
+            std::fs::remove_dir_all(&home).map_err(|source| LiveAccountError::Purge {
+                path: home.clone(),
+                source,
+            })?;
+            "its mail is deleted".to_string()
+        } else {
+            format!("its mail stays in {}", home.display())
+        };
+        let zone = match self.reload_dns().await {
+            Ok(done) => done,
+            Err(e) => format!("the zone was not reloaded: {}", crate::error_chain(&e)),
+        };
+        log::info!("account {name} deleted");
+        Ok(format!(
+            "account {name} deleted: mail to it is refused from now on, its box is stopped, {kept}\n{zone}"
+        ))
+    }
+
+    /// Each account of the configuration in force, with its box's state.
+    pub fn list_accounts(&self) -> Result<Vec<Listing>, LiveAccountError> {
+        let Some((config, _)) = self.provisioning().config else {
+            return Err(LiveAccountError::NoFile);
+        };
+        let states = self.supervisor.states();
+        Ok(accounts::list(&config)
+            .into_iter()
+            .map(|mut listing| {
+                let unit = format!("box-{}", listing.name);
+                listing.state = match states.iter().find(|(n, _)| *n == unit) {
+                    Some((_, UnitState::Running { .. })) => BoxState::Running,
+                    Some((_, UnitState::Restarting { .. })) => BoxState::Restarting,
+                    _ => BoxState::Stopped,
+                };
+                listing
+            })
+            .collect())
+    }
+
+    /// The plan in force for the routing tables, and the front's logins to match.
+    fn apply_accounts(&self, site: &MailSite, plan: &MailPlan) -> Result<(), LiveAccountError> {
+        self.set_mail_plan(plan.clone());
+        front_unit::write_logins(&site.site, plan)?;
+        Ok(())
+    }
+
+    fn start_box(
+        self: &Arc<Self>,
+        site: &MailSite,
+        config: &Config,
+        plan: &MailPlan,
+        account: &crate::mail::BoxPlan,
+    ) {
+        let setup = boxes_unit::BoxSetup {
+            plan: plan.clone(),
+            account: account.clone(),
+            bridge: boxes_unit::bridge(plan, config.containers.ipv4),
+            memory_limit: config.containers.memory_limit,
+            netns_dir: site.netns_dir.clone(),
+            site: site.site.clone(),
+        };
+        self.start_unit(boxes_unit::unit(self.clone(), setup));
+    }
+
+    async fn undo_add(
+        self: &Arc<Self>,
+        target: &Target,
+        before: &str,
+        site: &MailSite,
+        old: &Config,
+        name: &str,
+    ) {
+        let _ = self.supervisor.stop(&format!("box-{name}")).await;
+        if let Err(e) = target.write(before) {
+            log::error!("undoing the add of {name}: {}", crate::error_chain(&e));
+        }
+        let _ = self.reload_off_runtime().await;
+        if let Err(e) = self.apply_accounts(site, &MailPlan::from(old)) {
+            log::error!("undoing the add of {name}: {}", crate::error_chain(&e));
+        }
+        log::warn!("account {name} not added: its box did not answer");
+    }
+}
+
+/// Whether a TCP connection to `address` succeeds within `limit`.
+async fn answers(address: SocketAddr, limit: Duration) -> bool {
+    tokio::time::timeout(limit, async {
+        loop {
+            if tokio::net::TcpStream::connect(address).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .is_ok()
+}
