@@ -33,7 +33,8 @@
 # creation) to that login, which the goal applies to. A missed goal is reported, not an error: the script fails only
 # when the run itself does.
 # MESSAGES, SESSIONS, SIZE, ROUNDS and LOGIN_ROUNDS may be set in the environment;
-# LETTERBOX_BIN, MAIL_IMAGE and CONTAINERD_TRIXIE say where the parts are.
+# LETTERBOX_BIN, MAIL_IMAGE and CONTAINERD_TRIXIE say where the parts are; LOGS=DIR keeps
+# the agent's, the containers' and the peer's logs there.
 set -euo pipefail
 
 MESSAGES=${MESSAGES:-2000}
@@ -81,6 +82,11 @@ SOCKET=$WORK/control.sock
 AGENT_PID=
 cleanup() {
     set +e
+    if [ -n "${LOGS:-}" ]; then
+        mkdir -p "$LOGS"
+        cp "$WORK/agent.log" "$PEER/var/log/postfix.log" "$LOGS/"
+        (cd "$STATE" && find . -name '*.log' -exec cp --parents {} "$LOGS/" \;)
+    fi
     if [ -n "$AGENT_PID" ]; then
         kill "$AGENT_PID" 2>/dev/null
         for _ in $(seq 100); do kill -0 "$AGENT_PID" 2>/dev/null || break; sleep 0.1; done
