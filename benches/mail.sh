@@ -85,7 +85,7 @@ cleanup() {
     if [ -n "${LOGS:-}" ]; then
         mkdir -p "$LOGS"
         cp "$WORK/agent.log" "$PEER/var/log/postfix.log" "$LOGS/"
-        (cd "$STATE" && find . -name '*.log' -exec cp --parents {} "$LOGS/" \;)
+        (cd "$STATE" && find front boxes -name '*.log' -exec cp --parents {} "$LOGS/" \;)
     fi
     if [ -n "$AGENT_PID" ]; then
         kill "$AGENT_PID" 2>/dev/null
