@@ -12,8 +12,9 @@ APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-re
 # swaks for the mail tests.
 TEST_PACKAGES := iproute2 iputils-ping util-linux procps dnsutils knot-dnsutils bind9-utils knot nsd radvd \
 	protobuf-compiler mmdebstrap patchelf busybox-static openssl python3 swaks
-# What the benchmarks drive: the load generator and the peers.
-BENCH_PACKAGES := dnsperf nsd knot dnsutils python3
+# What the benchmarks drive: the load generators and the peers (the mail benchmark's,
+# smtp-source and Postfix, come from the mail image), and the namespaces they run in.
+BENCH_PACKAGES := dnsperf nsd knot dnsutils python3 iproute2 util-linux procps
 
 # The host toolchain: the machine's cargo when it has one, else Debian's Rust 1.96 from
 # bookworm-security (a fresh Debian 12 has no cargo, and bookworm's own is too old).
@@ -26,7 +27,7 @@ HOST_RUST_PACKAGES :=
 endif
 export CARGO
 
-.PHONY: help test image bench bench-dns deps-test deps-bench
+.PHONY: help test image bench bench-dns bench-mail deps-test deps-bench
 
 help:
 	@echo "make image   build the SD-card image from letterbox.toml (or the embedded default)"
@@ -98,12 +99,18 @@ $(STAMPS)/deps-bench: $(STAMPS)/apt-update Makefile
 
 deps-bench: $(STAMPS)/deps-bench
 
-bench: bench-dns
+bench: bench-dns bench-mail
 
 # letterbox's authoritative DNS against NSD and Knot (dnsperf, same zone, same query mix).
 bench-dns: deps-bench
 	$(CARGO) build --release
 	benches/dns.sh
+
+# letterbox's mail path (front -> box) against a plain Postfix delivering to a Maildir; the
+# memory of a box and of the agent; the time from creating a box to an IMAP login.
+bench-mail: deps-bench containerd-trixie mail-image
+	$(CARGO) build --release
+	benches/mail.sh
 
 # --- SD-card image (src/image, src/boot): cross-built agent, Debian packages, QEMU ---
 # make image [CONFIG=letterbox.toml] [BOARD=rpi3|rpi4] [OUT=out/letterbox-rpi3.img]
