@@ -278,6 +278,9 @@ fn ensuring_again_changes_nothing_and_repairs_what_is_missing() {
     // Let links settle (carrier, DAD of link-local addresses) before comparing.
     assert!(lab.ping_from(&lab.a, "10.89.0.1"));
     assert!(lab.ping_from_client("2001:db8:2::b"));
+    // A route may still show a port's carrier coming up ("linkdown") after the pings.
+    let settled = common::wait_until(common::TIMEOUT, || !lab.state().contains("linkdown"));
+    assert!(settled, "a link never came up:\n{}", lab.state());
     let before = lab.state();
     assert_eq!(
         lab.ensure_all(),

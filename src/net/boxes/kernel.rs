@@ -30,16 +30,19 @@ pub async fn add_bridge(handle: &Handle, name: &str) -> Result<(), rtnetlink::Er
         .await
 }
 
-/// Adds a veth pair: `name` up as a port of `controller`, its peer `peer` created directly
-/// in the network namespace open as `netns`, so its name cannot clash with this namespace's.
+/// Adds a veth pair: `name` up as a port of `controller`, its peer `peer`, with the MAC
+/// address `peer_mac`, created directly in the network namespace open as `netns`, so its
+/// name cannot clash with this namespace's.
 pub async fn add_veth_into(
     handle: &Handle,
     name: &str,
     controller: u32,
     peer: &str,
+    peer_mac: [u8; 6],
     netns: BorrowedFd<'_>,
 ) -> Result<(), rtnetlink::Error> {
     let peer = LinkUnspec::new_with_name(peer)
+        .address(peer_mac.to_vec())
         .setns_by_fd(netns.as_raw_fd())
         .build();
     let message = LinkVeth::new(name, "")

@@ -89,6 +89,15 @@ pub fn netns_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(name)
 }
 
+/// The MAC address of a box's link: locally administered, and made of its IPv4 address, so
+/// unique on the bridge and the same after every restart. A new one each time would leave
+/// the front's neighbour entry pointing at the old box for half a minute, and every
+/// connection to the box in that time unanswered.
+pub fn box_mac(net: &BoxNet) -> [u8; 6] {
+    let [a, b, c, d] = net.ipv4.octets();
+    [0x02, 0x6c, a, b, c, d]
+}
+
 /// The host's end of a box's veth pair: "lbv" and 12 hex digits of the name's SHA-256, as
 /// account names may be longer than the 15 bytes a link name allows.
 pub fn host_link_name(name: &str) -> String {
@@ -294,9 +303,16 @@ async fn ensure_veth(
                     .await
                     .map_err(failed(BOX_LINK, "remove the link without a peer"))?;
             }
-            kernel::add_veth_into(host, &name, bridge.index, BOX_LINK, netns.as_fd())
-                .await
-                .map_err(failed(&name, "add the veth pair"))?;
+            kernel::add_veth_into(
+                host,
+                &name,
+                bridge.index,
+                BOX_LINK,
+                box_mac(net),
+                netns.as_fd(),
+            )
+            .await
+            .map_err(failed(&name, "add the veth pair"))?;
             changes.push(format!("veth {name} added, {BOX_LINK} in box {}", net.name));
             find_link(host, &name).await?.ok_or_else(|| {
                 failed(&name, "find the new veth")(rtnetlink::Error::RequestFailed)
