@@ -8,9 +8,12 @@ STAMPS := $(CACHE)/stamps
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends
 
 # What the tests drive: kernel netlink tools, DNS clients and peers; protoc for the
-# containerd client's build; mmdebstrap, patchelf and busybox for the containerd tests.
+# containerd client's build; mmdebstrap, patchelf and busybox for the containerd tests;
+# the host tools bitbake's sanity check wants (tests/yocto.rs), with an en_US.UTF-8 locale.
 TEST_PACKAGES := iproute2 iputils-ping util-linux procps dnsutils knot-dnsutils bind9-utils knot nsd radvd \
-	protobuf-compiler mmdebstrap patchelf busybox-static openssl python3
+	protobuf-compiler mmdebstrap patchelf busybox-static openssl python3 \
+	chrpath diffstat lz4 zstd gawk file cpio python3-jinja2 python3-pexpect python3-git python3-subunit \
+	socat texinfo unzip wget xz-utils locales build-essential
 # What the benchmarks drive: the load generator and the peers.
 BENCH_PACKAGES := dnsperf nsd knot dnsutils python3
 
@@ -41,6 +44,7 @@ $(STAMPS)/apt-update:
 
 $(STAMPS)/deps-test: $(STAMPS)/apt-update Makefile
 	$(APT_INSTALL) $(TEST_PACKAGES) $(HOST_RUST_PACKAGES)
+	grep -qx 'en_US.UTF-8 UTF-8' /etc/locale.gen || { echo 'en_US.UTF-8 UTF-8' >>/etc/locale.gen && locale-gen; }
 	@touch $@
 
 deps-test: $(STAMPS)/deps-test
