@@ -167,9 +167,13 @@ fn prepare(snapshots: &Path) -> Workspace {
     let mut stamp = String::new();
     for name in SNAPSHOT_ARCHIVES {
         let archive = snapshots.join(format!("{name}.tar.zst"));
-        let meta = std::fs::metadata(&archive)
-            .unwrap_or_else(|e| panic!("{}: {e}", archive.display()));
-        stamp.push_str(&format!("{name} {} {:?}\n", meta.len(), meta.modified().ok()));
+        let meta =
+            std::fs::metadata(&archive).unwrap_or_else(|e| panic!("{}: {e}", archive.display()));
+        stamp.push_str(&format!(
+            "{name} {} {:?}\n",
+            meta.len(),
+            meta.modified().ok()
+        ));
     }
     let stamp_file = root.join("layers.stamp");
     if std::fs::read_to_string(&stamp_file).ok().as_deref() != Some(stamp.as_str()) {
@@ -266,10 +270,23 @@ fn locked_crates() -> Vec<String> {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|p| p.get("source").is_some_and(|s| s.as_str().unwrap().contains("crates.io")))
-        .map(|p| format!("{}/{}", p["name"].as_str().unwrap(), p["version"].as_str().unwrap()))
+        .filter(|p| {
+            p.get("source")
+                .is_some_and(|s| s.as_str().unwrap().contains("crates.io"))
+        })
+        .map(|p| {
+            format!(
+                "{}/{}",
+                p["name"].as_str().unwrap(),
+                p["version"].as_str().unwrap()
+            )
+        })
         .collect();
-    assert!(crates.len() > 100, "Cargo.lock lists {} crates", crates.len());
+    assert!(
+        crates.len() > 100,
+        "Cargo.lock lists {} crates",
+        crates.len()
+    );
     crates
 }
 
@@ -280,16 +297,25 @@ fn bitbake_checks(test: &str, machine: &str) {
     let parsed = ws.ok(machine, "bitbake", &["-p"]);
     let ours: Vec<&str> = parsed
         .lines()
-        .filter(|l| (l.starts_with("WARNING") || l.starts_with("ERROR")) && l.contains("meta-letterbox"))
+        .filter(|l| {
+            (l.starts_with("WARNING") || l.starts_with("ERROR")) && l.contains("meta-letterbox")
+        })
         .collect();
-    assert!(ours.is_empty(), "bitbake -p on {machine} about meta-letterbox:\n{}", ours.join("\n"));
+    assert!(
+        ours.is_empty(),
+        "bitbake -p on {machine} about meta-letterbox:\n{}",
+        ours.join("\n")
+    );
 
     // The agent: built with cargo from every crate of Cargo.lock, installed as /sbin/init.
     let agent = ws.ok(machine, "bitbake", &["-e", "letterbox"]);
     let src_uri = words(var(&agent, "SRC_URI"));
     for krate in locked_crates() {
         let uri = format!("crate://crates.io/{krate}");
-        assert!(src_uri.contains(&uri.as_str()), "{uri} is not in letterbox's SRC_URI");
+        assert!(
+            src_uri.contains(&uri.as_str()),
+            "{uri} is not in letterbox's SRC_URI"
+        );
     }
     assert!(var(&agent, "CARGO_BUILD_FLAGS").contains("--frozen"));
     assert_eq!(var(&agent, "INIT_MANAGER"), "none");
@@ -307,12 +333,16 @@ fn bitbake_checks(test: &str, machine: &str) {
     assert!(fstypes.contains(&"wic"), "IMAGE_FSTYPES: {fstypes:?}");
     let wks = var(&image, "WKS_FULL_PATH");
     assert!(
-        wks.ends_with("/meta-letterbox/files/wic/letterbox-sdimage.wks") && Path::new(wks).is_file(),
+        wks.ends_with("/meta-letterbox/files/wic/letterbox-sdimage.wks")
+            && Path::new(wks).is_file(),
         "WKS_FULL_PATH is {wks}"
     );
     let install = words(var(&image, "IMAGE_INSTALL"));
     for package in ["letterbox", "letterbox-mail-layout", "containerd", "runc"] {
-        assert!(install.contains(&package), "{package} not in IMAGE_INSTALL: {install:?}");
+        assert!(
+            install.contains(&package),
+            "{package} not in IMAGE_INSTALL: {install:?}"
+        );
     }
     assert!(words(var(&image, "IMAGE_BOOT_FILES")).contains(&"letterbox.toml"));
     assert_eq!(var(&image, "ENABLE_UART"), "1");
@@ -323,8 +353,18 @@ fn bitbake_checks(test: &str, machine: &str) {
     ws.ok(machine, "bitbake", &["-g", "letterbox-image"]);
     let buildlist = std::fs::read_to_string(ws.build().join("pn-buildlist")).unwrap();
     let recipes: Vec<&str> = buildlist.lines().collect();
-    for recipe in ["letterbox", "containerd", "runc", kernel.as_str(), "letterbox-mail", "rpi-config"] {
-        assert!(recipes.contains(&recipe), "{recipe} is not in letterbox-image's graph for {machine}");
+    for recipe in [
+        "letterbox",
+        "containerd",
+        "runc",
+        kernel.as_str(),
+        "letterbox-mail",
+        "rpi-config",
+    ] {
+        assert!(
+            recipes.contains(&recipe),
+            "{recipe} is not in letterbox-image's graph for {machine}"
+        );
     }
     let tasks = std::fs::read_to_string(ws.build().join("task-depends.dot")).unwrap();
     let edge = "\"letterbox-mail-layout.do_install\" -> \"letterbox-mail.do_image_complete\"";
@@ -337,12 +377,18 @@ fn bitbake_checks(test: &str, machine: &str) {
 
 #[test]
 fn bitbake_parses_and_expands_the_layer_for_raspberrypi3_64() {
-    bitbake_checks("bitbake_parses_and_expands_the_layer_for_raspberrypi3_64", MACHINES[0]);
+    bitbake_checks(
+        "bitbake_parses_and_expands_the_layer_for_raspberrypi3_64",
+        MACHINES[0],
+    );
 }
 
 #[test]
 fn bitbake_parses_and_expands_the_layer_for_raspberrypi4_64() {
-    bitbake_checks("bitbake_parses_and_expands_the_layer_for_raspberrypi4_64", MACHINES[1]);
+    bitbake_checks(
+        "bitbake_parses_and_expands_the_layer_for_raspberrypi4_64",
+        MACHINES[1],
+    );
 }
 
 #[test]
@@ -356,8 +402,16 @@ fn bitbake_layers_shows_meta_letterbox_and_its_dependencies() {
         .find(|l| l.starts_with("meta-letterbox "))
         .unwrap_or_else(|| panic!("show-layers lists no meta-letterbox:\n{shown}"));
     assert_eq!(words(row).last(), Some(&"10"), "{row}");
-    for layer in ["meta ", "meta-raspberrypi ", "meta-virtualization ", "meta-networking "] {
-        assert!(shown.lines().any(|l| l.starts_with(layer)), "show-layers lists no {layer}");
+    for layer in [
+        "meta ",
+        "meta-raspberrypi ",
+        "meta-virtualization ",
+        "meta-networking ",
+    ] {
+        assert!(
+            shown.lines().any(|l| l.starts_with(layer)),
+            "show-layers lists no {layer}"
+        );
     }
 }
 
@@ -395,7 +449,11 @@ fn crate_list_matches_cargo_lock() {
         .arg("--print")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let generated = String::from_utf8(out.stdout).unwrap();
     let inc = repo().join("yocto/meta-letterbox/recipes-core/letterbox/letterbox-crates.inc");
     let checked_in = std::fs::read_to_string(&inc).unwrap();
@@ -405,7 +463,10 @@ fn crate_list_matches_cargo_lock() {
         inc.display()
     );
     for krate in locked_crates() {
-        assert!(checked_in.contains(&format!("crate://crates.io/{krate} \\")), "{krate}");
+        assert!(
+            checked_in.contains(&format!("crate://crates.io/{krate} \\")),
+            "{krate}"
+        );
     }
 }
 
@@ -414,17 +475,56 @@ fn crate_list_matches_cargo_lock() {
 /// boot), on 4 MiB boundaries.
 #[test]
 fn kickstart_has_the_three_partitions_of_make_image() {
-    let wks =
-        std::fs::read_to_string(repo().join("yocto/meta-letterbox/files/wic/letterbox-sdimage.wks"))
-            .unwrap();
+    let wks = std::fs::read_to_string(
+        repo().join("yocto/meta-letterbox/files/wic/letterbox-sdimage.wks"),
+    )
+    .unwrap();
     let parts: Vec<&str> = wks.lines().filter(|l| l.starts_with("part ")).collect();
     assert_eq!(parts.len(), 3, "{parts:?}");
-    let has = |part: &str, words: &[&str]| words.iter().all(|w| part.split_whitespace().any(|p| p == *w));
-    assert!(has(parts[0], &["/boot", "--fstype=vfat", "--active", "--fixed-size", "128M", "--align", "4096"]));
-    assert!(has(parts[1], &["/", "--source", "rootfs", "--fstype=squashfs", "--align", "4096"]));
-    assert!(has(parts[2], &["--fstype=ext4", "--label", "data", "--fixed-size", "32M", "--align", "4096"]));
+    let has = |part: &str, words: &[&str]| {
+        words
+            .iter()
+            .all(|w| part.split_whitespace().any(|p| p == *w))
+    };
+    assert!(has(
+        parts[0],
+        &[
+            "/boot",
+            "--fstype=vfat",
+            "--active",
+            "--fixed-size",
+            "128M",
+            "--align",
+            "4096"
+        ]
+    ));
+    assert!(has(
+        parts[1],
+        &[
+            "/",
+            "--source",
+            "rootfs",
+            "--fstype=squashfs",
+            "--align",
+            "4096"
+        ]
+    ));
+    assert!(has(
+        parts[2],
+        &[
+            "--fstype=ext4",
+            "--label",
+            "data",
+            "--fixed-size",
+            "32M",
+            "--align",
+            "4096"
+        ]
+    ));
     let disk = std::fs::read_to_string(repo().join("src/image/disk.rs")).unwrap();
-    assert!(disk.contains("BOOT_SIZE: u64 = 128 << 20") && disk.contains("DATA_SIZE: u64 = 32 << 20"));
+    assert!(
+        disk.contains("BOOT_SIZE: u64 = 128 << 20") && disk.contains("DATA_SIZE: u64 = 32 << 20")
+    );
 }
 
 /// kas fetches the layers at the commits of the snapshots the parser checks.
@@ -432,7 +532,10 @@ fn kickstart_has_the_three_partitions_of_make_image() {
 fn kas_pins_every_layer_at_its_snapshot_commit() {
     let test = "kas_pins_every_layer_at_its_snapshot_commit";
     let Ok(readme) = std::fs::read_to_string(snapshots().join("README.md")) else {
-        common::skip(test, "no ../shared/yocto/README.md listing the snapshots' commits");
+        common::skip(
+            test,
+            "no ../shared/yocto/README.md listing the snapshots' commits",
+        );
         return;
     };
     let kas = std::fs::read_to_string(repo().join("yocto/kas/letterbox.yml")).unwrap();
@@ -443,14 +546,24 @@ fn kas_pins_every_layer_at_its_snapshot_commit() {
         let at = kas
             .find(&format!("url: {url}\n"))
             .unwrap_or_else(|| panic!("kas/letterbox.yml fetches nothing from {url}"));
-        let entry = &kas[at..kas[at..].find("\n\n").map_or(kas.len(), |e| at + e)];
-        assert!(entry.contains(&format!("commit: {commit}\n")), "{url} not at {commit}");
-        assert!(entry.contains(&format!("branch: {branch}\n")) || entry.contains(&format!("branch: \"{branch}\"\n")));
+        let entry = &kas[at..kas[at..].find("\n\n").map_or(kas.len(), |e| at + e + 1)];
+        assert!(
+            entry.contains(&format!("commit: {commit}\n")),
+            "{url} not at {commit}"
+        );
+        assert!(
+            entry.contains(&format!("branch: {branch}\n"))
+                || entry.contains(&format!("branch: \"{branch}\"\n"))
+        );
         pinned += 1;
     }
     assert_eq!(pinned, SNAPSHOT_ARCHIVES.len());
     for board in ["rpi3", "rpi4"] {
-        let file = std::fs::read_to_string(repo().join(format!("yocto/kas/letterbox-{board}.yml"))).unwrap();
-        assert!(file.contains("- letterbox.yml") && file.contains(&format!("machine: raspberrypi{}-64", &board[3..])));
+        let file = std::fs::read_to_string(repo().join(format!("yocto/kas/letterbox-{board}.yml")))
+            .unwrap();
+        assert!(
+            file.contains("- letterbox.yml")
+                && file.contains(&format!("machine: raspberrypi{}-64", &board[3..]))
+        );
     }
 }
