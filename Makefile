@@ -15,6 +15,10 @@ TEST_PACKAGES := iproute2 iputils-ping util-linux procps dnsutils knot-dnsutils 
 # What the benchmarks drive: the load generators and the peers (the mail benchmark's,
 # smtp-source and Postfix, come from the mail image), and the namespaces they run in.
 BENCH_PACKAGES := dnsperf nsd knot dnsutils python3 iproute2 util-linux procps
+# What bitbake's sanity check wants on the host (make yocto-check), with an en_US.UTF-8
+# locale.
+YOCTO_PACKAGES := chrpath diffstat lz4 zstd gawk file cpio python3-jinja2 python3-pexpect python3-git \
+	python3-subunit socat texinfo unzip wget xz-utils locales build-essential
 
 # The host toolchain: the machine's cargo when it has one, else Debian's Rust 1.96 from
 # bookworm-security (a fresh Debian 12 has no cargo, and bookworm's own is too old).
@@ -34,6 +38,7 @@ help:
 	@echo "make test    install test dependencies, then run every test"
 	@echo "make bench   run the benchmarks against their peers"
 	@echo "make qemu    build an image from image/qemu-letterbox.toml and boot it in QEMU (raspi3b)"
+	@echo "make yocto-check  bitbake's own parser on yocto/meta-letterbox (slow: minutes a board)"
 	@echo "make mail-image  build the letterbox-mail OCI image for this machine (MAIL_ARCH=amd64|arm64)"
 
 $(STAMPS)/apt-update:
@@ -92,6 +97,19 @@ $(STAMPS)/chrony-trixie: $(STAMPS)/deps-test
 	@touch $@
 
 chrony-trixie: $(STAMPS)/chrony-trixie
+
+# bitbake's own parser on yocto/meta-letterbox, offline (tests/yocto.rs's ignored tests):
+# `bitbake -p`, `-e` and `-g` for both boards. It parses every recipe of the layers it
+# builds on, 17 minutes a board on a loaded 2-core machine, so it is kept out of `make
+# test` (whose yocto tests check the crate list, kickstart, kas pins and layer files).
+.PHONY: yocto-check
+$(STAMPS)/deps-yocto: $(STAMPS)/apt-update Makefile
+	$(APT_INSTALL) $(YOCTO_PACKAGES)
+	grep -qx 'en_US.UTF-8 UTF-8' /etc/locale.gen || { echo 'en_US.UTF-8 UTF-8' >>/etc/locale.gen && locale-gen; }
+	@touch $@
+
+yocto-check: deps-test $(STAMPS)/deps-yocto
+	LETTERBOX_TEST_TIMEOUT_YOCTO=2h tests/run --test yocto -- --ignored
 
 $(STAMPS)/deps-bench: $(STAMPS)/apt-update Makefile
 	$(APT_INSTALL) $(BENCH_PACKAGES) $(HOST_RUST_PACKAGES)
