@@ -617,3 +617,176 @@ fn a_sigkilled_postfix_loses_no_accepted_mail() {
     let twice: Vec<_> = delivered.iter().filter(|(_, n)| **n > 1).collect();
     eprintln!("delivered twice after the SIGKILL: {twice:?}");
 }
+
+impl Lab {
+    /// `letterbox ctl account ARGS`, with `password` on stdin when given; its output, and
+    /// whether it succeeded.
+    fn account(&self, args: &[&str], password: Option<&str>) -> (bool, String) {
+        let mut child = std::process::Command::new(common::letterbox_bin())
+            .arg("ctl")
+            .arg("--socket")
+            .arg(self.socket())
+            .arg("account")
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let input = password.map(|p| format!("{p}\n")).unwrap_or_default();
+        let _ = std::io::Write::write_all(&mut child.stdin.take().unwrap(), input.as_bytes());
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    }
+
+    /// `dig +short NAME TYPE` from the client namespace.
+    fn dig(&self, name: &str, rtype: &str) -> String {
+        let out = self
+            .client
+            .exec("dig")
+            .args([
+                "+short",
+                "+time=1",
+                "+tries=1",
+                &format!("@{SERVER_V4}"),
+                name,
+                rtype,
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn file(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("letterbox.toml")).unwrap()
+    }
+}
+
+/// Asks the zone's MX for alice every 20 ms until stopped; how many answers were missing.
+fn dig_loop(lab: &Lab, stop: &std::sync::atomic::AtomicBool) -> (usize, usize) {
+    let (mut asked, mut failed) = (0, 0);
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        asked += 1;
+        if lab.dig("alice.example.org", "MX").is_empty() {
+            failed += 1;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (asked, failed)
+}
+
+#[test]
+fn an_account_added_live_is_published_routed_and_logs_in_and_a_deleted_one_is_refused() {
+    let test = "an_account_added_live_is_published_routed_and_logs_in_and_a_deleted_one_is_refused";
+    if !can_run(test) {
+        return;
+    }
+    let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = Lab::start();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let digs = s.spawn(|| dig_loop(&lab, &stop));
+
+        let (ok, out) = lab.account(&["add", "carol", "--password-stdin"], Some(PASSWORD));
+        assert!(ok, "account add carol: {out}\n{}", lab.diagnostics());
+        assert!(!out.contains(PASSWORD) && !lab.file().contains(PASSWORD));
+        assert!(lab.file().contains("name = \"carol\""), "{}", lab.file());
+        assert_eq!(lab.dig("carol.example.org", "MX"), "10 mail.example.org.");
+        assert!(!lab.dig("carol.example.org", "AAAA").is_empty());
+        let inbox = lab.imap(SERVER_V4, 993, "carol", "tls");
+        assert_eq!(inbox.refused, None, "carol logs in at once");
+        assert!(lab.send("box@carol.example.org", "hello carol"));
+        lab.assert_delivered_once("carol", &["hello carol".to_string()]);
+
+        let (ok, out) = lab.account(&["del", "bob"], None);
+        assert!(ok, "account del bob: {out}");
+        let reply = lab.rcpt_reply("box@bob.example.org");
+        assert!(
+            reply.contains("554 5.7.1"),
+            "mail to bob after del: {reply}"
+        );
+        assert!(!lab.file().contains("name = \"bob\""));
+        assert!(lab.dig("bob.example.org", "MX").is_empty());
+        assert!(
+            lab.state().join("mail/bob/Maildir").is_dir(),
+            "bob's mail is kept"
+        );
+        let units = lab.ctl(&["units"]).unwrap_or_default();
+        assert!(!units.contains("box-bob"), "{units}");
+
+        let (ok, listed) = lab.account(&["list"], None);
+        assert!(
+            ok && listed.contains("box@carol.example.org") && !listed.contains("box@bob."),
+            "{listed}"
+        );
+        assert!(listed.contains("running"), "{listed}");
+
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (asked, failed) = digs.join().unwrap();
+        assert!(asked > 10, "the dig loop ran ({asked} queries)");
+        assert_eq!(failed, 0, "{failed} of {asked} queries went unanswered");
+    });
+
+    // Refused, and nothing changed: a bad name, an existing one, an unknown one to delete,
+    // an empty password.
+    let before = lab.file();
+    for (args, password, why) in [
+        (&["add", "Alice!", "--password-stdin"][..], Some(PASSWORD), "name"),
+        (&["add", "alice", "--password-stdin"], Some(PASSWORD), "alice"),
+        (&["del", "nobody"], None, "nobody"),
+        (&["add", "dave", "--password-stdin"], Some(""), "password"),
+    ] {
+        let (ok, out) = lab.account(args, password);
+        assert!(!ok && out.contains(why), "{args:?}: {out}");
+    }
+    assert_eq!(lab.file(), before, "a refused command changed the file");
+}
+
+#[test]
+fn racing_account_commands_leave_the_file_the_zone_the_routes_and_the_boxes_agreeing() {
+    let test = "racing_account_commands_leave_the_file_the_zone_the_routes_and_the_boxes_agreeing";
+    if !can_run(test) {
+        return;
+    }
+    let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = Lab::start();
+    let results: Vec<(bool, String)> = std::thread::scope(|s| {
+        let runs: Vec<_> = [
+            (vec!["add", "dave", "--password-stdin"], Some(PASSWORD)),
+            (vec!["add", "erin", "--password-stdin"], Some(PASSWORD)),
+            (vec!["del", "bob"], None),
+            (vec!["add", "bob", "--password-stdin"], Some(PASSWORD)),
+        ]
+        .into_iter()
+        .map(|(args, password)| {
+            let lab = &lab;
+            s.spawn(move || lab.account(&args, password))
+        })
+        .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    // Whatever order they ran in, each one either did all of its work or none.
+    let file = lab.file();
+    let in_file: Vec<&str> = ["alice", "bob", "dave", "erin"]
+        .into_iter()
+        .filter(|n| file.contains(&format!("name = \"{n}\"")))
+        .collect();
+    assert!(results[0].0 && results[1].0, "{results:?}");
+    for name in ["alice", "bob", "dave", "erin"] {
+        let listed = in_file.contains(&name);
+        let mx = !lab.dig(&format!("{name}.example.org"), "MX").is_empty();
+        let reply = lab.rcpt_reply(&format!("box@{name}.example.org"));
+        let routed = reply.starts_with("<-  250");
+        let unit = lab.ctl(&["units"]).unwrap_or_default();
+        let running = unit
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some(&format!("box-{name}")));
+        assert_eq!(
+            (mx, routed, running),
+            (listed, listed, listed),
+            "{name}: in the file {listed}, MX {mx}, RCPT {reply}, unit {running}\n{results:?}"
+        );
+    }
+}
