@@ -733,8 +733,16 @@ fn an_account_added_live_is_published_routed_and_logs_in_and_a_deleted_one_is_re
     // an empty password.
     let before = lab.file();
     for (args, password, why) in [
-        (&["add", "Alice!", "--password-stdin"][..], Some(PASSWORD), "name"),
-        (&["add", "alice", "--password-stdin"], Some(PASSWORD), "alice"),
+        (
+            &["add", "Alice!", "--password-stdin"][..],
+            Some(PASSWORD),
+            "name",
+        ),
+        (
+            &["add", "alice", "--password-stdin"],
+            Some(PASSWORD),
+            "alice",
+        ),
         (&["del", "nobody"], None, "nobody"),
         (&["add", "dave", "--password-stdin"], Some(""), "password"),
     ] {
