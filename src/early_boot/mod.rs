@@ -41,6 +41,9 @@ const FILESYSTEM_MODULES: &[&str] = &[
     "nls_ascii",
     "nls_utf8",
 ];
+/// Modules the containers need: overlayfs for containerd's snapshots, a veth pair per
+/// box, and the bridge the boxes' veths join. (cgroup v2 is built in; init mounts it.)
+const CONTAINER_MODULES: &[&str] = &["overlay", "veth", "bridge"];
 
 /// Where early boot put things, for the rest of the agent.
 #[derive(Debug, Clone)]
@@ -154,6 +157,9 @@ pub fn run() -> Result<Option<BootLayout>, BootError> {
         guard.1.retry_failed();
     }
     coldplug(&modules);
+    for name in CONTAINER_MODULES {
+        load_named(&modules, name);
+    }
 
     mount_at(
         &part(1),
