@@ -9,6 +9,7 @@
 //! paths, the full module tree on p2 serves devices that appear later, and the initramfs'
 //! memory is freed. Nothing is exec'd, so no state is lost between early boot and init.
 
+pub mod data;
 mod devices;
 pub mod disk;
 pub mod modules;
@@ -161,44 +162,26 @@ pub fn run() -> Result<Option<BootLayout>, BootError> {
         load_named(&modules, name);
     }
 
-    mount_at(
-        &part(1),
+    // /data first: when the boot partition will not mount, the last good configuration
+    // kept there is what the appliance runs.
+    let data = data::mount_data(&part(3))?;
+    let boot = part(1);
+    let boot_mounted = mount_at(
+        &boot,
         BOOT_DIR,
         "vfat",
         MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         "fmask=0133,dmask=0022",
-    )?;
-    let data = part(3);
-    match mount_at(
-        &data,
-        DATA_DIR,
-        "ext4",
-        MsFlags::MS_NOATIME | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        "",
-    ) {
-        Ok(()) => {
-            if let Err(e) = disk::grow_ext4(DATA_DIR, &data) {
-                warn!(
-                    "early boot: data filesystem not grown: {}",
-                    crate::error_chain(&e)
-                );
-            }
-        }
-        // The console and DNS still come up, so the admin can see what is wrong.
-        Err(e) => {
-            error!(
-                "early boot: cannot mount the data partition {data}: {}",
-                crate::error_chain(&e)
-            );
-            error!("early boot: /data is a tmpfs: NOTHING WRITTEN NOW IS KEPT ACROSS A REBOOT");
-            mount_at(
-                "tmpfs",
-                DATA_DIR,
-                "tmpfs",
-                MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-                "mode=0755",
-            )?;
-        }
+    );
+    if let Err(e) = &boot_mounted {
+        error!(
+            "early boot: cannot mount the boot partition {boot}: {}",
+            crate::error_chain(e)
+        );
+        error!(
+            "early boot: no {PROVISIONING_FILE}: running the last good configuration kept on \
+             {DATA_DIR}, if there is one"
+        );
     }
     writable_etc(&modules)?;
     let state_dir = PathBuf::from(STATE_DIR);
@@ -211,7 +194,17 @@ pub fn run() -> Result<Option<BootLayout>, BootError> {
         config_file: Path::new(BOOT_DIR).join(PROVISIONING_FILE),
         console_tty,
     };
-    info!("early boot: done: boot partition on /boot, data on /data");
+    info!(
+        "early boot: done: boot partition {}, data {}",
+        match boot_mounted {
+            Ok(()) => "on /boot",
+            Err(_) => "NOT MOUNTED",
+        },
+        match data {
+            data::Data::Partition => "on /data",
+            data::Data::Tmpfs => "ON A TMPFS",
+        }
+    );
     Ok(Some(layout))
 }
 

@@ -151,10 +151,12 @@ pub fn finish(mode: Mode, how: Shutdown) -> ExitCode {
     }
 }
 
-/// PID 1 never returns (the kernel would panic): syncs and reboots or powers off; if the
-/// kernel refuses, tries the other, and failing both waits for ever with the reason logged.
+/// PID 1 never returns (the kernel would panic): syncs, remounts /data read-only and
+/// reboots or powers off; if the kernel refuses, tries the other, and failing both waits
+/// for ever with the reason logged.
 pub fn reboot_forever(how: Shutdown) -> ! {
     nix::unistd::sync();
+    crate::early_boot::data::remount_read_only();
     let other = match how {
         Shutdown::Reboot => Shutdown::PowerOff,
         Shutdown::PowerOff => Shutdown::Reboot,
