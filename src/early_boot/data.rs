@@ -138,7 +138,7 @@ impl FsckResult {
     fn from_exit_code(code: i32) -> FsckResult {
         match code {
             0 => FsckResult::Clean,
-            1 | 2 | 3 => FsckResult::Repaired,
+            1..=3 => FsckResult::Repaired,
             _ => FsckResult::Unrepaired,
         }
     }
