@@ -13,8 +13,10 @@ use super::disk;
 use super::mounts::{mount_at, MountError};
 use crate::paths::DATA_DIR;
 
-/// Debian's e2fsck, on the root filesystem (the image includes e2fsprogs).
-const E2FSCK: &str = "/usr/sbin/e2fsck";
+/// Debian's e2fsck, on the root filesystem (the image includes e2fsprogs): /usr/sbin
+/// since trixie's move to /usr, /sbin before it (the image's /sbin is a real directory
+/// when a package ships files there).
+const E2FSCK: &[&str] = &["/usr/sbin/e2fsck", "/sbin/e2fsck"];
 /// A Pi has no real-time clock: until SNTP sets it the clock says 1970, and e2fsck would
 /// take every time stamp on the card for one in the future and "fix" it at every boot.
 const E2FSCK_CONF: &str = "[options]\n\tbroken_system_clock = true\n";
@@ -85,22 +87,22 @@ fn repair_advice(device: &str) -> String {
 /// partition. Whatever it says is logged; mounting is tried in any case, since the kernel
 /// is the last judge and `errors=remount-ro` keeps a damaged filesystem from getting worse.
 fn check(device: &str) {
-    if !Path::new(E2FSCK).exists() {
-        warn!("early boot: no {E2FSCK} in the root filesystem: {device} not checked");
+    let Some(e2fsck) = E2FSCK.iter().find(|path| Path::new(path).exists()) else {
+        warn!("early boot: no e2fsck in the root filesystem: {device} not checked");
         return;
-    }
+    };
     if let Err(e) = std::fs::write(E2FSCK_CONF_PATH, E2FSCK_CONF) {
         warn!("early boot: cannot write {E2FSCK_CONF_PATH}: {e}");
     }
     info!("early boot: checking the data partition {device} (e2fsck -p)");
-    let output = match Command::new(E2FSCK)
+    let output = match Command::new(e2fsck)
         .args(["-p", device])
         .env("E2FSCK_CONFIG", E2FSCK_CONF_PATH)
         .output()
     {
         Ok(output) => output,
         Err(e) => {
-            error!("early boot: cannot run {E2FSCK}: {e}");
+            error!("early boot: cannot run {e2fsck}: {e}");
             return;
         }
     };
