@@ -8,7 +8,8 @@
 //! column, the agent, the console and `status` say the last good configuration is running,
 //! and the login works. The data partition is checked by e2fsck at boot and left clean by
 //! the power-off (read back with `e2fsck -fn`). Third, a boot partition that will not mount:
-//! the last good configuration from /data runs and the console says so.
+//! the last good configuration from /data runs and the console says so. Fourth, the agent
+//! pets the kernel's softdog (`letterbox.watchdog=softdog`) and the guest is not reset.
 //!
 //! Needs `make test-image` (make test runs it first). Slow under TCG emulation, so the
 //! timeouts are generous, and what the agent logs on its own schedule is waited for, never
@@ -319,7 +320,8 @@ fn qemu_boots_to_login_with_network_and_survives_a_broken_file() {
         return;
     }
     let work = tempfile::tempdir().unwrap();
-    let prepared = qemu::prepare(&image, work.path()).expect("extract boot files from the image");
+    let mut prepared =
+        qemu::prepare(&image, work.path()).expect("extract boot files from the image");
 
     // First boot: a good letterbox.toml; the appliance's DNS port forwarded to the host.
     let dns_port = free_port();
@@ -512,4 +514,30 @@ fn qemu_boots_to_login_with_network_and_survives_a_broken_file() {
         REPLY_TIMEOUT,
         |log| log.contains("dns: serving example.org on 10.0.2.15:53"),
     );
+    vm.send("poweroff");
+    vm.wait_for("reboot: Power down", REPLY_TIMEOUT);
+    drop(vm);
+
+    // Fourth boot: the agent's watchdog is the kernel's softdog (raspi3b's own resets the
+    // moment it is armed). Petted from the main loop, the guest outlives its 15 s timeout
+    // several times over; the power-off disarms it.
+    prepared.cmdline.push_str(" letterbox.watchdog=softdog");
+    let mut vm = Vm::boot(&prepared, &[], "softdog");
+    vm.wait_until("early boot loaded softdog", BOOT_TIMEOUT, |log| {
+        log.lines().flat_map(loaded_modules).any(|m| m == "softdog")
+    });
+    vm.wait_for("watchdog: /dev/watchdog", BOOT_TIMEOUT);
+    vm.wait_for("armed (15 s)", REPLY_TIMEOUT);
+    let armed = Instant::now();
+    vm.login();
+    while armed.elapsed() < Duration::from_secs(50) {
+        vm.fail_if_exited("50 s with the watchdog armed");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    vm.assert_log("the petted watchdog never reset the guest", |log| {
+        log.matches("Booting Linux").count() == 1 && !log.contains("softdog: Initiating")
+    });
+    vm.send("poweroff");
+    vm.wait_for("disarmed", REPLY_TIMEOUT);
+    vm.wait_for("reboot: Power down", REPLY_TIMEOUT);
 }

@@ -42,6 +42,8 @@ const FILESYSTEM_MODULES: &[&str] = &[
     "nls_ascii",
     "nls_utf8",
 ];
+/// On the kernel command line: the agent's watchdog is the kernel's software one.
+pub const SOFTDOG_SWITCH: &str = "letterbox.watchdog=softdog";
 /// Modules the containers need: overlayfs for containerd's snapshots, a veth pair per
 /// box, and the bridge the boxes' veths join. (cgroup v2 is built in; init mounts it.)
 const CONTAINER_MODULES: &[&str] = &["overlay", "veth", "bridge"];
@@ -161,6 +163,11 @@ pub fn run() -> Result<Option<BootLayout>, BootError> {
     for name in CONTAINER_MODULES {
         load_named(&modules, name);
     }
+    // Only when asked for (QEMU's tests, where the Pi's own watchdog cannot run): on a
+    // host the software watchdog would reboot the machine.
+    if kernel_command_line_has(SOFTDOG_SWITCH) {
+        load_named(&modules, "softdog");
+    }
 
     // /data first: when the boot partition will not mount, the last good configuration
     // kept there is what the appliance runs.
@@ -277,6 +284,11 @@ fn root_partition() -> Result<Option<PartitionRef>, BootError> {
         .split_whitespace()
         .find_map(|arg| arg.strip_prefix("root=PARTUUID="))
         .and_then(PartitionRef::parse))
+}
+
+fn kernel_command_line_has(word: &str) -> bool {
+    std::fs::read_to_string("/proc/cmdline")
+        .is_ok_and(|cmdline| cmdline.split_whitespace().any(|w| w == word))
 }
 
 /// Moves /dev, /proc and /sys into the new root, frees the initramfs, and makes the new

@@ -2,9 +2,11 @@
 //! main loop keeps a deadline moving; a task pets the device while the deadline is ahead,
 //! so a main loop that stops turning stops the petting and the watchdog resets the board.
 //!
-//! The kernel command line picks the device: `letterbox.watchdog=off` or
-//! `letterbox.watchdog=/dev/watchdogN` (default `/dev/watchdog0`). QEMU's raspi3b resets
-//! the moment the watchdog is armed, so `letterbox qemu` and the tests turn it off.
+//! The kernel command line picks the device: `letterbox.watchdog=off`,
+//! `letterbox.watchdog=/dev/watchdogN` (default `/dev/watchdog0`) or
+//! `letterbox.watchdog=softdog` (the kernel's software watchdog, which early boot then
+//! loads). QEMU's raspi3b resets the moment its watchdog is armed, so `letterbox qemu` and
+//! the tests turn it off, or test with softdog.
 
 use std::fs::File;
 use std::io::Write;
@@ -27,6 +29,8 @@ const PET_EVERY: Duration = Duration::from_secs(5);
 pub enum Choice {
     Off,
     Device(PathBuf),
+    /// Whichever /dev/watchdogN the softdog module registered.
+    Softdog,
 }
 
 /// The choice in a kernel command line: the last `letterbox.watchdog=` wins; without one,
@@ -40,9 +44,10 @@ pub fn choice(cmdline: &str) -> Result<Choice, String> {
     {
         None => Ok(Choice::Device(DEFAULT_DEVICE.into())),
         Some("off") => Ok(Choice::Off),
+        Some("softdog") => Ok(Choice::Softdog),
         Some(path) if path.starts_with("/dev/") => Ok(Choice::Device(path.into())),
         Some(other) => Err(format!(
-            "{SWITCH}={other}: expected `off` or a device such as {DEFAULT_DEVICE}"
+            "{SWITCH}={other}: expected `off`, `softdog` or a device such as {DEFAULT_DEVICE}"
         )),
     }
 }
@@ -67,9 +72,19 @@ impl Watchdog {
     /// Opens and arms the chosen device and starts petting it until `first_deadline`;
     /// None when it is off or cannot be opened (logged: the appliance runs without it).
     pub fn arm(choice: Choice, first_deadline: Duration) -> Option<Watchdog> {
-        let Choice::Device(path) = choice else {
-            info!("watchdog: off ({SWITCH}=off)");
-            return None;
+        let path = match choice {
+            Choice::Off => {
+                info!("watchdog: off ({SWITCH}=off)");
+                return None;
+            }
+            Choice::Device(path) => path,
+            Choice::Softdog => match softdog_device() {
+                Some(path) => path,
+                None => {
+                    warn!("watchdog: no softdog device registered; running without one");
+                    return None;
+                }
+            },
         };
         let device = match open(&path) {
             Ok(device) => device,
@@ -111,6 +126,24 @@ impl Watchdog {
             }
         }
     }
+}
+
+/// The /dev/watchdogN whose driver says it is the software watchdog.
+fn softdog_device() -> Option<PathBuf> {
+    let mut names: Vec<_> = std::fs::read_dir("/sys/class/watchdog")
+        .ok()?
+        .flatten()
+        .map(|entry| entry.file_name())
+        .collect();
+    names.sort();
+    names.into_iter().find_map(|name| {
+        let identity = std::fs::read_to_string(
+            Path::new("/sys/class/watchdog")
+                .join(&name)
+                .join("identity"),
+        );
+        (identity.ok()?.trim() == "Software Watchdog").then(|| Path::new("/dev").join(&name))
+    })
 }
 
 fn open(path: &Path) -> std::io::Result<Device> {
@@ -171,6 +204,10 @@ mod tests {
             Ok(Choice::Device("/dev/watchdog1".into()))
         );
         let wrong = choice("letterbox.watchdog=yes").unwrap_err();
-        assert!(wrong.contains("expected `off` or a device"), "{wrong}");
+        assert!(
+            wrong.contains("expected `off`, `softdog` or a device"),
+            "{wrong}"
+        );
+        assert_eq!(choice("letterbox.watchdog=softdog"), Ok(Choice::Softdog));
     }
 }
