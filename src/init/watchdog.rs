@@ -57,6 +57,8 @@ nix::ioctl_readwrite!(wdioc_settimeout, b'W', 6, nix::libc::c_int);
 struct Device {
     file: File,
     path: PathBuf,
+    /// The timeout the driver took (it may round), or None when it refused ours.
+    timeout: Option<i32>,
 }
 
 /// The open watchdog, once armed; [`disarm`] reaches it from the reboot path.
@@ -94,8 +96,11 @@ impl Watchdog {
             }
         };
         info!(
-            "watchdog: {} armed ({TIMEOUT_SECONDS} s), petted every {} s while the agent runs",
+            "watchdog: {} armed ({}), petted every {} s while the agent runs",
             path.display(),
+            device
+                .timeout
+                .map_or_else(|| "the driver's timeout".to_string(), |t| format!("{t} s")),
             PET_EVERY.as_secs()
         );
         let _ = ARMED.set(Mutex::new(Some(device)));
@@ -150,16 +155,22 @@ fn open(path: &Path) -> std::io::Result<Device> {
     // O_CLOEXEC (std's default): a child holding it open would keep it from being disarmed.
     let file = File::options().write(true).open(path)?;
     let mut timeout = TIMEOUT_SECONDS;
-    // SAFETY: the fd is open for the call; the pointer is to a live c_int.
-    if let Err(e) = unsafe { wdioc_settimeout(file.as_raw_fd(), &mut timeout) } {
-        warn!(
-            "watchdog: {}: cannot set a {TIMEOUT_SECONDS} s timeout ({e}); keeping the driver's",
-            path.display()
-        );
-    }
+    // SAFETY: the fd is open for the call; the pointer is to a live c_int, which the
+    // driver overwrites with the timeout it took.
+    let timeout = match unsafe { wdioc_settimeout(file.as_raw_fd(), &mut timeout) } {
+        Ok(_) => Some(timeout),
+        Err(e) => {
+            warn!(
+                "watchdog: {}: cannot set a {TIMEOUT_SECONDS} s timeout ({e}); keeping the driver's",
+                path.display()
+            );
+            None
+        }
+    };
     Ok(Device {
         file,
         path: path.to_path_buf(),
+        timeout,
     })
 }
 
