@@ -162,6 +162,7 @@ fn pid1_mounts_configures_and_logs_to_the_console() {
     for (path, fstype) in [
         ("/proc", "proc"),
         ("/sys", "sysfs"),
+        ("/sys/fs/cgroup", "cgroup2"),
         ("/dev", "devtmpfs"),
         ("/dev/pts", "devpts"),
         ("/run", "tmpfs"),

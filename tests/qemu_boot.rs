@@ -6,7 +6,10 @@
 //! the data partition and its filesystem reach the card's end. Then, on the same SD card, a
 //! broken letterbox.toml: the boot continues, the console shows the error with line and
 //! column, the agent, the console and `status` say the last good configuration is running,
-//! and the login works.
+//! and the login works. The data partition is checked by e2fsck at boot and left clean by
+//! the power-off (read back with `e2fsck -fn`). Third, a boot partition that will not mount:
+//! the last good configuration from /data runs and the console says so. Fourth, the agent
+//! pets the kernel's softdog (`letterbox.watchdog=softdog`) and the guest is not reset.
 //!
 //! Needs `make test-image` (make test runs it first). Slow under TCG emulation, so the
 //! timeouts are generous, and what the agent logs on its own schedule is waited for, never
@@ -257,6 +260,48 @@ fn ext4_bytes(card: &Path, offset: u64) -> u64 {
     blocks * (1024 << le32(0x18))
 }
 
+/// After a power-off, read back from the card: the data filesystem was left clean (the
+/// agent remounted it read-only; a mounted ext4 that was only synced still says "needs
+/// recovery"), and `e2fsck -fn` on a copy of it finds nothing to fix.
+fn assert_data_filesystem_clean(card: &Path, scratch: &Path) {
+    use std::io::{Seek, SeekFrom};
+    let mut f = std::fs::File::open(card).unwrap();
+    let mbr = mbrman::MBR::read_from(&mut f, 512).unwrap();
+    let offset = u64::from(mbr[3].starting_lba) * 512;
+    let mut sb = [0u8; 1024];
+    f.seek(SeekFrom::Start(offset + 1024)).unwrap();
+    f.read_exact(&mut sb).unwrap();
+    let le16 = |at: usize| u16::from_le_bytes(sb[at..at + 2].try_into().unwrap());
+    let le32 = |at: usize| u32::from_le_bytes(sb[at..at + 4].try_into().unwrap());
+    const STATE_VALID: u16 = 1;
+    const INCOMPAT_RECOVER: u32 = 4;
+    assert_eq!(le16(0x3a) & STATE_VALID, STATE_VALID, "s_state not clean");
+    assert_eq!(
+        le32(0x60) & INCOMPAT_RECOVER,
+        0,
+        "the journal needs recovery"
+    );
+    let copy = scratch.join("data.ext4");
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    let mut part = std::fs::File::create(&copy).unwrap();
+    std::io::copy(
+        &mut (&mut f).take(u64::from(mbr[3].sectors) * 512),
+        &mut part,
+    )
+    .unwrap();
+    let out = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "e2fsck -fn of the data partition: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn fat_offset(image: &Path) -> u64 {
     let mut f = std::fs::File::open(image).unwrap();
     let mbr = mbrman::MBR::read_from(&mut f, 512).unwrap();
@@ -275,7 +320,8 @@ fn qemu_boots_to_login_with_network_and_survives_a_broken_file() {
         return;
     }
     let work = tempfile::tempdir().unwrap();
-    let prepared = qemu::prepare(&image, work.path()).expect("extract boot files from the image");
+    let mut prepared =
+        qemu::prepare(&image, work.path()).expect("extract boot files from the image");
 
     // First boot: a good letterbox.toml; the appliance's DNS port forwarded to the host.
     let dns_port = free_port();
@@ -308,6 +354,16 @@ fn qemu_boots_to_login_with_network_and_survives_a_broken_file() {
     });
     vm.assert_log("/dev/serial0 names the console UART", |log| {
         log.contains("/dev/serial0 is /dev/ttyS1")
+    });
+    vm.assert_log(
+        "e2fsck checked the data partition before it was mounted",
+        |log| log.contains("data partition /dev/mmcblk0p3 is clean"),
+    );
+    vm.assert_log("the containers' kernel modules were loaded", |log| {
+        let loaded: Vec<&str> = log.lines().flat_map(loaded_modules).collect();
+        ["overlay", "veth", "bridge"]
+            .iter()
+            .all(|m| loaded.contains(m))
     });
     vm.login();
     // Logged by the hotplug thread once the module is in, which may be after eth0 is up.
@@ -346,8 +402,13 @@ fn qemu_boots_to_login_with_network_and_survives_a_broken_file() {
     vm.assert_log("shutdown found every other process ended", |log| {
         log.contains("every other process has ended") && !log.contains("sending SIGKILL")
     });
+    vm.assert_log(
+        "/data was remounted read-only before the power-off",
+        |log| log.contains("/data remounted read-only"),
+    );
     drop(vm);
     assert_data_partition_fills_the_card(&image, &prepared.sd_card);
+    assert_data_filesystem_clean(&prepared.sd_card, work.path());
 
     // Second boot from the same card, with a broken letterbox.toml written by mcopy.
     let broken = work.path().join("letterbox.toml");
@@ -415,4 +476,68 @@ fn qemu_boots_to_login_with_network_and_survives_a_broken_file() {
         REPLY_TIMEOUT,
         |log| log.contains("dns: serving example.org on 10.0.2.15:53"),
     );
+    vm.send("poweroff");
+    vm.wait_for("reboot: Power down", REPLY_TIMEOUT);
+    drop(vm);
+
+    // Third boot: a boot partition that will not mount (its boot sector zeroed on the
+    // card; QEMU reads the kernel from the files extracted before). /data is mounted first,
+    // so the last good configuration still runs, and the console says why.
+    {
+        use std::io::{Seek, SeekFrom};
+        let offset = fat_offset(&prepared.sd_card);
+        let mut card = std::fs::File::options()
+            .write(true)
+            .open(&prepared.sd_card)
+            .unwrap();
+        card.seek(SeekFrom::Start(offset)).unwrap();
+        card.write_all(&[0u8; 512]).unwrap();
+    }
+    let mut vm = Vm::boot(&prepared, &[], "no-boot-partition");
+    vm.wait_for("early boot: cannot mount the boot partition", BOOT_TIMEOUT);
+    vm.wait_for(
+        "early boot: done: boot partition NOT MOUNTED, data on /data",
+        BOOT_TIMEOUT,
+    );
+    vm.wait_until(
+        "the agent runs the last good configuration from /data",
+        BOOT_TIMEOUT,
+        |log| {
+            log.contains(&format!(
+                "using the last good configuration {last_good} (mail.example.org)"
+            ))
+        },
+    );
+    vm.login();
+    vm.wait_until(
+        "the last good configuration's zone is served",
+        REPLY_TIMEOUT,
+        |log| log.contains("dns: serving example.org on 10.0.2.15:53"),
+    );
+    vm.send("poweroff");
+    vm.wait_for("reboot: Power down", REPLY_TIMEOUT);
+    drop(vm);
+
+    // Fourth boot: the agent's watchdog is the kernel's softdog (raspi3b's own resets the
+    // moment it is armed). Petted from the main loop, the guest outlives its 15 s timeout
+    // several times over; the power-off disarms it.
+    prepared.cmdline.push_str(" letterbox.watchdog=softdog");
+    let mut vm = Vm::boot(&prepared, &[], "softdog");
+    vm.wait_until("early boot loaded softdog", BOOT_TIMEOUT, |log| {
+        log.lines().flat_map(loaded_modules).any(|m| m == "softdog")
+    });
+    vm.wait_for("watchdog: /dev/watchdog", BOOT_TIMEOUT);
+    vm.wait_for("armed (15 s)", REPLY_TIMEOUT);
+    let armed = Instant::now();
+    vm.login();
+    while armed.elapsed() < Duration::from_secs(50) {
+        vm.fail_if_exited("50 s with the watchdog armed");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    vm.assert_log("the petted watchdog never reset the guest", |log| {
+        log.matches("Booting Linux").count() == 1 && !log.contains("softdog: Initiating")
+    });
+    vm.send("poweroff");
+    vm.wait_for("disarmed", REPLY_TIMEOUT);
+    vm.wait_for("reboot: Power down", REPLY_TIMEOUT);
 }

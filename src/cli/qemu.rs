@@ -11,11 +11,19 @@ pub struct Args {
     /// Host port forwarded to the appliance's DNS server (UDP and TCP 53).
     #[arg(long, default_value_t = 5353)]
     dns_port: u16,
+    /// The agent's watchdog: `off` (raspi3b resets as soon as the Pi's watchdog is armed)
+    /// or a device such as /dev/watchdog1; passed as `letterbox.watchdog=` to the kernel.
+    #[arg(long, default_value = "off")]
+    watchdog: String,
 }
 
 pub fn run(args: Args) -> CliResult {
     let work = PathBuf::from(format!("{}.qemu", args.image.display()));
-    let prepared = image::qemu::prepare(&args.image, &work)?;
+    let mut prepared = image::qemu::prepare(&args.image, &work)?;
+    // The last `letterbox.watchdog=` wins over the one `prepare` appended.
+    prepared
+        .cmdline
+        .push_str(&format!(" letterbox.watchdog={}", args.watchdog));
     let forwards = [
         format!("udp:127.0.0.1:{}-:53", args.dns_port),
         format!("tcp:127.0.0.1:{}-:53", args.dns_port),

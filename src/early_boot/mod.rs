@@ -9,6 +9,7 @@
 //! paths, the full module tree on p2 serves devices that appear later, and the initramfs'
 //! memory is freed. Nothing is exec'd, so no state is lost between early boot and init.
 
+pub mod data;
 mod devices;
 pub mod disk;
 pub mod modules;
@@ -41,6 +42,11 @@ const FILESYSTEM_MODULES: &[&str] = &[
     "nls_ascii",
     "nls_utf8",
 ];
+/// On the kernel command line: the agent's watchdog is the kernel's software one.
+pub const SOFTDOG_SWITCH: &str = "letterbox.watchdog=softdog";
+/// Modules the containers need: overlayfs for containerd's snapshots, a veth pair per
+/// box, and the bridge the boxes' veths join. (cgroup v2 is built in; init mounts it.)
+const CONTAINER_MODULES: &[&str] = &["overlay", "veth", "bridge"];
 
 /// Where early boot put things, for the rest of the agent.
 #[derive(Debug, Clone)]
@@ -154,45 +160,35 @@ pub fn run() -> Result<Option<BootLayout>, BootError> {
         guard.1.retry_failed();
     }
     coldplug(&modules);
+    for name in CONTAINER_MODULES {
+        load_named(&modules, name);
+    }
+    // Only when asked for (QEMU's tests, where the Pi's own watchdog cannot run): on a
+    // host the software watchdog would reboot the machine.
+    if kernel_command_line_has(SOFTDOG_SWITCH) {
+        load_named(&modules, "softdog");
+    }
 
-    mount_at(
-        &part(1),
+    // /data first: when the boot partition will not mount, the last good configuration
+    // kept there is what the appliance runs.
+    let data = data::mount_data(&part(3))?;
+    let boot = part(1);
+    let boot_mounted = mount_at(
+        &boot,
         BOOT_DIR,
         "vfat",
         MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         "fmask=0133,dmask=0022",
-    )?;
-    let data = part(3);
-    match mount_at(
-        &data,
-        DATA_DIR,
-        "ext4",
-        MsFlags::MS_NOATIME | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        "",
-    ) {
-        Ok(()) => {
-            if let Err(e) = disk::grow_ext4(DATA_DIR, &data) {
-                warn!(
-                    "early boot: data filesystem not grown: {}",
-                    crate::error_chain(&e)
-                );
-            }
-        }
-        // The console and DNS still come up, so the admin can see what is wrong.
-        Err(e) => {
-            error!(
-                "early boot: cannot mount the data partition {data}: {}",
-                crate::error_chain(&e)
-            );
-            error!("early boot: /data is a tmpfs: NOTHING WRITTEN NOW IS KEPT ACROSS A REBOOT");
-            mount_at(
-                "tmpfs",
-                DATA_DIR,
-                "tmpfs",
-                MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-                "mode=0755",
-            )?;
-        }
+    );
+    if let Err(e) = &boot_mounted {
+        error!(
+            "early boot: cannot mount the boot partition {boot}: {}",
+            crate::error_chain(e)
+        );
+        error!(
+            "early boot: no {PROVISIONING_FILE}: running the last good configuration kept on \
+             {DATA_DIR}, if there is one"
+        );
     }
     writable_etc(&modules)?;
     let state_dir = PathBuf::from(STATE_DIR);
@@ -205,7 +201,17 @@ pub fn run() -> Result<Option<BootLayout>, BootError> {
         config_file: Path::new(BOOT_DIR).join(PROVISIONING_FILE),
         console_tty,
     };
-    info!("early boot: done: boot partition on /boot, data on /data");
+    info!(
+        "early boot: done: boot partition {}, data {}",
+        match boot_mounted {
+            Ok(()) => "on /boot",
+            Err(_) => "NOT MOUNTED",
+        },
+        match data {
+            data::Data::Partition => "on /data",
+            data::Data::Tmpfs => "ON A TMPFS",
+        }
+    );
     Ok(Some(layout))
 }
 
@@ -278,6 +284,11 @@ fn root_partition() -> Result<Option<PartitionRef>, BootError> {
         .split_whitespace()
         .find_map(|arg| arg.strip_prefix("root=PARTUUID="))
         .and_then(PartitionRef::parse))
+}
+
+fn kernel_command_line_has(word: &str) -> bool {
+    std::fs::read_to_string("/proc/cmdline")
+        .is_ok_and(|cmdline| cmdline.split_whitespace().any(|w| w == word))
 }
 
 /// Moves /dev, /proc and /sys into the new root, frees the initramfs, and makes the new

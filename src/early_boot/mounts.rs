@@ -54,8 +54,9 @@ const NOSUID_NODEV_NOEXEC: MsFlags = MsFlags::MS_NOSUID
     .union(MsFlags::MS_NODEV)
     .union(MsFlags::MS_NOEXEC);
 
-/// In mount order: /proc first, because "already mounted" is read from /proc/self/mountinfo.
-const PSEUDO_FILESYSTEMS: [PseudoFs; 6] = [
+/// In mount order: /proc first, because "already mounted" is read from /proc/self/mountinfo;
+/// /sys before the cgroup2 hierarchy on it (runc, under containerd, needs cgroup v2).
+const PSEUDO_FILESYSTEMS: [PseudoFs; 7] = [
     PseudoFs {
         path: "/proc",
         fstype: "proc",
@@ -65,6 +66,12 @@ const PSEUDO_FILESYSTEMS: [PseudoFs; 6] = [
     PseudoFs {
         path: "/sys",
         fstype: "sysfs",
+        flags: NOSUID_NODEV_NOEXEC,
+        data: "",
+    },
+    PseudoFs {
+        path: "/sys/fs/cgroup",
+        fstype: "cgroup2",
         flags: NOSUID_NODEV_NOEXEC,
         data: "",
     },
@@ -101,8 +108,8 @@ pub struct Mounted {
     pub failed: Vec<MountError>,
 }
 
-/// Mounts /proc, /sys, /dev, /dev/pts, /run and /tmp unless the same filesystem type is
-/// already mounted there. Every one is attempted: a failed /sys must not cost the console
+/// Mounts /proc, /sys, /sys/fs/cgroup, /dev, /dev/pts, /run and /tmp unless the same
+/// filesystem type is already mounted there. Every one is attempted: a failed /sys must not cost the console
 /// its /dev.
 pub fn mount_pseudo_filesystems() -> Mounted {
     let mut result = Mounted::default();

@@ -67,6 +67,11 @@ mod tests {
         assert_eq!(line.lines().count(), 1);
         assert!(line.starts_with("console=serial0,115200 console=ttyS1,115200 "));
         assert!(line.contains(" root=PARTUUID=0a1b2c3d-02 rootfstype=squashfs ro "));
+        // A dead PID 1 (an abort, a stack overflow) panics the kernel: reboot, do not hang.
+        assert!(
+            line.split_whitespace().any(|arg| arg == "panic=10"),
+            "{line}"
+        );
     }
 
     #[test]

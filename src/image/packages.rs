@@ -15,10 +15,17 @@ pub const MIRROR: &str = "http://deb.debian.org/debian";
 pub const SUITE: &str = "trixie";
 pub const COMPONENTS: &str = "main,non-free-firmware";
 /// What the image is made of: the kernel (with modules and device trees), the Pi firmware,
-/// and the container runtime the mail services will run under.
-pub const INCLUDE: &[&str] = &["linux-image-arm64", "raspi-firmware", "containerd", "runc"];
+/// the container runtime the mail services will run under, and e2fsck for the data
+/// partition at boot.
+pub const INCLUDE: &[&str] = &[
+    "linux-image-arm64",
+    "raspi-firmware",
+    "containerd",
+    "runc",
+    "e2fsprogs",
+];
 /// The packages whose files (with their dependencies) make up the root filesystem's userland.
-pub const USERLAND_ROOTS: &[&str] = &["containerd", "runc"];
+pub const USERLAND_ROOTS: &[&str] = &["containerd", "runc", "e2fsprogs"];
 
 /// A Debian architecture (also the OCI one: both use Go's names for these two).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -17,6 +17,9 @@ use super::{file_len, run, ImageError};
 pub const GUEST_NET: &str = "10.0.2.0/24";
 pub const GUEST_HOST: &str = "10.0.2.2";
 
+/// Appended to the image's kernel command line: see [`prepare`].
+pub const WATCHDOG_OFF: &str = "letterbox.watchdog=off";
+
 /// What QEMU needs, extracted from and next to the image.
 pub struct Prepared {
     pub kernel: PathBuf,
@@ -82,10 +85,11 @@ pub fn prepare(image: &Path, work: &Path) -> Result<Prepared, ImageError> {
     })?;
     let initrd = extract("initrd.img")?;
     let cmdline_path = extract("cmdline.txt")?;
-    let cmdline = std::fs::read_to_string(&cmdline_path)
-        .map_err(|e| ImageError::io(&cmdline_path, e))?
-        .trim()
-        .to_string();
+    let cmdline =
+        std::fs::read_to_string(&cmdline_path).map_err(|e| ImageError::io(&cmdline_path, e))?;
+    // raspi3b resets the moment Linux arms the bcm2835 watchdog (QEMU does not emulate its
+    // countdown): the agent must leave it alone. A later `letterbox.watchdog=` overrides.
+    let cmdline = format!("{} {WATCHDOG_OFF}", cmdline.trim());
     let config_path = extract(crate::paths::PROVISIONING_FILE)?;
     let config_text =
         std::fs::read_to_string(&config_path).map_err(|e| ImageError::io(&config_path, e))?;

@@ -3,7 +3,9 @@
 //! line; the steps follow it in this file, the command line and shutdown in their own.
 
 mod args;
+mod crash_backoff;
 mod shutdown;
+mod watchdog;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -18,12 +20,21 @@ use crate::agent::provisioning::{self, Provisioning};
 use crate::agent::{Agent, Settings, Shutdown};
 use crate::supervise::log::logger;
 use crate::supervise::{Reaper, Scope, Supervisor};
+use crash_backoff::CrashBackoff;
 use shutdown::Signals;
+use watchdog::Watchdog;
 
 /// How long boot waits for the file's interfaces to appear (USB adapters enumerate late).
 const BOOT_LINK_WAIT: Duration = Duration::from_secs(20);
 /// How long boot waits for the network to be configured before it goes on to the console.
 const BOOT_NETWORK_LIMIT: Duration = Duration::from_secs(30);
+/// How long the watchdog is petted from boot until the main loop turns (the network's
+/// waits above, and the crash backoff's delay on top).
+const WATCHDOG_BOOT_ALLOWANCE: Duration = Duration::from_secs(180);
+/// How long the main loop may go without turning before the watchdog is let go.
+const WATCHDOG_MAIN_LOOP_ALLOWANCE: Duration = Duration::from_secs(20);
+/// How long the watchdog is petted while the units and processes are stopped.
+const WATCHDOG_SHUTDOWN_ALLOWANCE: Duration = Duration::from_secs(90);
 
 /// How the agent was started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,12 +138,24 @@ fn run(options: Options) -> Result<Shutdown, InitError> {
 /// The boot sequence, in order.
 async fn boot(mut options: Options) -> Result<Shutdown, InitError> {
     announce(options.mode);
+    let mut appliance = false;
     if options.mode == Mode::Pid1 {
         mount_kernel_filesystems();
-        run_early_boot(&mut options.settings);
+        appliance = run_early_boot(&mut options.settings);
         crate::clock::restore_at_boot(&options.settings.state_dir);
         keep_mail_only_if_installed(&mut options.settings);
     }
+    // Only the appliance's own boot counts and arms a watchdog: never a host's.
+    let backoff = appliance.then(|| CrashBackoff::record_boot(&options.settings.state_dir));
+    let watchdog = appliance
+        .then(|| {
+            let allowance = WATCHDOG_BOOT_ALLOWANCE
+                + backoff
+                    .as_ref()
+                    .map_or_else(Default::default, CrashBackoff::delay);
+            Watchdog::arm(watchdog_choice(), allowance)
+        })
+        .flatten();
     let mut signals = Signals::watch()?;
     let reaper = Reaper::start(reaper_scope(options.mode))?;
     let provisioning = read_provisioning(&options.settings);
@@ -152,15 +175,47 @@ async fn boot(mut options: Options) -> Result<Shutdown, InitError> {
         agent.start_control_socket(path);
     }
     agent.start_clock();
+    if let Some(backoff) = &backoff {
+        backoff.wait().await;
+    }
     agent.start_dns();
     // After DNS, so they stop before it: containerd, then the mail containers.
     agent.start_containers();
 
+    let mut good_boot = backoff;
     let how = signals
-        .wait_for_shutdown(&agent, &mut shutdown_requests)
+        .wait_for_shutdown(&agent, &mut shutdown_requests, || {
+            agent.heartbeat();
+            if let Some(watchdog) = &watchdog {
+                watchdog.keep_alive_for(WATCHDOG_MAIN_LOOP_ALLOWANCE);
+            }
+            if agent.uptime() > crash_backoff::STABLE_AFTER {
+                if let Some(backoff) = good_boot.take() {
+                    backoff.clear();
+                }
+            }
+        })
         .await;
+    if let Some(watchdog) = &watchdog {
+        watchdog.keep_alive_for(WATCHDOG_SHUTDOWN_ALLOWANCE);
+    }
     shutdown::stop_everything(&agent, options.mode).await;
+    if let Some(backoff) = good_boot {
+        backoff.clear();
+    }
     Ok(how)
+}
+
+/// `letterbox.watchdog=` from the kernel command line; a wrong value is logged and the
+/// watchdog stays off, as it does when the command line cannot be read.
+fn watchdog_choice() -> watchdog::Choice {
+    let choice = std::fs::read_to_string("/proc/cmdline")
+        .map_err(|e| format!("/proc/cmdline: {e}"))
+        .and_then(|cmdline| watchdog::choice(&cmdline));
+    choice.unwrap_or_else(|e| {
+        error!("watchdog: {e}; the watchdog stays off");
+        watchdog::Choice::Off
+    })
 }
 
 fn announce(mode: Mode) {
@@ -205,16 +260,20 @@ fn mount_kernel_filesystems() {
 }
 
 /// The appliance's kernel modules and SD card partitions. It does nothing unless "/" is
-/// the appliance's initramfs; when it ran, its paths are the ones.
-fn run_early_boot(settings: &mut Settings) {
+/// the appliance's initramfs; when it ran, its paths are the ones, and it says true.
+fn run_early_boot(settings: &mut Settings) -> bool {
     match crate::early_boot::run() {
         Ok(Some(layout)) => {
             info!("early boot: layout {layout:?}");
             settings.provisioning_file = Some(layout.config_file);
             settings.state_dir = layout.state_dir;
+            true
         }
-        Ok(None) => {}
-        Err(e) => error!("early boot failed: {}", crate::error_chain(&e)),
+        Ok(None) => false,
+        Err(e) => {
+            error!("early boot failed: {}", crate::error_chain(&e));
+            false
+        }
     }
 }
 

@@ -18,6 +18,8 @@ use crate::supervise::log::{logger, FLUSH_LIMIT};
 
 /// How long the remaining processes get after SIGTERM at shutdown, before SIGKILL.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How often the main loop reports that it turns.
+const HEARTBEAT: Duration = Duration::from_secs(5);
 
 /// The signals that stop or reload the agent, watched from boot on.
 pub struct Signals {
@@ -36,14 +38,18 @@ impl Signals {
         })
     }
 
-    /// Serves SIGHUP (a zone reload) until a shutdown is asked for, and says which.
+    /// The main loop: serves SIGHUP (a zone reload) until a shutdown is asked for, and says
+    /// which; calls `turned` every few seconds (the watchdog's heartbeat).
     pub async fn wait_for_shutdown(
         &mut self,
         agent: &Arc<Agent>,
         requests: &mut mpsc::UnboundedReceiver<Shutdown>,
+        mut turned: impl FnMut(),
     ) -> Shutdown {
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
         loop {
             tokio::select! {
+                _ = heartbeat.tick() => turned(),
                 Some(how) = requests.recv() => return how,
                 _ = self.term.recv() => {
                     // As PID 1, SIGTERM is how a supervisor (or `kill 1`) asks the appliance
@@ -151,10 +157,13 @@ pub fn finish(mode: Mode, how: Shutdown) -> ExitCode {
     }
 }
 
-/// PID 1 never returns (the kernel would panic): syncs and reboots or powers off; if the
-/// kernel refuses, tries the other, and failing both waits for ever with the reason logged.
+/// PID 1 never returns (the kernel would panic): syncs, remounts /data read-only and
+/// reboots or powers off; if the kernel refuses, tries the other, and failing both waits
+/// for ever with the reason logged.
 pub fn reboot_forever(how: Shutdown) -> ! {
     nix::unistd::sync();
+    crate::early_boot::data::remount_read_only();
+    super::watchdog::disarm();
     let other = match how {
         Shutdown::Reboot => Shutdown::PowerOff,
         Shutdown::PowerOff => Shutdown::Reboot,

@@ -240,17 +240,25 @@ baud = 115200
 /// The agent as PID 1: `unshare` forks it into new PID, mount and UTS namespaces inside
 /// the test's network namespace. Its console is the pty, handed over as stdin like the
 /// kernel hands init /dev/console; `/proc/self/fd/0` reopens it, and works even if /dev
-/// had to be mounted over.
+/// had to be mounted over. The host's /sys/fs/cgroup is hidden under an empty tmpfs first
+/// (a shell that then becomes the agent), as the appliance's kernel leaves it: whatever
+/// the host has there, the agent must mount cgroup v2 itself.
 pub struct Pid1 {
     /// Killed on drop (after a failed assertion): --kill-child takes the agent along.
     pub unshare: KillOnDrop,
 }
+
+/// `sh -c` script: an empty tmpfs over /sys/fs/cgroup, then exec the agent ($0) with its
+/// arguments, keeping PID 1.
+const HIDE_CGROUPS_THEN_EXEC: &str =
+    "mount -t tmpfs cgroups-hidden /sys/fs/cgroup && exec \"$0\" \"$@\"";
 
 impl Pid1 {
     pub fn boot(ns: &Netns, dirs: &Dirs, console: &Console) -> Pid1 {
         let unshare = ns
             .exec("unshare")
             .args(["--pid", "--mount", "--uts", "--fork", "--kill-child"])
+            .args(["sh", "-c", HIDE_CGROUPS_THEN_EXEC])
             .arg(&dirs.init)
             .arg("--boot-dir")
             .arg(&dirs.boot)
