@@ -8,6 +8,7 @@
 //! files under tests/golden/mail hold them). `tls` and `maildir` write to the data
 //! partition.
 
+pub mod archive;
 pub mod dovecot;
 pub mod maildir;
 pub mod plan;
