@@ -698,7 +698,10 @@ fn an_account_added_live_is_published_routed_and_logs_in_and_a_deleted_one_is_re
         let inbox = lab.imap(SERVER_V4, 993, "carol", "tls");
         assert_eq!(inbox.refused, None, "carol logs in at once");
         assert!(lab.send("box@carol.example.org", "hello carol"));
-        lab.assert_delivered_once("carol", &["hello carol".to_string()]);
+        lab.assert_delivered_once(
+            "carol",
+            &["hello carol".into(), "Welcome to mail.example.org".into()],
+        );
 
         let (ok, out) = lab.account(&["del", "bob"], None);
         assert!(ok, "account del bob: {out}");
@@ -709,9 +712,28 @@ fn an_account_added_live_is_published_routed_and_logs_in_and_a_deleted_one_is_re
         );
         assert!(!lab.file().contains("name = \"bob\""));
         assert!(lab.dig("bob.example.org", "MX").is_empty());
+        // bob's mail is kept as a dated archive that GNU tar reads, and his home is gone.
+        let backups: Vec<PathBuf> = std::fs::read_dir(lab.state().join("backups"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        let [archive] = &backups[..] else {
+            panic!("one archive of bob's mail: {backups:?}");
+        };
+        let file_name = archive.file_name().unwrap().to_string_lossy().into_owned();
         assert!(
-            lab.state().join("mail/bob/Maildir").is_dir(),
-            "bob's mail is kept"
+            file_name.starts_with("bob-") && file_name.ends_with(".tar.zst"),
+            "{file_name}"
+        );
+        let listing = common::run(&["tar", "--zstd", "-tf", &archive.display().to_string()]);
+        assert!(
+            listing.lines().any(|l| l.starts_with("bob/Maildir/")),
+            "{listing}"
+        );
+        assert!(
+            !lab.state().join("mail/bob").exists(),
+            "bob's home is removed"
         );
         let units = lab.ctl(&["units"]).unwrap_or_default();
         assert!(!units.contains("box-bob"), "{units}");

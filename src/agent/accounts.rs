@@ -5,8 +5,9 @@
 //! interleave. An add writes the file first (it is the source of truth), then routes the
 //! account (the socketmap answers at once; mail for a box still starting is deferred, never
 //! refused), gives the front its login, starts its box and waits until it answers, then
-//! publishes its zone records. A box that does not come up undoes all of it: the old file
-//! back, no route, no login, no records.
+//! publishes its zone records and sends a welcome mail. A box that does not come up undoes
+//! all of it: the old file back, no route, no login, no records. A delete archives the
+//! account's mail (`backups/NAME-DATE.tar.zst`) unless told to purge it.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,9 +18,11 @@ use super::{boxes_unit, front_unit, mail_container::Site, Agent};
 use crate::accounts::{self, AccountError, BoxState, Listing, Target, TargetError};
 use crate::config::Config;
 use crate::mail::dovecot::BOX_IMAP_PORT;
-use crate::mail::MailPlan;
+use crate::mail::{archive, maildir, welcome, MailPlan};
 use crate::supervise::UnitState;
 
+/// Where deleted accounts' mail is archived, under the state directory.
+const BACKUPS: &str = "backups";
 /// How long a new box has to answer IMAP before the add is undone.
 const BOX_READY_LIMIT: Duration = Duration::from_secs(30);
 
@@ -43,12 +46,8 @@ pub enum LiveAccountError {
     Task(&'static str, #[source] tokio::task::JoinError),
     #[error(transparent)]
     Front(#[from] super::mail_container::ContainerUnitError),
-    #[error("deleting {}", .path.display())]
-    Purge {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Archive(#[from] archive::ArchiveError),
 }
 
 /// Where the mail units of the agent run: set once they are started.
@@ -110,9 +109,13 @@ impl Agent {
             Ok(done) => done,
             Err(e) => format!("the zone was not reloaded: {}", crate::error_chain(&e)),
         };
+        let welcome = match self.send_welcome(&plan, &account).await {
+            Ok(()) => "a welcome mail is on its way".to_string(),
+            Err(e) => format!("no welcome mail: {}", crate::error_chain(&e)),
+        };
         log::info!("account {name} added: {}", account.address);
         Ok(format!(
-            "account {name} added: mail to {} goes to its box, which is running\n{zone}",
+            "account {name} added: mail to {} goes to its box, which is running; {welcome}\n{zone}",
             account.address
         ))
     }
@@ -139,16 +142,7 @@ impl Agent {
         if let Err(e) = self.supervisor.stop(&unit).await {
             log::warn!("{e}");
         }
-        let home = site.site.state_dir.join("mail").join(name);
-        let kept = if purge {
-            std::fs::remove_dir_all(&home).map_err(|source| LiveAccountError::Purge {
-                path: home.clone(),
-                source,
-            })?;
-            "its mail is deleted".to_string()
-        } else {
-            format!("its mail stays in {}", home.display())
-        };
+        let kept = self.keep_or_purge(&site, name, purge).await?;
         let zone = match self.reload_dns().await {
             Ok(done) => done,
             Err(e) => format!("the zone was not reloaded: {}", crate::error_chain(&e)),
@@ -165,6 +159,7 @@ impl Agent {
             return Err(LiveAccountError::NoFile);
         };
         let states = self.supervisor.states();
+        let mail = self.state_dir().join("mail");
         Ok(accounts::list(&config)
             .into_iter()
             .map(|mut listing| {
@@ -174,9 +169,53 @@ impl Agent {
                     Some((_, UnitState::Restarting { .. })) => BoxState::Restarting,
                     _ => BoxState::Stopped,
                 };
+                if let Ok(stats) = maildir::mailbox_stats(&mail.join(&listing.name)) {
+                    listing.mailbox_bytes = Some(stats.bytes);
+                    listing.messages = Some(stats.messages);
+                    listing.last_delivery = stats.last_delivery.map(crate::clock::utc);
+                }
                 listing
             })
             .collect())
+    }
+
+    /// The welcome mail, through the front's port 25 on this machine.
+    async fn send_welcome(
+        &self,
+        plan: &MailPlan,
+        account: &crate::mail::BoxPlan,
+    ) -> Result<(), crate::mail::welcome::WelcomeError> {
+        let message = welcome::welcome_message(plan, account, std::time::SystemTime::now())?;
+        welcome::send_welcome(message, SocketAddr::from(([127, 0, 0, 1], 25))).await
+    }
+
+    /// A deleted account's home: archived as `backups/NAME-DATE.tar.zst` on the data
+    /// partition, then removed; or, with `purge`, removed only. What happened, as text.
+    async fn keep_or_purge(
+        &self,
+        site: &MailSite,
+        name: &str,
+        purge: bool,
+    ) -> Result<String, LiveAccountError> {
+        let state = site.site.state_dir.clone();
+        let home = state.join("mail").join(name);
+        if !home.exists() {
+            return Ok("it had no mail".into());
+        }
+        let name = name.to_string();
+        tokio::task::spawn_blocking(move || {
+            let kept = if purge {
+                "its mail is deleted".to_string()
+            } else {
+                let today = time::OffsetDateTime::now_utc().date();
+                let archive = archive::archive_home(&home, &state.join(BACKUPS), &name, today)?;
+                format!("its mail is kept in {}", archive.display())
+            };
+            archive::remove_home(&home)?;
+            Ok(kept)
+        })
+        .await
+        .map_err(|e| LiveAccountError::Task("archive", e))?
     }
 
     /// The plan in force for the routing tables, and the front's logins to match.

@@ -281,3 +281,141 @@ fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Maild
         source,
     }
 }
+
+/// What a box's Maildir holds, as `letterbox account list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailboxStats {
+    /// The size of every message, in every folder.
+    pub bytes: u64,
+    /// The messages in every folder.
+    pub messages: u64,
+    /// The newest mtime of a message in the inbox, where mail is delivered; Dovecot gives
+    /// a message file the time it was received. Other folders are left out: a client's
+    /// APPEND (a copy of a sent mail) is not a delivery.
+    pub last_delivery: Option<std::time::SystemTime>,
+}
+
+/// Counts the messages (files in `new/` and `cur/`) of the Maildir of `home` and of its
+/// Maildir++ folders (`Maildir/.NAME/`). A folder without `new/` or `cur/` has no
+/// messages there: Dovecot makes them when it first needs them.
+pub fn mailbox_stats(home: &Path) -> Result<MailboxStats, MaildirError> {
+    let maildir = home.join("Maildir");
+    let mut stats = MailboxStats {
+        bytes: 0,
+        messages: 0,
+        last_delivery: None,
+    };
+    add_folder(&maildir, &mut stats, true)?;
+    for entry in std::fs::read_dir(&maildir).map_err(io("reading", &maildir))? {
+        let entry = entry.map_err(io("reading", &maildir))?;
+        let is_folder = entry.file_name().as_encoded_bytes().starts_with(b".")
+            && entry.file_type().is_ok_and(|t| t.is_dir());
+        if is_folder {
+            add_folder(&entry.path(), &mut stats, false)?;
+        }
+    }
+    Ok(stats)
+}
+
+/// `new/` before `cur/`: Dovecot moves messages from new to cur, so one moved while they
+/// are read is still counted, in cur.
+fn add_folder(folder: &Path, stats: &mut MailboxStats, inbox: bool) -> Result<(), MaildirError> {
+    for sub in ["new", "cur"] {
+        let dir = folder.join(sub);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io("reading", &dir)(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(io("reading", &dir))?;
+            let meta = match entry.metadata() {
+                Ok(meta) => meta,
+                // Moved to cur, or expunged, since the directory was read.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io("inspecting", &entry.path())(e)),
+            };
+            if !meta.is_file() {
+                continue;
+            }
+            stats.bytes += meta.len();
+            stats.messages += 1;
+            if inbox {
+                let mtime = meta.modified().map_err(io("inspecting", &entry.path()))?;
+                stats.last_delivery = stats.last_delivery.max(Some(mtime));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    fn message(path: &Path, len: usize, mtime: u64) {
+        std::fs::write(path, vec![b'x'; len]).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(mtime))
+            .unwrap();
+    }
+
+    #[test]
+    fn counts_messages_of_every_folder_and_the_newest_inbox_delivery() {
+        let home = tempfile::tempdir().unwrap();
+        let maildir = home.path().join("Maildir");
+        for dir in ["new", "cur", "tmp", ".Sent/cur", ".Trash/new"] {
+            std::fs::create_dir_all(maildir.join(dir)).unwrap();
+        }
+        message(&maildir.join("new/1"), 100, 1_700_000_300);
+        message(&maildir.join("cur/2:2,S"), 20, 1_700_000_500);
+        message(&maildir.join("cur/3:2,S"), 3, 1_700_000_100);
+        // Sent later than any delivery, and not a delivery.
+        message(&maildir.join(".Sent/cur/4:2,S"), 4000, 1_800_000_000);
+        message(&maildir.join(".Trash/new/5"), 5, 1_700_000_000);
+        // Not messages: a delivery being written, Dovecot's own files, a directory.
+        message(&maildir.join("tmp/6"), 70_000, 1_900_000_000);
+        message(&maildir.join("dovecot-uidlist"), 60_000, 1_900_000_000);
+        message(&maildir.join(".Sent/dovecot.index"), 50_000, 1_900_000_000);
+        std::fs::create_dir(maildir.join("cur/not-a-message")).unwrap();
+
+        let stats = mailbox_stats(home.path()).unwrap();
+        assert_eq!(
+            stats,
+            MailboxStats {
+                bytes: 100 + 20 + 3 + 4000 + 5,
+                messages: 5,
+                last_delivery: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_500)),
+            }
+        );
+    }
+
+    #[test]
+    fn an_empty_maildir_has_no_messages_and_no_delivery() {
+        let home = tempfile::tempdir().unwrap();
+        for dir in ["new", "cur", "tmp"] {
+            std::fs::create_dir_all(home.path().join("Maildir").join(dir)).unwrap();
+        }
+        let stats = mailbox_stats(home.path()).unwrap();
+        assert_eq!(
+            (stats.bytes, stats.messages, stats.last_delivery),
+            (0, 0, None)
+        );
+    }
+
+    #[test]
+    fn a_home_without_a_maildir_is_an_error_naming_it() {
+        let home = tempfile::tempdir().unwrap();
+        let error = mailbox_stats(home.path()).unwrap_err();
+        let maildir = home.path().join("Maildir");
+        assert!(
+            matches!(&error, MaildirError::Io { action: "reading", path, source }
+                if *path == maildir && source.kind() == std::io::ErrorKind::NotFound),
+            "{error:?}"
+        );
+    }
+}

@@ -6,14 +6,17 @@
 //! Pure: [`plan::MailPlan`] is derived from a validated `Config`, and each renderer is a
 //! function of the plan alone, so the same file always gives the same bytes (the golden
 //! files under tests/golden/mail hold them). `tls` and `maildir` write to the data
-//! partition.
+//! partition, `archive` keeps a deleted account's home there, and `welcome` is the mail a
+//! new account receives.
 
+pub mod archive;
 pub mod dovecot;
 pub mod maildir;
 pub mod plan;
 pub mod postfix;
 pub mod socketmap;
 pub mod tls;
+pub mod welcome;
 
 pub use plan::{BoxPlan, MailPlan};
 
