@@ -148,8 +148,13 @@ fn trixies_postfix_loads_the_front_files_without_a_warning() {
     }
     assert_eq!(
         query(&domains, "example.org"),
+        "example.org",
+        "the bare domain is ours"
+    );
+    assert_eq!(
+        query(&recipients, "postmaster@example.org"),
         "",
-        "the bare domain is no box's"
+        "but no box's"
     );
     assert!(served.join().is_ok());
     let chroots = chroot(

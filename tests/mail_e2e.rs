@@ -495,11 +495,13 @@ fn strangers_unknown_recipients_relay_forms_and_cleartext_logins_are_refused() {
     let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let lab = Lab::start();
 
-    let unknown = lab.rcpt_reply("nobody@alice.example.org");
-    assert!(
-        unknown.contains("550 5.1.1"),
-        "unknown recipient: {unknown}"
-    );
+    for unknown in ["nobody@alice.example.org", "postmaster@example.org"] {
+        let reply = lab.rcpt_reply(unknown);
+        assert!(
+            reply.contains("550 5.1.1"),
+            "unknown recipient {unknown}: {reply}"
+        );
+    }
     for stranger in ["user@outside.example", "box@carol.example.org"] {
         let reply = lab.rcpt_reply(stranger);
         assert!(reply.contains("554 5.7.1"), "relay to {stranger}: {reply}");
@@ -819,4 +821,34 @@ fn racing_account_commands_leave_the_file_the_zone_the_routes_and_the_boxes_agre
             "{name}: in the file {listed}, MX {mx}, RCPT {reply}, unit {running}\n{results:?}"
         );
     }
+}
+
+#[test]
+fn mail_accepted_before_the_agent_is_killed_arrives_once_it_runs_again() {
+    let test = "mail_accepted_before_the_agent_is_killed_arrives_once_it_runs_again";
+    if !can_run(test) {
+        return;
+    }
+    let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lab = Lab::start();
+    // Alice's box down first, so that what the front accepts waits in its queue.
+    kill(
+        Pid::from_raw(lab.running_pid("box-alice", 1)),
+        Signal::SIGKILL,
+    )
+    .unwrap();
+    let agent = Pid::from_raw(lab.agent.as_ref().unwrap().id() as i32);
+    let accepted = lab.send_with_fault("around an agent kill", 20, 5, || {
+        kill(agent, Signal::SIGKILL).unwrap();
+    });
+    lab.agent.take();
+    lab.agent = Some(lab.start_agent());
+    // The new agent's containerd takes over (the old one is killed), every container is
+    // made again, and the queue the old front left is delivered.
+    lab.assert_all_delivered("alice", &accepted);
+    let log = std::fs::read_to_string(lab.log()).unwrap();
+    assert!(
+        log.contains("left by an earlier agent"),
+        "the old containerd was not killed:\n{log}"
+    );
 }

@@ -100,6 +100,9 @@ pub fn containerd_unit(state_dir: PathBuf, settings: MailSettings) -> Unit {
                 searched.join(", ")
             );
         }
+        for pid in daemon.kill_leftover() {
+            log::warn!(target: CONTAINERD_LOG, "killed containerd {pid}, left by an earlier agent");
+        }
         if let Err(e) = daemon.prepare() {
             log::error!(target: CONTAINERD_LOG, "{}", crate::error_chain(&e));
         }

@@ -114,6 +114,36 @@ impl Containerd {
         }
         cmd
     }
+
+    /// Kills a containerd of this configuration left running by an earlier agent (one
+    /// killed under `letterbox run`; on the appliance a dead agent is a reboot). It holds
+    /// the metadata database's lock, so a new one could not start. Its shims are left: they
+    /// outlive containerd by design, and the new one takes their tasks over. The pids
+    /// killed.
+    pub fn kill_leftover(&self) -> Vec<i32> {
+        let wanted = format!(
+            "{}\0--config\0{}\0",
+            self.binary.display(),
+            self.config_path().display()
+        );
+        let mut killed = Vec::new();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline) == wanted
+                && nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                )
+                .is_ok()
+            {
+                killed.push(pid);
+            }
+        }
+        killed
+    }
 }
 
 #[cfg(test)]

@@ -78,10 +78,11 @@ pub fn answer(plan: Option<&MailPlan>, request: &[u8]) -> String {
     let key = key.to_ascii_lowercase();
     let boxes = plan.map(|p| p.boxes.as_slice()).unwrap_or_default();
     let found = match map {
-        DOMAINS => boxes
-            .iter()
-            .any(|b| b.mail_domain == key)
-            .then(|| key.clone()),
+        // The bare domain is ours too (it is the MX's), though no box's: its addresses are
+        // refused as unknown recipients (550 5.1.1), not as relaying (554 5.7.1).
+        DOMAINS => (plan.is_some_and(|p| p.domain == key)
+            || boxes.iter().any(|b| b.mail_domain == key))
+        .then(|| key.clone()),
         // Postfix asks a socketmap with the whole address only (it makes no partial keys
         // for it, as for regexp tables): the route is the domain's.
         TRANSPORT => boxes
@@ -127,7 +128,9 @@ mod tests {
         assert_eq!(ask("domains alice.example.org"), "OK alice.example.org");
         assert_eq!(ask("domains Alice.Example.ORG"), "OK alice.example.org");
         assert_eq!(ask("domains bob.example.org"), "NOTFOUND ");
-        assert_eq!(ask("domains example.org"), "NOTFOUND ");
+        assert_eq!(ask("domains example.org"), "OK example.org");
+        assert_eq!(ask("domains other.example"), "NOTFOUND ");
+        assert_eq!(ask("recipients postmaster@example.org"), "NOTFOUND ");
         assert_eq!(
             ask("transport alice.example.org"),
             "OK lmtp:inet:[10.88.0.7]:24"
