@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 
 use super::paths::{BOX_HOME, DOVECOT_PASSWD, TLS_CERT, TLS_KEY};
 use super::{BoxPlan, MailPlan, GENERATED};
-use crate::mail::postfix::LMTP_PORT;
+use crate::mail::LMTP_PORT;
 
 /// The IMAP port a box serves the front on (and, with STARTTLS, direct clients).
 pub const BOX_IMAP_PORT: u16 = 143;

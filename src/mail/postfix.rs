@@ -9,9 +9,6 @@ use super::paths::{FRONT_SOCKETS, MAPS_SOCKET, POSTFIX_DATA, POSTFIX_QUEUE, TLS_
 use super::socketmap::{DOMAINS, RECIPIENTS, TRANSPORT};
 use super::{MailPlan, GENERATED};
 
-/// LMTP's port on each box.
-pub const LMTP_PORT: u16 = 24;
-
 pub fn main_cf(plan: &MailPlan) -> String {
     let mut out = String::from(GENERATED);
     let protocols = if plan.ipv6 { "all" } else { "ipv4" };

@@ -7,8 +7,7 @@
 //! `OK VALUE`, `NOTFOUND `, or `PERM reason` for a request that makes no sense. Hand-written:
 //! the protocol is these few lines, and no maintained crate serves it.
 
-use super::postfix::LMTP_PORT;
-use super::MailPlan;
+use super::{MailPlan, LMTP_PORT};
 
 /// The maps Postfix asks (main.cf names them).
 pub const DOMAINS: &str = "domains";
