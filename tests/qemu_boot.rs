@@ -207,8 +207,15 @@ fn free_port() -> u16 {
 
 /// The whole module names a "modules: ...: loaded a b c" console line lists.
 fn loaded_modules(line: &str) -> Vec<&str> {
+    // The kernel's own console lines may cut into the agent's ("loaded overlay[ 6.89] hub
+    // 1-1:1.0: ..."): a name ends at white space or at the kernel's time stamp.
     line.split_once(": loaded ")
-        .map(|(_, names)| names.split_whitespace().collect())
+        .map(|(_, names)| {
+            names
+                .split(|c: char| c.is_whitespace() || c == '[')
+                .filter(|n| !n.is_empty())
+                .collect()
+        })
         .unwrap_or_default()
 }
 

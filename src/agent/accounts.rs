@@ -23,8 +23,9 @@ use crate::supervise::UnitState;
 
 /// Where deleted accounts' mail is archived, under the state directory.
 const BACKUPS: &str = "backups";
-/// How long a new box has to answer IMAP before the add is undone.
-const BOX_READY_LIMIT: Duration = Duration::from_secs(30);
+/// How long a new box has to answer IMAP before the add is undone: its wait for a
+/// synchronised clock (`mail_container`), then its start.
+const BOX_READY_LIMIT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LiveAccountError {
@@ -44,6 +45,8 @@ pub enum LiveAccountError {
     BoxNotReady { name: String },
     #[error("the {0} task failed")]
     Task(&'static str, #[source] tokio::task::JoinError),
+    #[error("re-reading letterbox.toml: {0}")]
+    Reload(String),
     #[error(transparent)]
     Front(#[from] super::mail_container::ContainerUnitError),
     #[error(transparent)]
@@ -90,20 +93,28 @@ impl Agent {
             .map_err(LiveAccountError::Hash)?;
         let edited = accounts::add(&file, &before, name, &hash)?;
         target.write(&edited.text)?;
-        self.reload_off_runtime()
-            .await
-            .map_err(|_| LiveAccountError::NoMail)?;
         let plan = MailPlan::from(&edited.config);
-        self.apply_accounts(&site, &plan)?;
         let account = plan
             .find(name)
             .expect("the added account is in the new plan")
             .clone();
-        self.start_box(&site, &edited.config, &plan, &account);
-        let address = SocketAddr::from((account.ipv4, BOX_IMAP_PORT));
-        if !answers(address, BOX_READY_LIMIT).await {
+        // From the write on, a failure puts everything back as it was.
+        let started = async {
+            self.reload_off_runtime()
+                .await
+                .map_err(|e| LiveAccountError::Reload(crate::error_chain(&e)))?;
+            self.apply_accounts(&site, &plan)?;
+            self.start_box(&site, &edited.config, &plan, &account);
+            let address = SocketAddr::from((account.ipv4, BOX_IMAP_PORT));
+            match answers(address, BOX_READY_LIMIT).await {
+                true => Ok(()),
+                false => Err(LiveAccountError::BoxNotReady { name: name.into() }),
+            }
+        }
+        .await;
+        if let Err(e) = started {
             self.undo_add(&target, &before, &site, &old, name).await;
-            return Err(LiveAccountError::BoxNotReady { name: name.into() });
+            return Err(e);
         }
         let zone = match self.reload_dns().await {
             Ok(done) => done,
@@ -121,7 +132,7 @@ impl Agent {
     }
 
     /// Deletes account `name`: refused at RCPT from now on, its box stopped, its records
-    /// gone. Its Maildir stays on the data partition, unless `purge`.
+    /// gone, its Maildir archived on the data partition (or, with `purge`, deleted).
     pub async fn delete_account(
         self: &Arc<Self>,
         name: &str,
@@ -136,17 +147,21 @@ impl Agent {
         target.write(&edited.text)?;
         self.reload_off_runtime()
             .await
-            .map_err(|_| LiveAccountError::NoMail)?;
-        self.apply_accounts(&site, &MailPlan::from(&edited.config))?;
+            .map_err(|e| LiveAccountError::Reload(crate::error_chain(&e)))?;
+        let old_plan = self.mail_plan();
+        let plan = MailPlan::from(&edited.config);
+        self.apply_accounts(&site, &plan)?;
         let unit = format!("box-{name}");
         if let Err(e) = self.supervisor.stop(&unit).await {
             log::warn!("{e}");
         }
-        let kept = self.keep_or_purge(&site, name, purge).await?;
+        self.restart_moved_boxes(&site, &edited.config, old_plan.as_deref(), &plan)
+            .await;
         let zone = match self.reload_dns().await {
             Ok(done) => done,
             Err(e) => format!("the zone was not reloaded: {}", crate::error_chain(&e)),
         };
+        let kept = self.keep_or_purge(&site, name, purge).await?;
         log::info!("account {name} deleted");
         Ok(format!(
             "account {name} deleted: mail to it is refused from now on, its box is stopped, {kept}\n{zone}"
@@ -177,6 +192,26 @@ impl Agent {
                 listing
             })
             .collect())
+    }
+
+    /// Boxes whose slot moved when an account went (two names that wanted one slot: the
+    /// later took the next, and the earlier is gone): each is started again at its new
+    /// address and uid, where the routes and logins now point.
+    async fn restart_moved_boxes(
+        self: &Arc<Self>,
+        site: &MailSite,
+        config: &Config,
+        old: Option<&MailPlan>,
+        new: &MailPlan,
+    ) {
+        for account in &new.boxes {
+            let before = old.and_then(|plan| plan.find(&account.name));
+            if before.is_some_and(|b| b.ipv4 != account.ipv4 || b.id != account.id) {
+                log::info!("box {} moves to {}", account.name, account.ipv4);
+                let _ = self.supervisor.stop(&format!("box-{}", account.name)).await;
+                self.start_box(site, config, new, account);
+            }
+        }
     }
 
     /// The welcome mail, through the front's port 25 on this machine.
@@ -258,6 +293,11 @@ impl Agent {
         let _ = self.reload_off_runtime().await;
         if let Err(e) = self.apply_accounts(site, &MailPlan::from(old)) {
             log::error!("undoing the add of {name}: {}", crate::error_chain(&e));
+        }
+        // A home the failed box made, still empty, would hold its uid against a later add.
+        let home = site.site.state_dir.join("mail").join(name);
+        if maildir::mailbox_stats(&home).is_ok_and(|stats| stats.messages == 0) {
+            let _ = archive::remove_home(&home);
         }
         log::warn!("account {name} not added: its box did not answer");
     }

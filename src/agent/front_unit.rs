@@ -112,19 +112,16 @@ async fn run_dovecot(agent: Arc<Agent>, setup: FrontSetup, mut stop: StopSignal)
         let files = prepare_common(&setup)?;
         mail_container::write_files(
             &files.dovecot_dir,
-            &[
-                Rendered {
-                    name: mail_container::file_name(paths::DOVECOT_CONFIG),
-                    text: dovecot::front_conf(&setup.plan),
-                    readable_by: None,
-                },
-                Rendered {
-                    name: mail_container::file_name(paths::DOVECOT_PASSWD),
-                    text: dovecot::front_passwd(&setup.plan),
-                    readable_by: Some(DOVECOT_GID),
-                },
-            ],
+            &[Rendered {
+                name: mail_container::file_name(paths::DOVECOT_CONFIG),
+                text: dovecot::front_conf(&setup.plan),
+                readable_by: None,
+            }],
         )?;
+        // The logins of the accounts in force now, which accounts added or deleted since
+        // the agent started have changed.
+        let plan = agent.mail_plan();
+        write_logins(&setup.site, plan.as_deref().unwrap_or(&setup.plan))?;
         log::info!("front-dovecot: IMAP proxy on 143 (STARTTLS) and 993 to the boxes");
         Ok::<Spec, ContainerUnitError>(spec::front_dovecot_spec(&files)?)
     };

@@ -135,7 +135,7 @@ pub async fn run(
         _ = stop.requested() => return Ok(()),
     };
     // Not raced with a stop: a start cut short could leave a container containerd goes on
-    // creating. It is bounded (CONNECT_LIMIT), and a stop meanwhile is seen below at once.
+    // creating. It waits on containerd's answers; a stop meanwhile is seen below at once.
     let started = start(site, &image, id, log, prepare.await?).await?;
     let exited = tokio::select! {
         exit = task::wait_task(&started, id) => Some(exit),

@@ -264,6 +264,8 @@ impl Agent {
         drop(self.provisioning.lock());
         drop(self.dns.lock());
         drop(self.mail_image.lock());
+        drop(self.mail_plan.lock());
+        drop(self.mail_site.lock());
     }
 
     pub fn uptime(&self) -> Duration {
