@@ -261,8 +261,8 @@ fn no_saved_time_and_no_build_time_leaves_the_clock_alone() {
 }
 
 #[test]
-fn run_mode_measures_the_hosts_clock_against_the_server_and_never_keeps_it() {
-    let test = "run_mode_measures_the_hosts_clock_against_the_server_and_never_keeps_it";
+fn run_mode_measures_the_hosts_clock_against_the_server_and_never_saves_it() {
+    let test = "run_mode_measures_the_hosts_clock_against_the_server_and_never_saves_it";
     let Some(server) = NtpServer::start(test) else {
         return;
     };

@@ -129,8 +129,9 @@ pub fn owns_system_clock() -> bool {
 /// When this program was built: its own file's modification time. In the image every file
 /// is stamped with the build's SOURCE_DATE_EPOCH, so this is the image's build time.
 pub fn build_time() -> Option<SystemTime> {
-    let exe = std::env::current_exe().ok()?;
-    std::fs::metadata(exe).ok()?.modified().ok()
+    // The link itself, not the path it names: PID 1's /init is deleted with the initramfs,
+    // and /proc/self/exe still reaches the file.
+    std::fs::metadata("/proc/self/exe").ok()?.modified().ok()
 }
 
 /// What [`restore_at_boot`] did, for `status`.

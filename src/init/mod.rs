@@ -181,6 +181,8 @@ async fn boot(mut options: Options) -> Result<Shutdown, InitError> {
     agent.start_dns();
     // After DNS, so they stop before it: containerd, then the mail containers.
     agent.start_containers();
+    // A boot is good once the units have run for a while: the backoff's own wait is not it.
+    let units_started = std::time::Instant::now();
 
     let mut good_boot = backoff;
     let how = signals
@@ -189,7 +191,7 @@ async fn boot(mut options: Options) -> Result<Shutdown, InitError> {
             if let Some(watchdog) = &watchdog {
                 watchdog.keep_alive_for(WATCHDOG_MAIN_LOOP_ALLOWANCE);
             }
-            if agent.uptime() > crash_backoff::STABLE_AFTER {
+            if units_started.elapsed() > crash_backoff::STABLE_AFTER {
                 if let Some(backoff) = good_boot.take() {
                     backoff.clear();
                 }

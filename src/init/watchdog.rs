@@ -176,7 +176,11 @@ fn open(path: &Path) -> std::io::Result<Device> {
 
 fn pet() {
     let Some(armed) = ARMED.get() else { return };
-    if let Some(device) = armed.lock().expect("watchdog").as_mut() {
+    if let Some(device) = armed
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .as_mut()
+    {
         if let Err(e) = device.file.write_all(b"\0") {
             error!("watchdog: cannot pet {}: {e}", device.path.display());
         }
@@ -187,7 +191,11 @@ fn pet() {
 /// so a power-off is not turned into a reset. Nothing when no watchdog was armed.
 pub fn disarm() {
     let Some(armed) = ARMED.get() else { return };
-    let Some(mut device) = armed.lock().expect("watchdog").take() else {
+    let Some(mut device) = armed
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take()
+    else {
         return;
     };
     match device.file.write_all(b"V") {
