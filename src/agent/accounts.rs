@@ -61,14 +61,15 @@ pub struct MailSite {
 }
 
 impl Agent {
-    fn file_target(&self) -> Result<Target, LiveAccountError> {
+    /// What an account command edits and where the mail units run: the provisioning file,
+    /// the mail site, the file's name for messages, and its text now.
+    fn open_file(&self) -> Result<(Target, MailSite, String, String), LiveAccountError> {
         let path = self.settings.provisioning_file.clone();
-        Ok(Target::File(path.ok_or(LiveAccountError::NoFile)?))
-    }
-
-    fn mail_site(&self) -> Result<MailSite, LiveAccountError> {
+        let target = Target::File(path.ok_or(LiveAccountError::NoFile)?);
         let site = self.mail_site.lock().expect("mail site").clone();
-        site.ok_or(LiveAccountError::NoMail)
+        let site = site.ok_or(LiveAccountError::NoMail)?;
+        let (file, before) = (target.name(), target.read()?);
+        Ok((target, site, file, before))
     }
 
     /// Adds account `name` with `password`, or changes nothing.
@@ -78,10 +79,7 @@ impl Agent {
         password: Option<String>,
     ) -> Result<String, LiveAccountError> {
         let _one_at_a_time = self.accounts.lock().await;
-        let target = self.file_target()?;
-        let site = self.mail_site()?;
-        let file = target.name();
-        let before = target.read()?;
+        let (target, site, file, before) = self.open_file()?;
         let old = accounts::check_new(&file, &before, name)?;
         let password = password
             .filter(|p| !p.is_empty())
@@ -139,10 +137,7 @@ impl Agent {
         purge: bool,
     ) -> Result<String, LiveAccountError> {
         let _one_at_a_time = self.accounts.lock().await;
-        let target = self.file_target()?;
-        let site = self.mail_site()?;
-        let file = target.name();
-        let before = target.read()?;
+        let (target, site, file, before) = self.open_file()?;
         let edited = accounts::delete(&file, &before, name)?;
         target.write(&edited.text)?;
         self.reload_off_runtime()

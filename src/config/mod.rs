@@ -10,6 +10,7 @@ mod containers;
 mod diagnostic;
 mod dns;
 mod network;
+mod ntp;
 mod redact;
 mod system;
 
@@ -29,7 +30,8 @@ pub use dns::{
     DEFAULT_RATE_LIMIT, DERIVED_TTL, NAMESERVER_LABEL, SPF_MAIL, SPF_NONE,
 };
 pub use network::Interface;
-pub use system::{check_password_hash, Console, System, DEFAULT_NTP};
+pub use ntp::DEFAULT_NTP;
+pub use system::{check_password_hash, Console, System};
 
 use diagnostic::Collector;
 

@@ -7,6 +7,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::diagnostic::Collector;
+use super::ntp::{check_ntp_servers, DEFAULT_NTP};
 use crate::passwd::Scheme;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,11 +57,6 @@ const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
 const DEFAULT_DEVICE: &str = "serial0";
 const DEFAULT_BAUD: u32 = 115_200;
 const DEFAULT_TIMEZONE: &str = "UTC";
-/// Two operators, both anycast and free of any vendor-zone rule (the NTP pool asks
-/// appliances not to use its default zone).
-pub const DEFAULT_NTP: [&str; 2] = ["time.cloudflare.com", "time.google.com"];
-/// More is never needed: the clock unit takes the first server that answers.
-const MAX_NTP_SERVERS: usize = 8;
 /// Rates the Pi's PL011 and mini UART drivers accept through termios.
 const BAUD_RATES: [u32; 10] = [
     1200, 2400, 4800, 9600, 19200, 38400, 57600, 115_200, 230_400, 460_800,
@@ -116,39 +112,6 @@ pub(super) fn validate_system(raw: Spanned<RawSystem>, c: &mut Collector) -> Sys
     }
 }
 
-/// Each server is an IP address or a host name (no port: NTP's is 123).
-fn check_ntp_servers(servers: &[Spanned<String>], c: &mut Collector) -> Vec<String> {
-    if let Some(extra) = servers.get(MAX_NTP_SERVERS) {
-        c.error(
-            extra.span(),
-            format!(
-                "more than {MAX_NTP_SERVERS} NTP servers; expected at most {MAX_NTP_SERVERS} \
-                 (the first that answers is used)"
-            ),
-        );
-    }
-    let mut valid = Vec::new();
-    for server in servers {
-        let name = server.get_ref();
-        let host = normal_domain(name);
-        if name.parse::<std::net::IpAddr>().is_ok() {
-            valid.push(name.clone());
-        } else if is_rfc1123_domain(&host) {
-            valid.push(host);
-        } else {
-            c.error(
-                server.span(),
-                format!(
-                    "invalid NTP server {name:?}; expected a host name such as \
-                     \"time.cloudflare.com\" or an IP address such as \"192.0.2.123\" \
-                     (no port: NTP uses 123)"
-                ),
-            );
-        }
-    }
-    valid
-}
-
 fn check_hostname(hostname: &Spanned<String>, c: &mut Collector) {
     let name = hostname.get_ref();
     if !is_rfc1123_label(name) {
@@ -172,7 +135,7 @@ fn check_hostname(hostname: &Spanned<String>, c: &mut Collector) {
 }
 
 /// A domain as the zone uses it: lower case, without the root's trailing dot.
-fn normal_domain(domain: &str) -> String {
+pub(super) fn normal_domain(domain: &str) -> String {
     domain.trim_end_matches('.').to_ascii_lowercase()
 }
 
