@@ -41,8 +41,10 @@ fn rendered(plan: &MailPlan) -> Vec<(String, String)> {
         ("front/postfix/main.cf".into(), postfix::main_cf(plan)),
         ("front/postfix/master.cf".into(), postfix::master_cf()),
         ("front/dovecot.conf".into(), dovecot::front_conf(plan)),
-        ("front/passwd".into(), dovecot::front_passwd(plan)),
     ];
+    for (login, text) in dovecot::front_logins(plan) {
+        files.push((format!("front/logins/{login}"), text));
+    }
     for b in &plan.boxes {
         files.push((
             format!("box-{}/dovecot.conf", b.name),
@@ -65,7 +67,7 @@ fn every_rendered_file_matches_its_golden_file() {
 #[test]
 fn every_rendered_file_says_it_is_generated_and_renders_the_same_twice() {
     let first = rendered(&plan());
-    assert_eq!(first.len(), 8);
+    assert_eq!(first.len(), 11);
     for (name, text) in &first {
         assert!(text.starts_with(GENERATED), "{name} starts with:\n{text}");
     }
@@ -184,7 +186,9 @@ fn trixies_dovecot_loads_the_front_and_box_files_without_a_warning() {
     for b in &plan.boxes {
         configs.push((format!("box-{}", b.name), dovecot::box_conf(&plan, b)));
     }
-    put(&root, paths::DOVECOT_PASSWD, &dovecot::front_passwd(&plan));
+    for (login, text) in dovecot::front_logins(&plan) {
+        put(&root, &format!("{}/{login}", paths::DOVECOT_LOGINS), &text);
+    }
     for (name, conf) in &configs {
         let path = format!("/etc/dovecot/{name}.conf");
         put(&root, &path, conf);

@@ -828,6 +828,43 @@ fn racing_account_commands_leave_the_file_the_zone_the_routes_and_the_boxes_agre
 }
 
 #[test]
+fn an_account_added_within_a_second_of_a_delete_logs_in_at_once() {
+    // Dovecot reloads the front's passwd-file only when its mtime, in whole seconds, or its
+    // size differs from the copy it loaded. bob's login loads it; deleting bob and adding
+    // rob (a name and a hash as long as his) rewrite it, each in well under a second.
+    let test = "an_account_added_within_a_second_of_a_delete_logs_in_at_once";
+    if !can_run(test) {
+        return;
+    }
+    let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = Lab::start();
+    // Starting at the top of a second keeps the three steps within one.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_nanos(
+        1_000_000_000 - u64::from(now.subsec_nanos()),
+    ));
+    let started = std::time::Instant::now();
+    assert_eq!(lab.imap(SERVER_V4, 993, "bob", "tls").refused, None);
+    let (ok, out) = lab.account(&["del", "bob", "--purge"], None);
+    assert!(ok, "account del bob: {out}");
+    let (ok, out) = lab.account(&["add", "rob", "--password-stdin"], Some(PASSWORD));
+    assert!(ok, "account add rob: {out}\n{}", lab.diagnostics());
+    println!(
+        "bob's login, his delete and rob's add took {:?}",
+        started.elapsed()
+    );
+    let rob = lab.imap(SERVER_V4, 993, "rob", "tls");
+    assert_eq!(
+        rob.refused,
+        None,
+        "rob logs in at once\n{}",
+        lab.diagnostics()
+    );
+}
+
+#[test]
 fn mail_accepted_before_the_agent_is_killed_arrives_once_it_runs_again() {
     let test = "mail_accepted_before_the_agent_is_killed_arrives_once_it_runs_again";
     if !can_run(test) {

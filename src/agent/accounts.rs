@@ -298,11 +298,15 @@ impl Agent {
     }
 }
 
-/// Whether a TCP connection to `address` succeeds within `limit`.
+/// Whether a TCP connection to `address` succeeds within `limit`. Each attempt has its
+/// own short limit: a SYN lost while the box's link comes up would be sent again only
+/// after the kernel's initial retransmission timeout, a whole second.
 async fn answers(address: SocketAddr, limit: Duration) -> bool {
+    let attempt = Duration::from_millis(100);
     tokio::time::timeout(limit, async {
         loop {
-            if tokio::net::TcpStream::connect(address).await.is_ok() {
+            let connect = tokio::net::TcpStream::connect(address);
+            if let Ok(Ok(_)) = tokio::time::timeout(attempt, connect).await {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

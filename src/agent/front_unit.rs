@@ -7,6 +7,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use oci_spec::runtime::Spec;
 
@@ -128,18 +129,60 @@ async fn run_dovecot(agent: Arc<Agent>, setup: FrontSetup, mut stop: StopSignal)
     mail_container::run(&agent, &setup.site, FRONT_DOVECOT, &log, &mut stop, prepare).await
 }
 
-/// The front's IMAP logins for `plan`, replaced atomically: Dovecot reads a changed
-/// passwd-file at the next login, with no reload.
+/// The front's IMAP logins for `plan`, a passwd-file per login name (`mail::dovecot`
+/// says why): a new or changed one is replaced atomically, one no longer in force is
+/// removed. Dovecot reads them at the next login, with no reload.
 pub fn write_logins(site: &Site, plan: &MailPlan) -> Result<(), ContainerUnitError> {
-    let dir = site.state_dir.join("front/dovecot");
-    let path = dir.join(mail_container::file_name(paths::DOVECOT_PASSWD));
-    let text = dovecot::front_passwd(plan);
-    // Owned before the rename, so Dovecot never finds a file it may not read.
-    crate::atomic_file::replace_with(&path, 0o640, |file| {
-        std::os::unix::fs::fchown(&*file, Some(0), Some(DOVECOT_GID))?;
-        std::io::Write::write_all(file, text.as_bytes())
-    })
-    .map_err(|source| ContainerUnitError::Write { path, source })
+    let dir = site
+        .state_dir
+        .join("front/dovecot")
+        .join(mail_container::file_name(paths::DOVECOT_LOGINS));
+    let error = |path: &std::path::Path| {
+        let path = path.to_path_buf();
+        move |source| ContainerUnitError::Write { path, source }
+    };
+    mail_container::ensure_dir(&dir, 0o750)?;
+    std::os::unix::fs::chown(&dir, Some(0), Some(DOVECOT_GID)).map_err(error(&dir))?;
+    let logins = dovecot::front_logins(plan);
+    for (login, text) in &logins {
+        let path = dir.join(login);
+        if std::fs::read_to_string(&path).is_ok_and(|old| old == *text) {
+            continue;
+        }
+        let previous = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+        let modified = later_second(SystemTime::now(), previous);
+        // Owned before the rename, so Dovecot never finds a file it may not read.
+        crate::atomic_file::replace_with(&path, 0o640, |file| {
+            std::os::unix::fs::fchown(&*file, Some(0), Some(DOVECOT_GID))?;
+            std::io::Write::write_all(file, text.as_bytes())?;
+            file.set_modified(modified)
+        })
+        .map_err(error(&path))?;
+    }
+    for entry in std::fs::read_dir(&dir).map_err(error(&dir))? {
+        let entry = entry.map_err(error(&dir))?;
+        let name = entry.file_name();
+        let wanted = logins.iter().any(|(login, _)| name == login.as_str());
+        // Temporary files (".letterbox-…") are atomic_file's own.
+        if !wanted && !name.to_string_lossy().starts_with('.') {
+            std::fs::remove_file(entry.path()).map_err(error(&entry.path()))?;
+        }
+    }
+    Ok(())
+}
+
+/// The modification time for a changed login's file: `now`, or else the second after the
+/// old file's. Dovecot reloads a passwd-file only when its mtime, in whole seconds, or its
+/// size differs from the copy it loaded; a login whose box moved to an address as long
+/// within that second would otherwise still be sent to the old one.
+fn later_second(now: SystemTime, previous: Option<SystemTime>) -> SystemTime {
+    let seconds = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    match previous {
+        Some(old) if seconds(now) <= seconds(old) => {
+            UNIX_EPOCH + Duration::from_secs(seconds(old) + 1)
+        }
+        _ => now,
+    }
 }
 
 /// What both front containers need: the TLS pair and their shared socket directory.
@@ -148,4 +191,22 @@ fn prepare_common(setup: &FrontSetup) -> Result<FrontFiles, ContainerUnitError> 
     mail_container::ensure_tls(&files.tls_dir, &setup.plan.hostname)?;
     mail_container::ensure_dir(&files.sockets, 0o755)?;
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(seconds: u64, millis: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(seconds * 1000 + millis)
+    }
+
+    #[test]
+    fn a_logins_file_written_within_its_predecessors_second_is_dated_the_next_second() {
+        assert_eq!(later_second(at(100, 700), Some(at(100, 200))), at(101, 0));
+        // A clock stepped back still moves the file's date forward.
+        assert_eq!(later_second(at(90, 0), Some(at(100, 200))), at(101, 0));
+        assert_eq!(later_second(at(101, 300), Some(at(100, 900))), at(101, 300));
+        assert_eq!(later_second(at(5, 0), None), at(5, 0));
+    }
 }

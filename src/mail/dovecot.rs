@@ -2,13 +2,19 @@
 //! passwd-files.
 //!
 //! A login is `box@<name>.<domain>` or `<name>`, in any case (`auth_username_format`
-//! lowers it). Each passwd-file has a line for both forms; the short one renames the
-//! login to the address (the front through `destuser`, a box through `user`), so that a
-//! box only ever sees its canonical user.
+//! lowers it). Both forms are logins; the short one renames the login to the address (the
+//! front through `destuser`, a box through `user`), so that a box only ever sees its
+//! canonical user.
+//!
+//! The front keeps a passwd-file per login name, found by the name. Dovecot looks at a
+//! passwd-file again at most once a second, and reloads it only when its mtime (in whole
+//! seconds) or size changed: one shared file, rewritten for an account added within the
+//! second of another login, would refuse the new account. A new login's file has never
+//! been read, so it is read at its first login.
 
 use std::fmt::Write as _;
 
-use super::paths::{BOX_HOME, DOVECOT_PASSWD, TLS_CERT, TLS_KEY};
+use super::paths::{BOX_HOME, DOVECOT_LOGINS, DOVECOT_PASSWD, TLS_CERT, TLS_KEY};
 use super::{BoxPlan, MailPlan, GENERATED};
 use crate::mail::LMTP_PORT;
 
@@ -52,12 +58,12 @@ service imap-login {
     );
 }
 
-fn passdb(out: &mut String) {
+fn passdb(out: &mut String, path: &str) {
     let _ = write!(
         out,
         "
 passdb passwd-file {{
-  passwd_file_path = {DOVECOT_PASSWD}
+  passwd_file_path = {path}
 }}
 "
     );
@@ -80,26 +86,37 @@ listen = {listen}
 "
     );
     imap_listeners(&mut out);
-    passdb(&mut out);
+    out.push_str(
+        "
+# A login names its passwd-file: Dovecot's default characters, with no '/', keep it
+# inside the directory.
+auth_username_chars = abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01234567890.-_@
+",
+    );
+    passdb(&mut out, &format!("{DOVECOT_LOGINS}/%{{user}}"));
     out
 }
 
-/// The front's passwd-file: every account's hash, and where its box is.
-pub fn front_passwd(plan: &MailPlan) -> String {
-    let mut out = String::from(GENERATED);
-    out.push_str(
-        "# Logins of the front's IMAP proxy: user:password:::::: then where to forward.\n",
-    );
+/// The front's logins: for each login name, its passwd-file (one line: user:password::::::
+/// then where to forward).
+pub fn front_logins(plan: &MailPlan) -> Vec<(String, String)> {
+    let mut files = Vec::new();
     for b in &plan.boxes {
         let proxy = format!(
             "proxy=y host={} port={BOX_IMAP_PORT} destuser={}",
             b.ipv4, b.address
         );
         for login in [&b.address, &b.name] {
+            let mut out = String::from(GENERATED);
+            let _ = writeln!(
+                out,
+                "# The front's IMAP login {login}: user:password:::::: then where to forward."
+            );
             let _ = writeln!(out, "{login}:{{CRYPT}}{}::::::{proxy}", b.password_hash);
+            files.push((login.clone(), out));
         }
     }
-    out
+    files
 }
 
 /// One account's box: LMTP from the front on its private address, IMAP for the front
@@ -132,6 +149,8 @@ lmtp_add_received_header = no
 
 mail_driver = maildir
 mail_path = ~/Maildir
+# Only this Dovecot writes the Maildir: no scan of new/ and cur/ before each delivery.
+maildir_very_dirty_syncs = yes
 # The one user's own uid and gid, and no other.
 first_valid_uid = {id}
 last_valid_uid = {id}
@@ -150,7 +169,7 @@ service lmtp {{
         ipv4 = account.ipv4,
     );
     imap_listeners(&mut out);
-    passdb(&mut out);
+    passdb(&mut out, DOVECOT_PASSWD);
     let _ = write!(
         out,
         "

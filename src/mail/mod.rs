@@ -37,8 +37,10 @@ pub mod paths {
     pub const POSTFIX_DATA: &str = "/var/lib/postfix";
     /// Dovecot's configuration file.
     pub const DOVECOT_CONFIG: &str = "/etc/dovecot/dovecot.conf";
-    /// The passwd-file beside it: the front's logins, or a box's one account.
+    /// A box's passwd-file beside it: its one account.
     pub const DOVECOT_PASSWD: &str = "/etc/dovecot/passwd";
+    /// The front's logins beside it: a passwd-file per login name (`dovecot` says why).
+    pub const DOVECOT_LOGINS: &str = "/etc/dovecot/logins";
     /// The appliance's TLS certificate (with its chain) and key.
     pub const TLS_CERT: &str = "/etc/letterbox/tls/cert.pem";
     pub const TLS_KEY: &str = "/etc/letterbox/tls/key.pem";

@@ -2,13 +2,13 @@
 //! bridge and veth links, bridge ports, host routes, proxy NDP entries and policy rules.
 //! Everything added carries letterbox's protocol mark, so removal takes only its own.
 
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 use futures::TryStreamExt;
 use netlink_packet_route::link::{InfoData, InfoVeth};
 use netlink_packet_route::neighbour::{
-    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage,
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol,
@@ -198,6 +198,26 @@ pub async fn ipv6_proxy_neighbours(handle: &Handle) -> Result<Vec<ProxyNeighbour
             })
         })
         .collect())
+}
+
+/// Tells the kernel the link-layer address of the box at `address` on the bridge, so that
+/// the first packet to a new box is not held for an ARP answer: the kernel asks again only
+/// a second after an unanswered question (one sent before the box's link was up). The
+/// entry ages as any learnt one does.
+pub async fn set_box_neighbour(
+    handle: &Handle,
+    bridge: u32,
+    address: Ipv4Addr,
+    mac: [u8; 6],
+) -> Result<(), rtnetlink::Error> {
+    handle
+        .neighbours()
+        .add(bridge, IpAddr::V4(address))
+        .link_layer_address(&mac)
+        .state(NeighbourState::Reachable)
+        .replace()
+        .execute()
+        .await
 }
 
 /// Adds a proxy neighbour entry marked as letterbox's (NDA_PROTOCOL).

@@ -199,6 +199,9 @@ pub async fn ensure_box_netns(
                 })?;
         ensure_veth(&host, &inside, &bridge_link, &netns, net, &mut changes).await?;
         configure_inside(&inside, bridge, net, &mut changes).await?;
+        kernel::set_box_neighbour(&host, bridge_link.index, net.ipv4, box_mac(net))
+            .await
+            .map_err(failed(&bridge.name, "set the box's neighbour entry"))?;
         if let Some(address) = net.ipv6 {
             ipv6::route(&host, &bridge_link, address, &mut changes).await?;
         }
