@@ -864,6 +864,127 @@ fn an_account_added_within_a_second_of_a_delete_logs_in_at_once() {
     );
 }
 
+/// The `checks:` lines of `status`: (level, what, the rest).
+fn status_checks(lab: &Lab) -> Vec<(String, String)> {
+    let status = lab.ctl(&["status"]).unwrap_or_default();
+    let checks = status
+        .split("checks:\n")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no checks in status:\n{status}"));
+    checks
+        .lines()
+        .take_while(|l| l.starts_with("  "))
+        .map(|l| {
+            let (level, rest) = l.trim().split_once(' ').unwrap();
+            (level.to_string(), rest.trim().to_string())
+        })
+        .collect()
+}
+
+/// Every process of the tree under `pid`.
+fn process_tree(pid: i32) -> Vec<i32> {
+    let mut found = vec![pid];
+    let mut i = 0;
+    while i < found.len() {
+        let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", found[i]))
+            .unwrap_or_default();
+        found.extend(
+            children
+                .split_whitespace()
+                .filter_map(|c| c.parse::<i32>().ok()),
+        );
+        i += 1;
+    }
+    found
+}
+
+#[test]
+fn status_checks_pass_on_a_healthy_system_and_fail_for_a_hung_box_and_an_expired_certificate() {
+    let test =
+        "status_checks_pass_on_a_healthy_system_and_fail_for_a_hung_box_and_an_expired_certificate";
+    if !can_run(test) {
+        return;
+    }
+    let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = Lab::start();
+    lab.running_pid("box-bob", 1);
+    let healthy = status_checks(&lab);
+    for what in [
+        "clock",
+        "disk",
+        "zone",
+        "reverse dns",
+        "certificate",
+        "open relay",
+        "queue",
+        "boxes",
+        "probe mail",
+    ] {
+        let line = healthy.iter().find(|(_, rest)| rest.starts_with(what));
+        // The data partition here is the test machine's disk, which may truly be low.
+        let fine = |level: &str| level == "ok" || (what == "disk" && level == "warn");
+        assert!(
+            matches!(line, Some((level, _)) if fine(level)),
+            "{what}: {line:?}\n{healthy:#?}\n{}",
+            lab.diagnostics()
+        );
+    }
+    // The probe went through port 25 into alice's box, and is gone from it again.
+    let probe = healthy
+        .iter()
+        .find(|(_, r)| r.starts_with("probe mail"))
+        .unwrap();
+    assert!(
+        probe.1.contains("delivered to box@alice.example.org"),
+        "{probe:?}"
+    );
+    let new = lab.state().join("mail/alice/Maildir/new");
+    let left = std::fs::read_dir(&new).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(left, 0, "the probe is removed from {}", new.display());
+
+    // A hung box: its processes stopped, its IMAP greets nobody.
+    let tree = process_tree(lab.running_pid("box-bob", 1));
+    let signal_all = |signal: &str| {
+        for pid in &tree {
+            common::run(&["kill", signal, &pid.to_string()]);
+        }
+    };
+    signal_all("-STOP");
+    let hung = status_checks(&lab);
+    signal_all("-CONT");
+    let boxes = hung.iter().find(|(_, r)| r.starts_with("boxes")).unwrap();
+    assert_eq!(boxes.0, "FAIL", "{boxes:?}");
+    assert!(
+        boxes.1.contains("box-bob's IMAP does not answer"),
+        "{boxes:?}"
+    );
+
+    // An expired certificate for the right name and key.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["mail.example.org".into()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(2026, 11, 2);
+    params.not_after = rcgen::date_time_ymd(2026, 11, 3);
+    let cert = params.self_signed(&key).unwrap();
+    let tls = lab.state().join("tls");
+    std::fs::write(tls.join("key.pem"), key.serialize_pem()).unwrap();
+    std::fs::write(tls.join("cert.pem"), cert.pem()).unwrap();
+    let expired = status_checks(&lab);
+    let certificate = expired
+        .iter()
+        .find(|(_, r)| r.starts_with("certificate"))
+        .unwrap();
+    assert_eq!(certificate.0, "FAIL", "{certificate:?}");
+    assert!(
+        certificate.1.contains("expired on 2026-11-03"),
+        "{certificate:?}"
+    );
+    let boxes = expired
+        .iter()
+        .find(|(_, r)| r.starts_with("boxes"))
+        .unwrap();
+    assert_eq!(boxes.0, "ok", "bob's box answers again: {boxes:?}");
+}
+
 #[test]
 fn mail_accepted_before_the_agent_is_killed_arrives_once_it_runs_again() {
     let test = "mail_accepted_before_the_agent_is_killed_arrives_once_it_runs_again";

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use letterbox::mail::welcome::{send_welcome, welcome_message, WelcomeError, SEND_TIMEOUT};
+use letterbox::mail::welcome::{send, welcome_message, WelcomeError, SEND_TIMEOUT};
 use letterbox::mail::MailPlan;
 
 const FIXTURE: &str = r#"version = 1
@@ -115,8 +115,7 @@ fn the_welcome_mail_is_sent_over_smtp_to_port_25() {
     });
     assert!(listening, "aiosmtpd listens on {server}");
 
-    ns.block_on_inside(send_welcome(alice_welcome(), server))
-        .unwrap();
+    ns.block_on_inside(send(alice_welcome(), server)).unwrap();
 
     let message = delivered(&maildir).expect("the server kept the message");
     for line in [
@@ -144,9 +143,7 @@ fn send_on_the_host(server: SocketAddr) -> (WelcomeError, Duration) {
         .build()
         .unwrap();
     let start = Instant::now();
-    let error = runtime
-        .block_on(send_welcome(alice_welcome(), server))
-        .unwrap_err();
+    let error = runtime.block_on(send(alice_welcome(), server)).unwrap_err();
     (error, start.elapsed())
 }
 
@@ -167,7 +164,7 @@ fn a_server_that_is_silent_or_not_there_is_an_error_naming_it() {
     assert_eq!(
         error.to_string(),
         format!(
-            "sending the welcome mail to box@alice.example.org through {server}: \
+            "sending mail to box@alice.example.org through {server}: \
              no answer within 5s"
         )
     );

@@ -216,7 +216,7 @@ impl Agent {
         account: &crate::mail::BoxPlan,
     ) -> Result<(), crate::mail::welcome::WelcomeError> {
         let message = welcome::welcome_message(plan, account, std::time::SystemTime::now())?;
-        welcome::send_welcome(message, SocketAddr::from(([127, 0, 0, 1], 25))).await
+        welcome::send(message, SocketAddr::from(([127, 0, 0, 1], 25))).await
     }
 
     /// A deleted account's home: archived as `backups/NAME-DATE.tar.zst` on the data

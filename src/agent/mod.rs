@@ -13,6 +13,7 @@ mod containers_unit;
 pub mod control;
 mod dns_unit;
 mod front_unit;
+mod health;
 mod mail_container;
 mod maps_unit;
 pub mod provisioning;

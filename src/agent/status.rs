@@ -35,6 +35,8 @@ pub async fn report(agent: &Arc<Agent>) -> String {
     if let Some(mail) = &agent.settings.mail {
         out.push_str(&super::containers_unit::report(agent, mail).await);
     }
+    let _ = writeln!(out, "checks:");
+    out.push_str(&super::health::render(&super::health::checks(agent).await));
     let _ = writeln!(out, "interfaces:");
     match crate::net::snapshot().await {
         Ok(links) => {

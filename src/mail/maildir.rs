@@ -349,6 +349,30 @@ fn add_folder(folder: &Path, stats: &mut MailboxStats, inbox: bool) -> Result<()
     Ok(())
 }
 
+/// The message in the Maildir directory `dir` (`new/` or `cur/`) whose Message-ID is
+/// `<ID@…>`, looked for in each file's first 8 KiB (its header).
+pub fn find_by_message_id(dir: &Path, id: &str) -> Option<PathBuf> {
+    use std::io::Read;
+    let wanted = format!("<{id}@").to_ascii_lowercase();
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let mut head = Vec::with_capacity(8192);
+        let Ok(file) = std::fs::File::open(entry.path()) else {
+            continue;
+        };
+        if file.take(8192).read_to_end(&mut head).is_err() {
+            continue;
+        }
+        let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        if head
+            .lines()
+            .any(|l| l.starts_with("message-id:") && l.contains(&wanted))
+        {
+            return Some(entry.path());
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -35,7 +35,7 @@ const EARLIEST_TRUSTED_TIME: i64 = 1_793_491_200;
 const LIFETIME: Duration = Duration::days(824);
 /// Backdated so that a client whose clock is a little behind still accepts a new one.
 const BACKDATE: Duration = Duration::hours(1);
-const RENEW_BEFORE_EXPIRY: Duration = Duration::days(30);
+pub const RENEW_BEFORE_EXPIRY: Duration = Duration::days(30);
 
 /// Where the key and certificate are, ready for Postfix's and Dovecot's configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,6 +153,18 @@ pub fn ensure_self_signed(dir: &Path, fqdn: &str, now: SystemTime) -> Result<Tls
         key_path,
         replaced: Some(reason),
     })
+}
+
+/// The validity (not before, not after) of the certificate in `dir`, for `status`, or why
+/// it cannot serve `fqdn` whatever the time (missing, unreadable, another key or name,
+/// made while the clock was wrong).
+pub fn certificate_validity(
+    dir: &Path,
+    fqdn: &str,
+) -> Result<(OffsetDateTime, OffsetDateTime), Replaced> {
+    let cert = dir.join(CERT_FILE);
+    let key = dir.join(KEY_FILE);
+    check_existing(&cert, &key, fqdn, earliest_trusted_time()).map(|v| (v.not_before, v.not_after))
 }
 
 /// The earliest time the clock may say before it is trusted.

@@ -1,6 +1,7 @@
-//! The welcome mail a new account receives: how to connect a mail client to its box. Built
-//! with lettre, and handed over plain SMTP to the front's Postfix on the appliance itself,
-//! which delivers it like any other mail (so it also shows that delivery works).
+//! The welcome mail a new account receives: how to connect a mail client to its box; and
+//! `status`'s probe mail. Built with lettre, and handed over plain SMTP to the front's
+//! Postfix on the appliance itself, which delivers them like any other mail (so they also
+//! show that delivery works).
 
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
@@ -23,16 +24,14 @@ pub enum WelcomeError {
         address: String,
         source: lettre::address::AddressError,
     },
-    #[error("building the welcome mail to {to}")]
+    #[error("building the mail to {to}")]
     Build {
         to: String,
         source: lettre::error::Error,
     },
-    #[error(
-        "sending the welcome mail to {to} through {server}: no answer within {SEND_TIMEOUT:?}"
-    )]
+    #[error("sending mail to {to} through {server}: no answer within {SEND_TIMEOUT:?}")]
     Timeout { to: String, server: SocketAddr },
-    #[error("sending the welcome mail to {to} through {server}")]
+    #[error("sending mail to {to} through {server}")]
     Send {
         to: String,
         server: SocketAddr,
@@ -65,6 +64,28 @@ pub fn welcome_message(
         // Lines under 76 characters, so that lettre sends it as 7bit, readable as it is
         // (it would choose quoted-printable for a longer line, or a trailing space).
         .body(body(plan, account))
+        .map_err(|source| WelcomeError::Build {
+            to: account.address.clone(),
+            source,
+        })
+}
+
+/// `status`'s probe to `account`, with Message-ID `<ID@HOST>`: found in the box by that
+/// ID, then removed.
+pub fn probe_message(
+    plan: &MailPlan,
+    account: &BoxPlan,
+    id: &str,
+    now: SystemTime,
+) -> Result<Message, WelcomeError> {
+    Message::builder()
+        .from(mailbox(&format!("postmaster@{}", plan.domain))?)
+        .to(mailbox(&account.address)?)
+        .subject("letterbox status probe")
+        .date(now)
+        .message_id(Some(format!("<{id}@{}>", plan.hostname)))
+        .header(ContentType::TEXT_PLAIN)
+        .body("A probe of `status`: it is removed as soon as it has arrived.\n".to_string())
         .map_err(|source| WelcomeError::Build {
             to: account.address.clone(),
             source,
@@ -110,7 +131,7 @@ letterbox, the mail server of {host}
 
 /// Hands `message` to the SMTP server `server` (the front's Postfix, `127.0.0.1:25`) over
 /// plain SMTP: a connection to the host itself, which nobody else can see.
-pub async fn send_welcome(message: Message, server: SocketAddr) -> Result<(), WelcomeError> {
+pub async fn send(message: Message, server: SocketAddr) -> Result<(), WelcomeError> {
     let to = message
         .envelope()
         .to()
