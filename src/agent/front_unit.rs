@@ -5,7 +5,7 @@
 //! (`mail_container::run`). The queue and Postfix's state are on the data partition, so
 //! mail accepted survives the container, the agent and a reboot.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use oci_spec::runtime::Spec;
@@ -13,6 +13,7 @@ use oci_spec::runtime::Spec;
 use super::mail_container::{self, ContainerUnitError, Rendered, Site, DOVECOT_GID};
 use super::Agent;
 use crate::containers::spec::{self, FRONT_DOVECOT, FRONT_POSTFIX};
+use crate::config::Relayhost;
 use crate::containers::FrontFiles;
 use crate::mail::{dovecot, paths, postfix, MailPlan};
 use crate::supervise::{StopSignal, TaskResult, Unit};
@@ -21,6 +22,8 @@ use crate::supervise::{StopSignal, TaskResult, Unit};
 pub const SOCKETS: &str = "front/sockets";
 /// The image's postfix user and group (overlays/mail/etc/passwd), owner of its state.
 const POSTFIX_ID: u32 = 100;
+/// The smarthost's login, rendered beside (not in) the postfix directory, root's only.
+const RELAY_PASSWORD: &str = "relay_password";
 
 /// Everything the front's units need, fixed when the agent starts its units.
 #[derive(Debug, Clone)]
@@ -44,6 +47,11 @@ impl FrontSetup {
             postfix_queue: postfix.join("spool"),
             postfix_data: postfix.join("lib"),
             sockets: self.site.state_dir.join(SOCKETS),
+            relay_password: self
+                .plan
+                .relayhost
+                .as_ref()
+                .map(|_| self.dir().join(RELAY_PASSWORD)),
         }
     }
 
@@ -88,6 +96,9 @@ async fn run_postfix(agent: Arc<Agent>, setup: FrontSetup, mut stop: StopSignal)
                 },
             ],
         )?;
+        if let (Some(relay), Some(path)) = (&setup.plan.relayhost, &files.relay_password) {
+            write_relay_password(&setup.site, relay, path)?;
+        }
         // The queue's top is root's; Postfix makes and owns what is inside at start.
         mail_container::ensure_dir(&files.postfix_queue, 0o755)?;
         mail_container::ensure_dir(&files.postfix_data, 0o700)?;
@@ -140,6 +151,48 @@ pub fn write_logins(site: &Site, plan: &MailPlan) -> Result<(), ContainerUnitErr
         std::io::Write::write_all(file, text.as_bytes())
     })
     .map_err(|source| ContainerUnitError::Write { path, source })
+}
+
+/// The smarthost's login at `path`, root's and mode 0600 from the start (Postfix opens
+/// it as root), its password read now from the file `[mail] relayhost` names.
+fn write_relay_password(
+    site: &Site,
+    relay: &Relayhost,
+    path: &Path,
+) -> Result<(), ContainerUnitError> {
+    let source = site.state_dir.join(&relay.password_file);
+    let password = read_relay_password(&source).map_err(|problem| {
+        ContainerUnitError::RelayPassword {
+            path: source.clone(),
+            problem,
+        }
+    })?;
+    let text = postfix::relay_password(relay, &password);
+    crate::atomic_file::replace_with(path, 0o600, |file| {
+        std::os::unix::fs::fchown(&*file, Some(0), Some(0))?;
+        std::io::Write::write_all(file, text.as_bytes())
+    })
+    .map_err(|source| ContainerUnitError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The password in `path`: its one line, without the line end. What is wrong with it
+/// never quotes it.
+fn read_relay_password(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let password = text.strip_suffix('\n').unwrap_or(&text);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    if password.is_empty() {
+        return Err("it is empty; expected the smarthost's password on one line".into());
+    }
+    if password.chars().any(char::is_control) {
+        return Err("it has more than one line or a control character; expected the \
+                    smarthost's password alone on one line"
+            .into());
+    }
+    Ok(password.to_string())
 }
 
 /// What both front containers need: the TLS pair and their shared socket directory.

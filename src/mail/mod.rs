@@ -46,6 +46,12 @@ pub mod paths {
     pub const FRONT_SOCKETS: &str = "/run/letterbox";
     /// The agent's socketmap in it, Postfix's routing tables (`mail::socketmap`).
     pub const MAPS_SOCKET: &str = "maps.sock";
+    /// The front Dovecot's auth socket in it, through which Postfix's submission checks
+    /// logins (only Postfix's uid may connect).
+    pub const AUTH_SOCKET: &str = "auth.sock";
+    /// The smarthost's login, `[host]:port username:password` (root's, mode 0600: Postfix
+    /// opens it before it drops root).
+    pub const RELAY_PASSWORD: &str = "/etc/postfix/relay_password";
     /// A box's home: its own directory of the data partition, holding its Maildir.
     pub const BOX_HOME: &str = "/var/vmail";
 }
