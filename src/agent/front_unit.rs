@@ -12,8 +12,8 @@ use oci_spec::runtime::Spec;
 
 use super::mail_container::{self, ContainerUnitError, Rendered, Site, DOVECOT_GID};
 use super::Agent;
-use crate::containers::spec::{self, FRONT_DOVECOT, FRONT_POSTFIX};
 use crate::config::Relayhost;
+use crate::containers::spec::{self, FRONT_DOVECOT, FRONT_POSTFIX};
 use crate::containers::FrontFiles;
 use crate::mail::{dovecot, paths, postfix, MailPlan};
 use crate::supervise::{StopSignal, TaskResult, Unit};
@@ -22,8 +22,9 @@ use crate::supervise::{StopSignal, TaskResult, Unit};
 pub const SOCKETS: &str = "front/sockets";
 /// The image's postfix user and group (overlays/mail/etc/passwd), owner of its state.
 const POSTFIX_ID: u32 = 100;
-/// The smarthost's login, rendered beside (not in) the postfix directory, root's only.
-const RELAY_PASSWORD: &str = "relay_password";
+/// The directory of the smarthost's login, beside (not in) the postfix directory: root's
+/// only.
+const RELAY_DIR: &str = "relay";
 
 /// Everything the front's units need, fixed when the agent starts its units.
 #[derive(Debug, Clone)]
@@ -47,11 +48,11 @@ impl FrontSetup {
             postfix_queue: postfix.join("spool"),
             postfix_data: postfix.join("lib"),
             sockets: self.site.state_dir.join(SOCKETS),
-            relay_password: self
+            relay_dir: self
                 .plan
                 .relayhost
                 .as_ref()
-                .map(|_| self.dir().join(RELAY_PASSWORD)),
+                .map(|_| self.dir().join(RELAY_DIR)),
         }
     }
 
@@ -96,8 +97,8 @@ async fn run_postfix(agent: Arc<Agent>, setup: FrontSetup, mut stop: StopSignal)
                 },
             ],
         )?;
-        if let (Some(relay), Some(path)) = (&setup.plan.relayhost, &files.relay_password) {
-            write_relay_password(&setup.site, relay, path)?;
+        if let (Some(relay), Some(dir)) = (&setup.plan.relayhost, &files.relay_dir) {
+            write_relay_password(&setup.site, relay, dir)?;
         }
         // The queue's top is root's; Postfix makes and owns what is inside at start.
         mail_container::ensure_dir(&files.postfix_queue, 0o755)?;
@@ -153,20 +154,22 @@ pub fn write_logins(site: &Site, plan: &MailPlan) -> Result<(), ContainerUnitErr
     .map_err(|source| ContainerUnitError::Write { path, source })
 }
 
-/// The smarthost's login at `path`, root's and mode 0600 from the start (Postfix opens
-/// it as root), its password read now from the file `[mail] relayhost` names.
+/// The smarthost's login in `dir` (root's, 0700), root's and mode 0600 from the start
+/// (Postfix opens it as root), its password read now from the file `[mail] relayhost`
+/// names.
 fn write_relay_password(
     site: &Site,
     relay: &Relayhost,
-    path: &Path,
+    dir: &Path,
 ) -> Result<(), ContainerUnitError> {
+    mail_container::ensure_dir(dir, 0o700)?;
+    let path = &dir.join(mail_container::file_name(paths::RELAY_PASSWORD));
     let source = site.state_dir.join(&relay.password_file);
-    let password = read_relay_password(&source).map_err(|problem| {
-        ContainerUnitError::RelayPassword {
+    let password =
+        read_relay_password(&source).map_err(|problem| ContainerUnitError::RelayPassword {
             path: source.clone(),
             problem,
-        }
-    })?;
+        })?;
     let text = postfix::relay_password(relay, &password);
     crate::atomic_file::replace_with(path, 0o600, |file| {
         std::os::unix::fs::fchown(&*file, Some(0), Some(0))?;
@@ -188,9 +191,11 @@ fn read_relay_password(path: &Path) -> Result<String, String> {
         return Err("it is empty; expected the smarthost's password on one line".into());
     }
     if password.chars().any(char::is_control) {
-        return Err("it has more than one line or a control character; expected the \
+        return Err(
+            "it has more than one line or a control character; expected the \
                     smarthost's password alone on one line"
-            .into());
+                .into(),
+        );
     }
     Ok(password.to_string())
 }

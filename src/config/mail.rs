@@ -178,7 +178,10 @@ mod tests {
             good()
         );
         let relayhost = parse("t.toml", &text).unwrap().mail.relayhost.unwrap();
-        assert_eq!((relayhost.host.as_str(), relayhost.port), ("2001:db8::25", 465));
+        assert_eq!(
+            (relayhost.host.as_str(), relayhost.port),
+            ("2001:db8::25", 465)
+        );
     }
 
     /// Each file of tests/fixtures/config/mail is refused with the errors its first lines
@@ -205,7 +208,12 @@ mod tests {
                 .collect();
             assert!(!expected.is_empty(), "{} names no error", path.display());
             let found = errors(&text);
-            assert_eq!(found.len(), expected.len(), "{}: {found:#?}", path.display());
+            assert_eq!(
+                found.len(),
+                expected.len(),
+                "{}: {found:#?}",
+                path.display()
+            );
             for ((line, column, message), (l, col, words)) in found.iter().zip(&expected) {
                 assert_eq!((line, column), (l, col), "{}: {message}", path.display());
                 assert!(

@@ -20,7 +20,7 @@ use oci_spec::runtime::{
 
 use super::ContainersError;
 use crate::mail::paths::{
-    BOX_HOME, DOVECOT_CONFIG, POSTFIX_CONFIG, POSTFIX_DATA, POSTFIX_QUEUE, RELAY_PASSWORD, TLS_CERT,
+    BOX_HOME, DOVECOT_CONFIG, POSTFIX_CONFIG, POSTFIX_DATA, POSTFIX_QUEUE, RELAY_DIR, TLS_CERT,
 };
 use crate::mail::BoxPlan;
 
@@ -91,8 +91,8 @@ pub struct FrontFiles {
     pub postfix_data: PathBuf,
     /// The socket directory both front containers share (read-write).
     pub sockets: PathBuf,
-    /// The smarthost's login (`[mail] relayhost`), if there is one.
-    pub relay_password: Option<PathBuf>,
+    /// The directory of the smarthost's login (`[mail] relayhost`), if there is one.
+    pub relay_dir: Option<PathBuf>,
 }
 
 /// The confined base every mail container starts from: oci-spec's defaults (namespaces,
@@ -292,8 +292,8 @@ pub fn front_postfix_spec(files: &FrontFiles) -> Result<Spec, ContainersError> {
         let dest = format!("{POSTFIX_CONFIG}/{file}");
         with_bind(&mut spec, &files.postfix_dir.join(file), &dest, false)?;
     }
-    if let Some(password) = &files.relay_password {
-        with_bind(&mut spec, password, RELAY_PASSWORD, false)?;
+    if let Some(relay) = &files.relay_dir {
+        with_bind(&mut spec, relay, RELAY_DIR, false)?;
     }
     with_bind(&mut spec, &files.tls_dir, tls_dir(), false)?;
     with_bind(&mut spec, &files.postfix_queue, POSTFIX_QUEUE, true)?;

@@ -49,9 +49,10 @@ pub mod paths {
     /// The front Dovecot's auth socket in it, through which Postfix's submission checks
     /// logins (only Postfix's uid may connect).
     pub const AUTH_SOCKET: &str = "auth.sock";
-    /// The smarthost's login, `[host]:port username:password` (root's, mode 0600: Postfix
-    /// opens it before it drops root).
-    pub const RELAY_PASSWORD: &str = "/etc/postfix/relay_password";
+    /// The directory of the smarthost's login (root's, mode 0700), and the login in it,
+    /// `[host]:port username:password` (mode 0600: Postfix opens it before it drops root).
+    pub const RELAY_DIR: &str = "/etc/letterbox/relay";
+    pub const RELAY_PASSWORD: &str = "/etc/letterbox/relay/password";
     /// A box's home: its own directory of the data partition, holding its Maildir.
     pub const BOX_HOME: &str = "/var/vmail";
 }
