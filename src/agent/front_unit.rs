@@ -95,6 +95,11 @@ async fn run_postfix(agent: Arc<Agent>, setup: FrontSetup, mut stop: StopSignal)
                     text: postfix::master_cf(),
                     readable_by: None,
                 },
+                Rendered {
+                    name: mail_container::file_name(paths::RESOLV_CONF),
+                    text: postfix::resolv_conf(&setup.plan),
+                    readable_by: None,
+                },
             ],
         )?;
         if let (Some(relay), Some(dir)) = (&setup.plan.relayhost, &files.relay_dir) {

@@ -20,7 +20,8 @@ use oci_spec::runtime::{
 
 use super::ContainersError;
 use crate::mail::paths::{
-    BOX_HOME, DOVECOT_CONFIG, POSTFIX_CONFIG, POSTFIX_DATA, POSTFIX_QUEUE, RELAY_DIR, TLS_CERT,
+    BOX_HOME, DOVECOT_CONFIG, POSTFIX_CONFIG, POSTFIX_DATA, POSTFIX_QUEUE, RELAY_DIR, RESOLV_CONF,
+    TLS_CERT,
 };
 use crate::mail::BoxPlan;
 
@@ -81,7 +82,8 @@ pub struct BoxFiles {
 /// Host paths bind-mounted into the front's containers.
 #[derive(Debug, Clone)]
 pub struct FrontFiles {
-    /// The rendered `main.cf` and `master.cf` (read-only, each over the image's own).
+    /// The rendered `main.cf`, `master.cf` (read-only, each over the image's own) and
+    /// `resolv.conf`.
     pub postfix_dir: PathBuf,
     /// The front's rendered `dovecot.conf` and `passwd` (read-only, at /etc/dovecot).
     pub dovecot_dir: PathBuf,
@@ -292,6 +294,8 @@ pub fn front_postfix_spec(files: &FrontFiles) -> Result<Spec, ContainersError> {
         let dest = format!("{POSTFIX_CONFIG}/{file}");
         with_bind(&mut spec, &files.postfix_dir.join(file), &dest, false)?;
     }
+    let resolv_conf = files.postfix_dir.join("resolv.conf");
+    with_bind(&mut spec, &resolv_conf, RESOLV_CONF, false)?;
     if let Some(relay) = &files.relay_dir {
         with_bind(&mut spec, relay, RELAY_DIR, false)?;
     }

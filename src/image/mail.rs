@@ -87,6 +87,10 @@ const OVERLAYS: &[(&str, &str)] = &[
         "etc/postfix/master.cf",
         include_str!("../../overlays/mail/etc/postfix/master.cf"),
     ),
+    (
+        "etc/resolv.conf",
+        include_str!("../../overlays/mail/etc/resolv.conf"),
+    ),
 ];
 
 /// Mount points and scratch directories a container expects (mode).

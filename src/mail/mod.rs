@@ -31,6 +31,8 @@ pub const GENERATED: &str =
 pub mod paths {
     /// Postfix's configuration directory (main.cf, master.cf).
     pub const POSTFIX_CONFIG: &str = "/etc/postfix";
+    /// The resolvers of the front's Postfix (a mount point in the image).
+    pub const RESOLV_CONF: &str = "/etc/resolv.conf";
     /// Postfix's queue: the data partition.
     pub const POSTFIX_QUEUE: &str = "/var/spool/postfix";
     /// Postfix's own state (caches, the TLS session cache): the data partition.

@@ -1,7 +1,7 @@
 //! What the mail configuration is made from: the names, addresses and logins that
 //! `letterbox.toml` implies.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::config::{Config, Relayhost};
 
@@ -25,6 +25,8 @@ pub struct MailPlan {
     pub boxes: Vec<BoxPlan>,
     /// The smarthost mail to other domains goes through; `None`: straight to their MX.
     pub relayhost: Option<Relayhost>,
+    /// The resolvers the front's Postfix asks for other domains' MX (`nameservers`).
+    pub nameservers: Vec<IpAddr>,
 }
 
 /// One account's box.
@@ -75,6 +77,7 @@ impl From<&Config> for MailPlan {
             ipv6: config.has_ipv6(),
             boxes,
             relayhost: config.mail.relayhost.clone(),
+            nameservers: config.nameservers.clone(),
         }
     }
 }

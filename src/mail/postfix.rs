@@ -156,6 +156,17 @@ fn next_hop(relay: &Relayhost) -> String {
     format!("[{}]:{}", relay.host, relay.port)
 }
 
+/// The resolvers the front's Postfix asks for other domains' MX: the file's
+/// `nameservers`, as the appliance itself uses them.
+pub fn resolv_conf(plan: &MailPlan) -> String {
+    let mut out = String::from(GENERATED);
+    out.push_str("# The resolvers the front's Postfix asks for other domains' MX.\n");
+    for ns in &plan.nameservers {
+        let _ = writeln!(out, "nameserver {ns}");
+    }
+    out
+}
+
 /// The smarthost's login, for `smtp_sasl_password_maps`: `password` is read from the
 /// file `[mail] relayhost` names, never from letterbox.toml.
 pub fn relay_password(relay: &Relayhost, password: &str) -> String {

@@ -135,6 +135,7 @@ mod tests {
                 password_hash: "$6$x$y".into(),
             }],
             relayhost: None,
+            nameservers: Vec::new(),
         }
     }
 
