@@ -184,6 +184,28 @@ mod tests {
         );
     }
 
+    #[test]
+    fn the_default_files_relayhost_example_parses_once_uncommented() {
+        let mut text = crate::config::DEFAULT_TOML.to_string();
+        let at = text.find("# [mail.relayhost]").expect("the example is documented");
+        let example: String = text[at..]
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(setting) if setting.starts_with('[') || setting.contains(" = ") => {
+                    format!("{setting}\n")
+                }
+                _ => format!("{l}\n"),
+            })
+            .collect();
+        text.truncate(at);
+        text.push_str(&example);
+        let relayhost = parse("letterbox.toml", &text).unwrap().mail.relayhost;
+        assert_eq!(
+            relayhost.map(|r| (r.host, r.port, r.username)),
+            Some(("smtp.example.net".into(), 587, "me@example.net".into()))
+        );
+    }
+
     /// Each file of tests/fixtures/config/mail is refused with the errors its first lines
     /// name: `# error: LINE:COLUMN words of the message`, one a line.
     #[test]
