@@ -212,3 +212,28 @@ fn prepare_common(setup: &FrontSetup) -> Result<FrontFiles, ContainerUnitError> 
     mail_container::ensure_dir(&files.sockets, 0o755)?;
     Ok(files)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::read_relay_password;
+
+    #[test]
+    fn the_relay_password_is_its_files_one_line_and_a_refusal_never_quotes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("password");
+        for (text, password) in [("s3cret\n", "s3cret"), ("a b:c\r\n", "a b:c"), ("x", "x")] {
+            std::fs::write(&file, text).unwrap();
+            assert_eq!(read_relay_password(&file).as_deref(), Ok(password));
+        }
+        for bad in ["", "\n", "quokka\nzebra\n", "quokka\tzebra"] {
+            std::fs::write(&file, bad).unwrap();
+            let problem = read_relay_password(&file).unwrap_err();
+            assert!(problem.contains("expected"), "{problem}");
+            assert!(
+                !problem.contains("quokka") && !problem.contains("zebra"),
+                "{problem}"
+            );
+        }
+        assert!(read_relay_password(&dir.path().join("missing")).is_err());
+    }
+}

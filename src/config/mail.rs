@@ -187,7 +187,9 @@ mod tests {
     #[test]
     fn the_default_files_relayhost_example_parses_once_uncommented() {
         let mut text = crate::config::DEFAULT_TOML.to_string();
-        let at = text.find("# [mail.relayhost]").expect("the example is documented");
+        let at = text
+            .find("# [mail.relayhost]")
+            .expect("the example is documented");
         let example: String = text[at..]
             .lines()
             .map(|l| match l.strip_prefix("# ") {

@@ -63,6 +63,9 @@ relay_recipient_maps = {maps}:{RECIPIENTS}
 ",
         maps = maps(),
     );
+    // Port 25 checks the sender with an access table, not
+    // reject_unauthenticated_sender_login_mismatch: smtpd ignores that (with a warning on
+    // every connection) where SASL is off.
     let _ = write!(
         out,
         "
