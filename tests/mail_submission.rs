@@ -547,6 +547,12 @@ fn submission_logs_in_over_tls_only_sends_as_the_login_only_and_relays_through_t
             file.display()
         );
     }
+    // Only Postfix's uid may ask the front's Dovecot about logins.
+    let auth = std::fs::metadata(lab.state().join("front/sockets/auth.sock")).unwrap();
+    {
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!((auth.mode() & 0o777, auth.uid()), (0o600, 100), "auth.sock");
+    }
     assert_mode_root(&lab.state().join("front/relay"), 0o700);
     assert_mode_root(&lab.state().join("front/relay/password"), 0o600);
 }

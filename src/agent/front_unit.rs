@@ -102,8 +102,21 @@ async fn run_postfix(agent: Arc<Agent>, setup: FrontSetup, mut stop: StopSignal)
                 },
             ],
         )?;
-        if let (Some(relay), Some(dir)) = (&setup.plan.relayhost, &files.relay_dir) {
-            write_relay_password(&setup.site, relay, dir)?;
+        match (&setup.plan.relayhost, &files.relay_dir) {
+            (Some(relay), Some(dir)) => write_relay_password(&setup.site, relay, dir)?,
+            // A relayhost taken out of the file leaves no copy of its password behind.
+            _ => {
+                let dir = setup.dir().join(RELAY_DIR);
+                match std::fs::remove_dir_all(&dir) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(ContainerUnitError::Write {
+                            path: dir,
+                            source: e,
+                        });
+                    }
+                    _ => {}
+                }
+            }
         }
         // The queue's top is root's; Postfix makes and owns what is inside at start.
         mail_container::ensure_dir(&files.postfix_queue, 0o755)?;
