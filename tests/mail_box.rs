@@ -57,6 +57,7 @@ fn front_files() -> FrontFiles {
         postfix_queue: data.join("mail/queue"),
         postfix_data: data.join("mail/postfix"),
         sockets: data.join("mail/front/sockets"),
+        relay_dir: None,
     }
 }
 

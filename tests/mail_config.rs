@@ -13,6 +13,7 @@ use letterbox::mail::{dovecot, paths, postfix, MailPlan, GENERATED};
 
 /// Both hashes are of "letterbox": alice's SHA-512 crypt, bob's yescrypt.
 const FIXTURE: &str = r#"version = 1
+nameservers = ["192.0.2.53", "2001:db8::53"]
 [system]
 hostname = "mail"
 domain = "example.org"
@@ -35,11 +36,50 @@ fn plan() -> MailPlan {
     MailPlan::from(&config)
 }
 
+/// The fixture with a smarthost on `port`.
+fn plan_with_relayhost(port: u16) -> MailPlan {
+    let text = format!(
+        "{FIXTURE}[mail.relayhost]\nhost = \"smtp.isp.example\"\nport = {port}\n\
+         username = \"me@isp.example\"\npassword_file = \"relayhost-password\"\n"
+    );
+    let config = letterbox::config::parse("fixture.toml", &text).expect("a valid fixture");
+    MailPlan::from(&config)
+}
+
+#[test]
+fn a_relayhost_sends_through_the_smarthost_logged_in_over_tls_only() {
+    let starttls = plan_with_relayhost(587);
+    letterbox::golden::check(
+        "mail/front/postfix/main-relayhost.cf",
+        &postfix::main_cf(&starttls),
+    );
+    let relay = starttls.relayhost.as_ref().unwrap();
+    assert_eq!(
+        postfix::relay_password(relay, "pa:ss word"),
+        format!(
+            "{GENERATED}# The smarthost's login: next hop, then username:password.\n\
+                 [smtp.isp.example]:587 me@isp.example:pa:ss word\n"
+        )
+    );
+    let tls = postfix::main_cf(&plan_with_relayhost(465));
+    assert!(
+        tls.contains("relayhost = [smtp.isp.example]:465\n")
+            && tls.contains("smtp_tls_wrappermode = yes\n"),
+        "{tls}"
+    );
+    assert!(!postfix::main_cf(&starttls).contains("smtp_tls_wrappermode"));
+    assert!(!postfix::main_cf(&plan()).contains("relayhost"));
+}
+
 /// Every rendered file, named as its golden file under tests/golden/mail.
 fn rendered(plan: &MailPlan) -> Vec<(String, String)> {
     let mut files = vec![
         ("front/postfix/main.cf".into(), postfix::main_cf(plan)),
         ("front/postfix/master.cf".into(), postfix::master_cf()),
+        (
+            "front/postfix/resolv.conf".into(),
+            postfix::resolv_conf(plan),
+        ),
         ("front/dovecot.conf".into(), dovecot::front_conf(plan)),
     ];
     for (login, text) in dovecot::front_logins(plan) {
@@ -67,7 +107,7 @@ fn every_rendered_file_matches_its_golden_file() {
 #[test]
 fn every_rendered_file_says_it_is_generated_and_renders_the_same_twice() {
     let first = rendered(&plan());
-    assert_eq!(first.len(), 11);
+    assert_eq!(first.len(), 12);
     for (name, text) in &first {
         assert!(text.starts_with(GENERATED), "{name} starts with:\n{text}");
     }
@@ -138,6 +178,20 @@ fn trixies_postfix_loads_the_front_files_without_a_warning() {
         );
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     };
+    let (sender_logins, sender_access) = (
+        map("smtpd_sender_login_maps"),
+        map("smtpd_sender_restrictions").replace("check_sender_access ", ""),
+    );
+    for b in &plan.boxes {
+        assert_eq!(
+            query(&sender_logins, &b.address),
+            format!("{} {}", b.address, b.name),
+            "the logins that may send as {}",
+            b.address
+        );
+        assert!(query(&sender_access, &b.address).starts_with("REJECT 5.7.1 "));
+        assert_eq!(query(&sender_access, &b.mail_domain), "");
+    }
     for b in &plan.boxes {
         let route = format!("lmtp:inet:[{}]:24", b.ipv4);
         assert_eq!(query(&domains, &b.mail_domain), b.mail_domain);
@@ -172,6 +226,37 @@ fn trixies_postfix_loads_the_front_files_without_a_warning() {
     assert_clean(
         "postfix check",
         &chroot(&root, &["postfix", "-c", paths::POSTFIX_CONFIG, "check"]),
+    );
+
+    // With a smarthost: its login table, as trixie's postmap reads it.
+    let relayhost = plan_with_relayhost(587);
+    put(&root, "/etc/postfix/main.cf", &postfix::main_cf(&relayhost));
+    let relay = relayhost.relayhost.as_ref().unwrap();
+    put(
+        &root,
+        paths::RELAY_PASSWORD,
+        &postfix::relay_password(relay, "s3cret"),
+    );
+    assert_clean(
+        "postconf -n with a relayhost",
+        &chroot(&root, &["postconf", "-c", paths::POSTFIX_CONFIG, "-n"]),
+    );
+    assert_clean(
+        "postfix check with a relayhost",
+        &chroot(&root, &["postfix", "-c", paths::POSTFIX_CONFIG, "check"]),
+    );
+    let login = chroot(
+        &root,
+        &[
+            "postmap",
+            "-q",
+            "[smtp.isp.example]:587",
+            &format!("texthash:{}", paths::RELAY_PASSWORD),
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&login.stdout).trim(),
+        "me@isp.example:s3cret"
     );
 }
 

@@ -5,7 +5,7 @@
 //! (`mail_container::run`). The queue and Postfix's state are on the data partition, so
 //! mail accepted survives the container, the agent and a reboot.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -13,6 +13,7 @@ use oci_spec::runtime::Spec;
 
 use super::mail_container::{self, ContainerUnitError, Rendered, Site, DOVECOT_GID};
 use super::Agent;
+use crate::config::Relayhost;
 use crate::containers::spec::{self, FRONT_DOVECOT, FRONT_POSTFIX};
 use crate::containers::FrontFiles;
 use crate::mail::{dovecot, paths, postfix, MailPlan};
@@ -22,6 +23,9 @@ use crate::supervise::{StopSignal, TaskResult, Unit};
 pub const SOCKETS: &str = "front/sockets";
 /// The image's postfix user and group (overlays/mail/etc/passwd), owner of its state.
 const POSTFIX_ID: u32 = 100;
+/// The directory of the smarthost's login, beside (not in) the postfix directory: root's
+/// only.
+const RELAY_DIR: &str = "relay";
 
 /// Everything the front's units need, fixed when the agent starts its units.
 #[derive(Debug, Clone)]
@@ -45,6 +49,11 @@ impl FrontSetup {
             postfix_queue: postfix.join("spool"),
             postfix_data: postfix.join("lib"),
             sockets: self.site.state_dir.join(SOCKETS),
+            relay_dir: self
+                .plan
+                .relayhost
+                .as_ref()
+                .map(|_| self.dir().join(RELAY_DIR)),
         }
     }
 
@@ -87,8 +96,29 @@ async fn run_postfix(agent: Arc<Agent>, setup: FrontSetup, mut stop: StopSignal)
                     text: postfix::master_cf(),
                     readable_by: None,
                 },
+                Rendered {
+                    name: mail_container::file_name(paths::RESOLV_CONF),
+                    text: postfix::resolv_conf(&setup.plan),
+                    readable_by: None,
+                },
             ],
         )?;
+        match (&setup.plan.relayhost, &files.relay_dir) {
+            (Some(relay), Some(dir)) => write_relay_password(&setup.site, relay, dir)?,
+            // A relayhost taken out of the file leaves no copy of its password behind.
+            _ => {
+                let dir = setup.dir().join(RELAY_DIR);
+                match std::fs::remove_dir_all(&dir) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(ContainerUnitError::Write {
+                            path: dir,
+                            source: e,
+                        });
+                    }
+                    _ => {}
+                }
+            }
+        }
         // The queue's top is root's; Postfix makes and owns what is inside at start.
         mail_container::ensure_dir(&files.postfix_queue, 0o755)?;
         mail_container::ensure_dir(&files.postfix_data, 0o700)?;
@@ -185,6 +215,52 @@ fn later_second(now: SystemTime, previous: Option<SystemTime>) -> SystemTime {
     }
 }
 
+/// The smarthost's login in `dir` (root's, 0700), root's and mode 0600 from the start
+/// (Postfix opens it as root), its password read now from the file `[mail] relayhost`
+/// names.
+fn write_relay_password(
+    site: &Site,
+    relay: &Relayhost,
+    dir: &Path,
+) -> Result<(), ContainerUnitError> {
+    mail_container::ensure_dir(dir, 0o700)?;
+    let path = &dir.join(mail_container::file_name(paths::RELAY_PASSWORD));
+    let source = site.state_dir.join(&relay.password_file);
+    let password =
+        read_relay_password(&source).map_err(|problem| ContainerUnitError::RelayPassword {
+            path: source.clone(),
+            problem,
+        })?;
+    let text = postfix::relay_password(relay, &password);
+    crate::atomic_file::replace_with(path, 0o600, |file| {
+        std::os::unix::fs::fchown(&*file, Some(0), Some(0))?;
+        std::io::Write::write_all(file, text.as_bytes())
+    })
+    .map_err(|source| ContainerUnitError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The password in `path`: its one line, without the line end. What is wrong with it
+/// never quotes it.
+fn read_relay_password(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let password = text.strip_suffix('\n').unwrap_or(&text);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    if password.is_empty() {
+        return Err("it is empty; expected the smarthost's password on one line".into());
+    }
+    if password.chars().any(char::is_control) {
+        return Err(
+            "it has more than one line or a control character; expected the \
+                    smarthost's password alone on one line"
+                .into(),
+        );
+    }
+    Ok(password.to_string())
+}
+
 /// What both front containers need: the TLS pair and their shared socket directory.
 fn prepare_common(setup: &FrontSetup) -> Result<FrontFiles, ContainerUnitError> {
     let files = setup.files();
@@ -208,5 +284,25 @@ mod tests {
         assert_eq!(later_second(at(90, 0), Some(at(100, 200))), at(101, 0));
         assert_eq!(later_second(at(101, 300), Some(at(100, 900))), at(101, 300));
         assert_eq!(later_second(at(5, 0), None), at(5, 0));
+    }
+
+    #[test]
+    fn the_relay_password_is_its_files_one_line_and_a_refusal_never_quotes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("password");
+        for (text, password) in [("s3cret\n", "s3cret"), ("a b:c\r\n", "a b:c"), ("x", "x")] {
+            std::fs::write(&file, text).unwrap();
+            assert_eq!(read_relay_password(&file).as_deref(), Ok(password));
+        }
+        for bad in ["", "\n", "quokka\nzebra\n", "quokka\tzebra"] {
+            std::fs::write(&file, bad).unwrap();
+            let problem = read_relay_password(&file).unwrap_err();
+            assert!(problem.contains("expected"), "{problem}");
+            assert!(
+                !problem.contains("quokka") && !problem.contains("zebra"),
+                "{problem}"
+            );
+        }
+        assert!(read_relay_password(&dir.path().join("missing")).is_err());
     }
 }

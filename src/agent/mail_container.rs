@@ -47,6 +47,8 @@ pub enum ContainerUnitError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the smarthost's password file {}: {problem}", .path.display())]
+    RelayPassword { path: PathBuf, problem: String },
     #[error(transparent)]
     Containers(#[from] ContainersError),
     #[error("containerd has no runc in any of the --containerd-dir directories or PATH")]

@@ -9,6 +9,7 @@ mod account_policy;
 mod containers;
 mod diagnostic;
 mod dns;
+mod mail;
 mod network;
 mod ntp;
 mod redact;
@@ -29,6 +30,7 @@ pub use dns::{
     derived_records, is_spf, reserved_account_names, txt_split, Account, Derived, Dns, ExtraRecord,
     DEFAULT_RATE_LIMIT, DERIVED_TTL, NAMESERVER_LABEL, SPF_MAIL, SPF_NONE,
 };
+pub use mail::{Mail, Relayhost, DEFAULT_RELAYHOST_PORT};
 pub use network::Interface;
 pub use ntp::DEFAULT_NTP;
 pub use system::{check_password_hash, Console, System};
@@ -42,7 +44,7 @@ pub const DEFAULT_NAME: &str = "letterbox.toml (embedded default)";
 const VERSION: i64 = 1;
 const SECTIONS: &str =
     "`version`, `system`, `interface`, `nameservers`, `console`, `dns`, `accounts`, `account`, \
-     `containers`";
+     `containers`, `mail`";
 
 /// A validated provisioning file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +58,8 @@ pub struct Config {
     /// `[accounts]`: the rules for adding one.
     pub account_policy: AccountPolicy,
     pub containers: Containers,
+    /// `[mail]`: how mail to other domains leaves.
+    pub mail: Mail,
 }
 
 impl Config {
@@ -131,6 +135,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Diagnostics> {
     let mut raw_accounts = Vec::new();
     let mut raw_account_policy = None;
     let mut raw_containers = None;
+    let mut raw_mail = None;
 
     for (key, value) in root.into_inner() {
         let span = key.span();
@@ -156,6 +161,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Diagnostics> {
             "console" => raw_console = section::<system::RawConsole>(value, &mut c),
             "dns" => raw_dns = section::<dns::RawDns>(value, &mut c),
             "containers" => raw_containers = section(value, &mut c),
+            "mail" => raw_mail = section(value, &mut c),
             "accounts" => raw_account_policy = section(value, &mut c),
             "account" => match value.into_inner() {
                 DeValue::Array(items) => {
@@ -228,6 +234,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Diagnostics> {
         accounts.len(),
         &mut c,
     );
+    let mail = mail::validate_mail(raw_mail, &mut c);
 
     c.finish()?;
     Ok(Config {
@@ -239,6 +246,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Diagnostics> {
         accounts,
         account_policy,
         containers,
+        mail,
     })
 }
 

@@ -20,7 +20,8 @@ use oci_spec::runtime::{
 
 use super::ContainersError;
 use crate::mail::paths::{
-    BOX_HOME, DOVECOT_CONFIG, POSTFIX_CONFIG, POSTFIX_DATA, POSTFIX_QUEUE, TLS_CERT,
+    BOX_HOME, DOVECOT_CONFIG, POSTFIX_CONFIG, POSTFIX_DATA, POSTFIX_QUEUE, RELAY_DIR, RESOLV_CONF,
+    TLS_CERT,
 };
 use crate::mail::BoxPlan;
 
@@ -81,7 +82,8 @@ pub struct BoxFiles {
 /// Host paths bind-mounted into the front's containers.
 #[derive(Debug, Clone)]
 pub struct FrontFiles {
-    /// The rendered `main.cf` and `master.cf` (read-only, each over the image's own).
+    /// The rendered `main.cf`, `master.cf` (read-only, each over the image's own) and
+    /// `resolv.conf`.
     pub postfix_dir: PathBuf,
     /// The front's rendered `dovecot.conf` and `passwd` (read-only, at /etc/dovecot).
     pub dovecot_dir: PathBuf,
@@ -91,6 +93,8 @@ pub struct FrontFiles {
     pub postfix_data: PathBuf,
     /// The socket directory both front containers share (read-write).
     pub sockets: PathBuf,
+    /// The directory of the smarthost's login (`[mail] relayhost`), if there is one.
+    pub relay_dir: Option<PathBuf>,
 }
 
 /// The confined base every mail container starts from: oci-spec's defaults (namespaces,
@@ -289,6 +293,11 @@ pub fn front_postfix_spec(files: &FrontFiles) -> Result<Spec, ContainersError> {
     for file in ["main.cf", "master.cf"] {
         let dest = format!("{POSTFIX_CONFIG}/{file}");
         with_bind(&mut spec, &files.postfix_dir.join(file), &dest, false)?;
+    }
+    let resolv_conf = files.postfix_dir.join("resolv.conf");
+    with_bind(&mut spec, &resolv_conf, RESOLV_CONF, false)?;
+    if let Some(relay) = &files.relay_dir {
+        with_bind(&mut spec, relay, RELAY_DIR, false)?;
     }
     with_bind(&mut spec, &files.tls_dir, tls_dir(), false)?;
     with_bind(&mut spec, &files.postfix_queue, POSTFIX_QUEUE, true)?;

@@ -25,6 +25,8 @@ const INCLUDE: &[&str] = &[
     "dovecot-core",
     "dovecot-imapd",
     "dovecot-lmtpd",
+    // PLAIN and LOGIN for Postfix's SASL client: its login to a smarthost.
+    "libsasl2-modules",
     "dash",
     "coreutils",
     "diffutils",
@@ -85,6 +87,10 @@ const OVERLAYS: &[(&str, &str)] = &[
         "etc/postfix/master.cf",
         include_str!("../../overlays/mail/etc/postfix/master.cf"),
     ),
+    (
+        "etc/resolv.conf",
+        include_str!("../../overlays/mail/etc/resolv.conf"),
+    ),
 ];
 
 /// Mount points and scratch directories a container expects (mode).
@@ -99,6 +105,7 @@ const DIRECTORIES: &[(&str, u32)] = &[
     // Where the runtime specs (containers::spec) bind the TLS files and a box's home: a
     // read-only root cannot grow a mount point at run time.
     ("etc/letterbox/tls", 0o755),
+    ("etc/letterbox/relay", 0o700),
     ("var/vmail", 0o755),
 ];
 

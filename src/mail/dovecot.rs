@@ -14,7 +14,9 @@
 
 use std::fmt::Write as _;
 
-use super::paths::{BOX_HOME, DOVECOT_LOGINS, DOVECOT_PASSWD, TLS_CERT, TLS_KEY};
+use super::paths::{
+    AUTH_SOCKET, BOX_HOME, DOVECOT_LOGINS, DOVECOT_PASSWD, FRONT_SOCKETS, TLS_CERT, TLS_KEY,
+};
 use super::{BoxPlan, MailPlan, GENERATED};
 use crate::mail::LMTP_PORT;
 
@@ -69,13 +71,15 @@ passdb passwd-file {{
     );
 }
 
-/// The front: an IMAP proxy that checks the password, then logs in to the box with it.
+/// The front: an IMAP proxy that checks the password, then logs in to the box with it;
+/// and the same logins for Postfix's submission, over the shared socket directory.
 pub fn front_conf(plan: &MailPlan) -> String {
     let mut out = String::new();
     header(
         &mut out,
         "# The front's Dovecot: an IMAP proxy on ports 143 and 993. It checks each login's\n\
-         # password itself, then forwards the login to the account's box.",
+         # password itself, then forwards the login to the account's box. It also checks\n\
+         # the logins of Postfix's submission (587, 465), with the same passwords.",
     );
     let listen = if plan.ipv6 { "*, ::" } else { "*" };
     let _ = write!(
@@ -86,6 +90,21 @@ listen = {listen}
 "
     );
     imap_listeners(&mut out);
+    let _ = write!(
+        out,
+        "
+# Postfix asks here (smtpd_sasl_path): only its uid may connect. LOGIN beside PLAIN for
+# older mail clients; both only over TLS (auth_allow_cleartext, smtpd_tls_auth_only).
+auth_mechanisms = plain login
+service auth {{
+  unix_listener {FRONT_SOCKETS}/{AUTH_SOCKET} {{
+    mode = 0600
+    user = postfix
+    group = postfix
+  }}
+}}
+"
+    );
     out.push_str(
         "
 # A login names its passwd-file: Dovecot's default characters, with no '/', keep it

@@ -31,6 +31,8 @@ pub const GENERATED: &str =
 pub mod paths {
     /// Postfix's configuration directory (main.cf, master.cf).
     pub const POSTFIX_CONFIG: &str = "/etc/postfix";
+    /// The resolvers of the front's Postfix (a mount point in the image).
+    pub const RESOLV_CONF: &str = "/etc/resolv.conf";
     /// Postfix's queue: the data partition.
     pub const POSTFIX_QUEUE: &str = "/var/spool/postfix";
     /// Postfix's own state (caches, the TLS session cache): the data partition.
@@ -48,6 +50,13 @@ pub mod paths {
     pub const FRONT_SOCKETS: &str = "/run/letterbox";
     /// The agent's socketmap in it, Postfix's routing tables (`mail::socketmap`).
     pub const MAPS_SOCKET: &str = "maps.sock";
+    /// The front Dovecot's auth socket in it, through which Postfix's submission checks
+    /// logins (only Postfix's uid may connect).
+    pub const AUTH_SOCKET: &str = "auth.sock";
+    /// The directory of the smarthost's login (root's, mode 0700), and the login in it,
+    /// `[host]:port username:password` (mode 0600: Postfix opens it before it drops root).
+    pub const RELAY_DIR: &str = "/etc/letterbox/relay";
+    pub const RELAY_PASSWORD: &str = "/etc/letterbox/relay/password";
     /// A box's home: its own directory of the data partition, holding its Maildir.
     pub const BOX_HOME: &str = "/var/vmail";
 }

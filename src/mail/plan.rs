@@ -1,9 +1,9 @@
 //! What the mail configuration is made from: the names, addresses and logins that
 //! `letterbox.toml` implies.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::config::Config;
+use crate::config::{Config, Relayhost};
 
 /// Boxes run as uid (and gid) `BOX_ID_BASE + slot`: their own, never a system account's,
 /// and stable for as long as the account exists. `mail::maildir::ensure_maildir` gives
@@ -23,6 +23,10 @@ pub struct MailPlan {
     pub ipv6: bool,
     /// One box per account, sorted by name.
     pub boxes: Vec<BoxPlan>,
+    /// The smarthost mail to other domains goes through; `None`: straight to their MX.
+    pub relayhost: Option<Relayhost>,
+    /// The resolvers the front's Postfix asks for other domains' MX (`nameservers`).
+    pub nameservers: Vec<IpAddr>,
 }
 
 /// One account's box.
@@ -72,6 +76,8 @@ impl From<&Config> for MailPlan {
             front_ipv4: containers.front_ipv4(),
             ipv6: config.has_ipv6(),
             boxes,
+            relayhost: config.mail.relayhost.clone(),
+            nameservers: config.nameservers.clone(),
         }
     }
 }

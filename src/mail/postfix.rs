@@ -5,9 +5,18 @@
 
 use std::fmt::Write as _;
 
-use super::paths::{FRONT_SOCKETS, MAPS_SOCKET, POSTFIX_DATA, POSTFIX_QUEUE, TLS_CERT, TLS_KEY};
-use super::socketmap::{DOMAINS, RECIPIENTS, TRANSPORT};
+use super::paths::{
+    AUTH_SOCKET, FRONT_SOCKETS, MAPS_SOCKET, POSTFIX_DATA, POSTFIX_QUEUE, RELAY_PASSWORD, TLS_CERT,
+    TLS_KEY,
+};
+use super::socketmap::{ACCOUNT_SENDERS, DOMAINS, RECIPIENTS, SENDER_LOGINS, TRANSPORT};
 use super::{MailPlan, GENERATED};
+use crate::config::Relayhost;
+
+/// The agent's socketmap, as main.cf names its tables.
+fn maps() -> String {
+    format!("socketmap:unix:{FRONT_SOCKETS}/{MAPS_SOCKET}")
+}
 
 pub fn main_cf(plan: &MailPlan) -> String {
     let mut out = String::from(GENERATED);
@@ -52,7 +61,21 @@ relay_domains = {maps}:{DOMAINS}
 transport_maps = {maps}:{TRANSPORT}
 relay_recipient_maps = {maps}:{RECIPIENTS}
 ",
-        maps = format_args!("socketmap:unix:{FRONT_SOCKETS}/{MAPS_SOCKET}"),
+        maps = maps(),
+    );
+    // Port 25 checks the sender with an access table, not
+    // reject_unauthenticated_sender_login_mismatch: smtpd ignores that (with a warning on
+    // every connection) where SASL is off.
+    let _ = write!(
+        out,
+        "
+# Senders. Submission (587 and 465, master.cf) allows a login to send only as its own
+# account's address. Port 25 offers no login, so a client there (a box, or anyone)
+# sending as an account's address is refused.
+smtpd_sender_login_maps = {maps}:{SENDER_LOGINS}
+smtpd_sender_restrictions = check_sender_access {maps}:{ACCOUNT_SENDERS}
+",
+        maps = maps(),
     );
     let _ = write!(
         out,
@@ -76,7 +99,6 @@ smtpd_tls_cert_file = {TLS_CERT}
 smtpd_tls_key_file = {TLS_KEY}
 smtpd_tls_received_header = yes
 smtpd_tls_loglevel = 1
-smtp_tls_security_level = may
 
 # At most four deliveries into a box at once, over connections kept for reuse: a box is
 # one Dovecot within its memory limit, and each LMTP session costs it a process (`make
@@ -97,7 +119,66 @@ data_directory = {POSTFIX_DATA}
 maillog_file = /dev/stdout
 "
     );
+    outbound(&mut out, plan.relayhost.as_ref());
     out
+}
+
+/// How mail to other domains leaves: straight to each domain's MX (TLS when offered), or
+/// through the smarthost, logged in, over TLS only, so the password never travels in
+/// clear. The smarthost's certificate is not checked: the image has no CA bundle.
+fn outbound(out: &mut String, relayhost: Option<&Relayhost>) {
+    let Some(relay) = relayhost else {
+        out.push_str(
+            "
+# Mail to other domains goes straight to each domain's MX, with TLS when offered.
+smtp_tls_security_level = may
+",
+        );
+        return;
+    };
+    let _ = write!(
+        out,
+        "
+# Mail to other domains goes through the smarthost, logged in, over TLS only.
+relayhost = {next_hop}
+smtp_sasl_auth_enable = yes
+smtp_sasl_password_maps = texthash:{RELAY_PASSWORD}
+smtp_sasl_security_options = noanonymous
+smtp_sasl_tls_security_options = noanonymous
+smtp_tls_security_level = encrypt
+",
+        next_hop = next_hop(relay),
+    );
+    // 465 is TLS from the first byte; any other port starts in clear, then STARTTLS.
+    if relay.port == 465 {
+        out.push_str("smtp_tls_wrappermode = yes\n");
+    }
+}
+
+/// `[host]:port`: the brackets keep Postfix from looking up the host's MX.
+fn next_hop(relay: &Relayhost) -> String {
+    format!("[{}]:{}", relay.host, relay.port)
+}
+
+/// The resolvers the front's Postfix asks for other domains' MX: the file's
+/// `nameservers`, as the appliance itself uses them.
+pub fn resolv_conf(plan: &MailPlan) -> String {
+    let mut out = String::from(GENERATED);
+    out.push_str("# The resolvers the front's Postfix asks for other domains' MX.\n");
+    for ns in &plan.nameservers {
+        let _ = writeln!(out, "nameserver {ns}");
+    }
+    out
+}
+
+/// The smarthost's login, for `smtp_sasl_password_maps`: `password` is read from the
+/// file `[mail] relayhost` names, never from letterbox.toml.
+pub fn relay_password(relay: &Relayhost, password: &str) -> String {
+    format!(
+        "{GENERATED}# The smarthost's login: next hop, then username:password.\n{} {}:{password}\n",
+        next_hop(relay),
+        relay.username
+    )
 }
 
 /// Postfix's services, as Debian's master.cf.proto has them, every one with chroot off:
@@ -143,11 +224,30 @@ fn command(service: &str, kind: &str) -> &'static str {
     }
 }
 
+/// What submission (587, STARTTLS required) and submissions (465, TLS from the start)
+/// change from port 25: a login through the front's Dovecot, only over TLS, the sender its
+/// own account's address, and only logged-in clients, who may relay.
+fn submission_overrides() -> String {
+    [
+        "smtpd_sasl_auth_enable=yes".to_string(),
+        "smtpd_tls_auth_only=yes".into(),
+        "smtpd_sasl_type=dovecot".into(),
+        format!("smtpd_sasl_path={FRONT_SOCKETS}/{AUTH_SOCKET}"),
+        "smtpd_sasl_security_options=noanonymous".into(),
+        "smtpd_client_restrictions=permit_sasl_authenticated,reject".into(),
+        "smtpd_sender_restrictions=reject_sender_login_mismatch".into(),
+        "smtpd_relay_restrictions=permit_sasl_authenticated,reject".into(),
+    ]
+    .iter()
+    .map(|o| format!("  -o {o}\n"))
+    .collect()
+}
+
 pub fn master_cf() -> String {
     let mut out = String::from(GENERATED);
     out.push_str(
-        "# The front's Postfix services: smtpd on port 25, and what delivers and queues.\n\
-         # chroot is off everywhere: the container confines Postfix.\n\
+        "# The front's Postfix services: smtpd on port 25, submission on 587 and 465, and\n\
+         # what delivers and queues. chroot is off everywhere: the container confines Postfix.\n\
          #\n\
          # service type  private unpriv  chroot  wakeup  maxproc command + args\n",
     );
@@ -160,6 +260,19 @@ pub fn master_cf() -> String {
             out,
             "{service:<9} {kind:<5} {private:<7} {unpriv:<7} {chroot:<7} {wakeup:<7} {maxproc:<7} {program}"
         );
+        if (*service, *kind) == ("smtp", "inet") {
+            for (name, tls) in [
+                ("submission", "smtpd_tls_security_level=encrypt"),
+                ("submissions", "smtpd_tls_wrappermode=yes"),
+            ] {
+                let _ = write!(
+                    out,
+                    "{name:<11} inet  n       -       n       -       -       smtpd\n  \
+                     -o syslog_name=postfix/{name}\n  -o {tls}\n{}",
+                    submission_overrides()
+                );
+            }
+        }
     }
     out
 }

@@ -13,6 +13,12 @@ use super::{MailPlan, LMTP_PORT};
 pub const DOMAINS: &str = "domains";
 pub const TRANSPORT: &str = "transport";
 pub const RECIPIENTS: &str = "recipients";
+/// An account's address → the logins that may send as it (smtpd_sender_login_maps): the
+/// address and the short name, as Dovecot passes either login back after lowering it.
+pub const SENDER_LOGINS: &str = "sender_logins";
+/// An account's address → the refusal of a client that has not logged in and sends as
+/// it (port 25's check_sender_access): no box, no stranger, may pass for an account.
+pub const ACCOUNT_SENDERS: &str = "account_senders";
 
 /// The longest request accepted: a map name, a space and an address (RFC 5321 caps a path
 /// at 256 octets), with room to spare.
@@ -89,6 +95,17 @@ pub fn answer(plan: Option<&MailPlan>, request: &[u8]) -> String {
             .find(|b| b.mail_domain == key.rsplit('@').next().unwrap_or(&key))
             .map(|b| format!("lmtp:inet:[{}]:{LMTP_PORT}", b.ipv4)),
         RECIPIENTS => boxes.iter().any(|b| b.address == key).then(|| "ok".into()),
+        // Whole addresses only: Postfix also asks the domain and `box@` of the sender,
+        // which own nothing.
+        SENDER_LOGINS => boxes
+            .iter()
+            .find(|b| b.address == key)
+            .map(|b| format!("{} {}", b.address, b.name)),
+        ACCOUNT_SENDERS => boxes.iter().any(|b| b.address == key).then(|| {
+            "REJECT 5.7.1 this is an account's address: send through submission \
+             (port 587 or 465) with its login"
+                .into()
+        }),
         other => return format!("PERM no map {other:?}"),
     };
     match found {
@@ -117,6 +134,8 @@ mod tests {
                 id: 20_005,
                 password_hash: "$6$x$y".into(),
             }],
+            relayhost: None,
+            nameservers: Vec::new(),
         }
     }
 
@@ -147,6 +166,15 @@ mod tests {
         assert_eq!(ask("recipients box@alice.example.org"), "OK ok");
         assert_eq!(ask("recipients other@alice.example.org"), "NOTFOUND ");
         assert_eq!(ask("recipients @alice.example.org"), "NOTFOUND ");
+        assert_eq!(
+            ask("sender_logins Box@Alice.example.org"),
+            "OK box@alice.example.org alice"
+        );
+        for not_an_owner in ["alice.example.org", "box@", "box@bob.example.org", "alice"] {
+            assert_eq!(ask(&format!("sender_logins {not_an_owner}")), "NOTFOUND ");
+            assert_eq!(ask(&format!("account_senders {not_an_owner}")), "NOTFOUND ");
+        }
+        assert!(ask("account_senders box@alice.example.org").starts_with("OK REJECT 5.7.1 "));
         assert!(ask("aliases x").starts_with("PERM"));
         assert!(ask("nospace").starts_with("PERM"));
         assert_eq!(
