@@ -628,3 +628,55 @@ fn an_image_that_is_not_ours_is_refused_and_left_alone() {
         }
     }
 }
+
+/// On the appliance, letterbox.toml is on the boot partition, mounted read-only: an
+/// account command remounts it read-write for its write only. Here a tmpfs mounted
+/// read-only with early boot's flags, in a mount namespace of the test's own (this
+/// machine's kernel may lack FAT; the QEMU boot test adds an account on the real FAT
+/// partition).
+#[test]
+fn add_on_a_read_only_mount_writes_through_a_moments_remount() {
+    let test = "add_on_a_read_only_mount_writes_through_a_moments_remount";
+    if !common::is_root() {
+        common::skip(test, "needs root (a mount in a mount namespace)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("letterbox.toml");
+    std::fs::write(&source, fixture()).unwrap();
+    let boot = dir.path().join("boot");
+    std::fs::create_dir(&boot).unwrap();
+    let script = r#"set -e
+mount -t tmpfs -o nosuid,nodev,noexec,size=1m boot "$2"
+cp "$1" "$2/letterbox.toml"
+mount -o remount,ro,nosuid,nodev,noexec "$2"
+echo before: $(findmnt -no OPTIONS "$2")
+printf 'correct horse battery\n' | "$3" account add carol --password-stdin --file "$2/letterbox.toml"
+echo after: $(findmnt -no OPTIONS "$2")
+grep -c 'name = "carol"' "$2/letterbox.toml"
+"#;
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", script, "sh"])
+        .arg(&source)
+        .arg(&boot)
+        .arg(common::letterbox_bin())
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    let stdout = text(&out.stdout);
+    let options = |when: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(when))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (before, after) = (options("before: "), options("after: "));
+    assert!(before.starts_with("ro,"), "{stdout}");
+    // Read-only again, with the flags it was mounted with.
+    assert_eq!(after, before, "{stdout}");
+    assert!(
+        stdout.lines().any(|l| l == "1"),
+        "carol is in the file:\n{stdout}"
+    );
+}

@@ -13,6 +13,7 @@ mod image;
 mod listing;
 mod name;
 mod password;
+mod read_only_mount;
 mod target;
 
 use crate::config::Diagnostics;

@@ -43,7 +43,9 @@ impl Target {
         String::from_utf8(bytes).map_err(|_| TargetError::NotUtf8 { name: self.name() })
     }
 
-    /// Replaces the file atomically (temporary file, fsync, rename), keeping its mode.
+    /// Replaces the file atomically (temporary file, fsync, rename), keeping its mode; a
+    /// file on a read-only mount (the appliance's boot partition) is written through a
+    /// moment's read-write remount.
     pub fn write(&self, text: &str) -> Result<(), TargetError> {
         match self {
             Target::File(path) => {
@@ -52,7 +54,10 @@ impl Target {
                     .permissions()
                     .mode()
                     & 0o7777;
-                crate::atomic_file::replace_mode(path, text.as_bytes(), mode).map_err(io(path))
+                super::read_only_mount::write_through(path, || {
+                    crate::atomic_file::replace_mode(path, text.as_bytes(), mode)
+                })
+                .map_err(io(path))
             }
             Target::Image(image) => Ok(BootPartition::open(image)?.write_config(text.as_bytes())?),
         }
