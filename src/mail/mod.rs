@@ -12,6 +12,7 @@
 pub mod archive;
 pub mod dovecot;
 pub mod maildir;
+pub mod milter;
 pub mod plan;
 pub mod postfix;
 pub mod socketmap;

@@ -1,0 +1,238 @@
+//! What the milter does with a message at its end: mail from a trusted client (one that
+//! logged in, or this machine itself) whose From: is our domain is signed with both DKIM
+//! keys; any other mail is checked (SPF for the HELO name and MAIL FROM, DKIM, ARC and
+//! DMARC), gets one `Authentication-Results:` header under our host name (any such header
+//! already there in our name is forged and removed), and is refused when it fails DMARC
+//! under its domain's `p=reject`.
+//!
+//! A DNS failure never loses mail: the check records `temperror` and the message is
+//! accepted (DMARC never rejects on a temporary error), so an outage of the resolver does
+//! not defer every message from outside.
+
+use std::net::IpAddr;
+
+use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256};
+use mail_auth::dkim::{Canonicalization, DkimSigner, Done};
+use mail_auth::dmarc::verify::DmarcParameters;
+use mail_auth::dmarc::Policy;
+use mail_auth::spf::verify::SpfParameters;
+use mail_auth::{
+    AuthenticatedMessage, AuthenticationResults, DmarcResult, MessageAuthenticator, Parameters,
+    RecordSet, Txt, MX,
+};
+
+use super::keys::SigningKeys;
+use super::own_zone::{Answers, NoPtr, OwnZone};
+use super::session::{Action, Message, Verdict};
+
+const AUTH_RESULTS: &str = "Authentication-Results";
+const DKIM_SIGNATURE: &str = "DKIM-Signature";
+
+/// The headers signed: those that say who sent what, when, and how it is encoded.
+const SIGNED_HEADERS: &[&str] = &[
+    "From",
+    "Reply-To",
+    "Sender",
+    "To",
+    "Cc",
+    "Subject",
+    "Date",
+    "Message-ID",
+    "In-Reply-To",
+    "References",
+    "MIME-Version",
+    "Content-Type",
+    "Content-Transfer-Encoding",
+    "List-Unsubscribe",
+    "List-Unsubscribe-Post",
+];
+
+/// Who we are: the host name that signs the results, the domain that signs mail.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// `<hostname>.<domain>`, lowercase.
+    pub hostname: String,
+    pub domain: String,
+}
+
+/// The two signers, relaxed/relaxed, for our domain.
+pub struct Signers {
+    ed25519: DkimSigner<Ed25519Key, Done>,
+    rsa: DkimSigner<RsaKey<Sha256>, Done>,
+}
+
+impl Signers {
+    pub fn new(keys: SigningKeys, domain: &str) -> Signers {
+        let (ed_selector, ed_key) = keys.ed25519;
+        let (rsa_selector, rsa_key) = keys.rsa;
+        Signers {
+            ed25519: DkimSigner::from_key(ed_key)
+                .domain(domain)
+                .selector(ed_selector)
+                .headers(SIGNED_HEADERS.iter().copied())
+                .header_canonicalization(Canonicalization::Relaxed)
+                .body_canonicalization(Canonicalization::Relaxed),
+            rsa: DkimSigner::from_key(rsa_key)
+                .domain(domain)
+                .selector(rsa_selector)
+                .headers(SIGNED_HEADERS.iter().copied())
+                .header_canonicalization(Canonicalization::Relaxed)
+                .body_canonicalization(Canonicalization::Relaxed),
+        }
+    }
+}
+
+/// Whether `message` comes from a client we trust: one that logged in, or this machine
+/// (the welcome mail, local submission).
+fn is_trusted(message: &Message) -> bool {
+    message.login.is_some() || message.client.is_none_or(|ip| ip.is_loopback())
+}
+
+/// The verdict on `message`. `signers` is `None` until the clock can be trusted and the
+/// keys exist: trusted mail then goes out unsigned.
+pub async fn judge(
+    me: &Identity,
+    resolver: &MessageAuthenticator,
+    zone: &OwnZone,
+    signers: Option<&Signers>,
+    message: &Message,
+) -> Verdict {
+    let raw = message.raw();
+    let parsed = AuthenticatedMessage::parse(&raw);
+    match message.client {
+        Some(ip) if !is_trusted(message) => check(me, resolver, zone, message, parsed, ip).await,
+        _ => sign(me, signers, parsed.as_ref(), &raw),
+    }
+}
+
+fn sign(
+    me: &Identity,
+    signers: Option<&Signers>,
+    parsed: Option<&AuthenticatedMessage<'_>>,
+    raw: &[u8],
+) -> Verdict {
+    let from_ours = parsed
+        .and_then(|m| m.from.first())
+        .and_then(|from| from.rsplit_once('@'))
+        .is_some_and(|(_, domain)| domain.eq_ignore_ascii_case(&me.domain));
+    let mut verdict = Verdict::default();
+    let Some(signers) = signers.filter(|_| from_ours) else {
+        return verdict;
+    };
+    // RSA first, Ed25519 on top: verifiers that know Ed25519 meet it first.
+    let signatures = [signers.rsa.sign(raw), signers.ed25519.sign(raw)];
+    for signature in signatures {
+        match signature {
+            Ok(s) => verdict.insert.push((DKIM_SIGNATURE.into(), s.to_string())),
+            Err(e) => log::warn!("DKIM: cannot sign a message: {e}"),
+        }
+    }
+    verdict.insert.reverse();
+    verdict
+}
+
+async fn check(
+    me: &Identity,
+    resolver: &MessageAuthenticator,
+    zone: &OwnZone,
+    message: &Message,
+    parsed: Option<AuthenticatedMessage<'_>>,
+    ip: IpAddr,
+) -> Verdict {
+    let mut verdict = Verdict {
+        remove: forged_results(me, message),
+        ..Verdict::default()
+    };
+    let helo = message.helo.as_str();
+    let sender = message.sender.as_str();
+    let spf_helo = resolver
+        .verify_spf(in_zone(
+            zone,
+            SpfParameters::verify_ehlo(ip, helo, &me.hostname),
+        ))
+        .await;
+    let spf_mail = match sender.is_empty() {
+        true => spf_helo.clone(),
+        false => {
+            resolver
+                .verify_spf(in_zone(
+                    zone,
+                    SpfParameters::verify_mail_from(ip, helo, &me.hostname, sender),
+                ))
+                .await
+        }
+    };
+    let results = AuthenticationResults::new(&me.hostname);
+    let Some(parsed) = parsed else {
+        let results = results
+            .with_spf_ehlo_result(&spf_helo, ip, helo)
+            .with_spf_mailfrom_result(&spf_mail, ip, sender, helo);
+        verdict.insert.push((AUTH_RESULTS.into(), results.to_string()));
+        return verdict;
+    };
+    let dkim = resolver.verify_dkim(in_zone(zone, &parsed)).await;
+    let arc = resolver.verify_arc(in_zone(zone, &parsed)).await;
+    let mail_from_domain = sender.rsplit_once('@').map_or(helo, |(_, d)| d);
+    let dmarc = resolver
+        .verify_dmarc(in_zone(
+            zone,
+            DmarcParameters::new(&parsed, &dkim, mail_from_domain, &spf_mail),
+        ))
+        .await;
+    let from = parsed.from.first().map(String::as_str).unwrap_or_default();
+    let results = results
+        .with_dkim_results(&dkim, from)
+        .with_spf_ehlo_result(&spf_helo, ip, helo)
+        .with_spf_mailfrom_result(&spf_mail, ip, sender, helo)
+        .with_arc_result(&arc, ip)
+        .with_dmarc_result(&dmarc);
+    verdict.insert.push((AUTH_RESULTS.into(), results.to_string()));
+    let failed = |r: &DmarcResult| !matches!(r, DmarcResult::Pass | DmarcResult::TempError(_));
+    if dmarc.policy() == Policy::Reject && failed(dmarc.dkim_result()) && failed(dmarc.spf_result())
+    {
+        verdict.action = Action::Reject(format!(
+            "550 5.7.1 DMARC policy of {} rejects this message (no aligned SPF or DKIM pass)",
+            dmarc.domain()
+        ));
+    }
+    verdict
+}
+
+/// Every `Authentication-Results:` header that claims our host name: only we may write
+/// one, so any that came with the message is forged.
+fn forged_results(me: &Identity, message: &Message) -> Vec<(String, u32)> {
+    let mut index = 0;
+    let mut forged = Vec::new();
+    for (name, value) in &message.headers {
+        if !name.eq_ignore_ascii_case(AUTH_RESULTS) {
+            continue;
+        }
+        index += 1;
+        let value = String::from_utf8_lossy(value);
+        let authserv_id = value.split(';').next().unwrap_or_default().trim();
+        if authserv_id.eq_ignore_ascii_case(&me.hostname) {
+            forged.push((name.clone(), index));
+        }
+    }
+    forged
+}
+
+type InZone<'x, P> = Parameters<
+    'x,
+    P,
+    Answers<Txt>,
+    Answers<RecordSet<MX>>,
+    Answers<RecordSet<std::net::Ipv4Addr>>,
+    Answers<RecordSet<std::net::Ipv6Addr>>,
+    NoPtr,
+>;
+
+/// `params` with our zone answering for its own names.
+fn in_zone<P>(zone: &OwnZone, params: P) -> InZone<'_, P> {
+    Parameters::new(params)
+        .with_txt_cache(&zone.txt)
+        .with_mx_cache(&zone.mx)
+        .with_ipv4_cache(&zone.ipv4)
+        .with_ipv6_cache(&zone.ipv6)
+        .with_ptr_cache(&NoPtr)
+}
