@@ -47,6 +47,8 @@ pub mod paths {
     pub const FRONT_SOCKETS: &str = "/run/letterbox";
     /// The agent's socketmap in it, Postfix's routing tables (`mail::socketmap`).
     pub const MAPS_SOCKET: &str = "maps.sock";
+    /// The agent's milter in it: DKIM signing, SPF, DKIM and DMARC checks (`mail::milter`).
+    pub const MILTER_SOCKET: &str = "milter.sock";
     /// A box's home: its own directory of the data partition, holding its Maildir.
     pub const BOX_HOME: &str = "/var/vmail";
 }

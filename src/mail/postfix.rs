@@ -5,7 +5,9 @@
 
 use std::fmt::Write as _;
 
-use super::paths::{FRONT_SOCKETS, MAPS_SOCKET, POSTFIX_DATA, POSTFIX_QUEUE, TLS_CERT, TLS_KEY};
+use super::paths::{
+    FRONT_SOCKETS, MAPS_SOCKET, MILTER_SOCKET, POSTFIX_DATA, POSTFIX_QUEUE, TLS_CERT, TLS_KEY,
+};
 use super::socketmap::{DOMAINS, RECIPIENTS, TRANSPORT};
 use super::{MailPlan, GENERATED};
 
@@ -53,6 +55,18 @@ transport_maps = {maps}:{TRANSPORT}
 relay_recipient_maps = {maps}:{RECIPIENTS}
 ",
         maps = format_args!("socketmap:unix:{FRONT_SOCKETS}/{MAPS_SOCKET}"),
+    );
+    let _ = write!(
+        out,
+        "
+# Every message passes the agent's milter (mail::milter): ours is signed with DKIM, the
+# rest is checked (SPF, DKIM, DMARC) and marked with Authentication-Results. While the
+# agent does not answer, mail is deferred (tempfail): never lost, never passed unchecked.
+smtpd_milters = unix:{FRONT_SOCKETS}/{MILTER_SOCKET}
+non_smtpd_milters = $smtpd_milters
+milter_default_action = tempfail
+milter_protocol = 6
+"
     );
     let _ = write!(
         out,

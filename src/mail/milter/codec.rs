@@ -305,9 +305,12 @@ mod tests {
             })
         );
         assert_eq!(
-            read(&packet(b'C', b"client.example.net\x004\x00\x19192.0.2.20\x00"))
-                .await
-                .unwrap(),
+            read(&packet(
+                b'C',
+                b"client.example.net\x004\x00\x19192.0.2.20\x00"
+            ))
+            .await
+            .unwrap(),
             Some(Command::Connect {
                 hostname: "client.example.net".into(),
                 address: Some("192.0.2.20".parse().unwrap())
@@ -345,7 +348,10 @@ mod tests {
             read(&packet(b'M', b"<a@example.net>\x00SIZE=10\x00"))
                 .await
                 .unwrap(),
-            Some(Command::Mail(vec!["<a@example.net>".into(), "SIZE=10".into()]))
+            Some(Command::Mail(vec![
+                "<a@example.net>".into(),
+                "SIZE=10".into()
+            ]))
         );
         assert_eq!(
             read(&packet(b'L', b"Subject\x00 hi\x00")).await.unwrap(),

@@ -32,7 +32,10 @@ pub enum KeyError {
     #[error("{}: {why}", .path.display())]
     Bad { path: PathBuf, why: String },
     #[error("generating the {algorithm} key: {why}")]
-    Generate { algorithm: &'static str, why: String },
+    Generate {
+        algorithm: &'static str,
+        why: String,
+    },
 }
 
 /// The signing keys with their selectors.
@@ -217,7 +220,10 @@ mod tests {
         // A later start (in a later year) keeps the keys it finds.
         let before = std::fs::read(state.path().join("dkim/rsa2026.key")).unwrap();
         let again = load_or_generate(state.path(), 2027).unwrap();
-        assert_eq!((again.ed25519.0.as_str(), again.rsa.0.as_str()), ("ed2026", "rsa2026"));
+        assert_eq!(
+            (again.ed25519.0.as_str(), again.rsa.0.as_str()),
+            ("ed2026", "rsa2026")
+        );
         assert_eq!(again.ed25519.1.public_key(), first.ed25519.1.public_key());
         assert_eq!(
             std::fs::read(state.path().join("dkim/rsa2026.key")).unwrap(),
@@ -230,7 +236,13 @@ mod tests {
         let state = tempfile::tempdir().unwrap();
         std::fs::create_dir(state.path().join("dkim")).unwrap();
         std::fs::write(state.path().join("dkim/ed2026.key"), "garbage").unwrap();
-        let e = load_or_generate(state.path(), 2026).err().unwrap().to_string();
-        assert!(e.contains("ed2026.key") && e.contains("expected a PEM"), "{e}");
+        let e = load_or_generate(state.path(), 2026)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("ed2026.key") && e.contains("expected a PEM"),
+            "{e}"
+        );
     }
 }

@@ -19,7 +19,9 @@ use mail_auth::{DnsError, DnssecStatus, Error, RecordSet, ResolverCache, Txt, MX
 
 use crate::dns::Zone;
 
-/// The answers for every name of the zone, by lowercase FQDN (`name.example.org.`).
+/// The answers for every name of the zone (none by default: the DNS server is not
+/// running), by lowercase FQDN (`name.example.org.`).
+#[derive(Default)]
 pub struct OwnZone {
     pub txt: Answers<Txt>,
     pub mx: Answers<RecordSet<MX>>,
@@ -43,12 +45,7 @@ impl OwnZone {
         names.push(format!("_dmarc.{origin}"));
         names.sort();
         names.dedup();
-        let mut own = OwnZone {
-            txt: Answers(HashMap::new()),
-            mx: Answers(HashMap::new()),
-            ipv4: Answers(HashMap::new()),
-            ipv6: Answers(HashMap::new()),
-        };
+        let mut own = OwnZone::default();
         for name in names {
             let at = || records.iter().filter(|(n, _)| *n == name).map(|(_, d)| *d);
             let texts: Vec<Vec<u8>> = at()
@@ -60,33 +57,36 @@ impl OwnZone {
             let key: Box<str> = name.clone().into();
             own.mx.0.insert(
                 key.clone(),
-                record_set(at()
-                    .filter_map(|d| match d {
+                record_set(
+                    at().filter_map(|d| match d {
                         RData::MX(mx) => Some(MX {
                             exchanges: vec![fqdn(&mx.exchange).into()].into(),
                             preference: mx.preference,
                         }),
                         _ => None,
                     })
-                    .collect()),
+                    .collect(),
+                ),
             );
             own.ipv4.0.insert(
                 key.clone(),
-                record_set(at()
-                    .filter_map(|d| match d {
+                record_set(
+                    at().filter_map(|d| match d {
                         RData::A(a) => Some(a.0),
                         _ => None,
                     })
-                    .collect()),
+                    .collect(),
+                ),
             );
             own.ipv6.0.insert(
                 key.clone(),
-                record_set(at()
-                    .filter_map(|d| match d {
+                record_set(
+                    at().filter_map(|d| match d {
                         RData::AAAA(a) => Some(a.0),
                         _ => None,
                     })
-                    .collect()),
+                    .collect(),
+                ),
             );
             own.txt.0.insert(key, parse_txt(&name, &texts));
         }
@@ -105,12 +105,12 @@ fn record_set<T>(rrset: Vec<T>) -> RecordSet<T> {
 /// policy, a DKIM key, else an SPF record.
 fn parse_txt(name: &str, texts: &[Vec<u8>]) -> Txt {
     if texts.is_empty() {
-        return Txt::Error(Error::Dns(DnsError::RecordNotFound(
-            ResponseCode::NXDomain,
-        )));
+        return Txt::Error(Error::Dns(DnsError::RecordNotFound(ResponseCode::NXDomain)));
     }
     let parsed = if name.starts_with("_dmarc.") {
-        texts.iter().find_map(|t| Dmarc::parse(t).ok().map(Txt::from))
+        texts
+            .iter()
+            .find_map(|t| Dmarc::parse(t).ok().map(Txt::from))
     } else if name.contains("._domainkey.") {
         texts
             .iter()
@@ -124,6 +124,12 @@ fn parse_txt(name: &str, texts: &[Vec<u8>]) -> Txt {
 /// One record type's answers; `insert` keeps nothing (the resolver's answers for other
 /// names are not ours to keep).
 pub struct Answers<V>(HashMap<Box<str>, V>);
+
+impl<V> Default for Answers<V> {
+    fn default() -> Self {
+        Answers(HashMap::new())
+    }
+}
 
 impl<V: Clone> ResolverCache<Box<str>, V> for Answers<V> {
     fn get<Q>(&self, name: &Q) -> Option<V>

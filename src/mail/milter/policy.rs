@@ -167,7 +167,9 @@ async fn check(
         let results = results
             .with_spf_ehlo_result(&spf_helo, ip, helo)
             .with_spf_mailfrom_result(&spf_mail, ip, sender, helo);
-        verdict.insert.push((AUTH_RESULTS.into(), results.to_string()));
+        verdict
+            .insert
+            .push((AUTH_RESULTS.into(), results.to_string()));
         return verdict;
     };
     let dkim = resolver.verify_dkim(in_zone(zone, &parsed)).await;
@@ -186,7 +188,9 @@ async fn check(
         .with_spf_mailfrom_result(&spf_mail, ip, sender, helo)
         .with_arc_result(&arc, ip)
         .with_dmarc_result(&dmarc);
-    verdict.insert.push((AUTH_RESULTS.into(), results.to_string()));
+    verdict
+        .insert
+        .push((AUTH_RESULTS.into(), results.to_string()));
     let failed = |r: &DmarcResult| !matches!(r, DmarcResult::Pass | DmarcResult::TempError(_));
     if dmarc.policy() == Policy::Reject && failed(dmarc.dkim_result()) && failed(dmarc.spf_result())
     {
