@@ -38,11 +38,16 @@ impl OwnZone {
             .iter()
             .map(|r| (fqdn(&r.name), &r.data))
             .collect();
-        // Every name with records, and those a check asks about even when absent (so
-        // that "none" is the answer, not a resolver's failure).
+        // Every name with records, and the DMARC policy names a check asks about even
+        // when absent (so that "none" is the answer, not a resolver's failure).
         let mut names: Vec<String> = records.iter().map(|(n, _)| n.clone()).collect();
         names.push(origin.clone());
-        names.push(format!("_dmarc.{origin}"));
+        let policies: Vec<String> = names
+            .iter()
+            .filter(|n| !n.starts_with('_'))
+            .map(|n| format!("_dmarc.{n}"))
+            .collect();
+        names.extend(policies);
         names.sort();
         names.dedup();
         let mut own = OwnZone::default();

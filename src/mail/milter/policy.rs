@@ -55,6 +55,15 @@ pub struct Identity {
     pub domain: String,
 }
 
+impl Identity {
+    /// Whether mail from `domain` is ours to sign: the domain or one of its accounts'
+    /// (`<name>.<domain>`), which DMARC's relaxed alignment accepts a `d=<domain>` for.
+    fn is_ours(&self, domain: &str) -> bool {
+        let domain = domain.to_ascii_lowercase();
+        domain == self.domain || domain.ends_with(&format!(".{}", self.domain))
+    }
+}
+
 /// The two signers, relaxed/relaxed, for our domain.
 pub struct Signers {
     ed25519: DkimSigner<Ed25519Key, Done>,
@@ -114,7 +123,7 @@ fn sign(
     let from_ours = parsed
         .and_then(|m| m.from.first())
         .and_then(|from| from.rsplit_once('@'))
-        .is_some_and(|(_, domain)| domain.eq_ignore_ascii_case(&me.domain));
+        .is_some_and(|(_, domain)| me.is_ours(domain));
     let mut verdict = Verdict::default();
     let Some(signers) = signers.filter(|_| from_ours) else {
         return verdict;
