@@ -10,9 +10,10 @@
 //! not defer every message from outside.
 
 use std::net::IpAddr;
+use std::sync::Mutex;
 
-use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256};
-use mail_auth::dkim::{Canonicalization, DkimSigner, Done};
+use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256, SigningKey};
+use mail_auth::dkim::{Canonicalization, DkimSigner, Done, NeedHeaders};
 use mail_auth::dmarc::verify::DmarcParameters;
 use mail_auth::dmarc::Policy;
 use mail_auth::spf::verify::SpfParameters;
@@ -56,18 +57,19 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// Whether mail from `domain` is ours to sign: the domain or one of its accounts'
-    /// (`<name>.<domain>`), which DMARC's relaxed alignment accepts a `d=<domain>` for.
+    /// Whether mail from `domain` (lowercase) is ours to sign: the domain or one of its
+    /// accounts' (`<name>.<domain>`).
     fn is_ours(&self, domain: &str) -> bool {
-        let domain = domain.to_ascii_lowercase();
         domain == self.domain || domain.ends_with(&format!(".{}", self.domain))
     }
 }
 
-/// The two signers, relaxed/relaxed, for our domain.
+/// The two signers, relaxed/relaxed. Each signs for the domain of the message's From:
+/// (our DMARC policy asks for strict alignment): the domain is set in the signer's
+/// template under its lock, as the signer owns its key.
 pub struct Signers {
-    ed25519: DkimSigner<Ed25519Key, Done>,
-    rsa: DkimSigner<RsaKey<Sha256>, Done>,
+    ed25519: Mutex<DkimSigner<Ed25519Key, Done>>,
+    rsa: Mutex<DkimSigner<RsaKey<Sha256>, Done>>,
 }
 
 impl Signers {
@@ -75,20 +77,49 @@ impl Signers {
         let (ed_selector, ed_key) = keys.ed25519;
         let (rsa_selector, rsa_key) = keys.rsa;
         Signers {
-            ed25519: DkimSigner::from_key(ed_key)
-                .domain(domain)
-                .selector(ed_selector)
-                .headers(SIGNED_HEADERS.iter().copied())
-                .header_canonicalization(Canonicalization::Relaxed)
-                .body_canonicalization(Canonicalization::Relaxed),
-            rsa: DkimSigner::from_key(rsa_key)
-                .domain(domain)
-                .selector(rsa_selector)
-                .headers(SIGNED_HEADERS.iter().copied())
-                .header_canonicalization(Canonicalization::Relaxed)
-                .body_canonicalization(Canonicalization::Relaxed),
+            ed25519: Mutex::new(relaxed(
+                DkimSigner::from_key(ed_key)
+                    .domain(domain)
+                    .selector(ed_selector),
+            )),
+            rsa: Mutex::new(relaxed(
+                DkimSigner::from_key(rsa_key)
+                    .domain(domain)
+                    .selector(rsa_selector),
+            )),
         }
     }
+
+    /// The two signatures' values, Ed25519 first (verifiers that know it meet it first).
+    fn sign(&self, domain: &str, raw: &[u8]) -> Vec<String> {
+        let ed25519 = sign_as(&self.ed25519, domain, raw);
+        let rsa = sign_as(&self.rsa, domain, raw);
+        let mut values = Vec::new();
+        for signature in [ed25519, rsa] {
+            match signature {
+                Ok(s) => values.push(s.to_string()),
+                Err(e) => log::warn!("DKIM: cannot sign a message for {domain}: {e}"),
+            }
+        }
+        values
+    }
+}
+
+fn sign_as<T: SigningKey>(
+    signer: &Mutex<DkimSigner<T, Done>>,
+    domain: &str,
+    raw: &[u8],
+) -> mail_auth::Result<mail_auth::dkim::Signature> {
+    let mut signer = signer.lock().unwrap_or_else(|p| p.into_inner());
+    signer.template.d = domain.to_string();
+    signer.sign(raw)
+}
+
+fn relaxed<T: SigningKey>(signer: DkimSigner<T, NeedHeaders>) -> DkimSigner<T, Done> {
+    signer
+        .headers(SIGNED_HEADERS.iter().copied())
+        .header_canonicalization(Canonicalization::Relaxed)
+        .body_canonicalization(Canonicalization::Relaxed)
 }
 
 /// Whether `message` comes from a client we trust: one that logged in, or this machine
@@ -120,23 +151,17 @@ fn sign(
     parsed: Option<&AuthenticatedMessage<'_>>,
     raw: &[u8],
 ) -> Verdict {
-    let from_ours = parsed
+    let from_domain = parsed
         .and_then(|m| m.from.first())
         .and_then(|from| from.rsplit_once('@'))
-        .is_some_and(|(_, domain)| me.is_ours(domain));
+        .map(|(_, domain)| domain.to_ascii_lowercase())
+        .filter(|domain| me.is_ours(domain));
     let mut verdict = Verdict::default();
-    let Some(signers) = signers.filter(|_| from_ours) else {
-        return verdict;
-    };
-    // RSA first, Ed25519 on top: verifiers that know Ed25519 meet it first.
-    let signatures = [signers.rsa.sign(raw), signers.ed25519.sign(raw)];
-    for signature in signatures {
-        match signature {
-            Ok(s) => verdict.insert.push((DKIM_SIGNATURE.into(), s.to_string())),
-            Err(e) => log::warn!("DKIM: cannot sign a message: {e}"),
+    if let (Some(signers), Some(domain)) = (signers, from_domain) {
+        for value in signers.sign(&domain, raw) {
+            verdict.insert.push((DKIM_SIGNATURE.into(), value));
         }
     }
-    verdict.insert.reverse();
     verdict
 }
 
