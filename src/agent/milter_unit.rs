@@ -57,15 +57,13 @@ struct Front {
 }
 
 impl Judge for Front {
-    fn judge(&self, message: &Message) -> impl std::future::Future<Output = Verdict> + Send {
-        async move {
-            let zone = match self.agent.dns_zone() {
-                Some(zone) => OwnZone::new(&zone),
-                None => OwnZone::default(),
-            };
-            let signers = self.signers.load_full();
-            policy::judge(&self.me, &self.resolver, &zone, signers.as_deref(), message).await
-        }
+    async fn judge(&self, message: &Message) -> Verdict {
+        let zone = match self.agent.dns_zone() {
+            Some(zone) => OwnZone::new(&zone),
+            None => OwnZone::default(),
+        };
+        let signers = self.signers.load_full();
+        policy::judge(&self.me, &self.resolver, &zone, signers.as_deref(), message).await
     }
 }
 
