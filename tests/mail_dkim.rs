@@ -183,7 +183,7 @@ impl Lab {
     }
 
     /// A message to alice from `from`, with `subject`; signed with the test key when
-    /// `sign`, and with its Subject changed after signing when `forge`.
+    /// `sign`, and with its Date changed after signing when `forge`.
     fn message(&self, from: &str, subject: &str, sign: bool, forge: bool) -> PathBuf {
         let text = format!(
             "From: <{from}>\r\nTo: <{}>\r\nSubject: {subject}\r\n\
@@ -208,10 +208,9 @@ impl Lab {
         let mut signed = String::from_utf8(out.stdout).unwrap();
         assert!(signed.contains("DKIM-Signature"), "{signed}");
         if forge {
-            signed = signed.replace(
-                &format!("Subject: {subject}"),
-                &format!("Subject: {subject}!"),
-            );
+            // A signed header changed: the signature no longer verifies (a changed body
+            // would only be `neutral`, its hash mismatched).
+            signed = signed.replace("12:00:00", "12:00:01");
         }
         std::fs::write(&path, signed).unwrap();
         path
@@ -284,7 +283,7 @@ fn inbound_mail_gets_dkim_spf_dmarc_results_and_ours_is_signed_with_published_ke
     }
     let lab = Lab::start();
 
-    // A forged signature (the Subject changed after signing), From: outside, and a forged
+    // A forged signature (the Date changed after signing), From: outside, and a forged
     // Authentication-Results in our name: dkim=fail, and only our header is left.
     let forged = lab.message("tester@example.net", "forged", true, true);
     let text = std::fs::read_to_string(&forged).unwrap();
