@@ -301,7 +301,8 @@ fn inbound_mail_gets_dkim_spf_dmarc_results_and_ours_is_signed_with_published_ke
     let results = lab.results_of("forged");
     let result = one_result(&results);
     assert!(
-        result.contains("dkim=fail") && result.contains(&format!("header.d={DOMAIN}")),
+        result.contains("dkim=fail")
+            && result.contains(&format!("header.i=@{DOMAIN} header.s={TEST_SELECTOR}")),
         "{result}"
     );
     assert!(result.contains("spf="), "{result}");

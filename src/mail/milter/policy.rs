@@ -18,8 +18,8 @@ use mail_auth::dmarc::verify::DmarcParameters;
 use mail_auth::dmarc::Policy;
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{
-    AuthenticatedMessage, AuthenticationResults, DmarcResult, MessageAuthenticator, Parameters,
-    RecordSet, Txt, MX,
+    AuthenticatedMessage, AuthenticationResults, DkimResult, DmarcResult, MessageAuthenticator,
+    Parameters, RecordSet, SpfResult, Txt, MX,
 };
 
 use super::keys::SigningKeys;
@@ -226,7 +226,19 @@ async fn check(
         .insert
         .push((AUTH_RESULTS.into(), results.to_string()));
     let failed = |r: &DmarcResult| !matches!(r, DmarcResult::Pass | DmarcResult::TempError(_));
-    if dmarc.policy() == Policy::Reject && failed(dmarc.dkim_result()) && failed(dmarc.spf_result())
+    // A temporary failure of a check that could have aligned might have passed: no refusal
+    // on it (the header says temperror).
+    let author = dmarc.domain();
+    let unsure = (matches!(spf_mail.result(), SpfResult::TempError)
+        && could_align(mail_from_domain, author))
+        || dkim.iter().any(|o| {
+            matches!(o.result(), DkimResult::TempError(_))
+                && o.signature().is_some_and(|s| could_align(&s.d, author))
+        });
+    if dmarc.policy() == Policy::Reject
+        && !unsure
+        && failed(dmarc.dkim_result())
+        && failed(dmarc.spf_result())
     {
         verdict.action = Action::Reject(format!(
             "550 5.7.1 DMARC policy of {} rejects this message (no aligned SPF or DKIM pass)",
@@ -234,6 +246,14 @@ async fn check(
         ));
     }
     verdict
+}
+
+/// Whether `domain` could align with the author's: the same, or one within the other.
+fn could_align(domain: &str, author: &str) -> bool {
+    let (domain, author) = (domain.to_ascii_lowercase(), author.to_ascii_lowercase());
+    domain == author
+        || domain.ends_with(&format!(".{author}"))
+        || author.ends_with(&format!(".{domain}"))
 }
 
 /// Every `Authentication-Results:` header that claims our host name: only we may write
@@ -273,4 +293,67 @@ fn in_zone<P>(zone: &OwnZone, params: P) -> InZone<'_, P> {
         .with_ipv4_cache(&zone.ipv4)
         .with_ipv6_cache(&zone.ipv6)
         .with_ptr_cache(&NoPtr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn me() -> Identity {
+        Identity {
+            hostname: "mail.example.org".into(),
+            domain: "example.org".into(),
+        }
+    }
+
+    #[test]
+    fn only_results_in_our_name_are_taken_as_forged_counted_by_name() {
+        let message = Message {
+            headers: vec![
+                (
+                    "Authentication-Results".into(),
+                    b" other.example.net; dkim=pass".to_vec(),
+                ),
+                ("Subject".into(), b" hi".to_vec()),
+                (
+                    "authentication-results".into(),
+                    b" MAIL.example.org;\n\tdkim=pass".to_vec(),
+                ),
+            ],
+            ..Message::default()
+        };
+        assert_eq!(
+            forged_results(&me(), &message),
+            [("authentication-results".to_string(), 2)]
+        );
+    }
+
+    #[test]
+    fn our_domain_and_its_accounts_are_ours_to_sign_and_nothing_else() {
+        let me = me();
+        assert!(me.is_ours("example.org"));
+        assert!(me.is_ours("alice.example.org"));
+        assert!(!me.is_ours("badexample.org"));
+        assert!(!me.is_ours("example.org.evil.net"));
+    }
+
+    #[test]
+    fn trusted_clients_are_logged_in_or_this_machine() {
+        let outside = Message {
+            client: Some("192.0.2.20".parse().unwrap()),
+            ..Message::default()
+        };
+        assert!(!is_trusted(&outside));
+        let logged_in = Message {
+            login: Some("alice".into()),
+            ..outside.clone()
+        };
+        assert!(is_trusted(&logged_in));
+        let local = Message {
+            client: Some("127.0.0.1".parse().unwrap()),
+            ..Message::default()
+        };
+        assert!(is_trusted(&local));
+        assert!(is_trusted(&Message::default()), "a non-SMTP submission");
+    }
 }
