@@ -13,6 +13,7 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 
 use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256, SigningKey};
+use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::{Canonicalization, DkimSigner, Done, NeedHeaders};
 use mail_auth::dmarc::verify::DmarcParameters;
 use mail_auth::dmarc::Policy;
@@ -97,7 +98,16 @@ impl Signers {
         let mut values = Vec::new();
         for signature in [ed25519, rsa] {
             match signature {
-                Ok(s) => values.push(s.to_string()),
+                // As a header (its Display is the relaxed form it was signed in), less
+                // the name and the line end; and without a fold between b='s value and
+                // its ';' (whitespace the tag's value may hold, but python3-dkim counts
+                // it as the header's, and then fails the signature).
+                Ok(s) => values.push(
+                    s.to_header()
+                        .trim_start_matches("DKIM-Signature:")
+                        .trim()
+                        .replace("\r\n\t;", ";"),
+                ),
                 Err(e) => log::warn!("DKIM: cannot sign a message for {domain}: {e}"),
             }
         }
