@@ -355,7 +355,7 @@ fn dig_gets_every_derived_record_over_udp_and_tcp() {
         );
         assert_eq!(
             short("_dmarc.example.org", "TXT"),
-            "\"v=DMARC1; p=reject; adkim=s; aspf=s\"\n"
+            "\"v=DMARC1; p=reject; adkim=s; aspf=s; psd=n\"\n"
         );
         let full = s.dig(&[transport, "example.org", "NS"]);
         assert!(full.contains("flags: qr aa;"), "AA set, RA clear:\n{full}");

@@ -58,8 +58,8 @@ async fn serve(agent: Arc<Agent>, socket: PathBuf, mut stop: StopSignal) -> Task
     Ok(())
 }
 
-/// The socket, made afresh: mode 0600, owned by Postfix's uid.
-fn bind(path: &std::path::Path) -> std::io::Result<UnixListener> {
+/// The socket, made afresh: mode 0600, owned by Postfix's uid (the milter's too).
+pub(super) fn bind(path: &std::path::Path) -> std::io::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }

@@ -16,6 +16,7 @@ mod front_unit;
 mod health;
 mod mail_container;
 mod maps_unit;
+mod milter_unit;
 pub mod provisioning;
 mod status;
 
@@ -197,6 +198,15 @@ impl Agent {
             .join(front_unit::SOCKETS)
             .join(crate::mail::paths::MAPS_SOCKET);
         self.start_unit(maps_unit::unit(self.clone(), maps));
+        let milter = site
+            .state_dir
+            .join(front_unit::SOCKETS)
+            .join(crate::mail::paths::MILTER_SOCKET);
+        let me = crate::mail::milter::policy::Identity {
+            hostname: plan.hostname.clone(),
+            domain: plan.domain.clone(),
+        };
+        self.start_unit(milter_unit::unit(self.clone(), milter, me));
         for unit in front_unit::units(self.clone(), front) {
             self.start_unit(unit);
         }
@@ -296,6 +306,12 @@ impl Agent {
 
     fn mail_image(&self) -> MailImage {
         self.mail_image.lock().expect("mail image").clone()
+    }
+
+    /// The zone the DNS server is serving, if it runs.
+    fn dns_zone(&self) -> Option<crate::dns::Zone> {
+        let handle = self.dns.lock().expect("dns handle").clone();
+        handle.map(|h| h.zone())
     }
 
     /// The serial the DNS server is serving, if it runs.

@@ -103,8 +103,9 @@ fn read_key(path: PathBuf) -> Result<DkimKey, DnsError> {
     })
 }
 
-/// DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410), before the 32-byte key.
-const ED25519_SPKI: [u8; 12] = [
+/// DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410), before the 32-byte key (the
+/// milter writes its public key with it).
+pub const ED25519_SPKI: [u8; 12] = [
     0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
 ];
 /// DER of the rsaEncryption OID, 1.2.840.113549.1.1.1.

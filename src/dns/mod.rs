@@ -31,7 +31,7 @@ mod zone;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-pub use dkim::DkimKey;
+pub use dkim::{read as read_dkim_keys, DkimKey, ED25519_SPKI};
 pub use notify::RETRY_AFTER as NOTIFY_RETRY_AFTER;
 pub use serial::today_serial;
 pub use server::{listen_addrs, DnsHandle, DnsServer};

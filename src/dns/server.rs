@@ -216,6 +216,12 @@ impl DnsHandle {
         self.shared.current.load().answers.zone().serial()
     }
 
+    /// The zone currently served (the milter answers its questions about our own names
+    /// from it).
+    pub fn zone(&self) -> super::Zone {
+        self.shared.current.load().answers.zone().clone()
+    }
+
     /// Rebuilds the zone from `cfg` and swaps it in; queries in flight finish on the old
     /// one. Sends NOTIFY when the serial changed. Returns the serial now served.
     pub fn reload(&self, cfg: &Config) -> Result<u32, DnsError> {

@@ -162,6 +162,16 @@ fn quote(bytes: &[u8]) -> String {
 }
 
 /// Builds the records of the zone with the given serial.
+/// `<selector>._domainkey` TXT for each key, under `parent` (a `_domainkey` name).
+fn add_dkim_keys(z: &mut Builder, parent: &Name, keys: &[DkimKey]) -> Result<(), DnsError> {
+    for key in keys {
+        let name = name(&format!("{}.{parent}", key.selector))?;
+        let value = format!("v=DKIM1; k={}; p={}", key.key_type, key.public_key);
+        z.add(&name, RData::TXT(txt_split(&value)));
+    }
+    Ok(())
+}
+
 pub fn build(cfg: &Config, sources: &Sources, serial: u32) -> Result<Zone, DnsError> {
     let origin = name(&format!("{}.", cfg.system.domain))?;
     let host = name(&format!("{}.", cfg.system.fqdn()))?;
@@ -198,13 +208,7 @@ pub fn build(cfg: &Config, sources: &Sources, serial: u32) -> Result<Zone, DnsEr
                 }
             }
             Derived::Data(rdata) => z.add(&at, rdata),
-            Derived::DkimKeys => {
-                for key in &sources.dkim {
-                    let name = name(&format!("{}.{at}", key.selector))?;
-                    let value = format!("v=DKIM1; k={}; p={}", key.key_type, key.public_key);
-                    z.add(&name, RData::TXT(txt_split(&value)));
-                }
-            }
+            Derived::DkimKeys => add_dkim_keys(&mut z, &at, &sources.dkim)?,
         }
     }
 
@@ -213,6 +217,9 @@ pub fn build(cfg: &Config, sources: &Sources, serial: u32) -> Result<Zone, DnsEr
         let at = name_in(&account.name, &origin)?;
         z.add(&at, RData::MX(MX::new(10, host.clone())));
         z.add(&at, RData::TXT(txt_split(SPF_MAIL)));
+        // An account's mail is signed with `d=<user>.<domain>` (our DMARC policy asks for
+        // strict alignment), so the keys are published under its name too.
+        add_dkim_keys(&mut z, &name_in("_domainkey", &at)?, &sources.dkim)?;
         if let Some(address) = box_ipv6 {
             z.add(&at, RData::AAAA(AAAA(address)));
         }

@@ -12,6 +12,7 @@
 pub mod archive;
 pub mod dovecot;
 pub mod maildir;
+pub mod milter;
 pub mod plan;
 pub mod postfix;
 pub mod socketmap;
@@ -57,6 +58,8 @@ pub mod paths {
     /// `[host]:port username:password` (mode 0600: Postfix opens it before it drops root).
     pub const RELAY_DIR: &str = "/etc/letterbox/relay";
     pub const RELAY_PASSWORD: &str = "/etc/letterbox/relay/password";
+    /// The agent's milter in it: DKIM signing, SPF, DKIM and DMARC checks (`mail::milter`).
+    pub const MILTER_SOCKET: &str = "milter.sock";
     /// A box's home: its own directory of the data partition, holding its Maildir.
     pub const BOX_HOME: &str = "/var/vmail";
 }

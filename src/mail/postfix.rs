@@ -6,8 +6,8 @@
 use std::fmt::Write as _;
 
 use super::paths::{
-    AUTH_SOCKET, FRONT_SOCKETS, MAPS_SOCKET, POSTFIX_DATA, POSTFIX_QUEUE, RELAY_PASSWORD, TLS_CERT,
-    TLS_KEY,
+    AUTH_SOCKET, FRONT_SOCKETS, MAPS_SOCKET, MILTER_SOCKET, POSTFIX_DATA, POSTFIX_QUEUE,
+    RELAY_PASSWORD, TLS_CERT, TLS_KEY,
 };
 use super::socketmap::{ACCOUNT_SENDERS, DOMAINS, RECIPIENTS, SENDER_LOGINS, TRANSPORT};
 use super::{MailPlan, GENERATED};
@@ -76,6 +76,18 @@ smtpd_sender_login_maps = {maps}:{SENDER_LOGINS}
 smtpd_sender_restrictions = check_sender_access {maps}:{ACCOUNT_SENDERS}
 ",
         maps = maps(),
+    );
+    let _ = write!(
+        out,
+        "
+# Every message passes the agent's milter (mail::milter): ours is signed with DKIM, the
+# rest is checked (SPF, DKIM, DMARC) and marked with Authentication-Results. While the
+# agent does not answer, mail is deferred (tempfail): never lost, never passed unchecked.
+smtpd_milters = unix:{FRONT_SOCKETS}/{MILTER_SOCKET}
+non_smtpd_milters = $smtpd_milters
+milter_default_action = tempfail
+milter_protocol = 6
+"
     );
     let _ = write!(
         out,
