@@ -353,6 +353,27 @@ impl Lab {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
+    /// The bytes of the message with `subject` in `user`'s Maildir.
+    fn message_file(&self, user: &str, subject: &str) -> Vec<u8> {
+        let maildir = self.state().join(format!("mail/{user}/Maildir"));
+        let header = format!("Subject: {subject}");
+        ["new", "cur"]
+            .iter()
+            .flat_map(|d| {
+                std::fs::read_dir(maildir.join(d))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+            })
+            .find_map(|e| {
+                let bytes = std::fs::read(e.path()).ok()?;
+                String::from_utf8_lossy(&bytes)
+                    .contains(&header)
+                    .then_some(bytes)
+            })
+            .unwrap_or_else(|| panic!("{subject}: not in {user}'s Maildir"))
+    }
+
     fn assert_in_inbox(&self, user: &str, subject: &str) {
         let found = common::wait_until(DELIVERY_LIMIT, || {
             self.inbox(user).iter().any(|s| s == subject)
@@ -486,6 +507,27 @@ fn submission_logs_in_over_tls_only_sends_as_the_login_only_and_relays_through_t
     assert!(sent, "alice on 465:\n{transcript}\n{}", lab.diagnostics());
     lab.assert_in_inbox("bob", "over 587");
     lab.assert_in_inbox("bob", "over 465");
+    // Signed on the way with both of the device's keys (d= alice's domain), which
+    // python3-dkim verifies against our own DNS.
+    let delivered = lab.message_file("bob", "over 587");
+    let (mut verdicts, stderr) = common::dkim_verify(&lab.client, SERVER_V4, &delivered);
+    verdicts.sort();
+    let mut keys: Vec<String> = std::fs::read_dir(lab.state().join("dkim"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| Some(e.file_name().to_str()?.strip_suffix(".key")?.to_string()))
+        .map(|selector| format!("{selector}=ok"))
+        .collect();
+    keys.sort();
+    assert_eq!(keys.len(), 2, "an Ed25519 and an RSA key: {keys:?}");
+    assert_eq!(
+        verdicts,
+        keys,
+        "{stderr}\n{}",
+        String::from_utf8_lossy(&delivered)
+    );
+    let text = String::from_utf8_lossy(&delivered);
+    assert!(text.contains("d=alice.example.org"), "{text}");
     for subject in ["wrong", "forged"] {
         assert!(
             !lab.inbox("bob").iter().any(|s| s == subject),

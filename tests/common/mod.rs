@@ -338,3 +338,45 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// Debian's python, which has python3-dkim (the PATH may lead to another).
+pub const PYTHON: &str = "/usr/bin/python3";
+
+/// Verifies every DKIM-Signature of the message on stdin with python3-dkim, asking the
+/// DNS server at argv[1]; prints one `selector=ok` or `selector=FAIL` per signature.
+const DKIM_VERIFY: &str = r#"
+import sys, dkim, dns.resolver
+resolver = dns.resolver.Resolver(configure=False)
+resolver.nameservers = [sys.argv[1]]
+def dnsfunc(name, timeout=5):
+    name = name.decode() if isinstance(name, bytes) else name
+    answer = resolver.resolve(name, "TXT", lifetime=timeout)
+    return b"".join(b"".join(r.strings) for r in answer)
+message = sys.stdin.buffer.read()
+d = dkim.DKIM(message)
+signatures = [h for h in d.headers if h[0].lower() == b"dkim-signature"]
+for i, (_, value) in enumerate(signatures):
+    tags = dict(t.strip().split(b"=", 1) for t in value.split(b";") if b"=" in t)
+    ok = d.verify(idx=i, dnsfunc=dnsfunc)
+    print(tags[b"s"].decode().strip() + "=" + ("ok" if ok else "FAIL"))
+"#;
+
+/// The verdicts of python3-dkim (`selector=ok` or `selector=FAIL`, one per signature) on
+/// `message`, verified in `netns` against the DNS server at `dns`; and its stderr.
+pub fn dkim_verify(netns: &Netns, dns: &str, message: &[u8]) -> (Vec<String>, String) {
+    let mut verify = netns
+        .exec(PYTHON)
+        .args(["-c", DKIM_VERIFY, dns])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    verify.stdin.take().unwrap().write_all(message).unwrap();
+    let out = verify.wait_with_output().unwrap();
+    let verdicts = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    (verdicts, String::from_utf8_lossy(&out.stderr).into_owned())
+}
