@@ -31,6 +31,33 @@ const TEST_IMAGE: &str = "out/test-rpi3.img";
 const PASSWORD: &str = "letterbox-test";
 const BOOT_TIMEOUT: Duration = Duration::from_secs(420);
 const REPLY_TIMEOUT: Duration = Duration::from_secs(120);
+/// The fixture's accounts' password (alice, bob), and carol's, added on the console.
+const MAIL_PASSWORD: &str = "letterbox-mail";
+/// From login to port 25's banner: the mail image imported on first boot, then the
+/// front's and the boxes' containers started, all under TCG.
+const MAIL_UP_TIMEOUT: Duration = Duration::from_secs(480);
+/// The console line of `front-postfix` once port 25 greets.
+const MAIL_ACCEPTED: &str = "front-postfix: mail accepted on port 25";
+
+/// Logs in over IMAP with TLS (the self-signed certificate unchecked) and prints the
+/// INBOX's subjects, one a line; exits 2 when the login is refused.
+const IMAP_CLIENT: &str = r#"
+import email, imaplib, ssl, sys
+port, user, password = sys.argv[1:4]
+tls = ssl.create_default_context()
+tls.check_hostname = False
+tls.verify_mode = ssl.CERT_NONE
+imap = imaplib.IMAP4_SSL("127.0.0.1", int(port), ssl_context=tls, timeout=60)
+try:
+    imap.login(user, password)
+except imaplib.IMAP4.error as e:
+    print(e, file=sys.stderr)
+    sys.exit(2)
+imap.select("INBOX", readonly=True)
+for num in imap.search(None, "ALL")[1][0].split():
+    print(email.message_from_bytes(imap.fetch(num, "(RFC822)")[1][0][1])["Subject"])
+imap.logout()
+"#;
 
 struct Vm {
     child: Child,
@@ -194,6 +221,82 @@ fn dig_mx(port: u16) -> String {
     }
 }
 
+/// Sends one message through the forwarded port 25 with swaks; its output when the front
+/// answered 250 to the data, retried (a front still starting refuses connections).
+fn swaks(port: u16, to: &str, subject: &str, timeout: Duration) -> Result<String, String> {
+    let start = Instant::now();
+    loop {
+        let out = Command::new("swaks")
+            .args(["--server", "127.0.0.1", "--port", &port.to_string()])
+            .args([
+                "--helo",
+                "client.example.net",
+                "--from",
+                "tester@example.net",
+            ])
+            .args(["--to", to, "--header", &format!("Subject: {subject}")])
+            .args(["--timeout", "60"])
+            .output()
+            .expect("run swaks");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        if out.status.success() {
+            return Ok(text);
+        }
+        if start.elapsed() > timeout {
+            return Err(text);
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+/// The INBOX subjects of `user` through the forwarded IMAP-over-TLS port, retried until
+/// `done` holds for them (a box still starting refuses the proxied login).
+fn imap_until(
+    port: u16,
+    user: &str,
+    timeout: Duration,
+    done: impl Fn(&[String]) -> bool,
+) -> Result<Vec<String>, String> {
+    let start = Instant::now();
+    loop {
+        let out = Command::new("python3")
+            .args(["-c", IMAP_CLIENT, &port.to_string(), user, MAIL_PASSWORD])
+            .output()
+            .expect("run python3");
+        let subjects: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect();
+        if out.status.success() && done(&subjects) {
+            return Ok(subjects);
+        }
+        if start.elapsed() > timeout {
+            return Err(format!(
+                "{}: {subjects:?} {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        std::thread::sleep(Duration::from_secs(3));
+    }
+}
+
+/// The `status` reply's unit lines: each unit's name and whether it is running.
+fn status_units(status: &str) -> Vec<(String, bool)> {
+    status
+        .lines()
+        .skip_while(|l| !l.starts_with("units:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            let name = words.next()?.to_string();
+            Some((name, words.next() == Some("running")))
+        })
+        .collect()
+}
+
 /// A loopback port free for both UDP and TCP right now, for QEMU's host forward.
 fn free_port() -> u16 {
     loop {
@@ -315,6 +418,103 @@ fn fat_offset(image: &Path) -> u64 {
     u64::from(mbr[1].starting_lba) * 512
 }
 
+/// First boot's mail: the image imported and the containers up (the console says when
+/// port 25 greets); a message through the forwarded port 25 to alice, read through the
+/// forwarded 993; `account add carol` on the console and carol's login; `status` with every
+/// box running. Timings (wall clock, TCG) are printed.
+fn check_the_mail_system(vm: &mut Vm, booted: Instant, smtp_port: u16, imaps_port: u16) {
+    vm.wait_until("port 25 accepts mail", MAIL_UP_TIMEOUT, |log| {
+        log.contains(MAIL_ACCEPTED)
+    });
+    eprintln!(
+        "timing: mail accepted on port 25 {:.0} s after QEMU started",
+        booted.elapsed().as_secs_f64()
+    );
+    vm.assert_log("the mail image was imported from the root", |log| {
+        log.contains("mail image letterbox-mail:latest")
+            && log.contains("imported from /usr/share/letterbox/letterbox-mail")
+    });
+    let step = Instant::now();
+    let subject = "hello alice through QEMU";
+    if let Err(out) = swaks(smtp_port, "box@alice.example.org", subject, REPLY_TIMEOUT) {
+        vm.fail(&format!("swaks through the forwarded port 25:\n{out}"));
+    }
+    eprintln!(
+        "timing: swaks got 250 in {:.0} s",
+        step.elapsed().as_secs_f64()
+    );
+    let step = Instant::now();
+    if let Err(e) = imap_until(imaps_port, "alice", REPLY_TIMEOUT, |subjects| {
+        subjects.iter().any(|s| s == subject)
+    }) {
+        vm.fail(&format!("alice's INBOX through the forwarded 993: {e}"));
+    }
+    eprintln!(
+        "timing: alice read it over IMAP {:.0} s later",
+        step.elapsed().as_secs_f64()
+    );
+
+    let step = Instant::now();
+    vm.send("account add carol");
+    vm.wait_for("Password: ", REPLY_TIMEOUT);
+    vm.send(MAIL_PASSWORD);
+    vm.wait_for("Again: ", REPLY_TIMEOUT);
+    vm.send(MAIL_PASSWORD);
+    vm.wait_for("mail# ", REPLY_TIMEOUT);
+    let reply_start = vm.log().rfind("Again: ").unwrap();
+    vm.assert_log("account add carol succeeded", |log| {
+        let reply = &log[reply_start..];
+        reply.contains("carol") && !reply.contains("error")
+    });
+    if let Err(e) = imap_until(imaps_port, "carol", REPLY_TIMEOUT, |_| true) {
+        vm.fail(&format!("carol's login through the forwarded 993: {e}"));
+    }
+    eprintln!(
+        "timing: account add carol to carol's IMAP login {:.0} s",
+        step.elapsed().as_secs_f64()
+    );
+
+    vm.send("status");
+    vm.wait_for("interfaces:", REPLY_TIMEOUT);
+    vm.wait_for("mail# ", REPLY_TIMEOUT);
+    let log = vm.log();
+    let status = &log[log.rfind("units:").unwrap()..];
+    let units = status_units(status);
+    for unit in [
+        "containerd",
+        "mail",
+        "front-postfix",
+        "front-dovecot",
+        "box-alice",
+        "box-bob",
+        "box-carol",
+    ] {
+        if !units.iter().any(|(name, running)| name == unit && *running) {
+            vm.fail(&format!("status does not show {unit} running: {units:?}"));
+        }
+    }
+}
+
+/// The power-off stopped the boxes, then the front (Postfix's queue is on /data), then
+/// containerd, before /data was remounted read-only.
+fn assert_mail_stopped_in_order(vm: &Vm) {
+    let log = vm.log();
+    let at = |needle: &str| {
+        log.rfind(needle)
+            .unwrap_or_else(|| vm.fail(&format!("no {needle:?} at the power-off")))
+    };
+    let boxes = ["box-alice stopped", "box-bob stopped", "box-carol stopped"].map(&at);
+    let front = at("front-postfix stopped");
+    let containerd = at("containerd stopped");
+    let data = at("/data remounted read-only");
+    if !(boxes.iter().all(|&b| b < front) && front < containerd && containerd < data) {
+        vm.fail(&format!(
+            "stop order: boxes at {boxes:?}, front-postfix at {front}, containerd at {containerd}, \
+             /data read-only at {data}"
+        ));
+    }
+}
+
 #[test]
 fn qemu_boots_to_login_with_network_and_survives_a_broken_file() {
     let test = "qemu_boots_to_login_with_network_and_survives_a_broken_file";
@@ -332,7 +532,13 @@ fn qemu_boots_to_login_with_network_and_survives_a_broken_file() {
 
     // First boot: a good letterbox.toml; the appliance's DNS port forwarded to the host.
     let dns_port = free_port();
-    let forwards = [format!("udp:127.0.0.1:{dns_port}-:53")];
+    let (smtp_port, imaps_port) = (free_port(), free_port());
+    let forwards = [
+        format!("udp:127.0.0.1:{dns_port}-:53"),
+        qemu::tcp_forward(smtp_port, 25),
+        qemu::tcp_forward(imaps_port, 993),
+    ];
+    let booted = Instant::now();
     let mut vm = Vm::boot(&prepared, &forwards, "first-boot");
     vm.wait_for("Machine model: Raspberry Pi 3 Model B", BOOT_TIMEOUT);
     vm.wait_for(
@@ -403,8 +609,15 @@ fn qemu_boots_to_login_with_network_and_survives_a_broken_file() {
     if !mx.lines().any(|l| l.trim() == "10 mail.example.org.") {
         vm.fail(&format!("MX answer through the forwarded port: {mx:?}"));
     }
+    check_the_mail_system(&mut vm, booted, smtp_port, imaps_port);
+    let stopping = Instant::now();
     vm.send("poweroff");
     vm.wait_for("reboot: Power down", REPLY_TIMEOUT);
+    eprintln!(
+        "timing: poweroff took {:.0} s",
+        stopping.elapsed().as_secs_f64()
+    );
+    assert_mail_stopped_in_order(&vm);
     // Kernel threads never end: shutdown must not wait for them and then kill in vain.
     vm.assert_log("shutdown found every other process ended", |log| {
         log.contains("every other process has ended") && !log.contains("sending SIGKILL")
