@@ -1,14 +1,20 @@
 //! Boots the test image under `qemu-system-aarch64 -M raspi3b` and drives its serial
 //! console: early boot (coldplugged modules, partitions, data growth), the network on
 //! QEMU's USB adapter with the file's static address, the login and `status`, the zone's
-//! MX answered to `dig` on the host through a forwarded port, and a power-off that waits
-//! only for processes, not kernel threads; the card's partition table read back after it:
+//! MX answered to `dig` on the host through a forwarded port; the mail system: the image
+//! imported, a message sent with `swaks` through the forwarded port 25 to alice and read with
+//! `imaplib` through the forwarded 993, `account add carol` on the console and carol's login,
+//! `status` with every box running; and a power-off that stops the boxes, the front and
+//! containerd in that order and waits only for processes, not kernel threads; the card's
+//! partition table read back after it:
 //! the data partition and its filesystem reach the card's end. Then, on the same SD card, a
 //! broken letterbox.toml: the boot continues, the console shows the error with line and
 //! column, the agent, the console and `status` say the last good configuration is running,
-//! and the login works. The data partition is checked by e2fsck at boot and left clean by
-//! the power-off (read back with `e2fsck -fn`). Third, a boot partition that will not mount:
-//! the last good configuration from /data runs and the console says so. Fourth, the agent
+//! and the login works; then QEMU is killed while mail is being sent (a power cut). The
+//! data partition is checked by e2fsck at boot and left clean by the power-off (read back
+//! with `e2fsck -fn`). Third, a boot partition that will not mount: the last good
+//! configuration from /data runs and the console says so, e2fsck ran after the power cut,
+//! and every message that got a 250 before it is in alice's INBOX. Fourth, the agent
 //! pets the kernel's softdog (`letterbox.watchdog=softdog`) and the guest is not reset.
 //!
 //! Needs `make test-image` (make test runs it first). Slow under TCG emulation, so the
@@ -495,6 +501,53 @@ fn check_the_mail_system(vm: &mut Vm, booted: Instant, smtp_port: u16, imaps_por
     }
 }
 
+/// How many messages get a 250 before the power is cut (the next one is in flight).
+const ACCEPTED_BEFORE_THE_CUT: usize = 3;
+
+/// Sends to alice, one message after another, until [`ACCEPTED_BEFORE_THE_CUT`] got a 250,
+/// then kills QEMU while the next is being sent; the subjects that got a 250.
+fn send_until_power_cut(mut vm: Vm, smtp_port: u16) -> Vec<String> {
+    vm.wait_until("port 25 accepts mail", MAIL_UP_TIMEOUT, |log| {
+        log.contains(MAIL_ACCEPTED)
+    });
+    let accepted = Arc::new(Mutex::new(Vec::new()));
+    let sender = {
+        let accepted = Arc::clone(&accepted);
+        std::thread::spawn(move || {
+            for n in 0.. {
+                let subject = format!("power cut {n}");
+                // One try each: after the cut every send fails, and the thread ends.
+                match swaks(smtp_port, "box@alice.example.org", &subject, Duration::ZERO) {
+                    Ok(_) => accepted.lock().unwrap().push(subject),
+                    Err(_) => return n,
+                }
+            }
+            unreachable!()
+        })
+    };
+    let start = Instant::now();
+    while accepted.lock().unwrap().len() < ACCEPTED_BEFORE_THE_CUT {
+        if start.elapsed() > REPLY_TIMEOUT || sender.is_finished() {
+            vm.fail(&format!(
+                "only {:?} got a 250 before the power cut",
+                accepted.lock().unwrap()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The next message is on its way: cut the power now.
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = vm.child.kill();
+    let tried = sender.join().unwrap();
+    drop(vm);
+    let accepted = accepted.lock().unwrap().clone();
+    eprintln!(
+        "power cut: {} of {tried} messages got a 250",
+        accepted.len()
+    );
+    accepted
+}
+
 /// The power-off stopped the boxes, then the front (Postfix's queue is on /data), then
 /// containerd, before /data was remounted read-only.
 fn assert_mail_stopped_in_order(vm: &Vm) {
@@ -655,7 +708,12 @@ fn qemu_boots_to_login_with_network_and_survives_a_broken_file() {
         "mcopy: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let mut vm = Vm::boot(&prepared, &[], "broken-file-boot");
+    let (smtp_port, imaps_port) = (free_port(), free_port());
+    let mail_forwards = [
+        qemu::tcp_forward(smtp_port, 25),
+        qemu::tcp_forward(imaps_port, 993),
+    ];
+    let mut vm = Vm::boot(&prepared, &mail_forwards, "broken-file-boot");
     vm.wait_for("early boot: done", BOOT_TIMEOUT);
     // `domain = 42`: the value, in column 10 (waited for whole: the line may arrive in
     // pieces).
@@ -696,9 +754,9 @@ fn qemu_boots_to_login_with_network_and_survives_a_broken_file() {
         REPLY_TIMEOUT,
         |log| log.contains("dns: serving example.org on 10.0.2.15:53"),
     );
-    vm.send("poweroff");
-    vm.wait_for("reboot: Power down", REPLY_TIMEOUT);
-    drop(vm);
+    // The last good configuration runs the mail too. Power cut: QEMU is killed while
+    // messages are being sent and delivered.
+    let accepted = send_until_power_cut(vm, smtp_port);
 
     // Third boot: a boot partition that will not mount (its boot sector zeroed on the
     // card; QEMU reads the kernel from the files extracted before). /data is mounted first,
@@ -713,7 +771,7 @@ fn qemu_boots_to_login_with_network_and_survives_a_broken_file() {
         card.seek(SeekFrom::Start(offset)).unwrap();
         card.write_all(&[0u8; 512]).unwrap();
     }
-    let mut vm = Vm::boot(&prepared, &[], "no-boot-partition");
+    let mut vm = Vm::boot(&prepared, &mail_forwards, "no-boot-partition");
     vm.wait_for("early boot: cannot mount the boot partition", BOOT_TIMEOUT);
     vm.wait_for(
         "early boot: done: boot partition NOT MOUNTED, data on /data",
@@ -733,6 +791,29 @@ fn qemu_boots_to_login_with_network_and_survives_a_broken_file() {
         "the last good configuration's zone is served",
         REPLY_TIMEOUT,
         |log| log.contains("dns: serving example.org on 10.0.2.15:53"),
+    );
+    vm.assert_log(
+        "e2fsck ran on the data partition after the power cut",
+        |log| {
+            log.contains("data partition /dev/mmcblk0p3 is clean")
+                || log.contains("e2fsck repaired the data partition /dev/mmcblk0p3")
+        },
+    );
+    let step = Instant::now();
+    vm.wait_until("port 25 accepts mail", MAIL_UP_TIMEOUT, |log| {
+        log.contains(MAIL_ACCEPTED)
+    });
+    if let Err(e) = imap_until(imaps_port, "alice", MAIL_UP_TIMEOUT, |subjects| {
+        accepted.iter().all(|a| subjects.contains(a))
+    }) {
+        vm.fail(&format!(
+            "after the power cut, alice's INBOX lacks some of the {accepted:?} that got a 250: {e}"
+        ));
+    }
+    eprintln!(
+        "timing: after the power cut, all {} accepted messages read {:.0} s after login",
+        accepted.len(),
+        step.elapsed().as_secs_f64()
     );
     vm.send("poweroff");
     vm.wait_for("reboot: Power down", REPLY_TIMEOUT);
