@@ -303,6 +303,42 @@ fn status_units(status: &str) -> Vec<(String, bool)> {
         .collect()
 }
 
+/// Answers SNTP on the host's 127.0.0.1:123 with the host's clock, which QEMU's
+/// user-mode network serves the guest as 10.0.2.2:123 (the fixture's `ntp`): the guest has
+/// no RTC, and its mail makes no TLS key before its clock is set.
+fn serve_sntp() {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:123")
+        .expect("bind 127.0.0.1:123 for the guest's SNTP (another QEMU test running?)");
+    std::thread::spawn(move || {
+        let mut request = [0u8; 48];
+        while let Ok((n, from)) = socket.recv_from(&mut request) {
+            if n < 48 {
+                continue;
+            }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap();
+            // NTP's era starts in 1900; the fraction is in 2^-32 s.
+            let seconds = (now.as_secs() + 2_208_988_800) as u32;
+            let fraction = ((u64::from(now.subsec_nanos()) << 32) / 1_000_000_000) as u32;
+            let mut stamp = [0u8; 8];
+            stamp[..4].copy_from_slice(&seconds.to_be_bytes());
+            stamp[4..].copy_from_slice(&fraction.to_be_bytes());
+            let mut reply = [0u8; 48];
+            reply[0] = (request[0] & 0x38) | 4; // no leap warning, the client's version, server
+            reply[1] = 1; // stratum 1
+            reply[2] = request[2];
+            reply[3] = 0xec; // precision 2^-20 s
+            reply[12..16].copy_from_slice(b"LOCL");
+            reply[16..24].copy_from_slice(&stamp); // reference
+            reply[24..32].copy_from_slice(&request[40..48]); // originate: the client's transmit
+            reply[32..40].copy_from_slice(&stamp); // receive
+            reply[40..48].copy_from_slice(&stamp); // transmit
+            let _ = socket.send_to(&reply, from);
+        }
+    });
+}
+
 /// A loopback port free for both UDP and TCP right now, for QEMU's host forward.
 fn free_port() -> u16 {
     loop {
@@ -579,6 +615,7 @@ fn qemu_boots_to_login_with_network_and_survives_a_broken_file() {
         );
         return;
     }
+    serve_sntp();
     let work = tempfile::tempdir().unwrap();
     let mut prepared =
         qemu::prepare(&image, work.path()).expect("extract boot files from the image");
