@@ -141,6 +141,8 @@ OUT ?= out/letterbox-$(BOARD).img
 TARGET := aarch64-unknown-linux-gnu
 AGENT := target-aarch64/$(TARGET)/release/letterbox
 TEST_IMAGE := out/test-rpi3.img
+# The mail image every SD image carries (letterbox build --mail-image; its rule is below).
+SD_MAIL_IMAGE := out/letterbox-mail-arm64
 # Builds the image: no root, loop devices or mounts; QEMU boots it.
 IMAGE_PACKAGES := protobuf-compiler mmdebstrap mtools dosfstools e2fsprogs squashfs-tools kmod qemu-system-arm
 # The agent for aarch64 with the rustup target when installed, else Debian's Rust.
@@ -167,17 +169,17 @@ deps-image: $(STAMPS)/deps-image
 cross: deps-image
 	$(CROSS_ENV) $(CROSS_CARGO) build --release --target $(TARGET) --bin letterbox
 
-image: cross
+image: cross $(SD_MAIL_IMAGE).lock
 	$(CARGO) run --quiet -- build $(CONFIG) --board $(BOARD) -o $(OUT) --agent $(AGENT)
 
 # The image the image and QEMU tests check, from the test provisioning file.
-test-image: cross
+test-image: cross $(SD_MAIL_IMAGE).lock
 	$(CARGO) run --quiet -- build tests/fixtures/qemu-letterbox.toml --board rpi3 -o $(TEST_IMAGE) --agent $(AGENT)
 
 # QEMU's raspi3b with user-mode networking: an rpi3 image from image/qemu-letterbox.toml
 # (10.0.2.15; admin password "letterbox-test", for QEMU only). DNS: dig -p 5353 @127.0.0.1
 QEMU_IMAGE := out/qemu-rpi3.img
-qemu: cross
+qemu: cross $(SD_MAIL_IMAGE).lock
 	$(CARGO) run --quiet -- build image/qemu-letterbox.toml --board rpi3 -o $(QEMU_IMAGE) --agent $(AGENT)
 	$(CARGO) run --quiet -- qemu $(QEMU_IMAGE)
 
@@ -196,7 +198,7 @@ MAIL_IMAGE_INPUTS := $(wildcard src/image/*.rs src/cli/mail_image.rs) \
 .PHONY: mail-image
 mail-image: $(MAIL_IMAGE).lock
 
-$(MAIL_IMAGE).lock: $(STAMPS)/deps-image $(MAIL_IMAGE_INPUTS)
-	$(CARGO) run --quiet -- mail-image --arch $(MAIL_ARCH) -o $(MAIL_IMAGE)
+out/letterbox-mail-%.lock: $(STAMPS)/deps-image $(MAIL_IMAGE_INPUTS)
+	$(CARGO) run --quiet -- mail-image --arch $* -o out/letterbox-mail-$*
 
 bench: bench-image

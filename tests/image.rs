@@ -208,6 +208,94 @@ fn filesystems_pass_fsck() {
     );
 }
 
+/// A file of the image's root filesystem, read with `unsquashfs -cat`.
+fn squashfs_file(root_fs: &Path, path: &str) -> Vec<u8> {
+    let out = Command::new("unsquashfs")
+        .args(["-cat"])
+        .arg(root_fs)
+        .arg(path)
+        .output()
+        .expect("run unsquashfs");
+    assert!(
+        out.status.success(),
+        "unsquashfs -cat {path}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+#[test]
+fn the_root_carries_containerd_runc_and_the_arm64_mail_image_pinned_in_the_lock() {
+    let Some(image) =
+        test_image("the_root_carries_containerd_runc_and_the_arm64_mail_image_pinned_in_the_lock")
+    else {
+        return;
+    };
+    use sha2::{Digest, Sha256};
+    let lock = std::fs::read_to_string(format!("{}.lock", image.display())).unwrap();
+    for package in ["containerd", "runc"] {
+        assert!(
+            lock.lines().any(|l| {
+                let f: Vec<&str> = l.split(' ').collect();
+                f.len() == 5 && f[0] == package && f[2] == "arm64" && f[3].len() == 64
+            }),
+            "{package} (arm64, with its sha256) is not pinned in the lock:\n{lock}"
+        );
+    }
+    let (_, mail_lock) = lock
+        .split_once("# /usr/share/letterbox/letterbox-mail:\n")
+        .expect("the lock has the mail image's section");
+    assert!(
+        mail_lock.starts_with("# letterbox-mail arm64: letterbox-mail:latest\n"),
+        "the mail image's section: {mail_lock}"
+    );
+    let manifest = mail_lock
+        .lines()
+        .find_map(|l| l.strip_prefix("manifest sha256:"))
+        .expect("the mail image's manifest digest");
+    assert!(
+        mail_lock.contains(" arm64 ") && mail_lock.contains("\npostfix "),
+        "the mail image's packages are pinned too"
+    );
+
+    // The layout in the root: its index names the pinned manifest, whose blob hashes to it,
+    // and whose config says arm64.
+    let dir = tempfile::tempdir().unwrap();
+    let root_fs = dir.path().join("root.squashfs");
+    extract_partition(&image, 2, &root_fs);
+    let layout = "/usr/share/letterbox/letterbox-mail";
+    let index =
+        String::from_utf8(squashfs_file(&root_fs, &format!("{layout}/index.json"))).unwrap();
+    assert!(
+        index.contains(&format!("\"sha256:{manifest}\"")),
+        "index.json does not name the pinned manifest {manifest}: {index}"
+    );
+    let blob = |digest: &str| squashfs_file(&root_fs, &format!("{layout}/blobs/sha256/{digest}"));
+    let manifest_blob = blob(manifest);
+    assert_eq!(
+        data_encoding::HEXLOWER.encode(&Sha256::digest(&manifest_blob)),
+        manifest,
+        "the manifest blob's digest"
+    );
+    let manifest_json: serde_json::Value = serde_json::from_slice(&manifest_blob).unwrap();
+    let config_digest = manifest_json["config"]["digest"].as_str().unwrap();
+    let config: serde_json::Value =
+        serde_json::from_slice(&blob(config_digest.strip_prefix("sha256:").unwrap())).unwrap();
+    assert_eq!(config["architecture"], "arm64", "the mail image's config");
+    for layer in manifest_json["layers"].as_array().unwrap() {
+        let digest = layer["digest"]
+            .as_str()
+            .unwrap()
+            .strip_prefix("sha256:")
+            .unwrap();
+        assert_eq!(
+            data_encoding::HEXLOWER.encode(&Sha256::digest(blob(digest))),
+            digest,
+            "layer blob"
+        );
+    }
+}
+
 #[test]
 fn boot_files_enable_the_serial_console() {
     let Some(image) = test_image("boot_files_enable_the_serial_console") else {
@@ -324,6 +412,42 @@ fn broken_provisioning_file_is_refused_with_its_position() {
         "line and column: {stderr}"
     );
     assert!(!out_img.exists(), "no image from a broken file");
+}
+
+#[test]
+fn an_image_without_the_arm64_mail_image_is_refused_with_the_command_that_builds_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_img = dir.path().join("never.img");
+    // Checked before the agent is read, so no cross-built agent is needed.
+    let missing = dir.path().join("letterbox-mail-arm64");
+    let out = build_command(Path::new(FIXTURE), "rpi3", &out_img)
+        .arg("--mail-image")
+        .arg(&missing)
+        .output()
+        .expect("run letterbox build");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&missing.display().to_string())
+            && stderr.contains("make mail-image MAIL_ARCH=arm64"),
+        "names the missing layout and how to build it: {stderr}"
+    );
+    // The host's amd64 layout in its place: refused for its architecture.
+    let amd64 = root().join("out/letterbox-mail-amd64");
+    if amd64.join("index.json").is_file() {
+        let out = build_command(Path::new(FIXTURE), "rpi3", &out_img)
+            .arg("--mail-image")
+            .arg(&amd64)
+            .output()
+            .expect("run letterbox build");
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("is not the lock of the arm64 mail image"),
+            "an amd64 layout: {stderr}"
+        );
+    }
+    assert!(!out_img.exists(), "no image without the mail image");
 }
 
 /// SOURCE_DATE_EPOCH for the test below: 2023-11-14 22:13:20 UTC, not the builder's

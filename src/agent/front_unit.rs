@@ -21,6 +21,8 @@ use crate::supervise::{StopSignal, TaskResult, Unit};
 
 /// The front's shared socket directory, under the state directory.
 pub const SOCKETS: &str = "front/sockets";
+/// How long a start of `front-postfix` looks for its banner on port 25 before giving up.
+const BANNER_LIMIT: Duration = Duration::from_secs(600);
 /// The image's postfix user and group (overlays/mail/etc/passwd), owner of its state.
 const POSTFIX_ID: u32 = 100;
 /// The directory of the smarthost's login, beside (not in) the postfix directory: root's
@@ -134,7 +136,45 @@ async fn run_postfix(agent: Arc<Agent>, setup: FrontSetup, mut stop: StopSignal)
         );
         Ok::<Spec, ContainerUnitError>(spec::front_postfix_spec(&files)?)
     };
-    mail_container::run(&agent, &setup.site, FRONT_POSTFIX, &log, &mut stop, prepare).await
+    let announce = tokio::spawn(announce_port_25(agent.clone()));
+    let result =
+        mail_container::run(&agent, &setup.site, FRONT_POSTFIX, &log, &mut stop, prepare).await;
+    announce.abort();
+    result
+}
+
+/// Logs once port 25 answers with Postfix's banner: on the console, the sign that mail is
+/// accepted (a started container may still be loading), with the time it took.
+async fn announce_port_25(agent: Arc<Agent>) {
+    let start = tokio::time::Instant::now();
+    while start.elapsed() < BANNER_LIMIT {
+        if smtp_banner().await {
+            log::info!(
+                "front-postfix: mail accepted on port 25 ({:.1} s after the agent started)",
+                agent.uptime().as_secs_f64()
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Whether 127.0.0.1:25 greets with "220 " (Postfix listens on every address), then QUIT.
+async fn smtp_banner() -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let limit = Duration::from_secs(10);
+    let Ok(Ok(mut stream)) =
+        tokio::time::timeout(limit, tokio::net::TcpStream::connect(("127.0.0.1", 25))).await
+    else {
+        return false;
+    };
+    let mut greeting = [0u8; 4];
+    let greeted = matches!(
+        tokio::time::timeout(limit, stream.read_exact(&mut greeting)).await,
+        Ok(Ok(_))
+    ) && &greeting == b"220 ";
+    let _ = stream.write_all(b"QUIT\r\n").await;
+    greeted
 }
 
 async fn run_dovecot(agent: Arc<Agent>, setup: FrontSetup, mut stop: StopSignal) -> TaskResult {

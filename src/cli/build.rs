@@ -21,6 +21,9 @@ pub struct Args {
         default_value = "target-aarch64/aarch64-unknown-linux-gnu/release/letterbox"
     )]
     agent: PathBuf,
+    /// The arm64 letterbox-mail OCI layout to carry (`make mail-image MAIL_ARCH=arm64`).
+    #[arg(long, default_value = "out/letterbox-mail-arm64")]
+    mail_image: PathBuf,
     /// Download cache and unpacked packages.
     #[arg(long, default_value = ".cache")]
     cache: PathBuf,
@@ -34,6 +37,7 @@ pub fn run(args: Args) -> CliResult {
             .output
             .unwrap_or_else(|| format!("out/letterbox-{}.img", args.board).into()),
         agent: args.agent,
+        mail_image: args.mail_image,
         cache_dir: args.cache,
         source_date_epoch: image::BuildOptions::epoch_from_env(),
         progress: true,

@@ -11,6 +11,10 @@ pub struct Args {
     /// Host port forwarded to the appliance's DNS server (UDP and TCP 53).
     #[arg(long, default_value_t = 5353)]
     dns_port: u16,
+    /// The mail ports (25, 587, 465, 993, 143) are forwarded from this plus the port:
+    /// 10025, 10587, 10465, 10993 and 10143 by default.
+    #[arg(long, default_value_t = 10000)]
+    mail_port_base: u16,
     /// The agent's watchdog: `off` (raspi3b resets as soon as the Pi's watchdog is armed)
     /// or a device such as /dev/watchdog1; passed as `letterbox.watchdog=` to the kernel.
     #[arg(long, default_value = "off")]
@@ -24,10 +28,23 @@ pub fn run(args: Args) -> CliResult {
     prepared
         .cmdline
         .push_str(&format!(" letterbox.watchdog={}", args.watchdog));
-    let forwards = [
+    let Some(mail) = image::qemu::mail_forwards(args.mail_port_base) else {
+        return Err(format!(
+            "--mail-port-base {} puts a mail port past 65535",
+            args.mail_port_base
+        )
+        .into());
+    };
+    let mut forwards = vec![
         format!("udp:127.0.0.1:{}-:53", args.dns_port),
-        format!("tcp:127.0.0.1:{}-:53", args.dns_port),
+        image::qemu::tcp_forward(args.dns_port, 53),
     ];
+    eprintln!("letterbox qemu: forwarded from 127.0.0.1 to the appliance:");
+    eprintln!("  {:>5} -> 53  DNS (UDP and TCP)", args.dns_port);
+    for (host, guest, what) in mail {
+        eprintln!("  {host:>5} -> {guest:<3} {what}");
+        forwards.push(image::qemu::tcp_forward(host, guest));
+    }
     // Become QEMU: signals (^C, a script's kill) then reach it, not a parent.
     let err = std::os::unix::process::CommandExt::exec(&mut image::qemu::command(
         &prepared, "stdio", &forwards,

@@ -227,6 +227,45 @@ pub fn build(opts: &MailImageOptions) -> Result<MailImageSummary, ImageError> {
     })
 }
 
+/// The lock file of a layout `make mail-image MAIL_ARCH=ARCH` built, for an SD image to
+/// carry: the layout must be there, be for `arch`, and its index.json name the manifest the
+/// lock pins.
+pub fn built_lock(layout: &Path, arch: Arch) -> Result<String, ImageError> {
+    let index_file = layout.join("index.json");
+    let lock_file = PathBuf::from(format!("{}.lock", layout.display()));
+    let (Ok(index), Ok(lock)) = (
+        std::fs::read_to_string(&index_file),
+        std::fs::read_to_string(&lock_file),
+    ) else {
+        return Err(ImageError::NoMailImage {
+            layout: layout.to_path_buf(),
+            arch,
+        });
+    };
+    let header = format!("# letterbox-mail {arch}: {REFERENCE}\n");
+    if !lock.starts_with(&header) {
+        return Err(ImageError::Layout(format!(
+            "{} is not the lock of the {arch} mail image: its first line is not {:?}",
+            lock_file.display(),
+            header.trim_end()
+        )));
+    }
+    let manifest = built_manifest(&lock).unwrap_or_default();
+    if manifest.is_empty() || !index.contains(&format!("\"{manifest}\"")) {
+        return Err(ImageError::Layout(format!(
+            "{} names no manifest {manifest:?} of {}: rebuild it (make mail-image MAIL_ARCH={arch})",
+            index_file.display(),
+            lock_file.display()
+        )));
+    }
+    Ok(lock)
+}
+
+/// The manifest digest a mail image's lock file pins (its `manifest sha256:...` line).
+pub fn built_manifest(lock: &str) -> Option<&str> {
+    lock.lines().find_map(|l| l.strip_prefix("manifest "))
+}
+
 /// The image's packages unpacked into `dir`, reused while the lock and the package list
 /// are the same.
 fn unpack(cache: &Cache, lock: &Lock, names: &[String], dir: &Path) -> Result<PathBuf, ImageError> {

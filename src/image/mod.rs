@@ -5,7 +5,8 @@
 //! - p1 FAT32 (0x0c): Pi firmware, kernel, device trees, initramfs, config.txt,
 //!   cmdline.txt, letterbox.toml.
 //! - p2 (0x83): the root filesystem, squashfs (read-only by construction, reproducible
-//!   with fixed timestamps and owners): the agent, kernel modules, containerd and runc.
+//!   with fixed timestamps and owners): the agent, kernel modules, containerd and runc,
+//!   and the arm64 `letterbox-mail` OCI layout the agent imports into containerd.
 //! - p3 (0x83): ext4 data, small in the image, grown to fill the card on first boot.
 //!
 //! This file runs the build (options, steps, progress, errors); `rootfs` makes the root
@@ -64,6 +65,14 @@ pub enum ImageError {
     },
     #[error("the agent binary {0} is missing: cross-build it first (make image does)")]
     NoAgent(PathBuf),
+    #[error(
+        "the {arch} mail image {} is missing: build it first (make mail-image MAIL_ARCH={arch})",
+        .layout.display()
+    )]
+    NoMailImage {
+        layout: PathBuf,
+        arch: packages::Arch,
+    },
     #[error("package {0} is not in the package set")]
     MissingPackage(String),
     #[error("{0}")]
@@ -113,6 +122,9 @@ pub struct BuildOptions {
     pub output: PathBuf,
     /// The cross-built static aarch64 agent.
     pub agent: PathBuf,
+    /// The arm64 `letterbox-mail` OCI layout (`make mail-image MAIL_ARCH=arm64`), with its
+    /// lock file beside it.
+    pub mail_image: PathBuf,
     /// Download cache and unpacked packages (the project's .cache/).
     pub cache_dir: PathBuf,
     pub source_date_epoch: u64,
@@ -140,6 +152,8 @@ pub struct Summary {
     pub rootfs_packages: usize,
     pub executables: usize,
     pub initramfs_modules: usize,
+    /// The mail image's manifest digest, as pinned in the lock file.
+    pub mail_manifest: String,
     pub downloaded: bool,
     pub elapsed: Duration,
 }
@@ -170,6 +184,12 @@ impl std::fmt::Display for Summary {
             f,
             "contents:   {} executables in the root filesystem, {} modules in the initramfs",
             self.executables, self.initramfs_modules
+        )?;
+        writeln!(
+            f,
+            "mail image: {} {}",
+            crate::paths::MAIL_IMAGE_DIR,
+            self.mail_manifest
         )?;
         write!(f, "time:       {:.1} s", self.elapsed.as_secs_f64())
     }
@@ -239,6 +259,7 @@ pub fn build(opts: &BuildOptions) -> Result<Summary, ImageError> {
         Err(config::LoadError::Invalid(d)) => return Err(ImageError::Config(d)),
         Err(e) => return Err(ImageError::ConfigRead(e)),
     };
+    let mail_lock = mail::built_lock(&opts.mail_image, packages::Arch::Arm64)?;
     let agent = std::fs::read(&opts.agent).map_err(|_| ImageError::NoAgent(opts.agent.clone()))?;
     let ids = Ids::new(opts.board, &config_text);
     let epoch = opts.source_date_epoch;
@@ -286,7 +307,7 @@ pub fn build(opts: &BuildOptions) -> Result<Summary, ImageError> {
     let bar = step(opts.progress, "root filesystem (squashfs)");
     let rootfs = work.join("rootfs");
     let userland = cache.dependency_closure(&lock, packages::USERLAND_ROOTS, &[])?;
-    assemble_rootfs(&unpacked, &rootfs, &agent)?;
+    assemble_rootfs(&unpacked, &rootfs, &agent, &opts.mail_image)?;
     let executables = count_executables(&rootfs)?;
     let rootfs_img = work.join("rootfs.squashfs");
     rootfs::make_squashfs(&rootfs, &rootfs_img, epoch)?;
@@ -387,7 +408,13 @@ pub fn build(opts: &BuildOptions) -> Result<Summary, ImageError> {
     })?;
     std::fs::rename(&partial, &opts.output).map_err(|e| ImageError::io(&opts.output, e))?;
     let lock_file = PathBuf::from(format!("{}.lock", opts.output.display()));
-    std::fs::write(&lock_file, lock.render()).map_err(|e| ImageError::io(&lock_file, e))?;
+    // The image's packages, then the mail image it carries, pinned by its manifest digest.
+    let lock_text = format!(
+        "{}# {}:\n{mail_lock}",
+        lock.render(),
+        crate::paths::MAIL_IMAGE_DIR
+    );
+    std::fs::write(&lock_file, lock_text).map_err(|e| ImageError::io(&lock_file, e))?;
     done(bar, "disk image");
 
     Ok(Summary {
@@ -400,6 +427,9 @@ pub fn build(opts: &BuildOptions) -> Result<Summary, ImageError> {
         rootfs_packages: userland.len(),
         executables,
         initramfs_modules,
+        mail_manifest: mail::built_manifest(&mail_lock)
+            .unwrap_or_default()
+            .to_string(),
         downloaded,
         elapsed: started.elapsed(),
     })

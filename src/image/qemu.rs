@@ -17,6 +17,29 @@ use super::{file_len, run, ImageError};
 pub const GUEST_NET: &str = "10.0.2.0/24";
 pub const GUEST_HOST: &str = "10.0.2.2";
 
+/// The appliance's mail ports, which `letterbox qemu` forwards from high local ports.
+pub const MAIL_PORTS: &[(u16, &str)] = &[
+    (25, "SMTP"),
+    (587, "submission"),
+    (465, "submission over TLS"),
+    (993, "IMAP over TLS"),
+    (143, "IMAP"),
+];
+
+/// A forward of host TCP port `host` on 127.0.0.1 to the guest's `guest`.
+pub fn tcp_forward(host: u16, guest: u16) -> String {
+    format!("tcp:127.0.0.1:{host}-:{guest}")
+}
+
+/// Each mail port at `base` plus the port (base 10000: 25 on 10025, 993 on 10993), as
+/// (host port, guest port, what); None when one would pass 65535.
+pub fn mail_forwards(base: u16) -> Option<Vec<(u16, u16, &'static str)>> {
+    MAIL_PORTS
+        .iter()
+        .map(|&(port, what)| Some((base.checked_add(port)?, port, what)))
+        .collect()
+}
+
 /// Appended to the image's kernel command line: see [`prepare`].
 pub const WATCHDOG_OFF: &str = "letterbox.watchdog=off";
 
@@ -162,6 +185,24 @@ mod tests {
             cmdline: String::new(),
             config_text: config_text.into(),
         }
+    }
+
+    #[test]
+    fn mail_ports_are_forwarded_at_base_plus_port() {
+        let forwards = mail_forwards(10000).unwrap();
+        let hosts: Vec<(u16, u16)> = forwards.iter().map(|&(h, g, _)| (h, g)).collect();
+        assert_eq!(
+            hosts,
+            [
+                (10025, 25),
+                (10587, 587),
+                (10465, 465),
+                (10993, 993),
+                (10143, 143)
+            ]
+        );
+        assert_eq!(tcp_forward(10025, 25), "tcp:127.0.0.1:10025-:25");
+        assert_eq!(mail_forwards(65000), None);
     }
 
     #[test]

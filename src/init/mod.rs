@@ -279,8 +279,8 @@ fn run_early_boot(settings: &mut Settings) -> bool {
     }
 }
 
-/// An image built without the mail system (`make image` does not ship the letterbox-mail
-/// image yet) runs no containerd: it would only restart its mail unit for ever.
+/// A root filesystem without the letterbox-mail image (`make image` ships it; an image
+/// built otherwise may not) runs no containerd: it would only restart its mail unit for ever.
 fn keep_mail_only_if_installed(settings: &mut Settings) {
     let Some(mail) = &settings.mail else { return };
     let index = mail.image.join("index.json");
