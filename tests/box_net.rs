@@ -363,3 +363,21 @@ fn removing_a_box_leaves_nothing_behind() {
     assert!(lab.ping_from_client("2001:db8:2::b"));
     assert_eq!(lab.remove(&lab.a), Changes::new());
 }
+
+#[test]
+fn boxes_ensuring_the_bridge_at_once_both_succeed() {
+    if !root_or_skip("boxes_ensuring_the_bridge_at_once_both_succeed") {
+        return;
+    }
+    let lab = Lab::new();
+    let (first, second) = lab.host.block_on_inside(async {
+        tokio::join!(
+            boxes::ensure_bridge(&lab.bridge),
+            boxes::ensure_bridge(&lab.bridge)
+        )
+    });
+    let (first, second) = (first.expect("first ensure"), second.expect("second ensure"));
+    // One of them made it; the other found it made.
+    let added = |c: &Changes| c.iter().any(|c| c.contains("bridge lbbr0 added"));
+    assert!(added(&first) != added(&second), "{first:?} {second:?}");
+}

@@ -108,12 +108,15 @@ pub fn host_link_name(name: &str) -> String {
 
 /// Creates or repairs the bridge in the caller's network namespace: up, with the front's
 /// addresses, IPv4 forwarding off on it, and IPv6 forwarding on when boxes have IPv6.
+/// One at a time: boxes starting together would each find no bridge and each add it.
 pub async fn ensure_bridge(bridge: &Bridge) -> Result<Changes, BoxNetError> {
+    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     if let Some(gw) = bridge.ipv6_gateway {
         if !is_link_local(gw) {
             return Err(BoxNetError::GatewayNotLinkLocal(gw));
         }
     }
+    let _one = ONE_AT_A_TIME.lock().await;
     let mut changes = Changes::new();
     let (handle, connection) = netlink::connect()?;
     let result = ensure_bridge_on(&handle, bridge, &mut changes).await;
