@@ -10,7 +10,8 @@ use nix::sys::statvfs::{statvfs, FsFlags};
 
 /// Runs `write` (which writes `path`); when it fails because `path`'s filesystem is
 /// mounted read-only, remounts that filesystem read-write, runs `write` again, and
-/// remounts it read-only (also when the write failed).
+/// remounts it read-only (also when the write failed). The write's outcome is the
+/// result: a filesystem left read-write is only warned about, since the file changed.
 pub fn write_through(path: &Path, write: impl Fn() -> std::io::Result<()>) -> std::io::Result<()> {
     match write() {
         Err(e) if e.kind() == std::io::ErrorKind::ReadOnlyFilesystem => {}
@@ -25,11 +26,10 @@ pub fn write_through(path: &Path, write: impl Fn() -> std::io::Result<()>) -> st
         path.display()
     );
     let written = write();
-    let back = remount(&point, flags | MsFlags::MS_RDONLY);
-    if let Err(e) = &back {
+    if let Err(e) = remount(&point, flags | MsFlags::MS_RDONLY) {
         log::warn!("{} stays read-write: {e}", point.display());
     }
-    written.and(back)
+    written
 }
 
 /// The top directory of the filesystem `path` is on: the highest ancestor on its device.

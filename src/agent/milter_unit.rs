@@ -1,7 +1,8 @@
 //! The `milter` unit: the front's Postfix hands every message to it over a socket in the
 //! directory the front's containers share (`mail::milter`), and it signs our outgoing
 //! mail and checks incoming mail. The DKIM keys are made (or read) once the clock can be
-//! trusted, then the zone is reloaded to publish them; until then mail goes out unsigned.
+//! trusted, then the zone is reloaded to publish them; until then (or when they cannot be
+//! made) mail goes out unsigned.
 //! Started before the front, so it stops after it. While it is down Postfix defers mail
 //! (`milter_default_action = tempfail`): nothing passes unchecked or is lost.
 
@@ -25,6 +26,8 @@ use crate::supervise::{StopSignal, TaskResult, Unit};
 /// How long one DNS question may take: Postfix waits for the milter's verdict, and a
 /// failed lookup only makes a `temperror`.
 const DNS_TIMEOUT: Duration = Duration::from_secs(5);
+/// How many messages are judged at once; more wait their turn.
+const JUDGED_AT_ONCE: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MilterError {
@@ -54,6 +57,7 @@ struct Front {
     me: Identity,
     resolver: MessageAuthenticator,
     signers: ArcSwapOption<Signers>,
+    judging: tokio::sync::Semaphore,
 }
 
 impl Judge for Front {
@@ -63,6 +67,9 @@ impl Judge for Front {
             None => OwnZone::default(),
         };
         let signers = self.signers.load_full();
+        // A few messages judged at once: each holds a copy and a parse of a message of up
+        // to 10 MB, in PID 1's memory.
+        let _permit = self.judging.acquire().await;
         policy::judge(&self.me, &self.resolver, &zone, signers.as_deref(), message).await
     }
 }
@@ -82,6 +89,7 @@ async fn serve(
         me,
         resolver: resolver()?,
         signers: ArcSwapOption::empty(),
+        judging: tokio::sync::Semaphore::new(JUDGED_AT_ONCE),
     });
     log::info!("the milter (DKIM, SPF, DMARC) serves {}", socket.display());
     let mut keys = Box::pin(make_keys(front.clone()));
@@ -98,10 +106,17 @@ async fn serve(
                         }
                     });
                 }
-                Err(e) => log::warn!("milter socket: {e}"),
+                Err(e) => {
+                    // Out of descriptors, say: wait rather than spin.
+                    log::warn!("milter socket: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
             },
             made = &mut keys, if !keys_done => {
-                made?;
+                // Without keys, mail still flows, unsigned: the unit keeps serving.
+                if let Err(e) = made {
+                    log::error!("DKIM: no signing: {}", crate::error_chain(&e));
+                }
                 keys_done = true;
             }
             Some(_) = clients.join_next(), if !clients.is_empty() => {}

@@ -168,7 +168,9 @@ lmtp_add_received_header = no
 
 mail_driver = maildir
 mail_path = ~/Maildir
-# Only this Dovecot writes the Maildir: no scan of new/ and cur/ before each delivery.
+# Only this Dovecot adds to the Maildir (the agent only takes `status`'s probe out again,
+# which Dovecot notices when it cannot open it): no scan of new/ and cur/ before each
+# delivery.
 maildir_very_dirty_syncs = yes
 # The one user's own uid and gid, and no other.
 first_valid_uid = {id}

@@ -349,12 +349,20 @@ fn add_folder(folder: &Path, stats: &mut MailboxStats, inbox: bool) -> Result<()
     Ok(())
 }
 
-/// The message in the Maildir directory `dir` (`new/` or `cur/`) whose Message-ID is
-/// `<ID@…>`, looked for in each file's first 8 KiB (its header).
-pub fn find_by_message_id(dir: &Path, id: &str) -> Option<PathBuf> {
+/// The message in the Maildir directory `dir` (`new/` or `cur/`), made at `since` or
+/// later, whose Message-ID is `<ID@…>`, looked for in each such file's first 8 KiB (its
+/// header).
+pub fn find_by_message_id(dir: &Path, id: &str, since: std::time::SystemTime) -> Option<PathBuf> {
     use std::io::Read;
     let wanted = format!("<{id}@").to_ascii_lowercase();
     for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let recent = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|modified| modified >= since);
+        if !recent {
+            continue;
+        }
         let mut head = Vec::with_capacity(8192);
         let Ok(file) = std::fs::File::open(entry.path()) else {
             continue;

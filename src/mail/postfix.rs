@@ -136,8 +136,9 @@ maillog_file = /dev/stdout
 }
 
 /// How mail to other domains leaves: straight to each domain's MX (TLS when offered), or
-/// through the smarthost, logged in, over TLS only, so the password never travels in
-/// clear. The smarthost's certificate is not checked: the image has no CA bundle.
+/// through the smarthost, logged in, over TLS only, so no listener on the path reads the
+/// password. The smarthost's certificate is not checked (the image has no CA bundle), so
+/// one who can stand in the path and answer as the smarthost could still take it.
 fn outbound(out: &mut String, relayhost: Option<&Relayhost>) {
     let Some(relay) = relayhost else {
         out.push_str(

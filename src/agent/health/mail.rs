@@ -27,7 +27,7 @@ pub async fn checks(agent: &Arc<Agent>, plan: &MailPlan, config: &Config) -> Vec
     vec![
         certificate(&state.join("tls"), &plan.hostname),
         open_relay(port_25, plan).await,
-        queue(&state.join("postfix/spool")),
+        off_runtime(queue, state.join("postfix/spool")).await,
         boxes(agent, plan).await,
         probe(port_25, plan, state).await,
     ]
@@ -234,19 +234,24 @@ async fn greets(address: SocketAddr) -> bool {
     )
 }
 
-/// A probe mail through port 25 into the first box, removed again once it has arrived
-/// (it lands in new/, which no mail client has yet looked at).
+/// Runs the file walk `check` on `dir` off the runtime: PID 1's tasks never wait on it.
+async fn off_runtime(check: fn(&Path) -> Check, dir: std::path::PathBuf) -> Check {
+    tokio::task::spawn_blocking(move || check(&dir))
+        .await
+        .unwrap_or_else(|e| Check::fail("queue", e.to_string(), "see the agent's log"))
+}
+
+/// A probe mail through port 25 into the first box, removed again once it has arrived:
+/// it is looked for in new/ and cur/ (a mail client watching the INBOX moves it), among
+/// the files made since it was sent.
 async fn probe(port_25: SocketAddr, plan: &MailPlan, state: &Path) -> Check {
     let Some(b) = plan.boxes.first() else {
         return Check::ok("probe mail", "no account to send it to");
     };
     let hint = "`logs front-postfix`, then `logs box-NAME`";
     let started = std::time::Instant::now();
-    let id = format!(
-        "probe.{}.{}",
-        std::process::id(),
-        started.elapsed().as_nanos() ^ rand()
-    );
+    let sent = SystemTime::now() - Duration::from_secs(1);
+    let id = format!("probe.{}.{:x}", std::process::id(), rand());
     let message = match crate::mail::welcome::probe_message(plan, b, &id, SystemTime::now()) {
         Ok(m) => m,
         Err(e) => return Check::fail("probe mail", crate::error_chain(&e), hint),
@@ -254,9 +259,17 @@ async fn probe(port_25: SocketAddr, plan: &MailPlan, state: &Path) -> Check {
     if let Err(e) = crate::mail::welcome::send(message, port_25).await {
         return Check::fail("probe mail", crate::error_chain(&e), hint);
     }
-    let new = state.join("mail").join(&b.name).join("Maildir/new");
+    let maildir = state.join("mail").join(&b.name).join("Maildir");
     while started.elapsed() < PROBE_WITHIN {
-        if let Some(file) = maildir::find_by_message_id(&new, &id) {
+        let (dirs, wanted) = ([maildir.join("new"), maildir.join("cur")], id.clone());
+        let found = tokio::task::spawn_blocking(move || {
+            dirs.iter()
+                .find_map(|dir| maildir::find_by_message_id(dir, &wanted, sent))
+        })
+        .await
+        .ok()
+        .flatten();
+        if let Some(file) = found {
             let _ = std::fs::remove_file(file);
             return Check::ok(
                 "probe mail",
@@ -276,10 +289,10 @@ async fn probe(port_25: SocketAddr, plan: &MailPlan, state: &Path) -> Check {
     )
 }
 
-fn rand() -> u128 {
+fn rand() -> u64 {
     let mut b = [0u8; 8];
     let _ = getrandom::fill(&mut b);
-    u128::from(u64::from_be_bytes(b))
+    u64::from_be_bytes(b)
 }
 
 #[cfg(test)]

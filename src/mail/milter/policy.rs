@@ -63,6 +63,17 @@ impl Identity {
     fn is_ours(&self, domain: &str) -> bool {
         domain == self.domain || domain.ends_with(&format!(".{}", self.domain))
     }
+
+    /// The account address of a login (lowercase, as Dovecot passes it): the address
+    /// itself, or `box@<name>.<domain>` for the short name.
+    fn account_address(&self, login: &str) -> String {
+        let login = login.to_ascii_lowercase();
+        if login.contains('@') {
+            login
+        } else {
+            format!("box@{login}.{}", self.domain)
+        }
+    }
 }
 
 /// The two signers, relaxed/relaxed. Each signs for the domain of the message's From:
@@ -149,22 +160,42 @@ pub async fn judge(
 ) -> Verdict {
     let raw = message.raw();
     let parsed = AuthenticatedMessage::parse(&raw);
-    match message.client {
+    let mut verdict = match message.client {
         Some(ip) if !is_trusted(message) => check(me, resolver, zone, message, parsed, ip).await,
-        _ => sign(me, signers, parsed.as_ref(), &raw),
-    }
+        _ => sign(me, signers, message, parsed.as_ref(), &raw),
+    };
+    // Only we write results in our name, whoever sent the message.
+    verdict.remove = forged_results(me, message);
+    verdict
 }
 
 fn sign(
     me: &Identity,
     signers: Option<&Signers>,
+    message: &Message,
     parsed: Option<&AuthenticatedMessage<'_>>,
     raw: &[u8],
 ) -> Verdict {
-    let from_domain = parsed
+    let from = parsed
         .and_then(|m| m.from.first())
+        .map(|from| from.to_ascii_lowercase());
+    if let Some(login) = &message.login {
+        // A login sends as its own account only: Postfix holds the envelope sender to
+        // it (but lets the null sender through), the From: is held here.
+        let own = me.account_address(login);
+        if message.sender.is_empty() || from.as_deref() != Some(own.as_str()) {
+            return Verdict {
+                action: Action::Reject(format!(
+                    "553 5.7.1 {login} sends as {own} only, in MAIL FROM and From:"
+                )),
+                ..Verdict::default()
+            };
+        }
+    }
+    let from_domain = from
+        .as_deref()
         .and_then(|from| from.rsplit_once('@'))
-        .map(|(_, domain)| domain.to_ascii_lowercase())
+        .map(|(_, domain)| domain.to_string())
         .filter(|domain| me.is_ours(domain));
     let mut verdict = Verdict::default();
     if let (Some(signers), Some(domain)) = (signers, from_domain) {
@@ -183,10 +214,7 @@ async fn check(
     parsed: Option<AuthenticatedMessage<'_>>,
     ip: IpAddr,
 ) -> Verdict {
-    let mut verdict = Verdict {
-        remove: forged_results(me, message),
-        ..Verdict::default()
-    };
+    let mut verdict = Verdict::default();
     let helo = message.helo.as_str();
     let sender = message.sender.as_str();
     let spf_helo = resolver
@@ -277,11 +305,18 @@ fn forged_results(me: &Identity, message: &Message) -> Vec<(String, u32)> {
         }
         index += 1;
         let value = String::from_utf8_lossy(value);
-        let authserv_id = value.split(';').next().unwrap_or_default().trim();
+        // The authserv-id is the first word: a version or a comment may follow it.
+        let authserv_id = value
+            .split([';', '(', ' ', '\t', '\r', '\n'])
+            .find(|word| !word.is_empty())
+            .unwrap_or_default();
         if authserv_id.eq_ignore_ascii_case(&me.hostname) {
             forged.push((name.clone(), index));
         }
     }
+    // Last first: Postfix counts the headers still there, so each removal renumbers those
+    // after it.
+    forged.reverse();
     forged
 }
 
@@ -336,6 +371,57 @@ mod tests {
             forged_results(&me(), &message),
             [("authentication-results".to_string(), 2)]
         );
+    }
+
+    #[test]
+    fn every_forged_result_is_removed_last_first_with_a_version_or_comment_after_our_name() {
+        let header = |v: &[u8]| ("Authentication-Results".to_string(), v.to_vec());
+        let message = Message {
+            headers: vec![
+                header(b" mail.example.org; dkim=pass"),
+                header(b" mail.example.org 1; dmarc=pass"),
+                header(b" mail.example.org (trust me); spf=pass"),
+            ],
+            ..Message::default()
+        };
+        let removed: Vec<u32> = forged_results(&me(), &message)
+            .into_iter()
+            .map(|(_, i)| i)
+            .collect();
+        assert_eq!(removed, [3, 2, 1]);
+    }
+
+    #[test]
+    fn a_login_sends_as_its_own_account_only() {
+        let me = me();
+        let from = |address: &str| Message {
+            client: Some("192.0.2.20".parse().unwrap()),
+            sender: "box@alice.example.org".into(),
+            login: Some("alice".into()),
+            headers: vec![
+                ("From".into(), format!(" <{address}>").into_bytes()),
+                ("Subject".into(), b" hi".to_vec()),
+            ],
+            body: b"hello\r\n".to_vec(),
+            ..Message::default()
+        };
+        let verdict = |m: &Message| {
+            let raw = m.raw();
+            let parsed = AuthenticatedMessage::parse(&raw);
+            sign(&me, None, m, parsed.as_ref(), &raw).action
+        };
+        assert_eq!(verdict(&from("box@alice.example.org")), Action::Accept);
+        for other in ["box@bob.example.org", "postmaster@example.org"] {
+            assert!(
+                matches!(verdict(&from(other)), Action::Reject(r) if r.starts_with("553 5.7.1")),
+                "{other}"
+            );
+        }
+        let null_sender = Message {
+            sender: String::new(),
+            ..from("box@alice.example.org")
+        };
+        assert!(matches!(verdict(&null_sender), Action::Reject(_)));
     }
 
     #[test]

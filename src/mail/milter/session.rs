@@ -8,9 +8,10 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::codec::{self, CodecError, Command, Reply};
 
-/// A message larger than this is tempfailed rather than buffered: far above Postfix's
-/// `message_size_limit` (10 MB by default), so it only bounds memory.
-pub const MAX_MESSAGE: usize = 64 << 20;
+/// A message larger than this is tempfailed rather than buffered: above Postfix's
+/// `message_size_limit` (10 MB by default) with room for the headers Postfix counts
+/// apart, so it only bounds memory.
+pub const MAX_MESSAGE: usize = 12 << 20;
 
 /// What the MTA told about one message.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -108,6 +109,9 @@ where
 struct State {
     leading_space: bool,
     message: Message,
+    /// The message's bytes so far, kept as they come (summing them at each header would
+    /// cost a sender of many tiny headers quadratic time).
+    size: usize,
     too_big: bool,
 }
 
@@ -188,14 +192,8 @@ impl State {
     }
 
     fn grow(&mut self, by: usize) {
-        let size: usize = self.message.body.len()
-            + self
-                .message
-                .headers
-                .iter()
-                .map(|(n, v)| n.len() + v.len())
-                .sum::<usize>();
-        if size + by > MAX_MESSAGE {
+        self.size = self.size.saturating_add(by);
+        if self.size > MAX_MESSAGE {
             self.too_big = true;
             self.message.headers.clear();
             self.message.body = Vec::new();
@@ -209,6 +207,7 @@ impl State {
             helo: std::mem::take(&mut self.message.helo),
             ..Message::default()
         };
+        self.size = 0;
         self.too_big = false;
     }
 
