@@ -51,7 +51,7 @@ async fn zone(agent: &Agent, config: &Config) -> Check {
             .insert(record.data.to_string());
     }
     for ((name, rtype), expected) in &wanted {
-        let published: BTreeSet<String> = match ask(server, name, *rtype, false).await {
+        let published: BTreeSet<String> = match ask(server, name, *rtype, Over::Tcp).await {
             Ok(answers) => answers.iter().map(ToString::to_string).collect(),
             Err(why) => {
                 return Check::fail("zone", format!("{name} {rtype}: {why}"), "see `logs dns`")
@@ -109,7 +109,7 @@ async fn reverse_dns(config: &Config) -> Check {
     let mut found = Vec::new();
     for address in public {
         let name = Name::from(address);
-        let ptr = ask(resolver, &name, RecordType::PTR, true).await;
+        let ptr = ask(resolver, &name, RecordType::PTR, Over::Udp).await;
         let verdict = ptr_verdict(address, ptr, &host);
         if verdict.level != super::Level::Ok {
             return verdict;
@@ -170,21 +170,49 @@ fn is_public(address: &IpAddr) -> bool {
     }
 }
 
-/// One question over UDP: the answer's records of `rtype` (an empty list for NXDOMAIN
-/// or no data), or why there is no answer.
+/// How a question travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Over {
+    /// UDP, then TCP when the answer is truncated: a resolver.
+    Udp,
+    /// TCP only: our own server, whose rate limit (on UDP) would drop a burst of
+    /// questions from one address.
+    Tcp,
+}
+
+/// One question: the answer's records of `rtype` (an empty list for NXDOMAIN or no data),
+/// or why there is no answer.
 async fn ask(
     server: SocketAddr,
     name: &Name,
     rtype: RecordType,
-    recursion: bool,
+    over: Over,
 ) -> Result<Vec<RData>, String> {
     let mut id = [0u8; 2];
     let _ = getrandom::fill(&mut id);
     let id = u16::from_be_bytes(id);
     let mut query = Message::new(id, MessageType::Query, OpCode::Query);
-    query.metadata.recursion_desired = recursion;
+    query.metadata.recursion_desired = over == Over::Udp;
     query.add_query(Query::query(name.clone(), rtype));
     let bytes = query.to_vec().map_err(|e| format!("cannot encode: {e}"))?;
+    let reply = match over {
+        Over::Udp => ask_udp(server, id, &bytes).await?,
+        Over::Tcp => ask_tcp(server, &bytes).await?,
+    };
+    let code = reply.metadata.response_code;
+    if !matches!(code, ResponseCode::NoError | ResponseCode::NXDomain) {
+        return Err(format!("{server} answered {code}"));
+    }
+    Ok(reply
+        .answers
+        .iter()
+        .filter(|r| r.record_type() == rtype)
+        .map(|r| r.data.clone())
+        .collect())
+}
+
+/// `bytes` (a query with `id`) over UDP, and over TCP when the answer comes truncated.
+async fn ask_udp(server: SocketAddr, id: u16, bytes: &[u8]) -> Result<Message, String> {
     let bind: SocketAddr = match server {
         SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
         SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
@@ -192,7 +220,7 @@ async fn ask(
     let socket = UdpSocket::bind(bind).await.map_err(|e| e.to_string())?;
     socket.connect(server).await.map_err(|e| e.to_string())?;
     socket
-        .send(&bytes)
+        .send(bytes)
         .await
         .map_err(|e| format!("{server}: {e}"))?;
     let mut buf = vec![0u8; 4096];
@@ -209,18 +237,33 @@ async fn ask(
         if reply.metadata.id != id || reply.metadata.message_type != MessageType::Response {
             continue;
         }
-        let code = reply.metadata.response_code;
-        if !matches!(code, ResponseCode::NoError | ResponseCode::NXDomain) {
-            return Err(format!("{server} answered {code}"));
-        }
-        let answers = reply
-            .answers
-            .iter()
-            .filter(|r| r.record_type() == rtype)
-            .map(|r| r.data.clone())
-            .collect();
-        return Ok(answers);
+        // A DKIM key's TXT record outgrows a UDP answer: the same question over TCP.
+        return match reply.metadata.truncation {
+            true => ask_tcp(server, bytes).await,
+            false => Ok(reply),
+        };
     }
+}
+
+/// `query` (encoded) over TCP, each message after its two-byte length (RFC 1035 4.2.2).
+async fn ask_tcp(server: SocketAddr, query: &[u8]) -> Result<Message, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(server).await?;
+        let length = u16::try_from(query.len()).unwrap_or(u16::MAX);
+        stream.write_all(&length.to_be_bytes()).await?;
+        stream.write_all(query).await?;
+        let mut length = [0u8; 2];
+        stream.read_exact(&mut length).await?;
+        let mut answer = vec![0u8; usize::from(u16::from_be_bytes(length))];
+        stream.read_exact(&mut answer).await?;
+        Ok::<_, std::io::Error>(answer)
+    };
+    let answer = tokio::time::timeout(ANSWER_WITHIN, exchange)
+        .await
+        .map_err(|_| format!("no answer from {server} over TCP within {ANSWER_WITHIN:?}"))?
+        .map_err(|e| format!("{server} over TCP: {e}"))?;
+    Message::from_vec(&answer).map_err(|e| format!("{server} over TCP: {e}"))
 }
 
 #[cfg(test)]
