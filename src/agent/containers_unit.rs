@@ -25,6 +25,12 @@ pub struct MailSettings {
     pub binary_dirs: Vec<PathBuf>,
     /// Where the boxes' network namespace files are bind-mounted.
     pub netns_dir: PathBuf,
+    /// Where containerd keeps its runtime state (tasks, shims' sockets), which must not
+    /// outlive a boot: after a power cut, a task directory left on the data partition
+    /// stops every container from starting ("mkdir …: file exists"). `None`: beside its
+    /// root, under `STATE/containerd` (`letterbox run`, where the host's processes and
+    /// that directory end together).
+    pub containerd_state: Option<PathBuf>,
 }
 
 impl MailSettings {
@@ -37,6 +43,7 @@ impl MailSettings {
                 .map(PathBuf::from)
                 .collect(),
             netns_dir: APPLIANCE_NETNS_DIR.into(),
+            containerd_state: Some(APPLIANCE_CONTAINERD_STATE.into()),
         }
     }
 }
@@ -64,6 +71,8 @@ pub enum MailError {
 
 /// The boxes' network namespace files on the appliance (tmpfs: they are remade at boot).
 const APPLIANCE_NETNS_DIR: &str = "/run/letterbox/netns";
+/// containerd's runtime state on the appliance (tmpfs, as containerd expects of it).
+const APPLIANCE_CONTAINERD_STATE: &str = "/run/letterbox/containerd/state";
 /// The log target of what the agent says about the containerd unit (kept in its ring).
 const CONTAINERD_LOG: &str = "letterbox::agent::containerd";
 /// How long `mail` waits for containerd to answer before it fails (and is retried).
@@ -77,11 +86,15 @@ pub fn daemon(state_dir: &Path, settings: &MailSettings) -> Containerd {
     let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
     let dirs: Vec<PathBuf> = settings.binary_dirs.iter().map(|d| absolute(d)).collect();
     let binary = find_program("containerd", &dirs).unwrap_or_else(|| "containerd".into());
-    Containerd::under(
+    let mut daemon = Containerd::under(
         &absolute(&state_dir.join(crate::paths::CONTAINERD_DIR)),
         binary,
         dirs,
-    )
+    );
+    if let Some(state) = &settings.containerd_state {
+        daemon.state = absolute(state);
+    }
+    daemon
 }
 
 /// The `containerd` process unit. Its binary is looked up and its configuration rendered
@@ -250,6 +263,7 @@ mod tests {
             image: "/img".into(),
             binary_dirs: vec![],
             netns_dir: "/run/letterbox/netns".into(),
+            containerd_state: None,
         };
         let d = daemon(Path::new("/data/letterbox"), &settings);
         assert_eq!(d.root, Path::new("/data/letterbox/containerd/root"));
@@ -260,5 +274,12 @@ mod tests {
             d.socket,
             Path::new("/data/letterbox/containerd/containerd.sock")
         );
+        // The appliance's runtime state is on tmpfs: a reboot clears it.
+        let appliance = daemon(Path::new("/data/letterbox"), &MailSettings::appliance());
+        assert_eq!(
+            appliance.state,
+            Path::new("/run/letterbox/containerd/state")
+        );
+        assert_eq!(appliance.root, d.root);
     }
 }

@@ -46,6 +46,7 @@ pub fn run(args: Args) -> CliResult {
                 image,
                 binary_dirs: args.containerd_dir,
                 netns_dir,
+                containerd_state: None,
             }),
         },
         console: args.console,
