@@ -53,8 +53,13 @@ pub enum ContainerUnitError {
     Containers(#[from] ContainersError),
     #[error("containerd has no runc in any of the --containerd-dir directories or PATH")]
     NoRunc,
-    #[error("the {0} task exited with status {1} (its log: {2})")]
-    Exited(String, u32, String),
+    #[error("the {id} task exited with status {status}: {last_line} (its log: {log})")]
+    Exited {
+        id: String,
+        status: u32,
+        last_line: String,
+        log: String,
+    },
 }
 
 /// Where the agent's containers run: containerd's socket and the agent's state directory
@@ -147,14 +152,43 @@ pub async fn run(
         Some(exit) => {
             let exit = exit?;
             task::delete_container(&started, id).await?;
-            let log = log.display().to_string();
-            Err(ContainerUnitError::Exited(id.into(), exit.status, log).into())
+            Err(ContainerUnitError::Exited {
+                id: id.into(),
+                status: exit.status,
+                last_line: last_log_line(log),
+                log: log.display().to_string(),
+            }
+            .into())
         }
         None => {
             stop_container(&started, id).await;
             log::info!("{id} stopped");
             Ok(())
         }
+    }
+}
+
+/// The last line a task wrote to its log, so the console says why it ended (Dovecot's
+/// `Fatal:` line, say) without opening the file; at most 300 characters of it.
+fn last_log_line(log: &Path) -> String {
+    const TAIL: u64 = 4096;
+    let read_tail = || -> std::io::Result<Vec<u8>> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut file = std::fs::File::open(log)?;
+        let length = file.metadata()?.len();
+        file.seek(SeekFrom::Start(length.saturating_sub(TAIL)))?;
+        let mut tail = Vec::new();
+        file.read_to_end(&mut tail)?;
+        Ok(tail)
+    };
+    match read_tail() {
+        Ok(tail) => String::from_utf8_lossy(&tail)
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .map(|l| l.trim().chars().take(300).collect())
+            .unwrap_or_else(|| "its log is empty".into()),
+        Err(e) => format!("its log cannot be read: {e}"),
     }
 }
 
@@ -247,4 +281,22 @@ pub fn file_name(path: &str) -> String {
         .and_then(|n| n.to_str())
         .expect("a config file's path has a file name")
         .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::last_log_line;
+
+    #[test]
+    fn an_exited_tasks_error_quotes_the_last_line_of_its_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("front-dovecot.log");
+        let mut text = "x".repeat(5000);
+        text.push_str("\nInfo: starting\nFatal: bind(/run/a.sock) failed\n\n");
+        std::fs::write(&log, text).unwrap();
+        assert_eq!(last_log_line(&log), "Fatal: bind(/run/a.sock) failed");
+        std::fs::write(&log, "").unwrap();
+        assert_eq!(last_log_line(&log), "its log is empty");
+        assert!(last_log_line(&dir.path().join("none")).starts_with("its log cannot be read"));
+    }
 }

@@ -21,11 +21,13 @@ use rtnetlink::{
 use crate::net::netlink::LETTERBOX_PROTOCOL;
 use crate::net::{NetError, Origin};
 
-/// Adds a bridge, up.
-pub async fn add_bridge(handle: &Handle, name: &str) -> Result<(), rtnetlink::Error> {
+/// Adds a bridge, up, with the MAC address `mac`. A bridge given none takes its lowest port's,
+/// so each new box's random host-side MAC could change it, and the kernel then flushes every
+/// neighbour entry on the bridge, the boxes' included.
+pub async fn add_bridge(handle: &Handle, name: &str, mac: [u8; 6]) -> Result<(), rtnetlink::Error> {
     handle
         .link()
-        .add(LinkBridge::new(name).build())
+        .add(LinkBridge::new(name).address(mac.to_vec()).build())
         .execute()
         .await
 }

@@ -98,6 +98,13 @@ pub fn box_mac(net: &BoxNet) -> [u8; 6] {
     [0x02, 0x6c, a, b, c, d]
 }
 
+/// The bridge's MAC address, made of the front's IPv4 address as `box_mac` is of a box's, so
+/// it differs from every box's.
+fn bridge_mac(bridge: &Bridge) -> [u8; 6] {
+    let [a, b, c, d] = bridge.ipv4.addr().octets();
+    [0x02, 0x6c, a, b, c, d]
+}
+
 /// The host's end of a box's veth pair: "lbv" and 12 hex digits of the name's SHA-256, as
 /// account names may be longer than the 15 bytes a link name allows.
 pub fn host_link_name(name: &str) -> String {
@@ -155,7 +162,7 @@ async fn ensure_bridge_on(
         }
         Some(link) => link,
         None => {
-            kernel::add_bridge(handle, &bridge.name)
+            kernel::add_bridge(handle, &bridge.name, bridge_mac(bridge))
                 .await
                 .map_err(failed(&bridge.name, "add the bridge"))?;
             changes.push(format!("bridge {} added", bridge.name));
