@@ -181,6 +181,7 @@ async fn run_dovecot(agent: Arc<Agent>, setup: FrontSetup, mut stop: StopSignal)
     let log = setup.log(FRONT_DOVECOT);
     let prepare = async {
         let files = prepare_common(&setup)?;
+        remove_stale_auth_socket(&files.sockets)?;
         mail_container::write_files(
             &files.dovecot_dir,
             &[Rendered {
@@ -197,6 +198,20 @@ async fn run_dovecot(agent: Arc<Agent>, setup: FrontSetup, mut stop: StopSignal)
         Ok::<Spec, ContainerUnitError>(spec::front_dovecot_spec(&files)?)
     };
     mail_container::run(&agent, &setup.site, FRONT_DOVECOT, &log, &mut stop, prepare).await
+}
+
+/// Removes the auth socket an earlier front Dovecot left, killed before it could (a power
+/// cut, a killed agent). Dovecot would take it for a live one and refuse to start: it tells
+/// a stale socket by connecting to it, which Postfix's 0600 socket refuses to a root
+/// without CAP_DAC_OVERRIDE. No front Dovecot runs while its unit prepares.
+fn remove_stale_auth_socket(sockets: &Path) -> Result<(), ContainerUnitError> {
+    let path = sockets.join(paths::AUTH_SOCKET);
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(ContainerUnitError::Write { path, source: e })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The front's IMAP logins for `plan`, a passwd-file per login name (`mail::dovecot`

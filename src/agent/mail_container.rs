@@ -53,11 +53,11 @@ pub enum ContainerUnitError {
     Containers(#[from] ContainersError),
     #[error("containerd has no runc in any of the --containerd-dir directories or PATH")]
     NoRunc,
-    #[error("the {id} task exited with status {status}: {last_line} (its log: {log})")]
+    #[error("the {id} task exited with status {status}: {last_lines} (its log: {log})")]
     Exited {
         id: String,
         status: u32,
-        last_line: String,
+        last_lines: String,
         log: String,
     },
 }
@@ -155,7 +155,7 @@ pub async fn run(
             Err(ContainerUnitError::Exited {
                 id: id.into(),
                 status: exit.status,
-                last_line: last_log_line(log),
+                last_lines: last_log_lines(log),
                 log: log.display().to_string(),
             }
             .into())
@@ -168,9 +168,10 @@ pub async fn run(
     }
 }
 
-/// The last line a task wrote to its log, so the console says why it ended (Dovecot's
-/// `Fatal:` line, say) without opening the file; at most 300 characters of it.
-fn last_log_line(log: &Path) -> String {
+/// The last two lines a task wrote to its log, so the console says why it ended without
+/// opening the file (Dovecot's `Fatal:` line follows the error that caused it); at most 300
+/// characters of each.
+fn last_log_lines(log: &Path) -> String {
     const TAIL: u64 = 4096;
     let read_tail = || -> std::io::Result<Vec<u8>> {
         use std::io::{Read, Seek, SeekFrom};
@@ -182,12 +183,20 @@ fn last_log_line(log: &Path) -> String {
         Ok(tail)
     };
     match read_tail() {
-        Ok(tail) => String::from_utf8_lossy(&tail)
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .map(|l| l.trim().chars().take(300).collect())
-            .unwrap_or_else(|| "its log is empty".into()),
+        Ok(tail) => {
+            let text = String::from_utf8_lossy(&tail);
+            let mut last: Vec<String> = (text.lines().rev())
+                .filter(|l| !l.trim().is_empty())
+                .take(2)
+                .map(|l| l.trim().chars().take(300).collect())
+                .collect();
+            last.reverse();
+            if last.is_empty() {
+                "its log is empty".into()
+            } else {
+                last.join(" / ")
+            }
+        }
         Err(e) => format!("its log cannot be read: {e}"),
     }
 }
@@ -285,18 +294,23 @@ pub fn file_name(path: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::last_log_line;
+    use super::last_log_lines;
 
     #[test]
-    fn an_exited_tasks_error_quotes_the_last_line_of_its_log() {
+    fn an_exited_tasks_error_quotes_the_last_lines_of_its_log() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("front-dovecot.log");
         let mut text = "x".repeat(5000);
-        text.push_str("\nInfo: starting\nFatal: bind(/run/a.sock) failed\n\n");
+        text.push_str("\nInfo: starting\nError: Socket already exists\n\nFatal: Failed\n\n");
         std::fs::write(&log, text).unwrap();
-        assert_eq!(last_log_line(&log), "Fatal: bind(/run/a.sock) failed");
+        assert_eq!(
+            last_log_lines(&log),
+            "Error: Socket already exists / Fatal: Failed"
+        );
+        std::fs::write(&log, "Fatal: alone\n").unwrap();
+        assert_eq!(last_log_lines(&log), "Fatal: alone");
         std::fs::write(&log, "").unwrap();
-        assert_eq!(last_log_line(&log), "its log is empty");
-        assert!(last_log_line(&dir.path().join("none")).starts_with("its log cannot be read"));
+        assert_eq!(last_log_lines(&log), "its log is empty");
+        assert!(last_log_lines(&dir.path().join("none")).starts_with("its log cannot be read"));
     }
 }
