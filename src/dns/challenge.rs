@@ -68,7 +68,7 @@ mod tests {
         assert!(read_acme_challenges(dir.path()).unwrap().is_empty());
         let answer = "LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0".to_string();
         write_acme_challenges(dir.path(), std::slice::from_ref(&answer)).unwrap();
-        assert_eq!(read_acme_challenges(dir.path()).unwrap(), [answer.clone()]);
+        assert_eq!(read_acme_challenges(dir.path()).unwrap(), [answer.as_str()]);
         std::fs::write(
             dir.path().join(ACME_CHALLENGE_FILE),
             format!("{answer}\nno way\n"),
