@@ -14,7 +14,7 @@ APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-re
 # dpkg-architecture (the extracted trixie binaries' library paths).
 TEST_PACKAGES := iproute2 iputils-ping util-linux procps dnsutils knot-dnsutils bind9-utils knot nsd radvd \
 	protobuf-compiler mmdebstrap patchelf busybox-static openssl python3 swaks zstd python3-aiosmtpd dpkg-dev \
-	libnet-ssleay-perl python3-dkim
+	libnet-ssleay-perl python3-dkim pebble
 # What the benchmarks drive: the load generators and the peers (the mail benchmark's,
 # smtp-source and Postfix, come from the mail image), and the namespaces they run in.
 BENCH_PACKAGES := dnsperf nsd knot dnsutils python3 iproute2 util-linux procps

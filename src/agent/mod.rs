@@ -6,6 +6,7 @@
 //! name while it runs. `init` builds it at boot; `console` and the control socket drive it.
 
 pub mod accounts;
+mod acme_unit;
 mod boxes_unit;
 mod clock_unit;
 pub mod commands;
@@ -209,6 +210,15 @@ impl Agent {
         self.start_unit(milter_unit::unit(self.clone(), milter, me));
         for unit in front_unit::units(self.clone(), front) {
             self.start_unit(unit);
+        }
+        if let Some(acme) = config.tls.acme.clone() {
+            let setup = acme_unit::AcmeSetup {
+                acme,
+                fqdn: config.system.fqdn(),
+                state_dir: site.state_dir.clone(),
+                containerd: site.socket.clone(),
+            };
+            self.start_unit(acme_unit::unit(self.clone(), setup));
         }
         let bridge = boxes_unit::bridge(&plan, config.containers.ipv4);
         for account in &plan.boxes {

@@ -14,6 +14,7 @@ mod network;
 mod ntp;
 mod redact;
 mod system;
+mod tls;
 
 use std::net::IpAddr;
 use std::ops::Range;
@@ -34,6 +35,7 @@ pub use mail::{Mail, Relayhost, DEFAULT_RELAYHOST_PORT};
 pub use network::Interface;
 pub use ntp::DEFAULT_NTP;
 pub use system::{check_password_hash, Console, System};
+pub use tls::{Acme, Tls, DEFAULT_ACME_DIRECTORY};
 
 use diagnostic::Collector;
 
@@ -44,7 +46,7 @@ pub const DEFAULT_NAME: &str = "letterbox.toml (embedded default)";
 const VERSION: i64 = 1;
 const SECTIONS: &str =
     "`version`, `system`, `interface`, `nameservers`, `console`, `dns`, `accounts`, `account`, \
-     `containers`, `mail`";
+     `containers`, `mail`, `tls`";
 
 /// A validated provisioning file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +62,8 @@ pub struct Config {
     pub containers: Containers,
     /// `[mail]`: how mail to other domains leaves.
     pub mail: Mail,
+    /// `[tls]`: where the mail's certificate comes from.
+    pub tls: Tls,
 }
 
 impl Config {
@@ -136,6 +140,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Diagnostics> {
     let mut raw_account_policy = None;
     let mut raw_containers = None;
     let mut raw_mail = None;
+    let mut raw_tls = None;
 
     for (key, value) in root.into_inner() {
         let span = key.span();
@@ -162,6 +167,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Diagnostics> {
             "dns" => raw_dns = section::<dns::RawDns>(value, &mut c),
             "containers" => raw_containers = section(value, &mut c),
             "mail" => raw_mail = section(value, &mut c),
+            "tls" => raw_tls = section(value, &mut c),
             "accounts" => raw_account_policy = section(value, &mut c),
             "account" => match value.into_inner() {
                 DeValue::Array(items) => {
@@ -235,6 +241,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Diagnostics> {
         &mut c,
     );
     let mail = mail::validate_mail(raw_mail, &mut c);
+    let tls = tls::validate_tls(raw_tls, &mut c);
 
     c.finish()?;
     Ok(Config {
@@ -247,6 +254,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Diagnostics> {
         account_policy,
         containers,
         mail,
+        tls,
     })
 }
 

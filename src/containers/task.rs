@@ -229,6 +229,22 @@ pub async fn kill_task(client: &Client, id: &str, signal: u32) -> Result<(), Con
     Ok(())
 }
 
+/// Sends `signal` to the container's first process only, the program's master (Postfix's
+/// `master`, Dovecot's), not to the processes it started: SIGHUP makes a master reload
+/// while its children finish the connections they serve.
+pub async fn signal_init(client: &Client, id: &str, signal: u32) -> Result<(), ContainersError> {
+    TasksClient::new(client.channel())
+        .kill(client.request(KillRequest {
+            container_id: id.into(),
+            signal,
+            all: false,
+            ..Default::default()
+        }))
+        .await
+        .map_err(ContainersError::rpc(format!("signal task {id}")))?;
+    Ok(())
+}
+
 /// Deletes an exited task, then the container and its snapshot; what is already gone is
 /// skipped, so this also cleans up after a failed start.
 pub async fn delete_container(client: &Client, id: &str) -> Result<(), ContainersError> {

@@ -18,6 +18,7 @@
 
 mod answer;
 mod bind;
+mod challenge;
 mod dkim;
 mod handler;
 mod notify;
@@ -31,6 +32,9 @@ mod zone;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+pub use challenge::{
+    read_acme_challenges, write_acme_challenges, ACME_CHALLENGE_FILE, ACME_CHALLENGE_LABEL,
+};
 pub use dkim::{read as read_dkim_keys, DkimKey, ED25519_SPKI};
 pub use notify::RETRY_AFTER as NOTIFY_RETRY_AFTER;
 pub use serial::today_serial;
@@ -50,6 +54,8 @@ pub enum DnsError {
     },
     #[error("{path} is corrupt; expected \"<serial> <hash>\" (remove it to start a new serial)")]
     SerialCorrupt { path: PathBuf },
+    #[error("{path}:{line}: not an ACME DNS-01 answer; expected 43 base64url characters a line")]
+    AcmeChallenge { path: PathBuf, line: usize },
     #[error("DKIM key {path}: {why}")]
     DkimKey { path: PathBuf, why: String },
     #[error("invalid DNS name {name:?}: {why}")]

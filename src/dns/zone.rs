@@ -9,6 +9,7 @@ use std::path::Path;
 use hickory_proto::rr::rdata::{A, AAAA, MX, SOA};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
+use super::challenge::{read_acme_challenges, ACME_CHALLENGE_LABEL};
 use super::dkim::{self, DkimKey};
 use super::{serial, DnsError};
 use crate::config::{
@@ -24,11 +25,15 @@ const REFRESH: i32 = 3600;
 const RETRY: i32 = 900;
 const EXPIRE: i32 = 1_209_600;
 const NEGATIVE_TTL: u32 = 300;
+/// TTL of an ACME challenge answer: short, as it lives only while the CA looks.
+const ACME_CHALLENGE_TTL: u32 = 60;
 
 /// What the zone is built from besides the provisioning file.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Sources {
     pub dkim: Vec<DkimKey>,
+    /// ACME DNS-01 answers for `_acme-challenge.<hostname>.<domain>`.
+    pub acme_challenges: Vec<String>,
 }
 
 /// The zone: its SOA and every other record, in publication order.
@@ -53,7 +58,14 @@ impl Zone {
                 crate::error_chain(skipped)
             );
         }
-        let unserialed = Self::unserialed(cfg, found.keys)?;
+        let acme_challenges = read_acme_challenges(state).unwrap_or_else(|e| {
+            log::warn!(
+                "dns: {}; no ACME answer is published",
+                crate::error_chain(&e)
+            );
+            Vec::new()
+        });
+        let unserialed = Self::unserialed(cfg, found.keys, acme_challenges)?;
         let serial = serial::serial_for(state, unserialed.content_hash())?;
         Ok(unserialed.with_serial(serial))
     }
@@ -71,7 +83,7 @@ impl Zone {
         if let Some(bad) = found.skipped.into_iter().next() {
             return Err(bad);
         }
-        let unserialed = Self::unserialed(cfg, found.keys)?;
+        let unserialed = Self::unserialed(cfg, found.keys, read_acme_challenges(state)?)?;
         let serial = match fixed_serial {
             Some(s) => s,
             None => serial::peek_serial(state, unserialed.content_hash())?,
@@ -79,8 +91,19 @@ impl Zone {
         Ok(unserialed.with_serial(serial))
     }
 
-    fn unserialed(cfg: &Config, dkim: Vec<DkimKey>) -> Result<Zone, DnsError> {
-        build(cfg, &Sources { dkim }, 0)
+    fn unserialed(
+        cfg: &Config,
+        dkim: Vec<DkimKey>,
+        acme_challenges: Vec<String>,
+    ) -> Result<Zone, DnsError> {
+        build(
+            cfg,
+            &Sources {
+                dkim,
+                acme_challenges,
+            },
+            0,
+        )
     }
 
     fn content_hash(&self) -> u64 {
@@ -226,6 +249,11 @@ pub fn build(cfg: &Config, sources: &Sources, serial: u32) -> Result<Zone, DnsEr
     }
 
     let mut extra_ttl = BTreeMap::new();
+    let challenge = name_in(ACME_CHALLENGE_LABEL, &host)?;
+    for answer in &sources.acme_challenges {
+        z.add(&challenge, RData::TXT(txt_split(answer)));
+        extra_ttl.insert(z.records.len() - 1, ACME_CHALLENGE_TTL);
+    }
     for r in &cfg.dns.records {
         z.add(&r.name, r.rdata.clone());
         if let Some(ttl) = r.ttl {
@@ -324,7 +352,11 @@ mod tests {
              [[interface]]\nname = \"eth0\"\nipv4 = [\"192.0.2.10/24\"]\n{extra}"
         );
         let cfg = crate::config::parse("t.toml", &text).unwrap();
-        build(&cfg, &Sources { dkim }, 1).unwrap()
+        let sources = Sources {
+            dkim,
+            acme_challenges: vec!["LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0".into()],
+        };
+        build(&cfg, &sources, 1).unwrap()
     }
 
     fn at(z: &Zone, name: &str, t: RecordType) -> Vec<String> {
@@ -359,6 +391,24 @@ mod tests {
         assert_eq!(
             at(&z, "b.example.org.", RecordType::TXT),
             ["\"v=spf1 -all\""]
+        );
+    }
+
+    #[test]
+    fn an_acme_answer_is_published_under_the_host_with_a_short_ttl() {
+        let z = zone("", Vec::new());
+        let answers: Vec<(String, u32)> = z
+            .records
+            .iter()
+            .filter(|r| r.name.to_string() == "_acme-challenge.mail.example.org.")
+            .map(|r| (rdata_text(&r.data), r.ttl))
+            .collect();
+        assert_eq!(
+            answers,
+            [(
+                "\"LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0\"".to_string(),
+                60
+            )]
         );
     }
 

@@ -9,6 +9,7 @@
 //! partition, `archive` keeps a deleted account's home there, and `welcome` is the mail a
 //! new account receives.
 
+pub mod acme;
 pub mod archive;
 pub mod dovecot;
 pub mod maildir;

@@ -1,5 +1,6 @@
 //! The mail TLS key and self-signed certificate for `<hostname>.<domain>`, made on the
-//! device and kept on the data partition (ACME comes later).
+//! device and kept on the data partition, or one an ACME CA issued (`mail::acme`), put in
+//! its place by [`install_issued`].
 //!
 //! The key is ECDSA P-256: every TLS stack a mail client or Postfix/Dovecot (OpenSSL 3)
 //! uses accepts it, while Ed25519 certificates are still refused by some (Windows'
@@ -84,6 +85,8 @@ pub enum TlsError {
     },
     #[error("making a TLS certificate for {fqdn}")]
     Generate { fqdn: String, source: rcgen::Error },
+    #[error("the certificate the CA issued cannot be used: {0}")]
+    BadIssue(Replaced),
     #[error("writing {path}")]
     Write {
         path: PathBuf,
@@ -97,6 +100,7 @@ pub enum TlsError {
 /// set. With such a clock, a pair that is right but for its dates is kept, since its
 /// dates cannot be judged, so mail still starts at boot before the time is known.
 pub fn ensure_self_signed(dir: &Path, fqdn: &str, now: SystemTime) -> Result<TlsFiles, TlsError> {
+    let _one_writer = writing();
     let cert_path = dir.join(CERT_FILE);
     let key_path = dir.join(KEY_FILE);
     let now = OffsetDateTime::from(now);
@@ -153,6 +157,79 @@ pub fn ensure_self_signed(dir: &Path, fqdn: &str, now: SystemTime) -> Result<Tls
         key_path,
         replaced: Some(reason),
     })
+}
+
+/// One writer of the pair at a time: a self-signed pair made while an issued one is put in
+/// place could leave one's key beside the other's certificate.
+fn writing() -> std::sync::MutexGuard<'static, ()> {
+    static WRITING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    WRITING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Replaces the pair in `dir` with a CA-issued one: `chain_pem`, the certificate then its
+/// issuers, and its key, each written atomically, mode 0600. The pair is checked first
+/// (the key is the certificate's, the name is `fqdn`), so a bad issue never replaces a
+/// working pair.
+pub fn install_issued(
+    dir: &Path,
+    fqdn: &str,
+    chain_pem: &str,
+    key_pem: &str,
+) -> Result<(), TlsError> {
+    let _one_writer = writing();
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| TlsError::CreateDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    let staged = tempfile::Builder::new()
+        .prefix(".letterbox-issued-")
+        .tempdir_in(dir)
+        .map_err(|source| TlsError::Write {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    let (cert_path, key_path) = (dir.join(CERT_FILE), dir.join(KEY_FILE));
+    let (staged_cert, staged_key) = (staged.path().join(CERT_FILE), staged.path().join(KEY_FILE));
+    for (path, contents) in [(&staged_key, key_pem), (&staged_cert, chain_pem)] {
+        crate::atomic_file::replace_mode(path, contents.as_bytes(), FILE_MODE).map_err(
+            |source| TlsError::Write {
+                path: path.clone(),
+                source,
+            },
+        )?;
+    }
+    check_existing(&staged_cert, &staged_key, fqdn, earliest_trusted_time())
+        .map_err(TlsError::BadIssue)?;
+    // The key first, as in `ensure_self_signed`; the lock keeps `ensure_self_signed` from
+    // seeing the two apart.
+    for (path, contents) in [(&key_path, key_pem), (&cert_path, chain_pem)] {
+        crate::atomic_file::replace_mode(path, contents.as_bytes(), FILE_MODE).map_err(
+            |source| TlsError::Write {
+                path: path.clone(),
+                source,
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// When the pair in `dir` should be replaced by an ACME order: now (`None`) when it is
+/// self-signed, unusable or for another name, else 30 days before it expires.
+pub fn acme_renewal_due(dir: &Path, fqdn: &str) -> Option<OffsetDateTime> {
+    let cert = dir.join(CERT_FILE);
+    let key = dir.join(KEY_FILE);
+    let validity = check_existing(&cert, &key, fqdn, earliest_trusted_time()).ok()?;
+    let pem = std::fs::read(&cert).ok()?;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).ok()?;
+    let parsed = pem.parse_x509().ok()?;
+    let self_signed = parsed.issuer() == parsed.subject();
+    (!self_signed).then(|| validity.not_after - RENEW_BEFORE_EXPIRY)
 }
 
 /// The validity (not before, not after) of the certificate in `dir`, for `status`, or why

@@ -1,0 +1,159 @@
+//! The `acme` unit (`[tls] acme = true`): keeps the mail's certificate issued by the ACME
+//! CA. Once the clock can be trusted it orders a certificate for `<hostname>.<domain>`
+//! (the self-signed one serves until then), answers the CA's DNS-01 challenge from our own
+//! zone, installs the issued pair in `STATE/tls`, and has the front's Postfix and Dovecot
+//! reload it with SIGHUP to their masters, so that open connections carry on. It renews 30
+//! days before expiry, and retries a failure with backoff, each time logging why.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+
+use super::Agent;
+use crate::config::Acme;
+use crate::containers::spec::{FRONT_DOVECOT, FRONT_POSTFIX};
+use crate::containers::{task, Client};
+use crate::mail::{acme, tls};
+use crate::supervise::{StopSignal, TaskResult, Unit};
+
+/// How often the certificate's dates are looked at again, at most: a clock stepped
+/// forward, or a certificate replaced by hand, is noticed within this.
+const CHECK_EVERY: Duration = Duration::from_secs(12 * 3600);
+/// The first retry after a failure; each further one waits twice as long, up to
+/// [`RETRY_MAX`] (Let's Encrypt limits failed validations to 5 an hour).
+const RETRY_FIRST: Duration = Duration::from_secs(60);
+const RETRY_MAX: Duration = Duration::from_secs(6 * 3600);
+/// How long the front's containers get to be reached for their reload.
+const SIGNAL_LIMIT: Duration = Duration::from_secs(10);
+
+/// What the unit needs, fixed when the agent starts its units.
+#[derive(Debug, Clone)]
+pub struct AcmeSetup {
+    pub acme: Acme,
+    /// `<hostname>.<domain>`, the name certified.
+    pub fqdn: String,
+    pub state_dir: PathBuf,
+    /// containerd's socket, to signal the front's containers.
+    pub containerd: PathBuf,
+}
+
+impl AcmeSetup {
+    fn tls_dir(&self) -> PathBuf {
+        self.state_dir.join("tls")
+    }
+}
+
+pub fn unit(agent: Arc<Agent>, setup: AcmeSetup) -> Unit {
+    Unit::task("acme", move |stop| run(agent.clone(), setup.clone(), stop))
+        .logs_from(&[module_path!(), "letterbox::mail::acme"])
+}
+
+async fn run(agent: Arc<Agent>, setup: AcmeSetup, mut stop: StopSignal) -> TaskResult {
+    tokio::select! {
+        () = keep_certified(agent, setup) => Ok(()),
+        _ = stop.requested() => Ok(()),
+    }
+}
+
+async fn keep_certified(agent: Arc<Agent>, setup: AcmeSetup) {
+    agent.clock().trusted().await;
+    let mut retry = RETRY_FIRST;
+    let mut announced = None;
+    loop {
+        let now = OffsetDateTime::now_utc();
+        if let Some(due) = tls::acme_renewal_due(&setup.tls_dir(), &setup.fqdn) {
+            if due > now {
+                if announced != Some(due) {
+                    log::info!("ACME: the certificate is renewed from {due}");
+                    announced = Some(due);
+                }
+                let until_due = Duration::try_from(due - now).unwrap_or_default();
+                tokio::time::sleep(until_due.min(CHECK_EVERY)).await;
+                continue;
+            }
+        }
+        match certify(&agent, &setup).await {
+            Ok(()) => retry = RETRY_FIRST,
+            Err(e) => {
+                log::error!(
+                    "ACME: no certificate for {} from {}: {}; trying again in {} s",
+                    setup.fqdn,
+                    setup.acme.directory,
+                    crate::error_chain(&*e),
+                    retry.as_secs()
+                );
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(RETRY_MAX);
+            }
+        }
+    }
+}
+
+/// One order, from the account to the front's reload.
+async fn certify(
+    agent: &Arc<Agent>,
+    setup: &AcmeSetup,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let account = acme::account(&setup.state_dir, &setup.acme).await?;
+    log::info!("ACME: ordering a certificate for {}", setup.fqdn);
+    let publish = |answers| publish(agent.clone(), answers);
+    let issued = acme::order(&account, &setup.acme.directory, &setup.fqdn, publish).await?;
+    let (dir, fqdn) = (setup.tls_dir(), setup.fqdn.clone());
+    tokio::task::spawn_blocking(move || {
+        tls::install_issued(&dir, &fqdn, &issued.chain_pem, &issued.key_pem)
+    })
+    .await??;
+    match tls::certificate_validity(&setup.tls_dir(), &setup.fqdn) {
+        Ok((_, not_after)) => log::info!(
+            "ACME: installed a certificate for {} valid until {not_after}",
+            setup.fqdn
+        ),
+        Err(why) => log::warn!("ACME: the installed certificate does not read back: {why}"),
+    }
+    reload_front(setup).await;
+    Ok(())
+}
+
+/// The answers in our zone (`STATE/acme/challenge`), served once this returns; none takes
+/// them out.
+async fn publish(agent: Arc<Agent>, answers: Vec<String>) -> Result<(), String> {
+    let state = agent.state_dir().to_path_buf();
+    tokio::task::spawn_blocking(move || crate::dns::write_acme_challenges(&state, &answers))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| crate::error_chain(&e))?;
+    agent
+        .reload_dns()
+        .await
+        .map(|_| ())
+        .map_err(|e| crate::error_chain(&e))
+}
+
+/// SIGHUP to the masters of the front's Postfix and Dovecot: each reloads its
+/// configuration and certificate, and its running processes finish their connections with
+/// the old one. A container that is not running reads the new pair when it starts.
+async fn reload_front(setup: &AcmeSetup) {
+    let hangup = nix::sys::signal::Signal::SIGHUP as u32;
+    let client = match Client::connect(&setup.containerd, SIGNAL_LIMIT).await {
+        Ok(client) => client,
+        Err(e) => {
+            log::warn!(
+                "ACME: containerd not reached, the front reads the certificate at its next \
+                 start: {}",
+                crate::error_chain(&e)
+            );
+            return;
+        }
+    };
+    for id in [FRONT_POSTFIX, FRONT_DOVECOT] {
+        match task::signal_init(&client, id, hangup).await {
+            Ok(()) => log::info!("ACME: {id} reloads the certificate"),
+            Err(e) => log::warn!(
+                "ACME: {id} not signalled, it reads the certificate at its next start: {}",
+                crate::error_chain(&e)
+            ),
+        }
+    }
+}

@@ -1,0 +1,308 @@
+//! The mail's certificate from an ACME CA (RFC 8555) with instant-acme: the account, kept
+//! on the data partition, and an order for `<hostname>.<domain>` proven over DNS-01. The
+//! caller publishes the DNS-01 answers (the agent puts them in its own zone), so nothing
+//! here needs port 80. The certificate's key is made here, on the device; only its CSR
+//! leaves.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use instant_acme::{
+    Account, AccountCredentials, AuthorizationStatus, BodyWrapper, ChallengeType, HttpClient,
+    Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
+};
+use rcgen::{CertificateParams, DistinguishedName, KeyPair, PKCS_ECDSA_P256_SHA256};
+
+use crate::config::Acme;
+
+/// The account's credentials (its private key among them), under the state directory.
+pub const ACCOUNT_FILE: &str = "acme/account.json";
+/// How long the CA may take to validate the order, then to issue the certificate.
+const VALIDATION_LIMIT: Duration = Duration::from_secs(120);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AcmeError {
+    #[error("the ACME CA file {}: {why}", .path.display())]
+    CaFile { path: PathBuf, why: String },
+    #[error("the ACME account file {}", .path.display())]
+    AccountFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the ACME account file {} is not an account's credentials; remove it to register a new account", .path.display())]
+    AccountCorrupt {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{what} at {directory}")]
+    Protocol {
+        what: &'static str,
+        directory: String,
+        #[source]
+        source: instant_acme::Error,
+    },
+    #[error("the CA offers no DNS-01 challenge for {name}")]
+    NoDns01 { name: String },
+    #[error("the CA refused the authorization for {name} ({status:?})")]
+    Unauthorized {
+        name: String,
+        status: AuthorizationStatus,
+    },
+    #[error("the order is {status:?}, not ready, after validation: {problems}")]
+    NotReady {
+        status: OrderStatus,
+        problems: String,
+    },
+    #[error("publishing the DNS-01 answer: {0}")]
+    Publish(String),
+    #[error("making the certificate's key or request")]
+    Key(#[source] rcgen::Error),
+}
+
+/// A certificate issued: its chain (the certificate first) and its key, both PEM.
+pub struct Issued {
+    pub chain_pem: String,
+    pub key_pem: String,
+}
+
+/// The account at the configured CA: read from `STATE/acme/account.json`, or registered
+/// and written there (mode 0600) the first time. Credentials made for another directory
+/// are replaced by a new account.
+pub async fn account(state: &Path, acme: &Acme) -> Result<Account, AcmeError> {
+    let path = state.join(ACCOUNT_FILE);
+    let protocol = |what| {
+        let directory = acme.directory.clone();
+        move |source| AcmeError::Protocol {
+            what,
+            directory,
+            source,
+        }
+    };
+    let saved = match std::fs::read(&path) {
+        Ok(bytes) => Some(bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(source) => return Err(AcmeError::AccountFile { path, source }),
+    };
+    if let Some(bytes) = saved {
+        let saved: SavedAccount =
+            serde_json::from_slice(&bytes).map_err(|source| AcmeError::AccountCorrupt {
+                path: path.clone(),
+                source,
+            })?;
+        if saved.directory == acme.directory {
+            return Account::builder_with_http(http_client(state, acme)?)
+                .from_credentials(saved.credentials)
+                .await
+                .map_err(protocol("restoring the ACME account"));
+        }
+        log::info!(
+            "ACME: the saved account is at {}, not {}: registering a new one",
+            saved.directory,
+            acme.directory
+        );
+    }
+    let contact: Vec<&str> = acme.contact.iter().map(String::as_str).collect();
+    let (account, credentials) = Account::builder_with_http(http_client(state, acme)?)
+        .create(
+            &NewAccount {
+                contact: &contact,
+                terms_of_service_agreed: true,
+                only_return_existing: false,
+            },
+            acme.directory.clone(),
+            None,
+        )
+        .await
+        .map_err(protocol("registering an ACME account"))?;
+    let saved = SavedAccount {
+        directory: acme.directory.clone(),
+        credentials,
+    };
+    let json = serde_json::to_vec(&saved).expect("credentials serialize");
+    let write_error = |source| AcmeError::AccountFile {
+        path: path.clone(),
+        source,
+    };
+    std::fs::create_dir_all(path.parent().expect("the file is in a directory"))
+        .map_err(write_error)?;
+    crate::atomic_file::replace_mode(&path, &json, 0o600).map_err(write_error)?;
+    log::info!("ACME: registered an account at {}", acme.directory);
+    Ok(account)
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedAccount {
+    directory: String,
+    credentials: AccountCredentials,
+}
+
+/// HTTPS to the CA, trusting the roots of `acme_ca_file` if given, else Mozilla's (the
+/// appliance has no CA bundle of its own).
+fn http_client(state: &Path, acme: &Acme) -> Result<Box<dyn HttpClient>, AcmeError> {
+    let mut roots = rustls::RootCertStore::empty();
+    match &acme.ca_file {
+        Some(file) => {
+            use rustls::pki_types::pem::PemObject;
+            let path = state.join(file);
+            let bad = |why: String| AcmeError::CaFile {
+                path: path.clone(),
+                why,
+            };
+            let certs = rustls::pki_types::CertificateDer::pem_file_iter(&path)
+                .map_err(|e| bad(e.to_string()))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| bad(e.to_string()))?;
+            let (added, _) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(bad(
+                    "no usable certificate; expected PEM CA certificates".into()
+                ));
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("ring supports the default versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http1()
+        .build();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build::<_, BodyWrapper<Bytes>>(https);
+    Ok(Box::new(client))
+}
+
+/// Orders a certificate for `fqdn`. `publish` is given the DNS-01 answers and must return
+/// once they are served; it is called again with none when the CA has looked, whatever the
+/// outcome.
+pub async fn order<F>(
+    account: &Account,
+    directory: &str,
+    fqdn: &str,
+    mut publish: impl FnMut(Vec<String>) -> F,
+) -> Result<Issued, AcmeError>
+where
+    F: Future<Output = Result<(), String>>,
+{
+    let validated = validate(account, directory, fqdn, &mut publish).await;
+    let withdrawn = publish(Vec::new()).await;
+    let mut order = validated?;
+    if let Err(why) = withdrawn {
+        log::warn!("ACME: the DNS-01 answer was not withdrawn: {why}");
+    }
+    let protocol = |what| {
+        move |source| AcmeError::Protocol {
+            what,
+            directory: directory.to_string(),
+            source,
+        }
+    };
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(AcmeError::Key)?;
+    let mut params = CertificateParams::new(vec![fqdn.to_string()]).map_err(AcmeError::Key)?;
+    params.distinguished_name = DistinguishedName::new();
+    let csr = params.serialize_request(&key).map_err(AcmeError::Key)?;
+    order
+        .finalize_csr(csr.der())
+        .await
+        .map_err(protocol("finalizing the order"))?;
+    let chain_pem = order
+        .poll_certificate(&retries())
+        .await
+        .map_err(protocol("fetching the certificate"))?;
+    Ok(Issued {
+        chain_pem,
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// A new order for `fqdn`, its DNS-01 answers published and the CA told, polled until it
+/// is ready for its CSR.
+async fn validate<F>(
+    account: &Account,
+    directory: &str,
+    fqdn: &str,
+    publish: &mut impl FnMut(Vec<String>) -> F,
+) -> Result<instant_acme::Order, AcmeError>
+where
+    F: Future<Output = Result<(), String>>,
+{
+    let protocol = |what| {
+        move |source| AcmeError::Protocol {
+            what,
+            directory: directory.to_string(),
+            source,
+        }
+    };
+    let identifiers = [Identifier::Dns(fqdn.to_string())];
+    let mut order = account
+        .new_order(&NewOrder::new(&identifiers))
+        .await
+        .map_err(protocol("placing an order"))?;
+    let mut answers = Vec::new();
+    let mut authorizations = order.authorizations();
+    while let Some(authz) = authorizations.next().await {
+        let mut authz = authz.map_err(protocol("fetching an authorization"))?;
+        let name = authz.identifier().to_string();
+        match authz.status {
+            AuthorizationStatus::Pending => {}
+            AuthorizationStatus::Valid => continue,
+            status => return Err(AcmeError::Unauthorized { name, status }),
+        }
+        let mut challenge = authz
+            .challenge(ChallengeType::Dns01)
+            .ok_or_else(|| AcmeError::NoDns01 { name: name.clone() })?;
+        answers.push(challenge.key_authorization().dns_value());
+        publish(answers.clone()).await.map_err(AcmeError::Publish)?;
+        log::info!("ACME: DNS-01 answer for {name} published; asking the CA to look");
+        challenge
+            .set_ready()
+            .await
+            .map_err(protocol("telling the CA the challenge is ready"))?;
+    }
+    let status = order
+        .poll_ready(&retries())
+        .await
+        .map_err(protocol("waiting for validation"))?;
+    if status != OrderStatus::Ready {
+        return Err(AcmeError::NotReady {
+            status,
+            problems: challenge_problems(&mut order).await,
+        });
+    }
+    Ok(order)
+}
+
+/// What the CA said about each failed challenge, for the log.
+async fn challenge_problems(order: &mut instant_acme::Order) -> String {
+    let mut problems = Vec::new();
+    let mut authorizations = order.authorizations();
+    while let Some(Ok(authz)) = authorizations.next().await {
+        for challenge in &authz.challenges {
+            if let Some(error) = &challenge.error {
+                problems.push(error.to_string());
+            }
+        }
+    }
+    if problems.is_empty() {
+        "the CA gave no reason".into()
+    } else {
+        problems.join("; ")
+    }
+}
+
+fn retries() -> RetryPolicy {
+    RetryPolicy::new()
+        .initial_delay(Duration::from_secs(1))
+        .backoff(1.5)
+        .timeout(VALIDATION_LIMIT)
+}
