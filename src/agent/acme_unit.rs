@@ -116,8 +116,8 @@ async fn certify(
     Ok(())
 }
 
-/// The answers in our zone (`STATE/acme/challenge`), served once this returns; none takes
-/// them out.
+/// Puts `answers` in our zone (`STATE/acme/challenge`), served once this returns; an empty
+/// list takes the earlier ones out.
 async fn publish(agent: Arc<Agent>, answers: Vec<String>) -> Result<(), String> {
     let state = agent.state_dir().to_path_buf();
     tokio::task::spawn_blocking(move || crate::dns::write_acme_challenges(&state, &answers))
