@@ -37,7 +37,8 @@
 # and started again from the imported image), then the same login as alice; medians of
 # LOGIN_ROUNDS from the command, and from the old box's end (its init gone) to the login.
 # A missed goal is reported, not an error: the script fails only when the run itself does.
-# MESSAGES, SESSIONS, SIZE, ROUNDS and LOGIN_ROUNDS may be set in the environment;
+# MESSAGES, SESSIONS, SIZE, ROUNDS, LOGIN_ROUNDS and BOX_MEMORY (each box's memory_limit)
+# may be set in the environment;
 # LETTERBOX_BIN, MAIL_IMAGE and CONTAINERD_TRIXIE say where the parts are; LOGS=DIR keeps
 # the agent's, the containers' and the peer's logs there.
 set -euo pipefail
@@ -47,6 +48,7 @@ SESSIONS=${SESSIONS:-10}
 SIZE=${SIZE:-4096}
 ROUNDS=${ROUNDS:-3}
 LOGIN_ROUNDS=${LOGIN_ROUNDS:-5}
+BOX_MEMORY=${BOX_MEMORY:-30M}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${LETTERBOX_BIN:-$ROOT/target/release/letterbox}
 MAIL_IMAGE=${MAIL_IMAGE:-$ROOT/out/letterbox-mail-$(dpkg --print-architecture)}
@@ -196,6 +198,9 @@ ipv4 = ["$SERVER_V4/24"]
 
 [dns]
 listen = ["$SERVER_V4:53"]
+
+[containers]
+memory_limit = "$BOX_MEMORY"
 
 [[account]]
 name = "alice"
