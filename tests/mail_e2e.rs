@@ -872,11 +872,22 @@ fn an_account_added_within_a_second_of_a_delete_logs_in_at_once() {
 
 /// The `checks:` lines of `status`: (level, what, the rest).
 fn status_checks(lab: &Lab) -> Vec<(String, String)> {
-    let status = lab.ctl(&["status"]).unwrap_or_default();
-    let checks = status
-        .split("checks:\n")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no checks in status:\n{status}"));
+    let out = std::process::Command::new(common::letterbox_bin())
+        .arg("ctl")
+        .arg("--socket")
+        .arg(lab.socket())
+        .arg("status")
+        .output()
+        .expect("letterbox ctl runs");
+    let status = String::from_utf8_lossy(&out.stdout);
+    let checks = status.split("checks:\n").nth(1).unwrap_or_else(|| {
+        panic!(
+            "no checks in status ({}):\n{status}\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            lab.diagnostics()
+        )
+    });
     checks
         .lines()
         .take_while(|l| l.starts_with("  "))
@@ -905,9 +916,9 @@ fn process_tree(pid: i32) -> Vec<i32> {
 }
 
 #[test]
-fn status_checks_pass_on_a_healthy_system_and_fail_for_a_hung_box_and_an_expired_certificate() {
-    let test =
-        "status_checks_pass_on_a_healthy_system_and_fail_for_a_hung_box_and_an_expired_certificate";
+fn status_checks_pass_on_a_healthy_system_and_fail_for_a_hung_box_a_hung_front_an_open_relay_and_an_expired_certificate(
+) {
+    let test = "status_checks_pass_on_a_healthy_system_and_fail_for_a_hung_box_a_hung_front_an_open_relay_and_an_expired_certificate";
     if !can_run(test) {
         return;
     }
@@ -964,6 +975,73 @@ fn status_checks_pass_on_a_healthy_system_and_fail_for_a_hung_box_and_an_expired
         boxes.1.contains("box-bob's IMAP does not answer"),
         "{boxes:?}"
     );
+
+    // A hung front: port 25 still takes connections (the kernel queues them for the
+    // stopped master) but nothing greets. `status` says so within its limits.
+    let front = process_tree(lab.running_pid("front-postfix", 1));
+    let signal_front = |signal: &str| {
+        for pid in &front {
+            common::run(&["kill", signal, &pid.to_string()]);
+        }
+    };
+    signal_front("-STOP");
+    let asked = std::time::Instant::now();
+    let mute = status_checks(&lab);
+    let took = asked.elapsed();
+    signal_front("-CONT");
+    let relay = mute.iter().find(|(_, r)| r.starts_with("open relay"));
+    assert!(
+        matches!(relay, Some((level, found)) if level == "FAIL" && found.contains("no answer within")),
+        "{relay:?}"
+    );
+    assert!(
+        took < Duration::from_secs(60),
+        "status took {took:?}: {mute:?}"
+    );
+
+    // The peers' NAT mistake made by hand in the front's main.cf: every address trusted
+    // (as a NAT gateway's would be, for all it forwards), and Postfix's master told to
+    // reload (SIGHUP). The probe, a stranger on port 25, gets its relaying accepted.
+    let main_cf = lab.state().join("front/postfix/main.cf");
+    let rendered = std::fs::read_to_string(&main_cf).unwrap();
+    let mut open = rendered.clone();
+    for (safe, trusting) in [
+        (
+            "mynetworks = 127.0.0.0/8 [::1]/128",
+            "mynetworks = 0.0.0.0/0 [::]/0",
+        ),
+        (
+            "smtpd_relay_restrictions = permit_sasl_authenticated,",
+            "smtpd_relay_restrictions = permit_mynetworks, permit_sasl_authenticated,",
+        ),
+    ] {
+        assert!(open.contains(safe), "{rendered}");
+        open = open.replace(safe, trusting);
+    }
+    std::fs::write(&main_cf, open).unwrap();
+    let postfix = lab.running_pid("front-postfix", 1);
+    kill(Pid::from_raw(postfix), Signal::SIGHUP).unwrap();
+    let mut relay = None;
+    let relaying = common::wait_until(TIMEOUT, || {
+        relay = status_checks(&lab)
+            .into_iter()
+            .find(|(_, r)| r.starts_with("open relay"));
+        matches!(&relay, Some((level, found)) if level == "FAIL" && found.contains("accepted"))
+    });
+    assert!(
+        relaying,
+        "the open relay is not seen: {relay:?}\n{}",
+        lab.diagnostics()
+    );
+    assert!(
+        relay
+            .unwrap()
+            .1
+            .contains("accepted relay-probe@example.net"),
+        "the plain form is the one relayed"
+    );
+    std::fs::write(&main_cf, &rendered).unwrap();
+    kill(Pid::from_raw(postfix), Signal::SIGHUP).unwrap();
 
     // An expired certificate for the right name and key.
     let key = rcgen::KeyPair::generate().unwrap();

@@ -20,17 +20,42 @@ use crate::supervise::UnitState;
 const OLD_DEFERRED: Duration = Duration::from_secs(3600);
 /// The probe mail must be in its box within this.
 const PROBE_WITHIN: Duration = Duration::from_secs(10);
+/// A check that talks to port 25 is given this long: a Postfix that accepts connections
+/// but never greets (its smtpd failing to start) must make `status` fail, not hang.
+const SMTP_WITHIN: Duration = Duration::from_secs(15);
 
 pub async fn checks(agent: &Arc<Agent>, plan: &MailPlan, config: &Config) -> Vec<Check> {
     let state = agent.state_dir();
     let port_25 = front_address(config);
     vec![
         certificate(&state.join("tls"), &plan.hostname),
-        open_relay(port_25, plan).await,
+        within("open relay", SMTP_WITHIN, open_relay(port_25, plan)).await,
         off_runtime(queue, state.join("postfix/spool")).await,
         boxes(agent, plan).await,
-        probe(port_25, plan, state).await,
+        within(
+            "probe mail",
+            SMTP_WITHIN + PROBE_WITHIN,
+            probe(port_25, plan, state),
+        )
+        .await,
     ]
+}
+
+/// `check`'s outcome, or a failure once `limit` has passed without one.
+async fn within(
+    what: &'static str,
+    limit: Duration,
+    check: impl std::future::Future<Output = Check>,
+) -> Check {
+    tokio::time::timeout(limit, check)
+        .await
+        .unwrap_or_else(|_| {
+            Check::fail(
+                what,
+                format!("no answer within {} s", limit.as_secs()),
+                "port 25 accepts but does not answer: see `logs front-postfix`",
+            )
+        })
 }
 
 /// Where strangers reach port 25: the first configured IPv4 address, or loopback.
