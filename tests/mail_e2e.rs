@@ -582,6 +582,38 @@ fn a_box_killed_while_mail_arrives_gets_every_accepted_message_once() {
 }
 
 #[test]
+fn a_message_near_the_size_limit_is_delivered_into_a_box_within_its_memory_limit() {
+    let test = "a_message_near_the_size_limit_is_delivered_into_a_box_within_its_memory_limit";
+    if !can_run(test) {
+        return;
+    }
+    let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = Lab::start();
+    // 6 MB of random bytes, 8.2 MB once base64-encoded: below Postfix's 10 MB limit. Under
+    // the old default (a 30 MB limit, LMTP's temporary file on the box's tmpfs) each try
+    // got LMTP killed, and the message never arrived.
+    let attachment = lab.dir.path().join("photo.jpg");
+    let mut bytes = vec![0u8; 6 << 20];
+    getrandom::fill(&mut bytes).unwrap();
+    std::fs::write(&attachment, bytes).unwrap();
+    let alice = lab.box_of("alice").address.clone();
+    let out = lab.swaks(&[
+        "--to",
+        &alice,
+        "--header",
+        "Subject: holiday photos",
+        "--attach",
+        &format!("@{}", attachment.display()),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    lab.assert_delivered_once("alice", &["holiday photos".to_string()]);
+}
+
+#[test]
 fn mail_for_a_box_that_is_down_is_deferred_then_delivered() {
     let test = "mail_for_a_box_that_is_down_is_deferred_then_delivered";
     if !can_run(test) {

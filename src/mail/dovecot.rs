@@ -168,6 +168,10 @@ lmtp_add_received_header = no
 
 mail_driver = maildir
 mail_path = ~/Maildir
+# LMTP keeps a message over 128 kB in a temporary file while it delivers it: on the data
+# partition, in the Maildir's own tmp/, not the box's /tmp, a tmpfs whose pages count
+# against the box's memory limit and cannot be reclaimed.
+mail_temp_dir = {BOX_HOME}/Maildir/tmp
 # Only this Dovecot adds to the Maildir (the agent only takes `status`'s probe out again,
 # which Dovecot notices when it cannot open it): no scan of new/ and cur/ before each
 # delivery.

@@ -114,7 +114,7 @@ smtpd_tls_loglevel = 1
 
 # At most four deliveries into a box at once, over connections kept for reuse: a box is
 # one Dovecot within its memory limit, and each LMTP session costs it a process (`make
-# bench` found ten sessions killed by the 30 MB limit, four not).
+# bench` found ten sessions killed by a 30 MB limit, four not).
 lmtp_destination_concurrency_limit = 4
 lmtp_connection_cache_on_demand = yes
 

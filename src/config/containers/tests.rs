@@ -40,7 +40,7 @@ fn defaults_give_a_private_24_and_a_112_from_the_uplink() {
         c.box_ipv6(3).unwrap().to_string(),
         "2001:db8::ffff:ffff:ffff:5"
     );
-    assert_eq!(c.memory_limit, 30 << 20);
+    assert_eq!(c.memory_limit, 64 << 20);
 }
 
 #[test]
