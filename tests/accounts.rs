@@ -680,3 +680,92 @@ grep -c 'name = "carol"' "$2/letterbox.toml"
         "carol is in the file:\n{stdout}"
     );
 }
+
+/// Fills the ext4 filesystem mounted at $2 to its last block, runs the account commands
+/// on the file and the image on it, and leaves beside $5: their exit codes and stderr,
+/// checksums before and after, and what is on the filesystem afterwards.
+const ON_A_FULL_FILESYSTEM: &str = r#"set -e
+results=$5 letterbox=$6
+mount -o loop "$1" "$2"
+cp "$3" "$2/letterbox.toml"
+cp --sparse=always "$4" "$2/letterbox.img"
+dd if=/dev/zero of="$2/filler" bs=64k 2>/dev/null || true
+dd if=/dev/zero of="$2/filler-tail" bs=1k 2>/dev/null || true
+if printf x 2>/dev/null >"$2/probe"; then echo "the filesystem is not full"; exit 1; fi
+rm -f "$2/probe"
+cd "$2"
+sha256sum letterbox.toml letterbox.img >"$results/before"
+run() { out=$1; shift; set +e; "$@" 2>"$results/$out.err" >/dev/null </dev/null; echo $? >"$results/$out.rc"; set -e; }
+printf 'correct horse battery\n' >"$results/password"
+run add-file sh -c '"$0" account add carol --password-stdin --file letterbox.toml <"$1"' "$letterbox" "$results/password"
+run del-file "$letterbox" account del bob --file letterbox.toml
+run add-image sh -c '"$0" account add carol --password-stdin --image letterbox.img <"$1"' "$letterbox" "$results/password"
+run del-image "$letterbox" account del bob --image letterbox.img
+sha256sum letterbox.toml letterbox.img >"$results/after"
+ls -A >"$results/listing"
+"#;
+
+/// The data partition's filesystem, ext4, in a loop-mounted image filled to its last
+/// block (root's reserved blocks too), mounted in a mount namespace of the test's own.
+#[test]
+fn add_and_del_on_a_full_filesystem_say_so_name_it_and_change_nothing() {
+    let test = "add_and_del_on_a_full_filesystem_say_so_name_it_and_change_nothing";
+    if !common::is_root() {
+        common::skip(test, "needs root (a loop mount in a mount namespace)");
+        return;
+    }
+    if !common::installed(test, "mkfs.ext4") || !image_tools(test) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let fs_image = dir.path().join("ext4.img");
+    std::fs::File::create(&fs_image)
+        .unwrap()
+        .set_len(96 * MIB)
+        .unwrap();
+    run_ok(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&fs_image));
+    let source = dir.path().join("letterbox.toml");
+    std::fs::write(&source, fixture()).unwrap();
+    let mount = dir.path().join("full");
+    let results = dir.path().join("results");
+    std::fs::create_dir(&mount).unwrap();
+    std::fs::create_dir(&results).unwrap();
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c"])
+        .args([ON_A_FULL_FILESYSTEM, "sh"])
+        .args([&fs_image, &mount, &source, laid_out_image(), &results])
+        .arg(common::letterbox_bin())
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    let read = |name: &str| {
+        std::fs::read_to_string(results.join(name))
+            .unwrap_or_else(|e| panic!("{name}: {e}; the script said: {}", text(&out.stdout)))
+    };
+    let shown = mount.canonicalize().unwrap().display().to_string();
+    for (command, file) in [
+        ("add-file", "letterbox.toml"),
+        ("del-file", "letterbox.toml"),
+        ("add-image", "letterbox.img"),
+        ("del-image", "letterbox.img"),
+    ] {
+        let stderr = read(&format!("{command}.err"));
+        assert_eq!(read(&format!("{command}.rc")), "1\n", "{command}: {stderr}");
+        let expected =
+            format!("{file}: no space left on device; free some space on {shown} and try again");
+        assert!(
+            stderr.contains(&expected),
+            "{command}: {stderr:?} should say {expected:?}"
+        );
+    }
+    assert_eq!(
+        read("after"),
+        read("before"),
+        "the file or the image changed"
+    );
+    assert_eq!(
+        read("listing"),
+        "filler\nfiller-tail\nletterbox.img\nletterbox.toml\nlost+found\n",
+        "a temporary file was left behind"
+    );
+}

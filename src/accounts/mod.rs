@@ -8,6 +8,7 @@
 //! ([`add`], [`delete`]); where the text lives, a file or an SD image's boot partition, is
 //! [`Target`]'s business.
 
+mod disk_space;
 mod edit;
 mod image;
 mod listing;
@@ -18,6 +19,7 @@ mod target;
 
 use crate::config::Diagnostics;
 
+pub use disk_space::{filesystem_of, free_bytes, full_in_chain};
 pub use edit::{add, check_new, delete, Change, Edited};
 pub use image::{BootPartition, ImageError};
 pub use listing::{list, render_table, BoxState, Listing};

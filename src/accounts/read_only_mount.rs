@@ -2,11 +2,12 @@
 //! on the FAT boot partition, which stays read-only (a power cut cannot hurt a filesystem
 //! nobody writes) except for the moment an account command writes the file.
 
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use nix::mount::{mount, MsFlags};
 use nix::sys::statvfs::{statvfs, FsFlags};
+
+use super::disk_space::mount_point;
 
 /// Runs `write` (which writes `path`); when it fails because `path`'s filesystem is
 /// mounted read-only, remounts that filesystem read-write, runs `write` again, and
@@ -30,20 +31,6 @@ pub fn write_through(path: &Path, write: impl Fn() -> std::io::Result<()>) -> st
         log::warn!("{} stays read-write: {e}", point.display());
     }
     written
-}
-
-/// The top directory of the filesystem `path` is on: the highest ancestor on its device.
-fn mount_point(path: &Path) -> std::io::Result<PathBuf> {
-    let path = std::fs::canonicalize(path)?;
-    let device = std::fs::metadata(&path)?.dev();
-    let mut point = path.clone();
-    for ancestor in path.ancestors().skip(1) {
-        if std::fs::metadata(ancestor)?.dev() != device {
-            break;
-        }
-        point = ancestor.to_path_buf();
-    }
-    Ok(point)
 }
 
 /// The mount's flags a remount must repeat, or the kernel clears them.

@@ -4,7 +4,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use super::{BootPartition, ImageError};
+use super::{disk_space, BootPartition, ImageError};
 use crate::paths::PROVISIONING_FILE;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +20,11 @@ pub enum TargetError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "{}: no space left on device; free some space on {} and try again (the file is \
+         unchanged)", path.display(), filesystem.display()
+    )]
+    DiskFull { path: PathBuf, filesystem: PathBuf },
     #[error("{name} is not valid UTF-8; expected a UTF-8 text file")]
     NotUtf8 { name: String },
     #[error(transparent)]
@@ -38,15 +43,36 @@ impl Target {
     pub fn read(&self) -> Result<String, TargetError> {
         let bytes = match self {
             Target::File(path) => std::fs::read(path).map_err(io(path))?,
-            Target::Image(image) => BootPartition::open(image)?.read_config()?,
+            // An image is read through a scratch copy beside it, which a full disk refuses.
+            Target::Image(image) => BootPartition::open(image)
+                .and_then(|boot| boot.read_config())
+                .map_err(|e| self.told(e.into()))?,
         };
         String::from_utf8(bytes).map_err(|_| TargetError::NotUtf8 { name: self.name() })
     }
 
     /// Replaces the file atomically (temporary file, fsync, rename), keeping its mode; a
     /// file on a read-only mount (the appliance's boot partition) is written through a
-    /// moment's read-write remount.
+    /// moment's read-write remount. A full filesystem leaves the file as it was.
     pub fn write(&self, text: &str) -> Result<(), TargetError> {
+        self.replace(text).map_err(|e| self.told(e))
+    }
+
+    /// `error`, or, when it is a full disk, that said of the file.
+    fn told(&self, error: TargetError) -> TargetError {
+        match error {
+            TargetError::Io { path, source } if disk_space::is_full(&source) => disk_full(path),
+            TargetError::Image(ImageError::Io { source, .. }) if disk_space::is_full(&source) => {
+                let Target::Image(image) = self else {
+                    unreachable!("only an image target gives image errors")
+                };
+                disk_full(image.clone())
+            }
+            other => other,
+        }
+    }
+
+    fn replace(&self, text: &str) -> Result<(), TargetError> {
         match self {
             Target::File(path) => {
                 let mode = std::fs::metadata(path)
@@ -61,6 +87,14 @@ impl Target {
             }
             Target::Image(image) => Ok(BootPartition::open(image)?.write_config(text.as_bytes())?),
         }
+    }
+}
+
+/// The file, not the scratch copy an image is edited in, is what the user knows.
+fn disk_full(path: PathBuf) -> TargetError {
+    TargetError::DiskFull {
+        filesystem: disk_space::filesystem_of(&path),
+        path,
     }
 }
 

@@ -6,8 +6,11 @@
 //! account (the socketmap answers at once; mail for a box still starting is deferred, never
 //! refused), gives the front its login, starts its box and waits until it answers, then
 //! publishes its zone records and sends a welcome mail. A box that does not come up undoes
-//! all of it: the old file back, no route, no login, no records. A delete archives the
-//! account's mail (`backups/NAME-DATE.tar.zst`) unless told to purge it.
+//! all of it: the old file back, no route, no login, no records. An add is refused at once
+//! when the data partition has less than `ADD_NEEDS` free. A delete stops the box and
+//! archives the account's mail (`backups/NAME-DATE.tar.zst`) before it changes anything
+//! else, unless told to purge it: an archive that cannot be written (a full data
+//! partition) starts the box again and refuses the delete, so no mail is lost.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,6 +29,10 @@ const BACKUPS: &str = "backups";
 /// How long a new box has to answer IMAP before the add is undone: its wait for a
 /// synchronised clock (`mail_container`), then its start.
 const BOX_READY_LIMIT: Duration = Duration::from_secs(60);
+/// The free space on the data partition below which an add is refused: the box's
+/// container, its Dovecot indexes and its first mail need a few MiB, and a box started
+/// on a full partition could only defer its mail.
+const ADD_NEEDS: u64 = 16 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LiveAccountError {
@@ -43,6 +50,27 @@ pub enum LiveAccountError {
     Hash(#[source] crate::passwd::PasswdError),
     #[error("the box of {name} did not answer within {}s, so the account was not added (see `logs box-{name}`)", BOX_READY_LIMIT.as_secs())]
     BoxNotReady { name: String },
+    #[error(
+        "the data partition {} is full ({} KiB free; adding an account needs at least {} \
+         MiB): free some space on it (old {BACKUPS}/*.tar.zst, say) and try again; account \
+         {name} was not added", filesystem.display(), free >> 10, ADD_NEEDS >> 20
+    )]
+    FullForAdd {
+        name: String,
+        filesystem: PathBuf,
+        free: u64,
+    },
+    #[error(
+        "account {name} was not deleted: its mail cannot be archived, the data partition {} \
+         is full; free some space on it and try again, or delete it with --purge, which \
+         discards its mail", filesystem.display()
+    )]
+    FullForArchive {
+        name: String,
+        filesystem: PathBuf,
+        #[source]
+        source: archive::ArchiveError,
+    },
     #[error("the {0} task failed")]
     Task(&'static str, #[source] tokio::task::JoinError),
     #[error("re-reading letterbox.toml: {0}")]
@@ -81,6 +109,9 @@ impl Agent {
         let _one_at_a_time = self.accounts.lock().await;
         let (target, site, file, before) = self.open_file()?;
         let old = accounts::check_new(&file, &before, name)?;
+        if let Some(full) = full_for_add(&site, name) {
+            return Err(full);
+        }
         let password = password
             .filter(|p| !p.is_empty())
             .ok_or(LiveAccountError::NoPassword)?;
@@ -111,8 +142,14 @@ impl Agent {
         }
         .await;
         if let Err(e) = started {
-            self.undo_add(&target, &before, &site, &old, name).await;
-            return Err(e);
+            self.undo_add(&target, &before, &site, &old, name, &e).await;
+            // A box that did not answer, or a write that failed, on a partition now full.
+            let full =
+                matches!(e, LiveAccountError::BoxNotReady { .. }) || accounts::full_in_chain(&e);
+            return Err(full
+                .then(|| full_for_add(&site, name))
+                .flatten()
+                .unwrap_or(e));
         }
         let zone = match self.reload_dns().await {
             Ok(done) => done,
@@ -139,24 +176,57 @@ impl Agent {
         let _one_at_a_time = self.accounts.lock().await;
         let (target, site, file, before) = self.open_file()?;
         let edited = accounts::delete(&file, &before, name)?;
-        target.write(&edited.text)?;
+        let old = crate::config::parse(&file, &before).map_err(AccountError::Invalid)?;
+        // As the file spells it: the command may give it in any case.
+        let accounts::Change::Deleted { name } = &edited.change else {
+            unreachable!("a delete deletes")
+        };
+        let unit = format!("box-{name}");
+        // Stopped first, so its Maildir holds still while it is archived; mail for it is
+        // deferred meanwhile, as for any box that is down.
+        if let Err(e) = self.supervisor.stop(&unit).await {
+            log::warn!("{e}");
+        }
+        let archive = match purge {
+            true => None,
+            false => match self.archive_home(&site, name).await {
+                Ok(archive) => archive,
+                Err(e) => {
+                    self.restart_box(&site, &old, name);
+                    return Err(e);
+                }
+            },
+        };
+        if let Err(e) = target.write(&edited.text) {
+            if let Some(archive) = &archive {
+                let _ = std::fs::remove_file(archive);
+            }
+            self.restart_box(&site, &old, name);
+            return Err(e.into());
+        }
         self.reload_off_runtime()
             .await
             .map_err(|e| LiveAccountError::Reload(crate::error_chain(&e)))?;
         let old_plan = self.mail_plan();
         let plan = MailPlan::from(&edited.config);
         self.apply_accounts(&site, &plan)?;
-        let unit = format!("box-{name}");
-        if let Err(e) = self.supervisor.stop(&unit).await {
-            log::warn!("{e}");
-        }
         self.restart_moved_boxes(&site, &edited.config, old_plan.as_deref(), &plan)
             .await;
         let zone = match self.reload_dns().await {
             Ok(done) => done,
             Err(e) => format!("the zone was not reloaded: {}", crate::error_chain(&e)),
         };
-        let kept = self.keep_or_purge(&site, name, purge).await?;
+        let home = site.site.state_dir.join("mail").join(name);
+        let kept = match (&archive, home.exists()) {
+            (_, false) => "it had no mail".to_string(),
+            (Some(archive), true) => format!("its mail is kept in {}", archive.display()),
+            (None, true) => "its mail is deleted".to_string(),
+        };
+        if home.exists() {
+            tokio::task::spawn_blocking(move || archive::remove_home(&home))
+                .await
+                .map_err(|e| LiveAccountError::Task("removing the home", e))??;
+        }
         log::info!("account {name} deleted");
         Ok(format!(
             "account {name} deleted: mail to it is refused from now on, its box is stopped, {kept}\n{zone}"
@@ -219,33 +289,44 @@ impl Agent {
         welcome::send(message, SocketAddr::from(([127, 0, 0, 1], 25))).await
     }
 
-    /// A deleted account's home: archived as `backups/NAME-DATE.tar.zst` on the data
-    /// partition, then removed; or, with `purge`, removed only. What happened, as text.
-    async fn keep_or_purge(
+    /// A deleted account's home archived as `backups/NAME-DATE.tar.zst` on the data
+    /// partition; `None` when it has none.
+    async fn archive_home(
         &self,
         site: &MailSite,
         name: &str,
-        purge: bool,
-    ) -> Result<String, LiveAccountError> {
+    ) -> Result<Option<PathBuf>, LiveAccountError> {
         let state = site.site.state_dir.clone();
         let home = state.join("mail").join(name);
         if !home.exists() {
-            return Ok("it had no mail".into());
+            return Ok(None);
         }
         let name = name.to_string();
+        let backups = state.join(BACKUPS);
         tokio::task::spawn_blocking(move || {
-            let kept = if purge {
-                "its mail is deleted".to_string()
-            } else {
-                let today = time::OffsetDateTime::now_utc().date();
-                let archive = archive::archive_home(&home, &state.join(BACKUPS), &name, today)?;
-                format!("its mail is kept in {}", archive.display())
-            };
-            archive::remove_home(&home)?;
-            Ok(kept)
+            let today = time::OffsetDateTime::now_utc().date();
+            match archive::archive_home(&home, &backups, &name, today) {
+                Ok(archive) => Ok(Some(archive)),
+                Err(source) if accounts::full_in_chain(&source) => {
+                    Err(LiveAccountError::FullForArchive {
+                        filesystem: accounts::filesystem_of(&backups),
+                        name,
+                        source,
+                    })
+                }
+                Err(e) => Err(e.into()),
+            }
         })
         .await
         .map_err(|e| LiveAccountError::Task("archive", e))?
+    }
+
+    /// Starts the box of `name` in `config` again, after a delete that was refused.
+    fn restart_box(self: &Arc<Self>, site: &MailSite, config: &Config, name: &str) {
+        let plan = MailPlan::from(config);
+        if let Some(account) = plan.find(name).cloned() {
+            self.start_box(site, config, &plan, &account);
+        }
     }
 
     /// The plan in force for the routing tables, and the front's logins to match.
@@ -280,6 +361,7 @@ impl Agent {
         site: &MailSite,
         old: &Config,
         name: &str,
+        why: &LiveAccountError,
     ) {
         let _ = self.supervisor.stop(&format!("box-{name}")).await;
         if let Err(e) = target.write(before) {
@@ -294,8 +376,20 @@ impl Agent {
         if maildir::mailbox_stats(&home).is_ok_and(|stats| stats.messages == 0) {
             let _ = archive::remove_home(&home);
         }
-        log::warn!("account {name} not added: its box did not answer");
+        log::warn!("account {name} not added: {}", crate::error_chain(why));
     }
+}
+
+/// The refusal of an add of `name` when the data partition has less than [`ADD_NEEDS`]
+/// free, if it has.
+fn full_for_add(site: &MailSite, name: &str) -> Option<LiveAccountError> {
+    let state = &site.site.state_dir;
+    let free = accounts::free_bytes(state).ok()?;
+    (free < ADD_NEEDS).then(|| LiveAccountError::FullForAdd {
+        name: name.to_string(),
+        filesystem: accounts::filesystem_of(state),
+        free,
+    })
 }
 
 /// Whether a TCP connection to `address` succeeds within `limit`. Each attempt has its
