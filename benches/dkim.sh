@@ -19,8 +19,8 @@
 # (smtpd_milters and non_smtpd_milters point at the agent's milter socket); "plain" is the
 # same main.cf with those two lines emptied. The bench switches by writing the one or the
 # other over STATE/front/postfix/main.cf (in place: the container sees the file it was
-# given) and sending SIGHUP to the front's Postfix master (the process named `master` in
-# the front-postfix container's cgroup), which is `postfix reload`. This is a bench-only
+# given) and sending SIGHUP to the front's Postfix master (the container's init: `postfix
+# start-fg` execs it), which is what `postfix reload` does. This is a bench-only
 # edit of a rendered file, not a product setting: the agent renders main.cf again, with
 # its milter, at the unit's next start. After each switch one message is sent and read
 # back until it shows the new mode (untimed). The modes take turns, ROUNDS rounds each, the
@@ -337,15 +337,12 @@ grep -q '^smtpd_milters = unix:' "$WORK/main.cf.signing" && grep -q '^non_smtpd_
     || fail "$MAIN_CF has no smtpd_milters and non_smtpd_milters lines to take out"
 [ "$(diff "$WORK/main.cf.signing" "$WORK/main.cf.plain" | grep -c '^>')" = 2 ] \
     || fail "taking the milter out of $MAIN_CF changed other lines than the two"
-postfix_master() { # the front's Postfix master: the process named master in its cgroup
-    local dir pid
-    for dir in /sys/fs/cgroup/letterbox/front-postfix /sys/fs/cgroup/memory/letterbox/front-postfix; do
-        [ -f "$dir/cgroup.procs" ] || continue
-        for pid in $(cat "$dir/cgroup.procs"); do
-            [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = master ] && { echo "$pid"; return; }
-        done
-    done
-    fail "no Postfix master in front-postfix's cgroup"
+postfix_master() { # the front's Postfix master: `postfix start-fg` execs it as the container's init
+    local pid
+    pid=$(started_pid front-postfix)
+    [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = master ] \
+        || fail "front-postfix's init (pid ${pid:-none}) is not Postfix's master"
+    echo "$pid"
 }
 MAILDIR=$STATE/mail/bob/Maildir
 PROBES=0
@@ -364,7 +361,11 @@ timed() { # mode tag count
 }
 agent_memory() { python3 "$WORK/bench.py" memory "$AGENT_PID"; }
 
+# A unit restarted during the load makes its times meaningless (and, as the containers'
+# names are the host's, is most likely another letterbox started on this host meanwhile).
+unit_failures() { grep -c "WARN  unit .* failed" "$WORK/agent.log" || true; }
 sleep 2
+failures=$(unit_failures)
 echo "idle $(agent_memory)" > "$WORK/memory"
 # Not timed: the first connections and processes of each mode; the memory after the one
 # without signing is what the rest of the agent takes for this load.
@@ -387,6 +388,7 @@ for round in $(seq "$ROUNDS"); do
     done
 done
 echo "end $(agent_memory)" >> "$WORK/memory"
+[ "$(unit_failures)" = "$failures" ] || { diagnostics >&2; fail "a unit failed during the load: no numbers"; }
 
 median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 signing_s=$(awk '$1 == "signing" { print $2 }' "$WORK/rounds" | median)
