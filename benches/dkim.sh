@@ -26,8 +26,11 @@
 # back until it shows the new mode (untimed). The modes take turns, ROUNDS rounds each, the
 # order swapped every round; each mode's time is the median of its rounds.
 #
-# Every round's messages are read back from bob's Maildir: in a signing round each must
-# carry a DKIM-Signature, in a plain round none may; otherwise the run fails.
+# Every round's messages are read back from bob's Maildir (by their Subject, which names the
+# round): in a signing round each must carry a DKIM-Signature, in a plain round none may;
+# otherwise the run fails. A round ends when every one of its messages is there; a message
+# delivered twice (a box's LMTP process killed after saving it, so Postfix delivers it
+# again) counts once and is reported.
 #
 # Memory: the agent's PSS and RSS (smaps_rollup, status) idle (every unit up, the keys made,
 # the welcome mails signed, before the load), after a warm-up without signing (what the
@@ -169,7 +172,7 @@ all_started() {
 keys_made() { [ "$(find "$STATE/dkim" -name '*.key' 2>/dev/null | wc -l)" -ge 2 ]; }
 
 cat > "$WORK/bench.py" <<'PY'
-import email, email.policy, email.utils, os, smtplib, ssl, sys, threading, time
+import email, email.parser, email.policy, email.utils, os, smtplib, ssl, sys, threading, time
 
 def tls():
     context = ssl.create_default_context()
@@ -197,21 +200,16 @@ def message(sender, to, tag, n, size):
             + body).encode()
 
 def names(maildir):
-    """The messages in a Maildir, by their unique part (flags moved to cur/ stripped)."""
-    found = set()
+    """The messages in a Maildir, by their unique part (flags moved to cur/ stripped), with
+    their paths."""
+    found = {}
     for sub in ("new", "cur"):
         try:
-            found.update(n.split(":")[0] for n in os.listdir(os.path.join(maildir, sub)))
+            for n in os.listdir(os.path.join(maildir, sub)):
+                found[n.split(":")[0]] = os.path.join(maildir, sub, n)
         except FileNotFoundError:
             pass
     return found
-
-def path(maildir, name):
-    for sub in ("new", "cur"):
-        for n in os.listdir(os.path.join(maildir, sub)):
-            if n.split(":")[0] == name:
-                return os.path.join(maildir, sub, n)
-    sys.exit(f"{name} left {maildir}")
 
 def send(host, port, user, password, sender, to, tag, count, sessions, per_connection, size):
     """Sends `count` messages over `sessions` threads, reconnecting every `per_connection`."""
@@ -236,64 +234,84 @@ def send(host, port, user, password, sender, to, tag, count, sessions, per_conne
         t.start()
     return threads, errors
 
-def dkim_signatures(file):
+def read(file):
+    """The message's Subject and its DKIM-Signature headers."""
     with open(file, "rb") as f:
-        parsed = email.message_from_binary_file(f, policy=email.policy.compat32)
-    return parsed.get_all("DKIM-Signature") or []
+        parsed = email.parser.BytesHeaderParser(policy=email.policy.compat32).parse(f)
+    return parsed["Subject"] or "", parsed.get_all("DKIM-Signature") or []
+
+class Arrivals:
+    """The messages of one tag that arrived in a Maildir since it was made: a message
+    delivered twice (a box's LMTP process killed after saving it, so Postfix delivers it
+    again) is counted once, and counted as a duplicate."""
+    def __init__(self, maildir, tag):
+        self.maildir, self.prefix = maildir, f"dkim-bench {tag} "
+        self.before = names(maildir)
+        self.read = {}
+    def update(self):
+        for name, file in names(self.maildir).items():
+            if name not in self.before and name not in self.read:
+                self.read[name] = read(file)
+        return {subject for subject, _ in self.read.values() if subject.startswith(self.prefix)}
+    def ours(self):
+        return [(n, s) for n, (subject, s) in self.read.items() if subject.startswith(self.prefix)]
+
+def check(mode, tag, arrivals):
+    """Each message must (signing) or must not (plain) carry a DKIM-Signature; returns the
+    signature algorithms seen."""
+    algorithms = set()
+    for name, signatures in arrivals.ours():
+        if mode == "signing" and not signatures:
+            sys.exit(f"signing round {tag}: {name} carries no DKIM-Signature")
+        if mode == "plain" and signatures:
+            sys.exit(f"plain round {tag}: {name} carries a DKIM-Signature")
+        for s in signatures:
+            tags = dict(t.strip().split("=", 1) for t in s.split(";") if "=" in t)
+            algorithms.add(tags.get("a", "?").strip())
+    return algorithms
 
 def round_(mode, maildir, host, port, user, password, sender, to, tag, count, sessions,
            per_connection, size):
-    """One timed round: seconds from the client's start until `count` more messages are in
-    `maildir`; then each new message is read back and must (signing) or must not (plain)
-    carry a DKIM-Signature. Prints the seconds and the signature algorithms seen."""
-    before = names(maildir)
-    target = len(before) + count
+    """One timed round: seconds from the client's start until all `count` messages are in
+    `maildir`; each is read back and checked. Prints the seconds, the signature algorithms
+    seen and the duplicate deliveries."""
+    arrivals = Arrivals(maildir, tag)
+    target = len(arrivals.before) + count
     start = time.monotonic()
     threads, errors = send(host, port, user, password, sender, to, tag, count, sessions,
                            per_connection, size)
-    while len(names(maildir)) < target:
+    # Counting files is cheap; the new ones are read only once there are enough of them.
+    while len(names(maildir)) < target or len(arrivals.update()) < count:
         if errors:
             sys.exit(f"{mode} round {tag}: {errors[0]}")
         if time.monotonic() - start > 900:
-            sys.exit(f"{maildir}: {len(names(maildir))} of {target} messages after 900 s")
+            sys.exit(f"{maildir}: {len(arrivals.update())} of {count} messages after 900 s")
         time.sleep(0.01)
     elapsed = time.monotonic() - start
     for t in threads:
         t.join()
     if errors:
         sys.exit(f"{mode} round {tag}: {errors[0]}")
-    new = names(maildir) - before
-    if len(new) != count:
-        sys.exit(f"{mode} round {tag}: {len(new)} new messages in {maildir}, sent {count}")
-    algorithms = set()
-    for name in new:
-        file = path(maildir, name)
-        signatures = dkim_signatures(file)
-        if mode == "signing" and not signatures:
-            sys.exit(f"signing round {tag}: {file} carries no DKIM-Signature")
-        if mode == "plain" and signatures:
-            sys.exit(f"plain round {tag}: {file} carries a DKIM-Signature")
-        for s in signatures:
-            tags = dict(t.strip().split("=", 1) for t in s.split(";") if "=" in t)
-            algorithms.add(tags.get("a", "?").strip())
-    print(f"{elapsed:.3f} {','.join(sorted(algorithms)) or '-'}")
+    algorithms = check(mode, tag, arrivals)
+    print(f"{elapsed:.3f} {','.join(sorted(algorithms)) or '-'} {len(arrivals.ours()) - count}")
 
 def probe(mode, maildir, host, port, user, password, sender, to, tag):
     """Sends one message at a time until one arrives as `mode` has it (signed or not):
     the front's Postfix has taken the switch. Untimed."""
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        before = names(maildir)
+    for attempt in range(1000):
+        arrivals = Arrivals(maildir, f"{tag}.{attempt}")
         smtp = connect(host, port, user, password)
-        smtp.sendmail(sender, [to], message(sender, to, tag, 0, 100))
+        smtp.sendmail(sender, [to], message(sender, to, f"{tag}.{attempt}", 0, 100))
         smtp.quit()
-        while not names(maildir) - before:
+        while not arrivals.update():
             if time.monotonic() > deadline:
                 sys.exit(f"probe {tag}: not delivered within 60 s")
             time.sleep(0.01)
-        [name] = names(maildir) - before
-        if bool(dkim_signatures(path(maildir, name))) == (mode == "signing"):
+        if all(bool(s) == (mode == "signing") for _, s in arrivals.ours()):
             return
+        if time.monotonic() > deadline:
+            break
         time.sleep(0.2)
     sys.exit(f"the front's Postfix did not switch to {mode} within 60 s")
 
@@ -383,7 +401,8 @@ for round in $(seq "$ROUNDS"); do
         [ "$name" = "$mode" ] || { switch "$name"; mode=$name; }
         result=$(timed "$name" "r$round-$name" "$MESSAGES") || { diagnostics >&2; fail "round $round, $name"; }
         echo "$name $result" >> "$WORK/rounds"
-        echo "bench-dkim: round $round, $name: ${result% *}s (DKIM-Signature a=: ${result#* })" >&2
+        read -r seconds algorithms duplicates <<< "$result"
+        echo "bench-dkim: round $round, $name: ${seconds}s (DKIM-Signature a=: $algorithms; delivered twice: $duplicates)" >&2
         [ "$name" = signing ] && echo "signing-r$round $(agent_memory)" >> "$WORK/memory"
     done
 done
@@ -400,8 +419,8 @@ printf "DKIM benchmark: submission (port %s, AUTH as alice) from alice to bob, %
 printf "bytes over %s sessions (%s messages a connection), %s rounds each, taking turns;\n" \
     "$SESSIONS" "$PER_CONNECTION" "$ROUNDS"
 printf "timed from the client's start to the last message in bob's Maildir; msg/s: the median\n"
-printf "round. Every message was read back: signed in each signing round (a=%s), in no\n" "$algorithms"
-printf "plain round.\n"
+printf "round. Every message was read back: each signing round's carried DKIM-Signatures\n"
+printf "(a=%s), no plain round's did.\n" "$algorithms"
 awk -v n="$MESSAGES" -v sig="$signing_s" -v plain="$plain_s" -v goal="$GOAL_RATIO" '
     $1 == "signing" { s = s sprintf(" %6.2f", $2) }
     $1 == "plain" { p = p sprintf(" %6.2f", $2) }
@@ -412,6 +431,9 @@ awk -v n="$MESSAGES" -v sig="$signing_s" -v plain="$plain_s" -v goal="$GOAL_RATI
         r = plain / sig
         printf "ratio signing / plain: %.2f (goal >= %.1f: %s)\n", r, goal, r >= goal ? "met" : "MISSED"
     }' "$WORK/rounds"
+awk '$1 == "signing" { s += $4 } $1 == "plain" { p += $4 }
+    END { printf "delivered twice (a box'"'"'s LMTP process killed after saving): signing %d, plain %d\n", s, p }' \
+    "$WORK/rounds"
 echo
 echo "Memory of the agent, where the milter runs (MB = 1024 kB)"
 awk '
@@ -425,6 +447,6 @@ awk '
       printf "%-34s %8.1f %8.1f\n", what, $2 / 1024, $3 / 1024 }
     END {
         printf "peak RSS (VmHWM) over the run: %.1f MB\n", hwm / 1024
-        printf "the milter signing: RSS +%.1f MB over idle, +%.1f MB over mail without signing\n",
+        printf "the milter signing (highest after a signing round): RSS %+.1f MB against idle, %+.1f MB against mail without signing\n",
             (signed - idle) / 1024, (signed - warm) / 1024
     }' "$WORK/memory"
