@@ -35,7 +35,8 @@
 # Memory: the agent's PSS and RSS (smaps_rollup, status) idle (every unit up, the keys made,
 # the welcome mails signed, before the load), after a warm-up without signing (what the
 # rest of the agent, e.g. the routing socketmap, takes for the load), after each signing
-# round, and its peak RSS (VmHWM) at the end.
+# round, and its peak RSS during the load (VmHWM, reset after the idle reading). Also the agent's CPU time a message in each
+# mode (/proc/PID/stat, all its threads), which tells signing's cost from waiting.
 # The goal, signing/plain >= 0.8, is reported, not an error: the script fails only when
 # the run itself does.
 # MESSAGES, SESSIONS, PER_CONNECTION, SIZE, ROUNDS and PORT may be set in the environment;
@@ -378,6 +379,9 @@ timed() { # mode tag count
         "$SESSIONS" "$PER_CONNECTION" "$SIZE"
 }
 agent_memory() { python3 "$WORK/bench.py" memory "$AGENT_PID"; }
+# The agent's CPU time (user and system, every thread) in clock ticks: where the signing goes.
+agent_cpu() { sed 's/.*) //' "/proc/$AGENT_PID/stat" | awk '{ print $12 + $13 }'; }
+TICKS=$(getconf CLK_TCK)
 
 # A unit restarted during the load makes its times meaningless (and, as the containers'
 # names are the host's, is most likely another letterbox started on this host meanwhile).
@@ -385,6 +389,8 @@ unit_failures() { grep -c "WARN  unit .* failed" "$WORK/agent.log" || true; }
 sleep 2
 failures=$(unit_failures)
 echo "idle $(agent_memory)" > "$WORK/memory"
+# The peak RSS from here on is the load's, not the start's (the image import): 5 resets it.
+echo 5 > "/proc/$AGENT_PID/clear_refs"
 # Not timed: the first connections and processes of each mode; the memory after the one
 # without signing is what the rest of the agent takes for this load.
 switch plain
@@ -399,8 +405,9 @@ for round in $(seq "$ROUNDS"); do
     [ $((round % 2)) = 0 ] && order=(plain signing)
     for name in "${order[@]}"; do
         [ "$name" = "$mode" ] || { switch "$name"; mode=$name; }
+        cpu_before=$(agent_cpu)
         result=$(timed "$name" "r$round-$name" "$MESSAGES") || { diagnostics >&2; fail "round $round, $name"; }
-        echo "$name $result" >> "$WORK/rounds"
+        echo "$name $result $(($(agent_cpu) - cpu_before))" >> "$WORK/rounds"
         read -r seconds algorithms duplicates <<< "$result"
         echo "bench-dkim: round $round, $name: ${seconds}s (DKIM-Signature a=: $algorithms; delivered twice: $duplicates)" >&2
         [ "$name" = signing ] && echo "signing-r$round $(agent_memory)" >> "$WORK/memory"
@@ -431,9 +438,10 @@ awk -v n="$MESSAGES" -v sig="$signing_s" -v plain="$plain_s" -v goal="$GOAL_RATI
         r = plain / sig
         printf "ratio signing / plain: %.2f (goal >= %.1f: %s)\n", r, goal, r >= goal ? "met" : "MISSED"
     }' "$WORK/rounds"
-awk '$1 == "signing" { s += $4 } $1 == "plain" { p += $4 }
-    END { printf "delivered twice (a box'"'"'s LMTP process killed after saving): signing %d, plain %d\n", s, p }' \
-    "$WORK/rounds"
+awk -v n="$MESSAGES" -v ticks="$TICKS" '$1 == "signing" { s += $4; sc += $5; sr++ } $1 == "plain" { p += $4; pc += $5; pr++ }
+    END { printf "delivered twice (a box'"'"'s LMTP process killed after saving): signing %d, plain %d\n", s, p
+        printf "the agent'"'"'s CPU a message (mean over the rounds): signing %.2f ms, plain %.2f ms\n",
+            sc / sr / n / ticks * 1000, pc / pr / n / ticks * 1000 }' "$WORK/rounds"
 echo
 echo "Memory of the agent, where the milter runs (MB = 1024 kB)"
 awk '
@@ -446,7 +454,7 @@ awk '
           $1 == "end" ? "at the end" : "after signing round " substr($1, 10)
       printf "%-34s %8.1f %8.1f\n", what, $2 / 1024, $3 / 1024 }
     END {
-        printf "peak RSS (VmHWM) over the run: %.1f MB\n", hwm / 1024
+        printf "peak RSS (VmHWM) during the load: %.1f MB\n", hwm / 1024
         printf "the milter signing (highest after a signing round): RSS %+.1f MB against idle, %+.1f MB against mail without signing\n",
             (signed - idle) / 1024, (signed - warm) / 1024
     }' "$WORK/memory"
