@@ -35,8 +35,9 @@
 # Memory: the agent's PSS and RSS (smaps_rollup, status) idle (every unit up, the keys made,
 # the welcome mails signed, before the load), after a warm-up without signing (what the
 # rest of the agent, e.g. the routing socketmap, takes for the load), after each signing
-# round, and its peak RSS during the load (VmHWM, reset after the idle reading). Also the agent's CPU time a message in each
-# mode (/proc/PID/stat, all its threads), which tells signing's cost from waiting.
+# round, and its peak RSS during the load (VmHWM, reset after the idle reading). Also the
+# agent's CPU time a message in each mode (/proc/PID/stat, all its threads), which tells
+# signing's cost from waiting.
 # The goal, signing/plain >= 0.8, is reported, not an error: the script fails only when
 # the run itself does.
 # MESSAGES, SESSIONS, PER_CONNECTION, SIZE, ROUNDS and PORT may be set in the environment;
