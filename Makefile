@@ -34,7 +34,7 @@ HOST_RUST_PACKAGES :=
 endif
 export CARGO
 
-.PHONY: help test image bench bench-dns bench-mail deps-test deps-bench
+.PHONY: help test image bench bench-dns bench-mail bench-dkim deps-test deps-bench
 
 help:
 	@echo "make image   build the SD-card image from letterbox.toml (or the embedded default)"
@@ -120,7 +120,7 @@ $(STAMPS)/deps-bench: $(STAMPS)/apt-update Makefile
 
 deps-bench: $(STAMPS)/deps-bench
 
-bench: bench-dns bench-mail
+bench: bench-dns bench-mail bench-dkim
 
 # letterbox's authoritative DNS against NSD and Knot (dnsperf, same zone, same query mix).
 bench-dns: deps-bench
@@ -132,6 +132,12 @@ bench-dns: deps-bench
 bench-mail: deps-bench containerd-trixie mail-image
 	$(CARGO) build --release
 	benches/mail.sh
+
+# DKIM signing on the submission path: msg/s with the agent's milter in the path against
+# the same path without it; the agent's memory idle and after signing.
+bench-dkim: deps-bench containerd-trixie mail-image
+	$(CARGO) build --release
+	benches/dkim.sh
 
 # --- SD-card image (src/image, src/boot): cross-built agent, Debian packages, QEMU ---
 # make image [CONFIG=letterbox.toml] [BOARD=rpi3|rpi4] [OUT=out/letterbox-rpi3.img]
