@@ -1,9 +1,9 @@
 //! `ctl account add` and `ctl account del` against a running agent whose data partition is
 //! full: the state directory is an ext4 filesystem of its own (the appliance's data
 //! partition's), loop-mounted, filled to its last block once the mail system runs. Not a
-//! tmpfs: its pages are charged to the memory of the box that writes them, and a large
-//! mail would have its box's LMTP killed. Both are refused with an error naming the full filesystem and change
-//! nothing; once space is freed, the mail of the existing accounts gets through again.
+//! tmpfs: stopping a box there frees enough for a small archive. Both are refused with an
+//! error naming the full filesystem and change nothing; once space is freed, the mail of
+//! the existing accounts gets through again.
 //!
 //! Needs what tests/mail_e2e.rs needs: root, trixie's containerd and runc (`make
 //! containerd-trixie`) and the mail image (`make mail-image`).
@@ -40,10 +40,7 @@ struct Lab {
 
 impl Lab {
     /// alice and bob in the file, the state directory on an ext4 filesystem of its own,
-    /// the agent started and every mail unit's container up. The boxes get more memory
-    /// than the default 30M: on the loop device their LMTP was killed (signal 9) under it,
-    /// full disk or not (the page cache of the loop's backing file counts against them
-    /// too, we think), and on a tmpfs all the more.
+    /// the agent started and every mail unit's container up.
     fn start() -> Lab {
         let (server, link) = Netns::with_veth("full");
         let client = Netns::new("fullc");
@@ -59,7 +56,6 @@ impl Lab {
             "version = 1\n\n[system]\nhostname = \"mail\"\ndomain = \"example.org\"\n\n\
              [[interface]]\nname = \"{link}\"\nipv4 = [\"{SERVER_V4}/24\"]\n\n\
              [dns]\nlisten = [\"{SERVER_V4}:53\"]\n\n\
-             [containers]\nmemory_limit = \"128M\"\n\n\
              [[account]]\nname = \"alice\"\npassword_hash = \"{hash}\"\n\n\
              [[account]]\nname = \"bob\"\npassword_hash = \"{hash}\"\n"
         );
@@ -272,8 +268,7 @@ fn on_a_full_data_partition_add_and_del_are_refused_naming_it_and_change_nothing
     let file_before = lab.file();
     assert_eq!(lab.dig("bob.example.org", "MX"), "10 mail.example.org.");
     // More than what stopping his box frees (its container's state), so his archive
-    // cannot find room: 4 MiB that do not compress, in mails of 1 MiB (a box under the
-    // default memory limit delivers them; much larger ones get its LMTP killed).
+    // cannot find room: 4 MiB that do not compress, in mails of 1 MiB.
     let large = lab.dir.path().join("large");
     let mut subjects = Vec::new();
     for n in 0..4 {

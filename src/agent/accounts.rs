@@ -187,15 +187,16 @@ impl Agent {
         if let Err(e) = self.supervisor.stop(&unit).await {
             log::warn!("{e}");
         }
-        let archive = match purge {
-            true => None,
-            false => match self.archive_home(&site, name).await {
+        let archive = if purge {
+            None
+        } else {
+            match self.archive_home(&site, name).await {
                 Ok(archive) => archive,
                 Err(e) => {
                     self.restart_box(&site, &old, name);
                     return Err(e);
                 }
-            },
+            }
         };
         if let Err(e) = target.write(&edited.text) {
             if let Some(archive) = &archive {
