@@ -94,14 +94,18 @@ pub fn netns_path(dir: &Path, name: &str) -> PathBuf {
 /// the front's neighbour entry pointing at the old box for half a minute, and every
 /// connection to the box in that time unanswered.
 pub fn box_mac(net: &BoxNet) -> [u8; 6] {
-    let [a, b, c, d] = net.ipv4.octets();
-    [0x02, 0x6c, a, b, c, d]
+    mac_of(net.ipv4)
 }
 
-/// The bridge's MAC address, made of the front's IPv4 address as `box_mac` is of a box's, so
+/// The bridge's MAC address, made of the front's IPv4 address as a box's is of its own, so
 /// it differs from every box's.
 fn bridge_mac(bridge: &Bridge) -> [u8; 6] {
-    let [a, b, c, d] = bridge.ipv4.addr().octets();
+    mac_of(bridge.ipv4.addr())
+}
+
+/// A locally administered MAC address that holds `ipv4`.
+fn mac_of(ipv4: Ipv4Addr) -> [u8; 6] {
+    let [a, b, c, d] = ipv4.octets();
     [0x02, 0x6c, a, b, c, d]
 }
 
