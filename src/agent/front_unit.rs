@@ -203,7 +203,8 @@ async fn run_dovecot(agent: Arc<Agent>, setup: FrontSetup, mut stop: StopSignal)
 /// Removes the auth socket an earlier front Dovecot left, killed before it could (a power
 /// cut, a killed agent). Dovecot would take it for a live one and refuse to start: it tells
 /// a stale socket by connecting to it, which Postfix's 0600 socket refuses to a root
-/// without CAP_DAC_OVERRIDE. No front Dovecot runs while its unit prepares.
+/// without CAP_DAC_OVERRIDE. A front Dovecot an earlier agent left running is stopped
+/// right after this, before the new one starts.
 fn remove_stale_auth_socket(sockets: &Path) -> Result<(), ContainerUnitError> {
     let path = sockets.join(paths::AUTH_SOCKET);
     match std::fs::remove_file(&path) {
