@@ -106,9 +106,10 @@ async fn certify(
     })
     .await??;
     match tls::certificate_validity(&setup.tls_dir(), &setup.fqdn) {
-        Ok((_, not_after)) => log::info!(
-            "ACME: installed a certificate for {} valid until {not_after}",
-            setup.fqdn
+        Ok(validity) => log::info!(
+            "ACME: installed a certificate for {} valid until {}",
+            setup.fqdn,
+            validity.not_after
         ),
         Err(why) => log::warn!("ACME: the installed certificate does not read back: {why}"),
     }
