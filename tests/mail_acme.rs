@@ -1,8 +1,9 @@
 //! ACME under `letterbox run` (trixie's containerd and runc, the amd64 `letterbox-mail`
 //! image), against Debian's `pebble` in the server's namespace: pebble validates DNS-01
 //! by asking the agent's own DNS server, the certificate is installed and served on 993
-//! and 465, and a renewal (pebble issues for 30 days and 90 s, so one is due 90 s later)
-//! is served on both while an SMTP session opened before it carries on.
+//! and 465, and a renewal (pebble issues for 180 s, so one is due a third of that before
+//! expiry, 120 s after issue) is served on both while an SMTP session opened before it
+//! carries on.
 
 mod common;
 
@@ -17,9 +18,11 @@ const PASSWORD: &str = "correct horse battery";
 const SERVER_V4: &str = "192.0.2.10";
 const FQDN: &str = "mail.example.org";
 const PYTHON: &str = "/usr/bin/python3";
-/// Pebble's certificates' lifetime: 90 s more than the 30 days before expiry at which the
-/// agent renews, so that the first one is renewed 90 s after it is issued.
-const VALIDITY_SECONDS: u64 = 30 * 86_400 + 90;
+/// Pebble's certificates' lifetime: the agent renews a third of it before expiry, 120 s
+/// after issue, and the renewed one 120 s later still, well after the test is done with it.
+const VALIDITY_SECONDS: u64 = 180;
+/// From the first install to the second: the 120 s above, and a loaded machine's slack.
+const RENEW_LIMIT: Duration = Duration::from_secs(300);
 
 /// Opens a session on HOST PORT (993: IMAP, logged in as USER PASSWORD; 465: SMTP, after
 /// EHLO), prints the served certificate's SHA-256 as hex, then waits for the file GO and,
@@ -122,6 +125,27 @@ impl Lab {
         self.agent_log()
             .matches("ACME: installed a certificate")
             .count()
+    }
+
+    /// The SHA-256 of the certificate installed in STATE/tls, as hex.
+    fn installed(&self) -> String {
+        fingerprint_of(&std::fs::read_to_string(self.state().join("tls/cert.pem")).unwrap())
+    }
+
+    /// Waits until `port` serves, verified against `root`, the certificate whose
+    /// fingerprint is `wanted`.
+    fn wait_served(&self, port: u16, root: &Path, wanted: &str) {
+        let mut last = String::new();
+        let served = common::wait_until(TIMEOUT, || {
+            let (ok, fingerprint, transcript) = self.served(port, root);
+            last = transcript;
+            ok && fingerprint == wanted
+        });
+        assert!(
+            served,
+            "port {port} never served the installed certificate {wanted}:\n{last}\n{}",
+            self.diagnostics()
+        );
     }
 
     fn diagnostics(&self) -> String {
@@ -288,24 +312,10 @@ fn acme_certificate_from_pebble_over_dns01_is_served_on_993_and_465_and_renewed_
     let root = lab.pebble_root();
 
     // Served on both implicit-TLS ports, chained to pebble's root, for the host's name.
-    let mut first = String::new();
+    let first = lab.installed();
+    assert!(!first.is_empty());
     for port in [993, 465] {
-        let mut last = String::new();
-        let verified = common::wait_for(TIMEOUT, || {
-            let (ok, fingerprint, transcript) = lab.served(port, &root);
-            last = transcript;
-            ok.then_some(fingerprint)
-        });
-        let Some(fingerprint) = verified else {
-            panic!(
-                "port {port} never served pebble's certificate:\n{last}\n{}",
-                lab.diagnostics()
-            );
-        };
-        assert!(!fingerprint.is_empty());
-        if first.is_empty() {
-            first = fingerprint;
-        }
+        lab.wait_served(port, &root, &first);
     }
     // The key and account are the device's own, root's only.
     for file in ["tls/key.pem", "tls/cert.pem", "acme/account.json"] {
@@ -328,25 +338,23 @@ fn acme_certificate_from_pebble_over_dns01_is_served_on_993_and_465_and_renewed_
         first,
         "the session saw the issued certificate"
     );
+    assert_eq!(
+        lab.installs(),
+        1,
+        "renewed before the session was open: the test proves nothing:\n{}",
+        lab.diagnostics()
+    );
 
-    let renewed = common::wait_until(Duration::from_secs(240), || lab.installs() >= 2);
+    let renewed = common::wait_until(RENEW_LIMIT, || lab.installs() >= 2);
     assert!(
         renewed,
         "the certificate was never renewed:\n{}",
         lab.diagnostics()
     );
-    let mut renewal = String::new();
+    let renewal = lab.installed();
+    assert_ne!(renewal, first, "the renewal installed the same certificate");
     for port in [993, 465] {
-        let mut last = String::new();
-        let served = common::wait_for(TIMEOUT, || {
-            let (ok, fingerprint, transcript) = lab.served(port, &root);
-            last = transcript;
-            (ok && fingerprint != first).then_some(fingerprint)
-        });
-        let Some(served) = served else {
-            panic!("{port} still serves the old certificate:\n{last}");
-        };
-        renewal = served;
+        lab.wait_served(port, &root, &renewal);
     }
     std::fs::write(&go, "").unwrap();
     assert_eq!(
@@ -366,6 +374,12 @@ fn acme_certificate_from_pebble_over_dns01_is_served_on_993_and_465_and_renewed_
     );
     assert_eq!(imap_out.line(), "still open");
     assert!(imap.wait().unwrap().success());
+    assert_eq!(
+        lab.installs(),
+        2,
+        "a third certificate came while the renewal was checked:\n{}",
+        lab.diagnostics()
+    );
 }
 
 /// A session's output, a line at a time.

@@ -3,7 +3,8 @@
 //! (the self-signed one serves until then), answers the CA's DNS-01 challenge from our own
 //! zone, installs the issued pair in `STATE/tls`, and has the front's Postfix and Dovecot
 //! reload it with SIGHUP to their masters, so that open connections carry on. It renews 30
-//! days before expiry, and retries a failure with backoff, each time logging why.
+//! days before expiry (a third of the lifetime before, for shorter-lived certificates),
+//! and retries a failure with backoff, each time logging why.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,7 +23,8 @@ use crate::supervise::{StopSignal, TaskResult, Unit};
 /// forward, or a certificate replaced by hand, is noticed within this.
 const CHECK_EVERY: Duration = Duration::from_secs(12 * 3600);
 /// The first retry after a failure; each further one waits twice as long, up to
-/// [`RETRY_MAX`] (Let's Encrypt limits failed validations to 5 an hour).
+/// [`RETRY_MAX`] (Let's Encrypt limits failed validations to 5 an hour). Also the least
+/// time between two orders that succeed, whatever the certificates' dates say.
 const RETRY_FIRST: Duration = Duration::from_secs(60);
 const RETRY_MAX: Duration = Duration::from_secs(6 * 3600);
 /// How long the front's containers get to be reached for their reload.
@@ -75,7 +77,10 @@ async fn keep_certified(agent: Arc<Agent>, setup: AcmeSetup) {
             }
         }
         match certify(&agent, &setup).await {
-            Ok(()) => retry = RETRY_FIRST,
+            Ok(()) => {
+                retry = RETRY_FIRST;
+                tokio::time::sleep(RETRY_FIRST).await;
+            }
             Err(e) => {
                 log::error!(
                     "ACME: no certificate for {} from {}: {}; trying again in {} s",
