@@ -27,6 +27,9 @@ const CHECK_EVERY: Duration = Duration::from_secs(12 * 3600);
 /// time between two orders that succeed, whatever the certificates' dates say.
 const RETRY_FIRST: Duration = Duration::from_secs(60);
 const RETRY_MAX: Duration = Duration::from_secs(6 * 3600);
+/// How long one order may take, from the account to the reload: a CA that stops answering
+/// mid-way (instant-acme's requests have no time limit of their own) counts as a failure.
+const ORDER_LIMIT: Duration = Duration::from_secs(10 * 60);
 /// How long the front's containers get to be reached for their reload.
 const SIGNAL_LIMIT: Duration = Duration::from_secs(10);
 
@@ -76,7 +79,15 @@ async fn keep_certified(agent: Arc<Agent>, setup: AcmeSetup) {
                 continue;
             }
         }
-        match certify(&agent, &setup).await {
+        let outcome = match tokio::time::timeout(ORDER_LIMIT, certify(&agent, &setup)).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                // The order was dropped where it stood, perhaps with its answer published.
+                withdraw_answers(&agent).await;
+                Err(format!("no end to the order within {} s", ORDER_LIMIT.as_secs()).into())
+            }
+        };
+        match outcome {
             Ok(()) => {
                 retry = RETRY_FIRST;
                 tokio::time::sleep(RETRY_FIRST).await;
@@ -135,6 +146,13 @@ async fn publish(agent: Arc<Agent>, answers: Vec<String>) -> Result<(), String> 
         .await
         .map(|_| ())
         .map_err(|e| crate::error_chain(&e))
+}
+
+/// Takes any DNS-01 answer out of the zone, logging why when it cannot.
+async fn withdraw_answers(agent: &Arc<Agent>) {
+    if let Err(why) = publish(agent.clone(), Vec::new()).await {
+        log::warn!("ACME: the DNS-01 answer was not withdrawn: {why}");
+    }
 }
 
 /// SIGHUP to the masters of the front's Postfix and Dovecot: each reloads its

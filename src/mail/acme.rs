@@ -21,6 +21,8 @@ use crate::config::Acme;
 pub const ACCOUNT_FILE: &str = "acme/account.json";
 /// How long the CA may take to validate the order, then to issue the certificate.
 const VALIDATION_LIMIT: Duration = Duration::from_secs(120);
+/// How long a connection to the CA may take to open; the caller limits the whole order.
+const CONNECT_LIMIT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AcmeError {
@@ -172,11 +174,15 @@ fn http_client(state: &Path, acme: &Acme) -> Result<Box<dyn HttpClient>, AcmeErr
     .expect("ring supports the default versions")
     .with_root_certificates(roots)
     .with_no_client_auth();
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.set_connect_timeout(Some(CONNECT_LIMIT));
+    // The scheme is https_only's to check, below.
+    http.enforce_http(false);
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_only()
         .enable_http1()
-        .build();
+        .wrap_connector(http);
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build::<_, BodyWrapper<Bytes>>(https);
     Ok(Box::new(client))
