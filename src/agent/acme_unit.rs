@@ -63,6 +63,7 @@ async fn run(agent: Arc<Agent>, setup: AcmeSetup, mut stop: StopSignal) -> TaskR
 }
 
 async fn keep_certified(agent: Arc<Agent>, setup: AcmeSetup) {
+    withdraw_left_over_answers(&agent).await;
     agent.clock().trusted().await;
     let mut retry = RETRY_FIRST;
     let mut announced = None;
@@ -146,6 +147,35 @@ async fn publish(agent: Arc<Agent>, answers: Vec<String>) -> Result<(), String> 
         .await
         .map(|_| ())
         .map_err(|e| crate::error_chain(&e))
+}
+
+/// Takes out of the zone the DNS-01 answers an order cut short (a power cut, a stop) left
+/// in `STATE/acme/challenge`: no order runs yet. A DNS server not yet started reads the
+/// zone without them.
+async fn withdraw_left_over_answers(agent: &Arc<Agent>) {
+    let state = agent.state_dir().to_path_buf();
+    let removed = tokio::task::spawn_blocking(move || {
+        let left = state.join(crate::dns::ACME_CHALLENGE_FILE).exists();
+        crate::dns::write_acme_challenges(&state, &[]).map(|()| left)
+    })
+    .await;
+    match removed {
+        Ok(Ok(false)) => {}
+        Ok(Ok(true)) => match agent.reload_dns().await {
+            Ok(_) | Err(super::AgentError::DnsNotRunning) => {
+                log::info!("ACME: withdrew a DNS-01 answer an earlier order left published")
+            }
+            Err(e) => log::warn!(
+                "ACME: a DNS-01 answer an earlier order left is still served: {}",
+                crate::error_chain(&e)
+            ),
+        },
+        Ok(Err(e)) => log::warn!(
+            "ACME: a DNS-01 answer an earlier order left is still published: {}",
+            crate::error_chain(&e)
+        ),
+        Err(e) => log::warn!("ACME: the DNS-01 answers were not looked at: {e}"),
+    }
 }
 
 /// Takes any DNS-01 answer out of the zone, logging why when it cannot.

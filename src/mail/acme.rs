@@ -201,11 +201,10 @@ where
     F: Future<Output = Result<(), String>>,
 {
     let validated = validate(account, directory, fqdn, &mut publish).await;
-    let withdrawn = publish(Vec::new()).await;
-    let mut order = validated?;
-    if let Err(why) = withdrawn {
+    if let Err(why) = publish(Vec::new()).await {
         log::warn!("ACME: the DNS-01 answer was not withdrawn: {why}");
     }
+    let mut order = validated?;
     let protocol = |what| {
         move |source| AcmeError::Protocol {
             what,
