@@ -202,7 +202,7 @@ async fn reload_front(setup: &AcmeSetup) {
         }
     };
     for id in [FRONT_POSTFIX, FRONT_DOVECOT] {
-        match task::signal_init(&client, id, hangup).await {
+        match task::kill_task(&client, id, hangup, false).await {
             Ok(()) => log::info!("ACME: {id} reloads the certificate"),
             Err(e) => log::warn!(
                 "ACME: {id} not signalled, it reads the certificate at its next start: {}",
