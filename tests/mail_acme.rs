@@ -1,7 +1,7 @@
 //! ACME under `letterbox run` (trixie's containerd and runc, the amd64 `letterbox-mail`
 //! image), against Debian's `pebble` in the server's namespace: pebble validates DNS-01
 //! by asking the agent's own DNS server, the certificate is installed and served on 993
-//! and 465, and a renewal (pebble issues for 180 s, so one is due a third of that before
+//! and 465 (and by alice's box, on its own 993), and a renewal (pebble issues for 180 s, so one is due a third of that before
 //! expiry, 120 s after issue) is served on both while an SMTP session opened before it
 //! carries on.
 
@@ -71,6 +71,8 @@ struct Lab {
     dir: tempfile::TempDir,
     _pebble: KillOnDrop,
     agent: Option<KillOnDrop>,
+    /// alice's box's address on the bridge, where its Dovecot serves 993 itself.
+    box_v4: String,
 }
 
 impl Lab {
@@ -91,12 +93,16 @@ impl Lab {
              [[account]]\nname = \"alice\"\npassword_hash = \"{hash}\"\n"
         );
         std::fs::write(dir.path().join("letterbox.toml"), &config).unwrap();
+        let plan = letterbox::mail::plan::MailPlan::from(
+            &letterbox::config::parse("letterbox.toml", &config).unwrap(),
+        );
         let agent = common::start_mail_agent(&server, dir.path(), &common::built_mail_image());
         let lab = Lab {
             server,
             dir,
             _pebble: pebble,
             agent: Some(agent),
+            box_v4: plan.boxes[0].ipv4.to_string(),
         };
         let up = common::wait_until(START_LIMIT, || {
             ["front-postfix", "front-dovecot", "box-alice", "acme"]
@@ -132,20 +138,22 @@ impl Lab {
         fingerprint_of(&std::fs::read_to_string(self.state().join("tls/cert.pem")).unwrap())
     }
 
-    /// Waits until `port` serves, verified against `root`, the certificate whose
-    /// fingerprint is `wanted`.
-    fn wait_served(&self, port: u16, root: &Path, wanted: &str) {
-        let mut last = String::new();
-        let served = common::wait_until(TIMEOUT, || {
-            let (ok, fingerprint, transcript) = self.served(port, root);
-            last = transcript;
-            ok && fingerprint == wanted
-        });
-        assert!(
-            served,
-            "port {port} never served the installed certificate {wanted}:\n{last}\n{}",
-            self.diagnostics()
-        );
+    /// Waits until the front's 993 and 465 and the box's 993 serve, verified against
+    /// `root`, the certificate whose fingerprint is `wanted`.
+    fn wait_served(&self, root: &Path, wanted: &str) {
+        for (host, port) in [(SERVER_V4, 993), (SERVER_V4, 465), (&*self.box_v4, 993)] {
+            let mut last = String::new();
+            let served = common::wait_until(TIMEOUT, || {
+                let (ok, fingerprint, transcript) = self.served(host, port, root);
+                last = transcript;
+                ok && fingerprint == wanted
+            });
+            assert!(
+                served,
+                "{host}:{port} never served the installed certificate {wanted}:\n{last}\n{}",
+                self.diagnostics()
+            );
+        }
     }
 
     fn diagnostics(&self) -> String {
@@ -185,13 +193,13 @@ impl Lab {
         path
     }
 
-    /// What `openssl s_client` makes of the certificate served on `port` (implicit TLS),
-    /// checked against `root` for FQDN: (verified, the leaf's SHA-256, the transcript).
-    fn served(&self, port: u16, root: &Path) -> (bool, String, String) {
+    /// What `openssl s_client` makes of the certificate served on `host`:`port` (implicit
+    /// TLS), checked against `root` for FQDN: (verified, the leaf's SHA-256, the transcript).
+    fn served(&self, host: &str, port: u16, root: &Path) -> (bool, String, String) {
         let out = self
             .server
             .exec("openssl")
-            .args(["s_client", "-connect", &format!("{SERVER_V4}:{port}")])
+            .args(["s_client", "-connect", &format!("{host}:{port}")])
             .args(["-servername", FQDN, "-verify_hostname", FQDN])
             .args(["-verify_return_error", "-CAfile"])
             .arg(root)
@@ -314,9 +322,7 @@ fn acme_certificate_from_pebble_over_dns01_is_served_on_993_and_465_and_renewed_
     // Served on both implicit-TLS ports, chained to pebble's root, for the host's name.
     let first = lab.installed();
     assert!(!first.is_empty());
-    for port in [993, 465] {
-        lab.wait_served(port, &root, &first);
-    }
+    lab.wait_served(&root, &first);
     // The key and account are the device's own, root's only.
     for file in ["tls/key.pem", "tls/cert.pem", "acme/account.json"] {
         let mode = std::os::unix::fs::PermissionsExt::mode(
@@ -353,9 +359,7 @@ fn acme_certificate_from_pebble_over_dns01_is_served_on_993_and_465_and_renewed_
     );
     let renewal = lab.installed();
     assert_ne!(renewal, first, "the renewal installed the same certificate");
-    for port in [993, 465] {
-        lab.wait_served(port, &root, &renewal);
-    }
+    lab.wait_served(&root, &renewal);
     std::fs::write(&go, "").unwrap();
     assert_eq!(
         smtp_out.line(),

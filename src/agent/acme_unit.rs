@@ -2,7 +2,8 @@
 //! CA. Once the clock can be trusted it orders a certificate for `<hostname>.<domain>`
 //! (the self-signed one serves until then), answers the CA's DNS-01 challenge from our own
 //! zone, installs the issued pair in `STATE/tls`, and has the front's Postfix and Dovecot
-//! reload it with SIGHUP to their masters, so that open connections carry on. It renews 30
+//! and every box's Dovecot (which serves IPv6 clients itself) reload it with SIGHUP to
+//! their masters, so that open connections carry on. It renews 30
 //! days before expiry (a third of the lifetime before, for shorter-lived certificates),
 //! and retries a failure with backoff, each time logging why.
 
@@ -14,7 +15,7 @@ use time::OffsetDateTime;
 
 use super::Agent;
 use crate::config::Acme;
-use crate::containers::spec::{FRONT_DOVECOT, FRONT_POSTFIX};
+use crate::containers::spec::{self, FRONT_DOVECOT, FRONT_POSTFIX};
 use crate::containers::{task, Client};
 use crate::mail::{acme, tls};
 use crate::supervise::{StopSignal, TaskResult, Unit};
@@ -30,7 +31,7 @@ const RETRY_MAX: Duration = Duration::from_secs(6 * 3600);
 /// How long one order may take, from the account to the reload: a CA that stops answering
 /// mid-way (instant-acme's requests have no time limit of their own) counts as a failure.
 const ORDER_LIMIT: Duration = Duration::from_secs(10 * 60);
-/// How long the front's containers get to be reached for their reload.
+/// How long containerd gets to be reached for the reload.
 const SIGNAL_LIMIT: Duration = Duration::from_secs(10);
 
 /// What the unit needs, fixed when the agent starts its units.
@@ -40,7 +41,7 @@ pub struct AcmeSetup {
     /// `<hostname>.<domain>`, the name certified.
     pub fqdn: String,
     pub state_dir: PathBuf,
-    /// containerd's socket, to signal the front's containers.
+    /// containerd's socket, to signal the containers that serve the certificate.
     pub containerd: PathBuf,
 }
 
@@ -108,7 +109,7 @@ async fn keep_certified(agent: Arc<Agent>, setup: AcmeSetup) {
     }
 }
 
-/// One order, from the account to the front's reload.
+/// One order, from the account to the reload of what serves the certificate.
 async fn certify(
     agent: &Arc<Agent>,
     setup: &AcmeSetup,
@@ -130,7 +131,7 @@ async fn certify(
         ),
         Err(why) => log::warn!("ACME: the installed certificate does not read back: {why}"),
     }
-    reload_front(setup).await;
+    reload_servers(agent, setup).await;
     Ok(())
 }
 
@@ -185,23 +186,29 @@ async fn withdraw_answers(agent: &Arc<Agent>) {
     }
 }
 
-/// SIGHUP to the masters of the front's Postfix and Dovecot: each reloads its
-/// configuration and certificate, and its running processes finish their connections with
-/// the old one. A container that is not running reads the new pair when it starts.
-async fn reload_front(setup: &AcmeSetup) {
+/// SIGHUP to the masters of the front's Postfix and Dovecot and of each box's Dovecot (the
+/// boxes of the accounts in force; each binds STATE/tls and serves 993 and 143 to IPv6
+/// clients): each reloads its configuration and certificate, and its running processes
+/// finish their connections with the old one. A container that is not running reads the
+/// new pair when it starts.
+async fn reload_servers(agent: &Arc<Agent>, setup: &AcmeSetup) {
     let hangup = nix::sys::signal::Signal::SIGHUP as u32;
     let client = match Client::connect(&setup.containerd, SIGNAL_LIMIT).await {
         Ok(client) => client,
         Err(e) => {
             log::warn!(
-                "ACME: containerd not reached, the front reads the certificate at its next \
-                 start: {}",
+                "ACME: containerd not reached, the front and the boxes read the certificate \
+                 at their next start: {}",
                 crate::error_chain(&e)
             );
             return;
         }
     };
-    for id in [FRONT_POSTFIX, FRONT_DOVECOT] {
+    let boxes = agent.mail_plan().map_or_else(Vec::new, |plan| {
+        plan.boxes.iter().map(spec::box_id).collect::<Vec<_>>()
+    });
+    let front = [FRONT_POSTFIX, FRONT_DOVECOT].map(String::from);
+    for id in front.iter().chain(&boxes) {
         match task::kill_task(&client, id, hangup, false).await {
             Ok(()) => log::info!("ACME: {id} reloads the certificate"),
             Err(e) => log::warn!(
