@@ -34,11 +34,12 @@ pub enum AcmeError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the ACME account file {} is not an account's credentials; remove it to register a new account", .path.display())]
+    /// Where only: serde_json's message may quote a value, the account's private key.
+    #[error("the ACME account file {}:{line}:{column} is not an account's credentials (JSON with `directory` and `credentials`); remove it to register a new account", .path.display())]
     AccountCorrupt {
         path: PathBuf,
-        #[source]
-        source: serde_json::Error,
+        line: usize,
+        column: usize,
     },
     #[error("{what} at {directory}")]
     Protocol {
@@ -91,9 +92,10 @@ pub async fn account(state: &Path, acme: &Acme) -> Result<Account, AcmeError> {
     };
     if let Some(bytes) = saved {
         let saved: SavedAccount =
-            serde_json::from_slice(&bytes).map_err(|source| AcmeError::AccountCorrupt {
+            serde_json::from_slice(&bytes).map_err(|e| AcmeError::AccountCorrupt {
                 path: path.clone(),
-                source,
+                line: e.line(),
+                column: e.column(),
             })?;
         if saved.directory == acme.directory {
             return Account::builder_with_http(http_client(state, acme)?)
@@ -310,4 +312,36 @@ fn retries() -> RetryPolicy {
         .initial_delay(Duration::from_secs(1))
         .backoff(1.5)
         .timeout(VALIDATION_LIMIT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_corrupt_account_file_is_reported_by_line_and_column_never_quoting_it() {
+        let state = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(state.path().join("acme")).unwrap();
+        // A value serde_json would quote in its message: here, where the key would be.
+        std::fs::write(
+            state.path().join(ACCOUNT_FILE),
+            "{\"directory\": \"https://ca.example.net/dir\",\n \"credentials\": \"MIGHAgEAMBMGByqGSM49\"}",
+        )
+        .unwrap();
+        let acme = Acme {
+            directory: "https://ca.example.net/dir".into(),
+            contact: None,
+            ca_file: None,
+        };
+        let Err(e) = account(state.path(), &acme).await else {
+            panic!("a corrupt account file was accepted");
+        };
+        let message = crate::error_chain(&e);
+        assert!(
+            matches!(e, AcmeError::AccountCorrupt { line: 2, .. }),
+            "{message}"
+        );
+        assert!(message.contains("acme/account.json:2:"), "{message}");
+        assert!(!message.contains("MIGHAgEAMBMGByqGSM49"), "{message}");
+    }
 }
