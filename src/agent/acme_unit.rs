@@ -69,8 +69,12 @@ async fn keep_certified(agent: Arc<Agent>, setup: AcmeSetup) {
     let mut retry = RETRY_FIRST;
     let mut announced = None;
     loop {
+        let (dir, fqdn) = (setup.tls_dir(), setup.fqdn.clone());
+        let due = tokio::task::spawn_blocking(move || tls::acme_renewal_due(&dir, &fqdn))
+            .await
+            .unwrap_or_default();
         let now = OffsetDateTime::now_utc();
-        if let Some(due) = tls::acme_renewal_due(&setup.tls_dir(), &setup.fqdn) {
+        if let Some(due) = due {
             if due > now {
                 if announced != Some(due) {
                     log::info!("ACME: the certificate is renewed from {due}");
@@ -119,11 +123,12 @@ async fn certify(
     let publish = |answers| publish(agent.clone(), answers);
     let issued = acme::order(&account, &setup.acme.directory, &setup.fqdn, publish).await?;
     let (dir, fqdn) = (setup.tls_dir(), setup.fqdn.clone());
-    tokio::task::spawn_blocking(move || {
+    let validity = tokio::task::spawn_blocking(move || {
         tls::install_issued(&dir, &fqdn, &issued.chain_pem, &issued.key_pem)
+            .map(|()| tls::certificate_validity(&dir, &fqdn))
     })
     .await??;
-    match tls::certificate_validity(&setup.tls_dir(), &setup.fqdn) {
+    match validity {
         Ok(validity) => log::info!(
             "ACME: installed a certificate for {} valid until {}",
             setup.fqdn,

@@ -85,11 +85,19 @@ pub async fn account(state: &Path, acme: &Acme) -> Result<Account, AcmeError> {
             source,
         }
     };
-    let saved = match std::fs::read(&path) {
-        Ok(bytes) => Some(bytes),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(source) => return Err(AcmeError::AccountFile { path, source }),
-    };
+    let saved = blocking({
+        let path = path.clone();
+        move || match std::fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    })
+    .await
+    .map_err(|source| AcmeError::AccountFile {
+        path: path.clone(),
+        source,
+    })?;
     if let Some(bytes) = saved {
         let saved: SavedAccount =
             serde_json::from_slice(&bytes).map_err(|e| AcmeError::AccountCorrupt {
@@ -98,7 +106,7 @@ pub async fn account(state: &Path, acme: &Acme) -> Result<Account, AcmeError> {
                 column: e.column(),
             })?;
         if saved.directory == acme.directory {
-            return Account::builder_with_http(http_client(state, acme)?)
+            return Account::builder_with_http(http_client(state, acme).await?)
                 .from_credentials(saved.credentials)
                 .await
                 .map_err(protocol("restoring the ACME account"));
@@ -110,7 +118,7 @@ pub async fn account(state: &Path, acme: &Acme) -> Result<Account, AcmeError> {
         );
     }
     let contact: Vec<&str> = acme.contact.iter().map(String::as_str).collect();
-    let (account, credentials) = Account::builder_with_http(http_client(state, acme)?)
+    let (account, credentials) = Account::builder_with_http(http_client(state, acme).await?)
         .create(
             &NewAccount {
                 contact: &contact,
@@ -127,15 +135,26 @@ pub async fn account(state: &Path, acme: &Acme) -> Result<Account, AcmeError> {
         credentials,
     };
     let json = serde_json::to_vec(&saved).expect("credentials serialize");
-    let write_error = |source| AcmeError::AccountFile {
-        path: path.clone(),
-        source,
-    };
-    std::fs::create_dir_all(path.parent().expect("the file is in a directory"))
-        .map_err(write_error)?;
-    crate::atomic_file::replace_mode(&path, &json, 0o600).map_err(write_error)?;
+    blocking({
+        let path = path.clone();
+        move || {
+            std::fs::create_dir_all(path.parent().expect("the file is in a directory"))?;
+            crate::atomic_file::replace_mode(&path, &json, 0o600)
+        }
+    })
+    .await
+    .map_err(|source| AcmeError::AccountFile { path, source })?;
     log::info!("ACME: registered an account at {}", acme.directory);
     Ok(account)
+}
+
+/// `work` on a thread of its own: file I/O stays off the runtime's threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -146,7 +165,7 @@ struct SavedAccount {
 
 /// HTTPS to the CA, trusting the roots of `acme_ca_file` if given, else Mozilla's (the
 /// appliance has no CA bundle of its own).
-fn http_client(state: &Path, acme: &Acme) -> Result<Box<dyn HttpClient>, AcmeError> {
+async fn http_client(state: &Path, acme: &Acme) -> Result<Box<dyn HttpClient>, AcmeError> {
     let mut roots = rustls::RootCertStore::empty();
     match &acme.ca_file {
         Some(file) => {
@@ -156,10 +175,16 @@ fn http_client(state: &Path, acme: &Acme) -> Result<Box<dyn HttpClient>, AcmeErr
                 path: path.clone(),
                 why,
             };
-            let certs = rustls::pki_types::CertificateDer::pem_file_iter(&path)
-                .map_err(|e| bad(e.to_string()))?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| bad(e.to_string()))?;
+            let read = path.clone();
+            let certs = tokio::task::spawn_blocking(move || {
+                rustls::pki_types::CertificateDer::pem_file_iter(&read)
+                    .map_err(|e| e.to_string())?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| bad(e.to_string()))?
+            .map_err(bad)?;
             let (added, _) = roots.add_parsable_certificates(certs);
             if added == 0 {
                 return Err(bad(
