@@ -1,8 +1,9 @@
 //! ACME under `letterbox run` (trixie's containerd and runc, the amd64 `letterbox-mail`
 //! image), against Debian's `pebble` in the server's namespace: pebble validates DNS-01
 //! by asking the agent's own DNS server, the certificate is installed and served on 993
-//! and 465, and a renewal (pebble issues for 30 days and 90 s, so one is due 90 s later)
-//! is served on both while an SMTP session opened before it carries on.
+//! and 465 (and by alice's box, on its own 993), and a renewal (pebble issues for 180 s, so one is due a third of that before
+//! expiry, 120 s after issue) is served on both while an SMTP session opened before it
+//! carries on.
 
 mod common;
 
@@ -17,9 +18,11 @@ const PASSWORD: &str = "correct horse battery";
 const SERVER_V4: &str = "192.0.2.10";
 const FQDN: &str = "mail.example.org";
 const PYTHON: &str = "/usr/bin/python3";
-/// Pebble's certificates' lifetime: 90 s more than the 30 days before expiry at which the
-/// agent renews, so that the first one is renewed 90 s after it is issued.
-const VALIDITY_SECONDS: u64 = 30 * 86_400 + 90;
+/// Pebble's certificates' lifetime: the agent renews a third of it before expiry, 120 s
+/// after issue, and the renewed one 120 s later still, well after the test is done with it.
+const VALIDITY_SECONDS: u64 = 180;
+/// From the first install to the second: the 120 s above, and a loaded machine's slack.
+const RENEW_LIMIT: Duration = Duration::from_secs(300);
 
 /// Opens a session on HOST PORT (993: IMAP, logged in as USER PASSWORD; 465: SMTP, after
 /// EHLO), prints the served certificate's SHA-256 as hex, then waits for the file GO and,
@@ -68,6 +71,8 @@ struct Lab {
     dir: tempfile::TempDir,
     _pebble: KillOnDrop,
     agent: Option<KillOnDrop>,
+    /// alice's box's address on the bridge, where its Dovecot serves 993 itself.
+    box_v4: String,
 }
 
 impl Lab {
@@ -88,12 +93,16 @@ impl Lab {
              [[account]]\nname = \"alice\"\npassword_hash = \"{hash}\"\n"
         );
         std::fs::write(dir.path().join("letterbox.toml"), &config).unwrap();
+        let plan = letterbox::mail::plan::MailPlan::from(
+            &letterbox::config::parse("letterbox.toml", &config).unwrap(),
+        );
         let agent = common::start_mail_agent(&server, dir.path(), &common::built_mail_image());
         let lab = Lab {
             server,
             dir,
             _pebble: pebble,
             agent: Some(agent),
+            box_v4: plan.boxes[0].ipv4.to_string(),
         };
         let up = common::wait_until(START_LIMIT, || {
             ["front-postfix", "front-dovecot", "box-alice", "acme"]
@@ -122,6 +131,29 @@ impl Lab {
         self.agent_log()
             .matches("ACME: installed a certificate")
             .count()
+    }
+
+    /// The SHA-256 of the certificate installed in STATE/tls, as hex.
+    fn installed(&self) -> String {
+        fingerprint_of(&std::fs::read_to_string(self.state().join("tls/cert.pem")).unwrap())
+    }
+
+    /// Waits until the front's 993 and 465 and the box's 993 serve, verified against
+    /// `root`, the certificate whose fingerprint is `wanted`.
+    fn wait_served(&self, root: &Path, wanted: &str) {
+        for (host, port) in [(SERVER_V4, 993), (SERVER_V4, 465), (&*self.box_v4, 993)] {
+            let mut last = String::new();
+            let served = common::wait_until(TIMEOUT, || {
+                let (ok, fingerprint, transcript) = self.served(host, port, root);
+                last = transcript;
+                ok && fingerprint == wanted
+            });
+            assert!(
+                served,
+                "{host}:{port} never served the installed certificate {wanted}:\n{last}\n{}",
+                self.diagnostics()
+            );
+        }
     }
 
     fn diagnostics(&self) -> String {
@@ -161,13 +193,13 @@ impl Lab {
         path
     }
 
-    /// What `openssl s_client` makes of the certificate served on `port` (implicit TLS),
-    /// checked against `root` for FQDN: (verified, the leaf's SHA-256, the transcript).
-    fn served(&self, port: u16, root: &Path) -> (bool, String, String) {
+    /// What `openssl s_client` makes of the certificate served on `host`:`port` (implicit
+    /// TLS), checked against `root` for FQDN: (verified, the leaf's SHA-256, the transcript).
+    fn served(&self, host: &str, port: u16, root: &Path) -> (bool, String, String) {
         let out = self
             .server
             .exec("openssl")
-            .args(["s_client", "-connect", &format!("{SERVER_V4}:{port}")])
+            .args(["s_client", "-connect", &format!("{host}:{port}")])
             .args(["-servername", FQDN, "-verify_hostname", FQDN])
             .args(["-verify_return_error", "-CAfile"])
             .arg(root)
@@ -288,25 +320,9 @@ fn acme_certificate_from_pebble_over_dns01_is_served_on_993_and_465_and_renewed_
     let root = lab.pebble_root();
 
     // Served on both implicit-TLS ports, chained to pebble's root, for the host's name.
-    let mut first = String::new();
-    for port in [993, 465] {
-        let mut last = String::new();
-        let verified = common::wait_for(TIMEOUT, || {
-            let (ok, fingerprint, transcript) = lab.served(port, &root);
-            last = transcript;
-            ok.then_some(fingerprint)
-        });
-        let Some(fingerprint) = verified else {
-            panic!(
-                "port {port} never served pebble's certificate:\n{last}\n{}",
-                lab.diagnostics()
-            );
-        };
-        assert!(!fingerprint.is_empty());
-        if first.is_empty() {
-            first = fingerprint;
-        }
-    }
+    let first = lab.installed();
+    assert!(!first.is_empty());
+    lab.wait_served(&root, &first);
     // The key and account are the device's own, root's only.
     for file in ["tls/key.pem", "tls/cert.pem", "acme/account.json"] {
         let mode = std::os::unix::fs::PermissionsExt::mode(
@@ -328,26 +344,22 @@ fn acme_certificate_from_pebble_over_dns01_is_served_on_993_and_465_and_renewed_
         first,
         "the session saw the issued certificate"
     );
+    assert_eq!(
+        lab.installs(),
+        1,
+        "renewed before the session was open: the test proves nothing:\n{}",
+        lab.diagnostics()
+    );
 
-    let renewed = common::wait_until(Duration::from_secs(240), || lab.installs() >= 2);
+    let renewed = common::wait_until(RENEW_LIMIT, || lab.installs() >= 2);
     assert!(
         renewed,
         "the certificate was never renewed:\n{}",
         lab.diagnostics()
     );
-    let mut renewal = String::new();
-    for port in [993, 465] {
-        let mut last = String::new();
-        let served = common::wait_for(TIMEOUT, || {
-            let (ok, fingerprint, transcript) = lab.served(port, &root);
-            last = transcript;
-            (ok && fingerprint != first).then_some(fingerprint)
-        });
-        let Some(served) = served else {
-            panic!("{port} still serves the old certificate:\n{last}");
-        };
-        renewal = served;
-    }
+    let renewal = lab.installed();
+    assert_ne!(renewal, first, "the renewal installed the same certificate");
+    lab.wait_served(&root, &renewal);
     std::fs::write(&go, "").unwrap();
     assert_eq!(
         smtp_out.line(),
@@ -366,6 +378,12 @@ fn acme_certificate_from_pebble_over_dns01_is_served_on_993_and_465_and_renewed_
     );
     assert_eq!(imap_out.line(), "still open");
     assert!(imap.wait().unwrap().success());
+    assert_eq!(
+        lab.installs(),
+        2,
+        "a third certificate came while the renewal was checked:\n{}",
+        lab.diagnostics()
+    );
 }
 
 /// A session's output, a line at a time.

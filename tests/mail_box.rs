@@ -427,7 +427,9 @@ async fn a_box_receives_mail_over_lmtp_and_serves_imap_after_starttls() {
     assert!(imap.contains("imap-login OK"), "{imap}");
     assert!(imap.contains("imap-messages 1"), "{imap}");
 
-    task::kill_task(&client, &placement.id, 15).await.unwrap();
+    task::kill_task(&client, &placement.id, 15, true)
+        .await
+        .unwrap();
     let exit = tokio::time::timeout(
         Duration::from_secs(10),
         task::wait_task(&client, &placement.id),

@@ -2,8 +2,10 @@
 //! CA. Once the clock can be trusted it orders a certificate for `<hostname>.<domain>`
 //! (the self-signed one serves until then), answers the CA's DNS-01 challenge from our own
 //! zone, installs the issued pair in `STATE/tls`, and has the front's Postfix and Dovecot
-//! reload it with SIGHUP to their masters, so that open connections carry on. It renews 30
-//! days before expiry, and retries a failure with backoff, each time logging why.
+//! and every box's Dovecot (which serves IPv6 clients itself) reload it with SIGHUP to
+//! their masters, so that open connections carry on. It renews 30
+//! days before expiry (a third of the lifetime before, for shorter-lived certificates),
+//! and retries a failure with backoff, each time logging why.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,7 +15,7 @@ use time::OffsetDateTime;
 
 use super::Agent;
 use crate::config::Acme;
-use crate::containers::spec::{FRONT_DOVECOT, FRONT_POSTFIX};
+use crate::containers::spec::{self, FRONT_DOVECOT, FRONT_POSTFIX};
 use crate::containers::{task, Client};
 use crate::mail::{acme, tls};
 use crate::supervise::{StopSignal, TaskResult, Unit};
@@ -22,10 +24,14 @@ use crate::supervise::{StopSignal, TaskResult, Unit};
 /// forward, or a certificate replaced by hand, is noticed within this.
 const CHECK_EVERY: Duration = Duration::from_secs(12 * 3600);
 /// The first retry after a failure; each further one waits twice as long, up to
-/// [`RETRY_MAX`] (Let's Encrypt limits failed validations to 5 an hour).
+/// [`RETRY_MAX`] (Let's Encrypt limits failed validations to 5 an hour). Also the least
+/// time between two orders that succeed, whatever the certificates' dates say.
 const RETRY_FIRST: Duration = Duration::from_secs(60);
 const RETRY_MAX: Duration = Duration::from_secs(6 * 3600);
-/// How long the front's containers get to be reached for their reload.
+/// How long one order may take, from the account to the reload: a CA that stops answering
+/// mid-way (instant-acme's requests have no time limit of their own) counts as a failure.
+const ORDER_LIMIT: Duration = Duration::from_secs(10 * 60);
+/// How long containerd gets to be reached for the reload.
 const SIGNAL_LIMIT: Duration = Duration::from_secs(10);
 
 /// What the unit needs, fixed when the agent starts its units.
@@ -35,7 +41,7 @@ pub struct AcmeSetup {
     /// `<hostname>.<domain>`, the name certified.
     pub fqdn: String,
     pub state_dir: PathBuf,
-    /// containerd's socket, to signal the front's containers.
+    /// containerd's socket, to signal the containers that serve the certificate.
     pub containerd: PathBuf,
 }
 
@@ -58,12 +64,17 @@ async fn run(agent: Arc<Agent>, setup: AcmeSetup, mut stop: StopSignal) -> TaskR
 }
 
 async fn keep_certified(agent: Arc<Agent>, setup: AcmeSetup) {
+    withdraw_left_over_answers(&agent).await;
     agent.clock().trusted().await;
     let mut retry = RETRY_FIRST;
     let mut announced = None;
     loop {
+        let (dir, fqdn) = (setup.tls_dir(), setup.fqdn.clone());
+        let due = tokio::task::spawn_blocking(move || tls::acme_renewal_due(&dir, &fqdn))
+            .await
+            .unwrap_or_default();
         let now = OffsetDateTime::now_utc();
-        if let Some(due) = tls::acme_renewal_due(&setup.tls_dir(), &setup.fqdn) {
+        if let Some(due) = due {
             if due > now {
                 if announced != Some(due) {
                     log::info!("ACME: the certificate is renewed from {due}");
@@ -74,8 +85,19 @@ async fn keep_certified(agent: Arc<Agent>, setup: AcmeSetup) {
                 continue;
             }
         }
-        match certify(&agent, &setup).await {
-            Ok(()) => retry = RETRY_FIRST,
+        let outcome = match tokio::time::timeout(ORDER_LIMIT, certify(&agent, &setup)).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                // The order was dropped where it stood, perhaps with its answer published.
+                withdraw_answers(&agent).await;
+                Err(format!("no end to the order within {} s", ORDER_LIMIT.as_secs()).into())
+            }
+        };
+        match outcome {
+            Ok(()) => {
+                retry = RETRY_FIRST;
+                tokio::time::sleep(RETRY_FIRST).await;
+            }
             Err(e) => {
                 log::error!(
                     "ACME: no certificate for {} from {}: {}; trying again in {} s",
@@ -91,7 +113,7 @@ async fn keep_certified(agent: Arc<Agent>, setup: AcmeSetup) {
     }
 }
 
-/// One order, from the account to the front's reload.
+/// One order, from the account to the reload of what serves the certificate.
 async fn certify(
     agent: &Arc<Agent>,
     setup: &AcmeSetup,
@@ -101,18 +123,20 @@ async fn certify(
     let publish = |answers| publish(agent.clone(), answers);
     let issued = acme::order(&account, &setup.acme.directory, &setup.fqdn, publish).await?;
     let (dir, fqdn) = (setup.tls_dir(), setup.fqdn.clone());
-    tokio::task::spawn_blocking(move || {
+    let validity = tokio::task::spawn_blocking(move || {
         tls::install_issued(&dir, &fqdn, &issued.chain_pem, &issued.key_pem)
+            .map(|()| tls::certificate_validity(&dir, &fqdn))
     })
     .await??;
-    match tls::certificate_validity(&setup.tls_dir(), &setup.fqdn) {
-        Ok((_, not_after)) => log::info!(
-            "ACME: installed a certificate for {} valid until {not_after}",
-            setup.fqdn
+    match validity {
+        Ok(validity) => log::info!(
+            "ACME: installed a certificate for {} valid until {}",
+            setup.fqdn,
+            validity.not_after
         ),
         Err(why) => log::warn!("ACME: the installed certificate does not read back: {why}"),
     }
-    reload_front(setup).await;
+    reload_servers(agent, setup).await;
     Ok(())
 }
 
@@ -131,24 +155,66 @@ async fn publish(agent: Arc<Agent>, answers: Vec<String>) -> Result<(), String> 
         .map_err(|e| crate::error_chain(&e))
 }
 
-/// SIGHUP to the masters of the front's Postfix and Dovecot: each reloads its
-/// configuration and certificate, and its running processes finish their connections with
-/// the old one. A container that is not running reads the new pair when it starts.
-async fn reload_front(setup: &AcmeSetup) {
+/// Takes out of the zone the DNS-01 answers an order cut short (a power cut, a stop) left
+/// in `STATE/acme/challenge`: no order runs yet. A DNS server not yet started reads the
+/// zone without them.
+async fn withdraw_left_over_answers(agent: &Arc<Agent>) {
+    let state = agent.state_dir().to_path_buf();
+    let removed = tokio::task::spawn_blocking(move || {
+        let left = state.join(crate::dns::ACME_CHALLENGE_FILE).exists();
+        crate::dns::write_acme_challenges(&state, &[]).map(|()| left)
+    })
+    .await;
+    match removed {
+        Ok(Ok(false)) => {}
+        Ok(Ok(true)) => match agent.reload_dns().await {
+            Ok(_) | Err(super::AgentError::DnsNotRunning) => {
+                log::info!("ACME: withdrew a DNS-01 answer an earlier order left published")
+            }
+            Err(e) => log::warn!(
+                "ACME: a DNS-01 answer an earlier order left is still served: {}",
+                crate::error_chain(&e)
+            ),
+        },
+        Ok(Err(e)) => log::warn!(
+            "ACME: a DNS-01 answer an earlier order left is still published: {}",
+            crate::error_chain(&e)
+        ),
+        Err(e) => log::warn!("ACME: the DNS-01 answers were not looked at: {e}"),
+    }
+}
+
+/// Takes any DNS-01 answer out of the zone, logging why when it cannot.
+async fn withdraw_answers(agent: &Arc<Agent>) {
+    if let Err(why) = publish(agent.clone(), Vec::new()).await {
+        log::warn!("ACME: the DNS-01 answer was not withdrawn: {why}");
+    }
+}
+
+/// SIGHUP to the masters of the front's Postfix and Dovecot and of each box's Dovecot (the
+/// boxes of the accounts in force; each binds STATE/tls and serves 993 and 143 to IPv6
+/// clients): each reloads its configuration and certificate, and its running processes
+/// finish their connections with the old one. A container that is not running reads the
+/// new pair when it starts.
+async fn reload_servers(agent: &Arc<Agent>, setup: &AcmeSetup) {
     let hangup = nix::sys::signal::Signal::SIGHUP as u32;
     let client = match Client::connect(&setup.containerd, SIGNAL_LIMIT).await {
         Ok(client) => client,
         Err(e) => {
             log::warn!(
-                "ACME: containerd not reached, the front reads the certificate at its next \
-                 start: {}",
+                "ACME: containerd not reached, the front and the boxes read the certificate \
+                 at their next start: {}",
                 crate::error_chain(&e)
             );
             return;
         }
     };
-    for id in [FRONT_POSTFIX, FRONT_DOVECOT] {
-        match task::signal_init(&client, id, hangup).await {
+    let boxes = agent.mail_plan().map_or_else(Vec::new, |plan| {
+        plan.boxes.iter().map(spec::box_id).collect::<Vec<_>>()
+    });
+    let front = [FRONT_POSTFIX, FRONT_DOVECOT].map(String::from);
+    for id in front.iter().chain(&boxes) {
+        match task::kill_task(&client, id, hangup, false).await {
             Ok(()) => log::info!("ACME: {id} reloads the certificate"),
             Err(e) => log::warn!(
                 "ACME: {id} not signalled, it reads the certificate at its next start: {}",

@@ -268,13 +268,13 @@ async fn start(
 async fn stop_container(client: &Client, id: &str) {
     let sigterm = nix::sys::signal::Signal::SIGTERM as u32;
     let sigkill = nix::sys::signal::Signal::SIGKILL as u32;
-    if task::kill_task(client, id, sigterm).await.is_ok()
+    if task::kill_task(client, id, sigterm, true).await.is_ok()
         && tokio::time::timeout(STOP_LIMIT, task::wait_task(client, id))
             .await
             .is_err()
     {
         log::warn!("{id} outlived SIGTERM by {STOP_LIMIT:?}: killing it");
-        if task::kill_task(client, id, sigkill).await.is_ok() {
+        if task::kill_task(client, id, sigkill, true).await.is_ok() {
             let _ = task::wait_task(client, id).await;
         }
     }

@@ -215,29 +215,20 @@ pub async fn wait_task(client: &Client, id: &str) -> Result<Exit, ContainersErro
     })
 }
 
-/// Sends `signal` to every process of the container's task.
-pub async fn kill_task(client: &Client, id: &str, signal: u32) -> Result<(), ContainersError> {
+/// Sends `signal` to every process of the container's task (`all`), or to its first
+/// process only, the program's master (Postfix's `master`, Dovecot's): SIGHUP to the
+/// master alone makes it reload while its children finish the connections they serve.
+pub async fn kill_task(
+    client: &Client,
+    id: &str,
+    signal: u32,
+    all: bool,
+) -> Result<(), ContainersError> {
     TasksClient::new(client.channel())
         .kill(client.request(KillRequest {
             container_id: id.into(),
             signal,
-            all: true,
-            ..Default::default()
-        }))
-        .await
-        .map_err(ContainersError::rpc(format!("kill task {id}")))?;
-    Ok(())
-}
-
-/// Sends `signal` to the container's first process only, the program's master (Postfix's
-/// `master`, Dovecot's), not to the processes it started: SIGHUP makes a master reload
-/// while its children finish the connections they serve.
-pub async fn signal_init(client: &Client, id: &str, signal: u32) -> Result<(), ContainersError> {
-    TasksClient::new(client.channel())
-        .kill(client.request(KillRequest {
-            container_id: id.into(),
-            signal,
-            all: false,
+            all,
             ..Default::default()
         }))
         .await

@@ -1,6 +1,8 @@
 //! The ACME DNS-01 answers in `STATE/acme/challenge`, one a line, published as TXT records
 //! of `_acme-challenge.<hostname>.<domain>` while an order is being validated. The agent's
-//! ACME unit writes the file, reloads the zone, and removes the file once the CA has looked.
+//! ACME unit writes the file, reloads the zone, and removes the file once the CA has looked,
+//! and at its start whatever an order cut short left. The zone reads it only while
+//! `[tls] acme` is on.
 
 use std::path::{Path, PathBuf};
 

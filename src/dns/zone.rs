@@ -58,7 +58,7 @@ impl Zone {
                 crate::error_chain(skipped)
             );
         }
-        let acme_challenges = read_acme_challenges(state).unwrap_or_else(|e| {
+        let acme_challenges = acme_challenges(cfg, state).unwrap_or_else(|e| {
             log::warn!(
                 "dns: {}; no ACME answer is published",
                 crate::error_chain(&e)
@@ -83,7 +83,7 @@ impl Zone {
         if let Some(bad) = found.skipped.into_iter().next() {
             return Err(bad);
         }
-        let unserialed = Self::unserialed(cfg, found.keys, read_acme_challenges(state)?)?;
+        let unserialed = Self::unserialed(cfg, found.keys, acme_challenges(cfg, state)?)?;
         let serial = match fixed_serial {
             Some(s) => s,
             None => serial::peek_serial(state, unserialed.content_hash())?,
@@ -331,6 +331,15 @@ impl Builder {
     }
 }
 
+/// The DNS-01 answers in `state`, while `[tls] acme` is on only: a file an earlier ACME
+/// setup left behind answers no order of ours.
+fn acme_challenges(cfg: &Config, state: &Path) -> Result<Vec<String>, DnsError> {
+    if cfg.tls.acme.is_none() {
+        return Ok(Vec::new());
+    }
+    read_acme_challenges(state)
+}
+
 fn name(s: &str) -> Result<Name, DnsError> {
     Name::from_ascii(s).map_err(|e| DnsError::Name {
         name: s.to_string(),
@@ -410,6 +419,27 @@ mod tests {
                 60
             )]
         );
+    }
+
+    #[test]
+    fn a_left_over_acme_answer_is_not_published_once_acme_is_off() {
+        let state = tempfile::tempdir().unwrap();
+        let answer = "LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0".to_string();
+        crate::dns::write_acme_challenges(state.path(), std::slice::from_ref(&answer)).unwrap();
+        let published = |tls: &str| {
+            let text = format!(
+                "version = 1\n[system]\nhostname = \"mail\"\ndomain = \"example.org\"\n\
+                 [[interface]]\nname = \"eth0\"\nipv4 = [\"192.0.2.10/24\"]\n{tls}"
+            );
+            let cfg = crate::config::parse("t.toml", &text).unwrap();
+            let z = Zone::preview(&cfg, state.path(), Some(1)).unwrap();
+            at(&z, "_acme-challenge.mail.example.org.", RecordType::TXT)
+        };
+        assert_eq!(
+            published("[tls]\nacme = true\nacme_directory = \"https://ca.example.net/dir\"\n"),
+            [format!("\"{answer}\"")]
+        );
+        assert!(published("").is_empty());
     }
 
     #[test]

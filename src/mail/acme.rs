@@ -21,6 +21,8 @@ use crate::config::Acme;
 pub const ACCOUNT_FILE: &str = "acme/account.json";
 /// How long the CA may take to validate the order, then to issue the certificate.
 const VALIDATION_LIMIT: Duration = Duration::from_secs(120);
+/// How long a connection to the CA may take to open; the caller limits the whole order.
+const CONNECT_LIMIT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AcmeError {
@@ -32,11 +34,12 @@ pub enum AcmeError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the ACME account file {} is not an account's credentials; remove it to register a new account", .path.display())]
+    /// Where only: serde_json's message may quote a value, the account's private key.
+    #[error("the ACME account file {}:{line}:{column} is not an account's credentials (JSON with `directory` and `credentials`); remove it to register a new account", .path.display())]
     AccountCorrupt {
         path: PathBuf,
-        #[source]
-        source: serde_json::Error,
+        line: usize,
+        column: usize,
     },
     #[error("{what} at {directory}")]
     Protocol {
@@ -82,19 +85,28 @@ pub async fn account(state: &Path, acme: &Acme) -> Result<Account, AcmeError> {
             source,
         }
     };
-    let saved = match std::fs::read(&path) {
-        Ok(bytes) => Some(bytes),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(source) => return Err(AcmeError::AccountFile { path, source }),
-    };
+    let saved = blocking({
+        let path = path.clone();
+        move || match std::fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    })
+    .await
+    .map_err(|source| AcmeError::AccountFile {
+        path: path.clone(),
+        source,
+    })?;
     if let Some(bytes) = saved {
         let saved: SavedAccount =
-            serde_json::from_slice(&bytes).map_err(|source| AcmeError::AccountCorrupt {
+            serde_json::from_slice(&bytes).map_err(|e| AcmeError::AccountCorrupt {
                 path: path.clone(),
-                source,
+                line: e.line(),
+                column: e.column(),
             })?;
         if saved.directory == acme.directory {
-            return Account::builder_with_http(http_client(state, acme)?)
+            return Account::builder_with_http(http_client(state, acme).await?)
                 .from_credentials(saved.credentials)
                 .await
                 .map_err(protocol("restoring the ACME account"));
@@ -106,7 +118,7 @@ pub async fn account(state: &Path, acme: &Acme) -> Result<Account, AcmeError> {
         );
     }
     let contact: Vec<&str> = acme.contact.iter().map(String::as_str).collect();
-    let (account, credentials) = Account::builder_with_http(http_client(state, acme)?)
+    let (account, credentials) = Account::builder_with_http(http_client(state, acme).await?)
         .create(
             &NewAccount {
                 contact: &contact,
@@ -123,15 +135,26 @@ pub async fn account(state: &Path, acme: &Acme) -> Result<Account, AcmeError> {
         credentials,
     };
     let json = serde_json::to_vec(&saved).expect("credentials serialize");
-    let write_error = |source| AcmeError::AccountFile {
-        path: path.clone(),
-        source,
-    };
-    std::fs::create_dir_all(path.parent().expect("the file is in a directory"))
-        .map_err(write_error)?;
-    crate::atomic_file::replace_mode(&path, &json, 0o600).map_err(write_error)?;
+    blocking({
+        let path = path.clone();
+        move || {
+            std::fs::create_dir_all(path.parent().expect("the file is in a directory"))?;
+            crate::atomic_file::replace_mode(&path, &json, 0o600)
+        }
+    })
+    .await
+    .map_err(|source| AcmeError::AccountFile { path, source })?;
     log::info!("ACME: registered an account at {}", acme.directory);
     Ok(account)
+}
+
+/// `work` on a thread of its own: file I/O stays off the runtime's threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -142,7 +165,7 @@ struct SavedAccount {
 
 /// HTTPS to the CA, trusting the roots of `acme_ca_file` if given, else Mozilla's (the
 /// appliance has no CA bundle of its own).
-fn http_client(state: &Path, acme: &Acme) -> Result<Box<dyn HttpClient>, AcmeError> {
+async fn http_client(state: &Path, acme: &Acme) -> Result<Box<dyn HttpClient>, AcmeError> {
     let mut roots = rustls::RootCertStore::empty();
     match &acme.ca_file {
         Some(file) => {
@@ -152,10 +175,16 @@ fn http_client(state: &Path, acme: &Acme) -> Result<Box<dyn HttpClient>, AcmeErr
                 path: path.clone(),
                 why,
             };
-            let certs = rustls::pki_types::CertificateDer::pem_file_iter(&path)
-                .map_err(|e| bad(e.to_string()))?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| bad(e.to_string()))?;
+            let read = path.clone();
+            let certs = tokio::task::spawn_blocking(move || {
+                rustls::pki_types::CertificateDer::pem_file_iter(&read)
+                    .map_err(|e| e.to_string())?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| bad(e.to_string()))?
+            .map_err(bad)?;
             let (added, _) = roots.add_parsable_certificates(certs);
             if added == 0 {
                 return Err(bad(
@@ -172,11 +201,15 @@ fn http_client(state: &Path, acme: &Acme) -> Result<Box<dyn HttpClient>, AcmeErr
     .expect("ring supports the default versions")
     .with_root_certificates(roots)
     .with_no_client_auth();
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.set_connect_timeout(Some(CONNECT_LIMIT));
+    // The scheme is https_only's to check, below.
+    http.enforce_http(false);
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_only()
         .enable_http1()
-        .build();
+        .wrap_connector(http);
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build::<_, BodyWrapper<Bytes>>(https);
     Ok(Box::new(client))
@@ -195,11 +228,10 @@ where
     F: Future<Output = Result<(), String>>,
 {
     let validated = validate(account, directory, fqdn, &mut publish).await;
-    let withdrawn = publish(Vec::new()).await;
-    let mut order = validated?;
-    if let Err(why) = withdrawn {
+    if let Err(why) = publish(Vec::new()).await {
         log::warn!("ACME: the DNS-01 answer was not withdrawn: {why}");
     }
+    let mut order = validated?;
     let protocol = |what| {
         move |source| AcmeError::Protocol {
             what,
@@ -305,4 +337,36 @@ fn retries() -> RetryPolicy {
         .initial_delay(Duration::from_secs(1))
         .backoff(1.5)
         .timeout(VALIDATION_LIMIT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_corrupt_account_file_is_reported_by_line_and_column_never_quoting_it() {
+        let state = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(state.path().join("acme")).unwrap();
+        // A value serde_json would quote in its message: here, where the key would be.
+        std::fs::write(
+            state.path().join(ACCOUNT_FILE),
+            "{\"directory\": \"https://ca.example.net/dir\",\n \"credentials\": \"MIGHAgEAMBMGByqGSM49\"}",
+        )
+        .unwrap();
+        let acme = Acme {
+            directory: "https://ca.example.net/dir".into(),
+            contact: None,
+            ca_file: None,
+        };
+        let Err(e) = account(state.path(), &acme).await else {
+            panic!("a corrupt account file was accepted");
+        };
+        let message = crate::error_chain(&e);
+        assert!(
+            matches!(e, AcmeError::AccountCorrupt { line: 2, .. }),
+            "{message}"
+        );
+        assert!(message.contains("acme/account.json:2:"), "{message}");
+        assert!(!message.contains("MIGHAgEAMBMGByqGSM49"), "{message}");
+    }
 }

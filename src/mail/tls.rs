@@ -9,7 +9,9 @@
 //! The certificate lives 824 days: Apple's clients refuse any TLS server certificate
 //! valid for more than 825 days, self-signed and user-trusted ones included, so the ten
 //! years usual for self-signed certificates would lock out every iPhone. It is remade 30
-//! days before it expires; users then accept the new one, about every two years.
+//! days before it expires; users then accept the new one, about every two years. A
+//! CA-issued certificate is the ACME unit's to renew: it is replaced by a self-signed one
+//! only once it has expired, so a restart in its renewal window keeps it.
 
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -64,6 +66,8 @@ pub enum Replaced {
     NotYetValid { not_before: OffsetDateTime },
     #[error("the certificate expires at {not_after}, in less than 30 days")]
     ExpiresSoon { not_after: OffsetDateTime },
+    #[error("the CA-issued certificate expired at {not_after}")]
+    Expired { not_after: OffsetDateTime },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,7 +99,8 @@ pub enum TlsError {
 }
 
 /// Keeps the key and certificate in `dir` if they are a matching pair for `fqdn`, made
-/// under a trusted clock and not about to expire; otherwise makes new ones. Refuses to
+/// under a trusted clock and not about to expire (a CA-issued one: not expired, since the
+/// ACME unit renews it); otherwise makes new ones. Refuses to
 /// make any while `now` is before a plausible time: the caller retries once the clock is
 /// set. With such a clock, a pair that is right but for its dates is kept, since its
 /// dates cannot be judged, so mail still starts at boot before the time is known.
@@ -220,28 +225,27 @@ pub fn install_issued(
 }
 
 /// When the pair in `dir` should be replaced by an ACME order: now (`None`) when it is
-/// self-signed, unusable or for another name, else 30 days before it expires.
+/// self-signed, unusable or for another name, else at [`renewal_date`].
 pub fn acme_renewal_due(dir: &Path, fqdn: &str) -> Option<OffsetDateTime> {
-    let cert = dir.join(CERT_FILE);
-    let key = dir.join(KEY_FILE);
-    let validity = check_existing(&cert, &key, fqdn, earliest_trusted_time()).ok()?;
-    let pem = std::fs::read(&cert).ok()?;
-    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).ok()?;
-    let parsed = pem.parse_x509().ok()?;
-    let self_signed = parsed.issuer() == parsed.subject();
-    (!self_signed).then(|| validity.not_after - RENEW_BEFORE_EXPIRY)
+    let validity = certificate_validity(dir, fqdn).ok()?;
+    (!validity.self_signed).then(|| renewal_date(validity.not_before, validity.not_after))
 }
 
-/// The validity (not before, not after) of the certificate in `dir`, for `status`, or why
-/// it cannot serve `fqdn` whatever the time (missing, unreadable, another key or name,
-/// made while the clock was wrong).
-pub fn certificate_validity(
-    dir: &Path,
-    fqdn: &str,
-) -> Result<(OffsetDateTime, OffsetDateTime), Replaced> {
+/// When a CA-issued certificate valid from `not_before` to `not_after` is renewed: 30 days
+/// before it expires, or a third of its lifetime before when that is shorter, so that a CA
+/// issuing for 30 days or less (step-ca's default is a day) leaves time between renewals.
+pub fn renewal_date(not_before: OffsetDateTime, not_after: OffsetDateTime) -> OffsetDateTime {
+    let lifetime = (not_after - not_before).max(Duration::ZERO);
+    not_after - RENEW_BEFORE_EXPIRY.min(lifetime / 3)
+}
+
+/// The validity of the certificate in `dir`, for `status` and the ACME unit, or why it
+/// cannot serve `fqdn` whatever the time (missing, unreadable, another key or name, made
+/// while the clock was wrong).
+pub fn certificate_validity(dir: &Path, fqdn: &str) -> Result<Validity, Replaced> {
     let cert = dir.join(CERT_FILE);
     let key = dir.join(KEY_FILE);
-    check_existing(&cert, &key, fqdn, earliest_trusted_time()).map(|v| (v.not_before, v.not_after))
+    check_existing(&cert, &key, fqdn, earliest_trusted_time())
 }
 
 /// The earliest time the clock may say before it is trusted.
@@ -249,9 +253,12 @@ pub fn earliest_trusted_time() -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp(EARLIEST_TRUSTED_TIME).expect("a valid constant")
 }
 
-struct Validity {
-    not_before: OffsetDateTime,
-    not_after: OffsetDateTime,
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Validity {
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+    /// Made here (issuer and subject the same), not issued by a CA.
+    pub self_signed: bool,
 }
 
 /// Everything about the existing pair that does not depend on the current time.
@@ -310,6 +317,7 @@ fn check_existing(
     let validity = Validity {
         not_before: cert.validity().not_before.to_datetime(),
         not_after: cert.validity().not_after.to_datetime(),
+        self_signed: is_self_signed(&cert),
     };
     if validity.not_before + BACKDATE < floor {
         return Err(Replaced::MadeWithWrongClock {
@@ -319,7 +327,23 @@ fn check_existing(
     Ok(validity)
 }
 
+/// Ours, not a CA's: a CA never names itself as the subject of a server's certificate.
+fn is_self_signed(cert: &x509_parser::certificate::X509Certificate) -> bool {
+    cert.issuer() == cert.subject()
+}
+
+/// Whether the pair's dates let it serve on: a self-signed one is remade when not yet
+/// valid or within 30 days of expiry; a CA-issued one is kept until it has expired, since
+/// the ACME unit renews it and a self-signed one in its place would serve no client better.
 fn check_dates(validity: Validity, now: OffsetDateTime) -> Result<(), Replaced> {
+    if !validity.self_signed {
+        if validity.not_after <= now {
+            return Err(Replaced::Expired {
+                not_after: validity.not_after,
+            });
+        }
+        return Ok(());
+    }
     if validity.not_before > now {
         return Err(Replaced::NotYetValid {
             not_before: validity.not_before,
@@ -356,6 +380,112 @@ fn generate(fqdn: &str, now: OffsetDateTime) -> Result<(String, String), rcgen::
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const FQDN: &str = "mail.example.org";
+
+    fn days_after_floor(days: i64) -> OffsetDateTime {
+        earliest_trusted_time() + Duration::days(days)
+    }
+
+    /// A key and a certificate for FQDN from `not_before` to `not_after`, signed by a CA's
+    /// own key, written to `dir` as an ACME order leaves them.
+    fn write_ca_issued(dir: &Path, not_before: OffsetDateTime, not_after: OffsetDateTime) {
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "letterbox test CA");
+        let ca = rcgen::CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut leaf = CertificateParams::new(vec![FQDN.to_string()]).unwrap();
+        leaf.not_before = not_before;
+        leaf.not_after = not_after;
+        let leaf = leaf.signed_by(&key, &ca).unwrap();
+        std::fs::write(dir.join(KEY_FILE), key.serialize_pem()).unwrap();
+        std::fs::write(dir.join(CERT_FILE), leaf.pem() + &ca.as_ref().pem()).unwrap();
+    }
+
+    fn pair(dir: &Path) -> (Vec<u8>, Vec<u8>) {
+        (
+            std::fs::read(dir.join(CERT_FILE)).unwrap(),
+            std::fs::read(dir.join(KEY_FILE)).unwrap(),
+        )
+    }
+
+    #[test]
+    fn a_ca_issued_certificate_in_its_renewal_window_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = days_after_floor(100);
+        write_ca_issued(
+            dir.path(),
+            now - Duration::days(80),
+            now + Duration::days(10),
+        );
+        let before = pair(dir.path());
+        let files = ensure_self_signed(dir.path(), FQDN, now.into()).unwrap();
+        assert_eq!(files.replaced, None);
+        assert_eq!(pair(dir.path()), before, "the CA's pair was rewritten");
+        // It is still the ACME unit's to renew, and due.
+        let due = acme_renewal_due(dir.path(), FQDN).expect("a CA-issued pair");
+        assert!(due < now, "renewal due at {due}, not yet at {now}");
+    }
+
+    #[test]
+    fn an_expired_ca_issued_certificate_is_replaced_by_a_self_signed_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = days_after_floor(100);
+        write_ca_issued(
+            dir.path(),
+            now - Duration::days(91),
+            now - Duration::days(1),
+        );
+        let files = ensure_self_signed(dir.path(), FQDN, now.into()).unwrap();
+        assert!(
+            matches!(files.replaced, Some(Replaced::Expired { .. })),
+            "{:?}",
+            files.replaced
+        );
+        let validity = certificate_validity(dir.path(), FQDN).unwrap();
+        assert!(validity.self_signed && validity.not_after > now);
+        // A self-signed pair is no renewal's: the ACME unit orders at once.
+        assert_eq!(acme_renewal_due(dir.path(), FQDN), None);
+    }
+
+    #[test]
+    fn a_self_signed_certificate_is_still_remade_30_days_before_it_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let made = days_after_floor(1);
+        ensure_self_signed(dir.path(), FQDN, made.into()).unwrap();
+        let near_end = made + LIFETIME - Duration::days(29);
+        let files = ensure_self_signed(dir.path(), FQDN, near_end.into()).unwrap();
+        assert!(
+            matches!(files.replaced, Some(Replaced::ExpiresSoon { .. })),
+            "{:?}",
+            files.replaced
+        );
+    }
+
+    #[test]
+    fn renewal_is_30_days_before_expiry_or_a_third_of_a_shorter_lifetime() {
+        let start = days_after_floor(0);
+        let renewal_before_end = |lifetime: Duration| {
+            let end = start + lifetime;
+            end - renewal_date(start, end)
+        };
+        // Let's Encrypt's 90 days: 30 days before.
+        assert_eq!(renewal_before_end(Duration::days(90)), Duration::days(30));
+        // step-ca's default of a day, and 30 days: a third, never due at issue.
+        assert_eq!(renewal_before_end(Duration::days(1)), Duration::hours(8));
+        assert_eq!(renewal_before_end(Duration::days(30)), Duration::days(10));
+        assert_eq!(
+            renewal_before_end(Duration::days(30) + Duration::seconds(90)),
+            Duration::days(10) + Duration::seconds(30)
+        );
+        // Dates the wrong way round: due at expiry, not before the start.
+        assert_eq!(
+            renewal_date(start, start - Duration::days(1)),
+            start - Duration::days(1)
+        );
+    }
 
     #[test]
     fn the_trusted_time_floor_is_november_2026() {

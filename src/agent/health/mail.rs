@@ -70,13 +70,20 @@ fn front_address(config: &Config) -> SocketAddr {
 
 fn certificate(dir: &Path, hostname: &str) -> Check {
     let hint = "`restart front-postfix` and `restart front-dovecot` make a new one";
-    let (not_before, not_after) = match tls::certificate_validity(dir, hostname) {
+    let validity = match tls::certificate_validity(dir, hostname) {
         Ok(validity) => validity,
         Err(why) => return Check::fail("certificate", why.to_string(), hint),
     };
+    // A restart replaces a CA's certificate only once it has expired: until then, renewing
+    // it is the ACME unit's.
+    let hint = if validity.self_signed {
+        hint
+    } else {
+        "`logs acme` says why it is not renewed"
+    };
     certificate_verdict(
-        not_before,
-        not_after,
+        validity.not_before,
+        validity.not_after,
         OffsetDateTime::from(SystemTime::now()),
         hint,
     )
