@@ -46,7 +46,7 @@ impl Target {
             // An image is read through a scratch copy beside it, which a full disk refuses.
             Target::Image(image) => BootPartition::open(image)
                 .and_then(|boot| boot.read_config())
-                .map_err(|e| self.told(e.into()))?,
+                .map_err(|e| self.full_disk_named(e.into()))?,
         };
         String::from_utf8(bytes).map_err(|_| TargetError::NotUtf8 { name: self.name() })
     }
@@ -55,11 +55,11 @@ impl Target {
     /// file on a read-only mount (the appliance's boot partition) is written through a
     /// moment's read-write remount. A full filesystem leaves the file as it was.
     pub fn write(&self, text: &str) -> Result<(), TargetError> {
-        self.replace(text).map_err(|e| self.told(e))
+        self.replace(text).map_err(|e| self.full_disk_named(e))
     }
 
     /// `error`, or, when it is a full disk, that said of the file.
-    fn told(&self, error: TargetError) -> TargetError {
+    fn full_disk_named(&self, error: TargetError) -> TargetError {
         match error {
             TargetError::Io { path, source } if disk_space::is_full(&source) => disk_full(path),
             TargetError::Image(ImageError::Io { source, .. }) if disk_space::is_full(&source) => {
