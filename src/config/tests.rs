@@ -40,6 +40,49 @@ pub(super) fn errors(text: &str) -> Vec<(usize, usize, String)> {
         .collect()
 }
 
+/// Each file of tests/fixtures/config/`subdir` (at least `at_least` of them) is refused
+/// with the errors its first lines name: `# error: LINE:COLUMN words of the message`, one a
+/// line.
+pub(super) fn assert_each_fixture_refused_where_its_error_is(subdir: &str, at_least: usize) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/config")
+        .join(subdir);
+    let mut fixtures: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    fixtures.sort();
+    assert!(fixtures.len() >= at_least, "{fixtures:?}");
+    for path in fixtures {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let expected: Vec<(usize, usize, String)> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# error: "))
+            .map(|l| {
+                let (at, words) = l.split_once(' ').unwrap();
+                let (line, column) = at.split_once(':').unwrap();
+                (line.parse().unwrap(), column.parse().unwrap(), words.into())
+            })
+            .collect();
+        assert!(!expected.is_empty(), "{} names no error", path.display());
+        let found = errors(&text);
+        assert_eq!(
+            found.len(),
+            expected.len(),
+            "{}: {found:#?}",
+            path.display()
+        );
+        for ((line, column, message), (l, col, words)) in found.iter().zip(&expected) {
+            assert_eq!((line, column), (l, col), "{}: {message}", path.display());
+            assert!(
+                message.contains(words.as_str()) && message.contains("expected"),
+                "{}: {message:?} should say {words:?} and what was expected",
+                path.display()
+            );
+        }
+    }
+}
+
 pub(super) fn assert_one(text: &str, line: usize, column: usize, needle: &str) {
     let errs = errors(text);
     assert_eq!(errs.len(), 1, "expected one error, got {errs:#?}");

@@ -143,7 +143,7 @@ fn check_ca_file(file: &Spanned<String>, c: &mut Collector) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use crate::config::parse;
-    use crate::config::tests::{errors, good};
+    use crate::config::tests::{assert_each_fixture_refused_where_its_error_is, good};
 
     use super::*;
 
@@ -189,44 +189,8 @@ mod tests {
         assert_eq!(acme.directory, DEFAULT_ACME_DIRECTORY);
     }
 
-    /// Each file of tests/fixtures/config/tls is refused with the errors its first lines
-    /// name: `# error: LINE:COLUMN words of the message`, one a line.
     #[test]
     fn each_bad_tls_fixture_is_refused_where_its_error_is() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/config/tls");
-        let mut fixtures: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        fixtures.sort();
-        assert!(fixtures.len() >= 5, "{fixtures:?}");
-        for path in fixtures {
-            let text = std::fs::read_to_string(&path).unwrap();
-            let expected: Vec<(usize, usize, String)> = text
-                .lines()
-                .filter_map(|l| l.strip_prefix("# error: "))
-                .map(|l| {
-                    let (at, words) = l.split_once(' ').unwrap();
-                    let (line, column) = at.split_once(':').unwrap();
-                    (line.parse().unwrap(), column.parse().unwrap(), words.into())
-                })
-                .collect();
-            assert!(!expected.is_empty(), "{} names no error", path.display());
-            let found = errors(&text);
-            assert_eq!(
-                found.len(),
-                expected.len(),
-                "{}: {found:#?}",
-                path.display()
-            );
-            for ((line, column, message), (l, col, words)) in found.iter().zip(&expected) {
-                assert_eq!((line, column), (l, col), "{}: {message}", path.display());
-                assert!(
-                    message.contains(words.as_str()) && message.contains("expected"),
-                    "{}: {message:?} should say {words:?} and what was expected",
-                    path.display()
-                );
-            }
-        }
+        assert_each_fixture_refused_where_its_error_is("tls", 5);
     }
 }
