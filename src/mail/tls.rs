@@ -135,24 +135,8 @@ pub fn ensure_self_signed(dir: &Path, fqdn: &str, now: SystemTime) -> Result<Tls
         fqdn: fqdn.to_string(),
         source,
     })?;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|source| TlsError::CreateDir {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-    // The key first: a power cut between the two leaves a new key beside the old
-    // certificate, which the next call sees as a mismatch and replaces.
-    for (path, contents) in [(&key_path, key_pem), (&cert_path, cert_pem)] {
-        crate::atomic_file::replace_mode(path, contents.as_bytes(), FILE_MODE).map_err(
-            |source| TlsError::Write {
-                path: path.clone(),
-                source,
-            },
-        )?;
-    }
+    create_dir(dir)?;
+    write_pair(&key_path, &key_pem, &cert_path, &cert_pem)?;
     log::info!(
         "made a TLS key and certificate for {fqdn} in {}: {reason}",
         dir.display()
@@ -162,6 +146,33 @@ pub fn ensure_self_signed(dir: &Path, fqdn: &str, now: SystemTime) -> Result<Tls
         key_path,
         replaced: Some(reason),
     })
+}
+
+/// The directory of the pair, root's only.
+fn create_dir(dir: &Path) -> Result<(), TlsError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| TlsError::CreateDir {
+            path: dir.to_path_buf(),
+            source,
+        })
+}
+
+/// Writes a key and its certificate, each atomically, mode 0600. The key first: a power
+/// cut between the two leaves a new key beside the old certificate, which
+/// `ensure_self_signed` sees as a mismatch and replaces.
+fn write_pair(key: &Path, key_pem: &str, cert: &Path, cert_pem: &str) -> Result<(), TlsError> {
+    for (path, contents) in [(key, key_pem), (cert, cert_pem)] {
+        crate::atomic_file::replace_mode(path, contents.as_bytes(), FILE_MODE).map_err(
+            |source| TlsError::Write {
+                path: path.to_path_buf(),
+                source,
+            },
+        )?;
+    }
+    Ok(())
 }
 
 /// One writer of the pair at a time: a self-signed pair made while an issued one is put in
@@ -184,14 +195,7 @@ pub fn install_issued(
     key_pem: &str,
 ) -> Result<(), TlsError> {
     let _one_writer = writing();
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|source| TlsError::CreateDir {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+    create_dir(dir)?;
     let staged = tempfile::Builder::new()
         .prefix(".letterbox-issued-")
         .tempdir_in(dir)
@@ -201,26 +205,11 @@ pub fn install_issued(
         })?;
     let (cert_path, key_path) = (dir.join(CERT_FILE), dir.join(KEY_FILE));
     let (staged_cert, staged_key) = (staged.path().join(CERT_FILE), staged.path().join(KEY_FILE));
-    for (path, contents) in [(&staged_key, key_pem), (&staged_cert, chain_pem)] {
-        crate::atomic_file::replace_mode(path, contents.as_bytes(), FILE_MODE).map_err(
-            |source| TlsError::Write {
-                path: path.clone(),
-                source,
-            },
-        )?;
-    }
+    write_pair(&staged_key, key_pem, &staged_cert, chain_pem)?;
     check_existing(&staged_cert, &staged_key, fqdn, earliest_trusted_time())
         .map_err(TlsError::BadIssue)?;
-    // The key first, as in `ensure_self_signed`; the lock keeps `ensure_self_signed` from
-    // seeing the two apart.
-    for (path, contents) in [(&key_path, key_pem), (&cert_path, chain_pem)] {
-        crate::atomic_file::replace_mode(path, contents.as_bytes(), FILE_MODE).map_err(
-            |source| TlsError::Write {
-                path: path.clone(),
-                source,
-            },
-        )?;
-    }
+    // The lock keeps `ensure_self_signed` from seeing the two apart.
+    write_pair(&key_path, key_pem, &cert_path, chain_pem)?;
     Ok(())
 }
 
