@@ -367,6 +367,33 @@ fn dig_gets_every_derived_record_over_udp_and_tcp() {
 }
 
 #[test]
+fn dig_finds_the_webmails_mail_name_beside_a_host_called_otherwise() {
+    if !common::installed(
+        "dig_finds_the_webmails_mail_name_beside_a_host_called_otherwise",
+        "dig",
+    ) {
+        return;
+    }
+    let host_mx = config(0, &[]).replace("hostname = \"mail\"", "hostname = \"mx\"");
+    let s = Served::start(&host_mx);
+    for transport in ["+notcp", "+tcp"] {
+        let short = |name: &str, t: &str| s.dig(&[transport, "+short", name, t]);
+        for name in ["example.org", "mail.example.org", "mx.example.org"] {
+            assert_eq!(short(name, "A"), "192.0.2.10\n", "{name} A");
+            assert_eq!(short(name, "AAAA"), "2001:db8::10\n", "{name} AAAA");
+        }
+        // A web name: no mail to it, none from it.
+        assert_eq!(short("mail.example.org", "MX"), "0 .\n");
+        assert_eq!(short("mail.example.org", "TXT"), "\"v=spf1 -all\"\n");
+        assert_eq!(short("example.org", "MX"), "10 mx.example.org.\n");
+    }
+    drop(s);
+    let off = Served::start(&format!("{host_mx}[webmail]\nenabled = false\n"));
+    let nx = off.dig(&["mail.example.org", "A"]);
+    assert!(nx.contains("status: NXDOMAIN"), "without the webmail: {nx}");
+}
+
+#[test]
 fn long_dkim_is_whole_over_tcp_and_truncated_over_udp() {
     if !common::installed("long_dkim_is_whole_over_tcp_and_truncated_over_udp", "dig") {
         return;

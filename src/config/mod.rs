@@ -15,6 +15,7 @@ mod ntp;
 mod redact;
 mod system;
 mod tls;
+mod webmail;
 
 use std::net::IpAddr;
 use std::ops::Range;
@@ -36,6 +37,7 @@ pub use network::Interface;
 pub use ntp::DEFAULT_NTP;
 pub use system::{check_password_hash, Console, System};
 pub use tls::{Acme, Tls, DEFAULT_ACME_DIRECTORY};
+pub use webmail::{Webmail, WEBMAIL_LABEL};
 
 use diagnostic::Collector;
 
@@ -46,7 +48,7 @@ pub const DEFAULT_NAME: &str = "letterbox.toml (embedded default)";
 const VERSION: i64 = 1;
 const SECTIONS: &str =
     "`version`, `system`, `interface`, `nameservers`, `console`, `dns`, `accounts`, `account`, \
-     `containers`, `mail`, `tls`";
+     `containers`, `mail`, `tls`, `webmail`";
 
 /// A validated provisioning file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +66,8 @@ pub struct Config {
     pub mail: Mail,
     /// `[tls]`: where the mail's certificate comes from.
     pub tls: Tls,
+    /// `[webmail]`: whether Roundcube serves the accounts over HTTPS.
+    pub webmail: Webmail,
 }
 
 impl Config {
@@ -141,6 +145,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Diagnostics> {
     let mut raw_containers = None;
     let mut raw_mail = None;
     let mut raw_tls = None;
+    let mut raw_webmail = None;
 
     for (key, value) in root.into_inner() {
         let span = key.span();
@@ -168,6 +173,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Diagnostics> {
             "containers" => raw_containers = section(value, &mut c),
             "mail" => raw_mail = section(value, &mut c),
             "tls" => raw_tls = section(value, &mut c),
+            "webmail" => raw_webmail = section(value, &mut c),
             "accounts" => raw_account_policy = section(value, &mut c),
             "account" => match value.into_inner() {
                 DeValue::Array(items) => {
@@ -222,10 +228,12 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Diagnostics> {
         .map(|raw| system::validate_console(raw, &mut c))
         .unwrap_or_default();
 
-    // The zone is derived from [system]: without it there is nothing to check against.
+    let webmail = webmail::validate_webmail(raw_webmail);
+    // The zone is derived from [system] (and [webmail]'s name): without it there is nothing
+    // to check against.
     let (dns, accounts) = match &system {
         Some(system) => {
-            let dns = dns::validate_dns(raw_dns, system, &mut c);
+            let dns = dns::validate_dns(raw_dns, system, &webmail, &mut c);
             let accounts = dns::validate_accounts(raw_accounts, system, &dns, &mut c);
             (dns, accounts)
         }
@@ -255,6 +263,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Diagnostics> {
         containers,
         mail,
         tls,
+        webmail,
     })
 }
 

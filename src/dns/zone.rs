@@ -216,7 +216,7 @@ pub fn build(cfg: &Config, sources: &Sources, serial: u32) -> Result<Zone, DnsEr
     );
     let mut z = Builder::default();
     let (v4, v6) = public_addresses(cfg);
-    let derived = derived_records(&cfg.system).map_err(|e| DnsError::Name {
+    let derived = derived_records(&cfg.system, &cfg.webmail).map_err(|e| DnsError::Name {
         name: cfg.system.fqdn(),
         why: e.to_string(),
     })?;

@@ -5,6 +5,7 @@ use hickory_proto::rr::rdata::{MX, NS, TXT};
 use hickory_proto::rr::{Name, RData};
 
 use crate::config::system::System;
+use crate::config::webmail::{Webmail, WEBMAIL_LABEL};
 
 /// Labels the appliance publishes itself: an account or record may not take them over.
 pub const NAMESERVER_LABEL: &str = "ns1";
@@ -31,17 +32,20 @@ pub enum Derived {
     DkimKeys,
 }
 
-/// Everything letterbox publishes from `[system]`, in publication order (accounts come
-/// after it). The one table: `zone::build` publishes it and validation checks
-/// `[[dns.record]]` against it.
-pub fn derived_records(system: &System) -> Result<Vec<(Name, Derived)>, hickory_proto::ProtoError> {
+/// Everything letterbox publishes from `[system]` and `[webmail]`, in publication order
+/// (accounts come after it). The one table: `zone::build` publishes it and validation
+/// checks `[[dns.record]]` against it.
+pub fn derived_records(
+    system: &System,
+    webmail: &Webmail,
+) -> Result<Vec<(Name, Derived)>, hickory_proto::ProtoError> {
     let origin = Name::from_ascii(format!("{}.", system.domain))?;
     let at = |label: &str| Name::from_ascii(label)?.append_domain(&origin);
     let host = at(&system.hostname)?;
     let ns1 = at(NAMESERVER_LABEL)?;
     let txt = |s: &str| Derived::Data(RData::TXT(txt_split(s)));
     let mx = |pref: u16, to: &Name| Derived::Data(RData::MX(MX::new(pref, to.clone())));
-    Ok(vec![
+    let mut records = vec![
         (origin.clone(), Derived::Data(RData::NS(NS(ns1.clone())))),
         (origin.clone(), Derived::Addresses),
         (origin.clone(), mx(10, &host)),
@@ -54,7 +58,18 @@ pub fn derived_records(system: &System) -> Result<Vec<(Name, Derived)>, hickory_
         (ns1.clone(), Derived::Addresses),
         (ns1.clone(), mx(0, &Name::root())),
         (ns1, txt(SPF_NONE)),
-    ])
+    ];
+    // The webmail's second name, the one people guess; the host already has it when it is
+    // called `mail`. A web name only: like ns1, it receives and sends no mail.
+    if webmail.enabled && system.hostname != WEBMAIL_LABEL {
+        let web = at(WEBMAIL_LABEL)?;
+        records.extend([
+            (web.clone(), Derived::Addresses),
+            (web.clone(), mx(0, &Name::root())),
+            (web, txt(SPF_NONE)),
+        ]);
+    }
+    Ok(records)
 }
 
 fn starts_with(rdata: &RData, prefix: &str) -> bool {

@@ -17,6 +17,7 @@ use toml::Spanned;
 
 use super::diagnostic::Collector;
 use super::system::System;
+use super::webmail::Webmail;
 
 pub(super) use accounts::validate_accounts;
 pub use accounts::{reserved_account_names, Account};
@@ -71,7 +72,12 @@ pub(super) struct RawDns {
     record: Vec<Spanned<RawRecord>>,
 }
 
-pub(super) fn validate_dns(raw: Option<RawDns>, system: &System, c: &mut Collector) -> Dns {
+pub(super) fn validate_dns(
+    raw: Option<RawDns>,
+    system: &System,
+    webmail: &Webmail,
+    c: &mut Collector,
+) -> Dns {
     let Some(raw) = raw else {
         return Dns::default();
     };
@@ -130,7 +136,7 @@ pub(super) fn validate_dns(raw: Option<RawDns>, system: &System, c: &mut Collect
     let Ok(origin) = Name::from_ascii(format!("{}.", system.domain)) else {
         return dns; // An invalid domain was reported with [system].
     };
-    dns.records = validate_records(records, system, &origin, c);
+    dns.records = validate_records(records, system, webmail, &origin, c);
     dns
 }
 

@@ -11,6 +11,7 @@ use toml::Spanned;
 use super::derived::{derived_records, is_dmarc, is_spf, txt_split, Derived, DERIVED_TTL, DMARC};
 use crate::config::diagnostic::Collector;
 use crate::config::system::System;
+use crate::config::webmail::Webmail;
 
 /// One `[[dns.record]]`, with its name made absolute and its value parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,10 +64,11 @@ pub(super) fn given(raw: Spanned<RawRecord>, c: &mut Collector) -> Option<Given>
 pub(super) fn validate_records(
     given: Vec<Given>,
     system: &System,
+    webmail: &Webmail,
     origin: &Name,
     c: &mut Collector,
 ) -> Vec<ExtraRecord> {
-    let Ok(derived) = derived_records(system) else {
+    let Ok(derived) = derived_records(system, webmail) else {
         return Vec::new(); // An invalid hostname or domain was reported with [system].
     };
     let mut derived_at: HashSet<Name> = HashSet::new();

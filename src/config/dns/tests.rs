@@ -332,3 +332,40 @@ fn unknown_dns_key() {
     let text = file("[dns]\nlisten_port = 53\n");
     assert_error(&text, "[dns]", "listen_port", "unknown field");
 }
+
+#[test]
+fn the_webmail_name_is_letterboxs_beside_a_host_not_called_mail() {
+    let host_mx = |extra: &str| file(extra).replace("hostname = \"mail\"", "hostname = \"mx\"");
+    let cname = format!("[dns]\n{}", record("mail", "CNAME", "elsewhere.net."));
+    assert_error(
+        &host_mx(&cname),
+        "\"CNAME\"",
+        "\"CNAME\"",
+        "letterbox publishes",
+    );
+    // With the webmail off, `mail` is the file's to use.
+    let off = host_mx(&format!("{cname}[webmail]\nenabled = false\n"));
+    assert_eq!(parse("t.toml", &off).unwrap().dns.records.len(), 1);
+    // An account may never be called `mail`, so it never clashes with the webmail's name.
+    let text = host_mx(&account("mail"));
+    assert_error(&text, "[[account]]", "\"mail\"", "clashes");
+
+    let derived_at_mail = |text: &str| {
+        let cfg = parse("t.toml", text).unwrap();
+        let web = hickory_proto::rr::Name::from_ascii("mail.example.org.").unwrap();
+        super::derived_records(&cfg.system, &cfg.webmail)
+            .unwrap()
+            .into_iter()
+            .filter(|(name, _)| *name == web)
+            .map(|(_, d)| d)
+            .collect::<Vec<_>>()
+    };
+    let web = derived_at_mail(&host_mx(""));
+    assert_eq!(web.len(), 3, "{web:?}");
+    assert_eq!(web[0], super::Derived::Addresses);
+    assert!(derived_at_mail(&host_mx("[webmail]\nenabled = false\n")).is_empty());
+    // A host called `mail` has the name already: its records, once.
+    let host = derived_at_mail(&file(""));
+    let addresses = host.iter().filter(|d| **d == super::Derived::Addresses);
+    assert_eq!(addresses.count(), 1, "{host:?}");
+}

@@ -1,0 +1,80 @@
+//! `[webmail]`: Roundcube in the browser at `https://<domain>/` and `https://mail.<domain>/`,
+//! logging in to the accounts' own boxes. On unless `enabled = false`.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Webmail {
+    pub enabled: bool,
+}
+
+impl Default for Webmail {
+    fn default() -> Self {
+        Webmail { enabled: true }
+    }
+}
+
+/// The label the webmail is published under besides the domain itself: `mail.<domain>`.
+pub const WEBMAIL_LABEL: &str = "mail";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawWebmail {
+    enabled: Option<Spanned<bool>>,
+}
+
+/// Nothing to check beyond the type, which serde reports with its position.
+pub(super) fn validate_webmail(raw: Option<RawWebmail>) -> Webmail {
+    let default = Webmail::default();
+    Webmail {
+        enabled: raw
+            .and_then(|raw| raw.enabled)
+            .map_or(default.enabled, Spanned::into_inner),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::parse;
+    use crate::config::tests::{assert_each_fixture_refused_where_its_error_is, good};
+
+    use super::*;
+
+    #[test]
+    fn webmail_is_on_unless_the_file_turns_it_off() {
+        assert!(parse("t.toml", &good()).unwrap().webmail.enabled);
+        let empty = format!("{}[webmail]\n", good());
+        assert!(parse("t.toml", &empty).unwrap().webmail.enabled);
+        let on = format!("{}[webmail]\nenabled = true\n", good());
+        assert!(parse("t.toml", &on).unwrap().webmail.enabled);
+        let off = format!("{}[webmail]\nenabled = false\n", good());
+        assert!(!parse("t.toml", &off).unwrap().webmail.enabled);
+    }
+
+    #[test]
+    fn the_default_file_documents_the_webmail_switch() {
+        let off = crate::config::DEFAULT_TOML.replace(
+            "# [webmail]\n# enabled = true",
+            "[webmail]\nenabled = false",
+        );
+        assert_ne!(
+            off,
+            crate::config::DEFAULT_TOML,
+            "the example is documented"
+        );
+        let cfg = parse("letterbox.toml", &off).unwrap();
+        assert!(!cfg.webmail.enabled);
+        assert!(
+            parse("letterbox.toml", crate::config::DEFAULT_TOML)
+                .unwrap()
+                .webmail
+                .enabled
+        );
+    }
+
+    #[test]
+    fn each_bad_webmail_fixture_is_refused_where_its_error_is() {
+        assert_each_fixture_refused_where_its_error_is("webmail", 3);
+    }
+}
