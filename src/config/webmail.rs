@@ -39,8 +39,6 @@ mod tests {
     use crate::config::parse;
     use crate::config::tests::{assert_each_fixture_refused_where_its_error_is, good};
 
-    use super::*;
-
     #[test]
     fn webmail_is_on_unless_the_file_turns_it_off() {
         assert!(parse("t.toml", &good()).unwrap().webmail.enabled);
