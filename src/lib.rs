@@ -3,7 +3,7 @@
 //! One module per concern, in layers that import only the ones below them: `cli` and
 //! `init` at the top; `console`; `agent` (the running agent and its commands);
 //! `supervise` (units, reaper, logs); and the concerns themselves (`config`, `net`,
-//! `dns`, `clock`, `early_boot`, `image`).
+//! `dns`, `clock`, `early_boot`, `image`, `mail`, `webmail`).
 pub mod accounts;
 pub mod agent;
 pub mod atomic_file;
@@ -23,6 +23,7 @@ pub mod net;
 pub mod passwd;
 pub mod paths;
 pub mod supervise;
+pub mod webmail;
 
 /// Renders an error and its sources as one readable chain: "a: b: c".
 pub fn error_chain(err: &dyn std::error::Error) -> String {

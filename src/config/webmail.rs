@@ -4,6 +4,8 @@
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::system::System;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Webmail {
     pub enabled: bool,
@@ -17,6 +19,26 @@ impl Default for Webmail {
 
 /// The label the webmail is published under besides the domain itself: `mail.<domain>`.
 pub const WEBMAIL_LABEL: &str = "mail";
+
+impl Webmail {
+    /// The names the appliance's TLS certificate carries and HTTPS answers to, the host's
+    /// first (`<hostname>.<domain>`, the mail's name, the only one a CA-issued certificate
+    /// is sure to have); with the webmail on, `<domain>` and `mail.<domain>` too.
+    pub fn certificate_names(&self, system: &System) -> Vec<String> {
+        let mut names = vec![system.fqdn()];
+        if self.enabled {
+            for name in [
+                system.domain.clone(),
+                format!("{WEBMAIL_LABEL}.{}", system.domain),
+            ] {
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+        }
+        names
+    }
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -48,6 +70,22 @@ mod tests {
         assert!(parse("t.toml", &on).unwrap().webmail.enabled);
         let off = format!("{}[webmail]\nenabled = false\n", good());
         assert!(!parse("t.toml", &off).unwrap().webmail.enabled);
+    }
+
+    #[test]
+    fn the_certificate_names_the_host_then_the_webmails_names_once_each() {
+        let host_mx = good().replace("hostname = \"mail\"", "hostname = \"mx\"");
+        let names = |text: &str| {
+            let cfg = parse("t.toml", text).unwrap();
+            cfg.webmail.certificate_names(&cfg.system)
+        };
+        assert_eq!(
+            names(&host_mx),
+            ["mx.example.org", "example.org", "mail.example.org"]
+        );
+        assert_eq!(names(&good()), ["mail.example.org", "example.org"]);
+        let off = format!("{host_mx}[webmail]\nenabled = false\n");
+        assert_eq!(names(&off), ["mx.example.org"]);
     }
 
     #[test]
