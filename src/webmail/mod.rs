@@ -140,9 +140,9 @@ mod tests {
             .find(|l| l.contains("$config['des_key']"))
             .expect("a des_key line");
         assert!(
-            line.contains("file_get_contents(LETTERBOX_DES_KEY)"),
+            line.contains("file_get_contents($letterbox_des_key)"),
             "{line}"
         );
-        assert!(roundcube.contains("'/var/lib/letterbox-webmail/des_key'"));
+        assert!(roundcube.contains("$letterbox_des_key = '/var/lib/letterbox-webmail/des_key';"));
     }
 }

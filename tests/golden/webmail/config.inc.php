@@ -2,8 +2,6 @@
 // Rendered by letterbox from letterbox.toml: Roundcube's whole configuration. Do not edit.
 // It holds no secret: the des_key is read from the data partition at run time.
 
-const LETTERBOX_DES_KEY = '/var/lib/letterbox-webmail/des_key';
-
 $config = [];
 
 $config['product_name'] = 'Letterbox';
@@ -14,9 +12,10 @@ $config['enable_installer'] = false;
 
 // The key that encrypts each session's IMAP password, made once on the device
 // (letterbox::webmail::ensure_des_key): a new one would end every session.
-$config['des_key'] = trim((string) @file_get_contents(LETTERBOX_DES_KEY));
+$letterbox_des_key = '/var/lib/letterbox-webmail/des_key';
+$config['des_key'] = trim((string) @file_get_contents($letterbox_des_key));
 if (strlen($config['des_key']) != 24) {
-    throw new RuntimeException('letterbox: no 24-character des_key in ' . LETTERBOX_DES_KEY);
+    throw new RuntimeException('letterbox: no 24-character des_key in ' . $letterbox_des_key);
 }
 
 // The front's IMAP and submission, forwarded by the agent from this namespace's loopback.
