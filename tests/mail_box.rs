@@ -363,7 +363,7 @@ async fn a_box_receives_mail_over_lmtp_and_serves_imap_after_starttls() {
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     let tls_dir = data.join("tls");
-    tls::ensure_self_signed(&tls_dir, &plan.hostname, SystemTime::now()).unwrap();
+    tls::ensure_self_signed(&tls_dir, &plan.certificate_names, SystemTime::now()).unwrap();
     let home = maildir::ensure_maildir(&data.join("homes"), &alice.name, alice.id).unwrap();
     let files = BoxFiles {
         dovecot_dir,

@@ -20,7 +20,7 @@ fn at(secs: u64) -> SystemTime {
 }
 
 fn make(dir: &Path, fqdn: &str, now: u64) -> TlsFiles {
-    ensure_self_signed(dir, fqdn, at(now)).unwrap()
+    ensure_self_signed(dir, &[fqdn.to_string()], at(now)).unwrap()
 }
 
 fn mode(path: &Path) -> u32 {
@@ -135,7 +135,7 @@ fn a_certificate_for_another_name_is_replaced() {
         files.replaced,
         Some(Replaced::OtherName {
             found: vec!["other.example.org".into()],
-            wanted: FQDN.into()
+            missing: vec![FQDN.into()]
         })
     );
     let (cert, key) = read_pair(&files);
@@ -216,7 +216,7 @@ fn a_certificate_made_while_the_clock_was_wrong_or_not_yet_valid_is_replaced() {
 fn nothing_is_made_while_the_clock_says_1970() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("tls");
-    let err = ensure_self_signed(&dir, FQDN, at(60)).unwrap_err();
+    let err = ensure_self_signed(&dir, &[FQDN.to_string()], at(60)).unwrap_err();
     assert!(
         matches!(
             err,
@@ -235,11 +235,12 @@ fn nothing_is_made_while_the_clock_says_1970() {
 fn a_good_pair_is_kept_while_the_clock_says_1970_and_a_wrong_one_is_left_alone() {
     let tmp = tempfile::tempdir().unwrap();
     let before = read_pair(&make(tmp.path(), FQDN, NOW));
-    let kept = ensure_self_signed(tmp.path(), FQDN, at(60)).unwrap();
+    let kept = ensure_self_signed(tmp.path(), &[FQDN.to_string()], at(60)).unwrap();
     assert_eq!(kept.replaced, None);
     assert_eq!(read_pair(&kept), before);
 
-    let err = ensure_self_signed(tmp.path(), "other.example.org", at(60)).unwrap_err();
+    let err =
+        ensure_self_signed(tmp.path(), &["other.example.org".to_string()], at(60)).unwrap_err();
     assert!(
         matches!(
             err,

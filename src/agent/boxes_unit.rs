@@ -88,7 +88,7 @@ async fn prepare(setup: &BoxSetup) -> Result<Spec, ContainerUnitError> {
     let state_dir = &setup.site.state_dir;
     boxes::ensure_bridge(&setup.bridge).await?;
     let tls_dir = state_dir.join("tls");
-    mail_container::ensure_tls(&tls_dir, &setup.plan.hostname)?;
+    mail_container::ensure_tls(&tls_dir, &setup.plan.certificate_names)?;
     let (netns, _) = boxes::ensure_box_netns(&setup.bridge, &setup.netns_dir, &setup.net()).await?;
     let home = maildir::ensure_maildir(&state_dir.join("mail"), &account.name, account.id)?;
     let dovecot_dir = setup.dir().join("dovecot");

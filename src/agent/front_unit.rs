@@ -320,7 +320,7 @@ fn read_relay_password(path: &Path) -> Result<String, String> {
 /// What both front containers need: the TLS pair and their shared socket directory.
 fn prepare_common(setup: &FrontSetup) -> Result<FrontFiles, ContainerUnitError> {
     let files = setup.files();
-    mail_container::ensure_tls(&files.tls_dir, &setup.plan.hostname)?;
+    mail_container::ensure_tls(&files.tls_dir, &setup.plan.certificate_names)?;
     mail_container::ensure_dir(&files.sockets, 0o755)?;
     Ok(files)
 }

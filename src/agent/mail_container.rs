@@ -105,14 +105,15 @@ pub fn write_files(dir: &Path, files: &[Rendered]) -> Result<(), ContainerUnitEr
     Ok(())
 }
 
-/// The appliance's TLS pair in `dir`, made or remade if needed. One unit at a time: two
-/// making it at once could leave one's key beside the other's certificate.
-pub fn ensure_tls(dir: &Path, fqdn: &str) -> Result<(), ContainerUnitError> {
+/// The appliance's TLS pair in `dir` for `names` (the host's first), made or remade if
+/// needed. One unit at a time: two making it at once could leave one's key beside the
+/// other's certificate.
+pub fn ensure_tls(dir: &Path, names: &[String]) -> Result<(), ContainerUnitError> {
     static MAKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one_at_a_time = MAKING
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    tls::ensure_self_signed(dir, fqdn, std::time::SystemTime::now())?;
+    tls::ensure_self_signed(dir, names, std::time::SystemTime::now())?;
     Ok(())
 }
 

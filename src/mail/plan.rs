@@ -16,6 +16,9 @@ pub struct MailPlan {
     /// The mail host's name, `<hostname>.<domain>`: the MX, the TLS name, the banner.
     pub hostname: String,
     pub domain: String,
+    /// The names the TLS certificate carries: `hostname` first, then the webmail's
+    /// (`config::Webmail::certificate_names`).
+    pub certificate_names: Vec<String>,
     /// The front's address on the boxes' bridge: the only client a box's LMTP and its
     /// trusted-network logins accept.
     pub front_ipv4: Ipv4Addr,
@@ -73,6 +76,7 @@ impl From<&Config> for MailPlan {
         MailPlan {
             hostname: config.system.fqdn(),
             domain,
+            certificate_names: config.webmail.certificate_names(&config.system),
             front_ipv4: containers.front_ipv4(),
             ipv6: config.has_ipv6(),
             boxes,

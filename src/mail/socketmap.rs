@@ -123,6 +123,7 @@ mod tests {
         MailPlan {
             hostname: "mail.example.org".into(),
             domain: "example.org".into(),
+            certificate_names: vec!["mail.example.org".into()],
             front_ipv4: "10.88.0.1".parse().unwrap(),
             ipv6: false,
             boxes: vec![BoxPlan {

@@ -1,5 +1,6 @@
-//! The mail TLS key and self-signed certificate for `<hostname>.<domain>`, made on the
-//! device and kept on the data partition, or one an ACME CA issued (`mail::acme`), put in
+//! The appliance's TLS key and self-signed certificate for `<hostname>.<domain>` (and, with
+//! the webmail, `<domain>` and `mail.<domain>`), made on the device and kept on the data
+//! partition, or one an ACME CA issued for `<hostname>.<domain>` (`mail::acme`), put in
 //! its place by [`install_issued`].
 //!
 //! The key is ECDSA P-256: every TLS stack a mail client or Postfix/Dovecot (OpenSSL 3)
@@ -58,8 +59,11 @@ pub enum Replaced {
     Unreadable(String),
     #[error("the certificate is not for the key beside it")]
     KeyMismatch,
-    #[error("the certificate is for {found:?}, not {wanted}")]
-    OtherName { found: Vec<String>, wanted: String },
+    #[error("the certificate is for {found:?}, not {missing:?}")]
+    OtherName {
+        found: Vec<String>,
+        missing: Vec<String>,
+    },
     #[error("the certificate was made while the clock was wrong (valid from {not_before})")]
     MadeWithWrongClock { not_before: OffsetDateTime },
     #[error("the certificate is not valid yet (from {not_before})")]
@@ -87,8 +91,13 @@ pub enum TlsError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("making a TLS certificate for {fqdn}")]
-    Generate { fqdn: String, source: rcgen::Error },
+    #[error("no name to make a TLS certificate for; expected the host's at least")]
+    NoName,
+    #[error("making a TLS certificate for {names:?}")]
+    Generate {
+        names: Vec<String>,
+        source: rcgen::Error,
+    },
     #[error("the certificate the CA issued cannot be used: {0}")]
     BadIssue(Replaced),
     #[error("writing {path}")]
@@ -98,20 +107,29 @@ pub enum TlsError {
     },
 }
 
-/// Keeps the key and certificate in `dir` if they are a matching pair for `fqdn`, made
+/// Keeps the key and certificate in `dir` if they are a matching pair for `names`, made
 /// under a trusted clock and not about to expire (a CA-issued one: not expired, since the
-/// ACME unit renews it); otherwise makes new ones. Refuses to
-/// make any while `now` is before a plausible time: the caller retries once the clock is
-/// set. With such a clock, a pair that is right but for its dates is kept, since its
-/// dates cannot be judged, so mail still starts at boot before the time is known.
-pub fn ensure_self_signed(dir: &Path, fqdn: &str, now: SystemTime) -> Result<TlsFiles, TlsError> {
+/// ACME unit renews it); otherwise makes new ones. `names` starts with the host's fqdn,
+/// the one name a CA-issued pair must have (the ACME order is for it alone); a
+/// self-signed pair lacking any of the others (the webmail's) is remade with them all.
+/// Refuses to make any while `now` is before a plausible time: the caller retries once the
+/// clock is set. With such a clock, a pair that is right but for its dates is kept, since
+/// its dates cannot be judged, so mail still starts at boot before the time is known.
+pub fn ensure_self_signed(
+    dir: &Path,
+    names: &[String],
+    now: SystemTime,
+) -> Result<TlsFiles, TlsError> {
+    if names.is_empty() {
+        return Err(TlsError::NoName);
+    }
     let _one_writer = writing();
     let cert_path = dir.join(CERT_FILE);
     let key_path = dir.join(KEY_FILE);
     let now = OffsetDateTime::from(now);
     let floor = earliest_trusted_time();
     let clock_trusted = now >= floor;
-    let existing = check_existing(&cert_path, &key_path, fqdn, floor).and_then(|validity| {
+    let existing = check_existing(&cert_path, &key_path, names, floor).and_then(|validity| {
         if clock_trusted {
             check_dates(validity, now)
         } else {
@@ -131,14 +149,15 @@ pub fn ensure_self_signed(dir: &Path, fqdn: &str, now: SystemTime) -> Result<Tls
     if !clock_trusted {
         return Err(TlsError::ClockNotTrusted { now, floor, reason });
     }
-    let (cert_pem, key_pem) = generate(fqdn, now).map_err(|source| TlsError::Generate {
-        fqdn: fqdn.to_string(),
+    let (cert_pem, key_pem) = generate(names, now).map_err(|source| TlsError::Generate {
+        names: names.to_vec(),
         source,
     })?;
     create_dir(dir)?;
     write_pair(&key_path, &key_pem, &cert_path, &cert_pem)?;
     log::info!(
-        "made a TLS key and certificate for {fqdn} in {}: {reason}",
+        "made a TLS key and certificate for {} in {}: {reason}",
+        names.join(", "),
         dir.display()
     );
     Ok(TlsFiles {
@@ -206,8 +225,13 @@ pub fn install_issued(
     let (cert_path, key_path) = (dir.join(CERT_FILE), dir.join(KEY_FILE));
     let (staged_cert, staged_key) = (staged.path().join(CERT_FILE), staged.path().join(KEY_FILE));
     write_pair(&staged_key, key_pem, &staged_cert, chain_pem)?;
-    check_existing(&staged_cert, &staged_key, fqdn, earliest_trusted_time())
-        .map_err(TlsError::BadIssue)?;
+    check_existing(
+        &staged_cert,
+        &staged_key,
+        &[fqdn.to_string()],
+        earliest_trusted_time(),
+    )
+    .map_err(TlsError::BadIssue)?;
     // The lock keeps `ensure_self_signed` from seeing the two apart.
     write_pair(&key_path, key_pem, &cert_path, chain_pem)?;
     Ok(())
@@ -234,7 +258,7 @@ pub fn renewal_date(not_before: OffsetDateTime, not_after: OffsetDateTime) -> Of
 pub fn certificate_validity(dir: &Path, fqdn: &str) -> Result<Validity, Replaced> {
     let cert = dir.join(CERT_FILE);
     let key = dir.join(KEY_FILE);
-    check_existing(&cert, &key, fqdn, earliest_trusted_time())
+    check_existing(&cert, &key, &[fqdn.to_string()], earliest_trusted_time())
 }
 
 /// The earliest time the clock may say before it is trusted.
@@ -250,11 +274,13 @@ pub struct Validity {
     pub self_signed: bool,
 }
 
-/// Everything about the existing pair that does not depend on the current time.
+/// Everything about the existing pair that does not depend on the current time. A
+/// self-signed certificate must name each of `names`; a CA-issued one the first, the
+/// host's, which is all the ACME order asks for.
 fn check_existing(
     cert_path: &Path,
     key_path: &Path,
-    fqdn: &str,
+    names: &[String],
     floor: OffsetDateTime,
 ) -> Result<Validity, Replaced> {
     let read = |path: &Path| match std::fs::read(path) {
@@ -280,7 +306,7 @@ fn check_existing(
     if cert.public_key().raw != key.subject_public_key_info().as_slice() {
         return Err(Replaced::KeyMismatch);
     }
-    let names: Vec<String> = match cert.subject_alternative_name() {
+    let found: Vec<String> = match cert.subject_alternative_name() {
         Ok(Some(san)) => san
             .value
             .general_names
@@ -297,16 +323,21 @@ fn check_existing(
             )))
         }
     };
-    if !names.iter().any(|n| n.eq_ignore_ascii_case(fqdn)) {
-        return Err(Replaced::OtherName {
-            found: names,
-            wanted: fqdn.to_string(),
-        });
+    let self_signed = is_self_signed(&cert);
+    let required = if self_signed { names.len() } else { 1 };
+    let missing: Vec<String> = names
+        .iter()
+        .take(required)
+        .filter(|wanted| !found.iter().any(|n| n.eq_ignore_ascii_case(wanted)))
+        .cloned()
+        .collect();
+    if !missing.is_empty() {
+        return Err(Replaced::OtherName { found, missing });
     }
     let validity = Validity {
         not_before: cert.validity().not_before.to_datetime(),
         not_after: cert.validity().not_after.to_datetime(),
-        self_signed: is_self_signed(&cert),
+        self_signed,
     };
     if validity.not_before + BACKDATE < floor {
         return Err(Replaced::MadeWithWrongClock {
@@ -346,12 +377,15 @@ fn check_dates(validity: Validity, now: OffsetDateTime) -> Result<(), Replaced> 
     Ok(())
 }
 
-/// A new key and a certificate for `fqdn` signed by it: (certificate PEM, key PEM).
-fn generate(fqdn: &str, now: OffsetDateTime) -> Result<(String, String), rcgen::Error> {
+/// A new key and a certificate for `names` signed by it, the first also its subject:
+/// (certificate PEM, key PEM).
+fn generate(names: &[String], now: OffsetDateTime) -> Result<(String, String), rcgen::Error> {
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-    let mut params = CertificateParams::new(vec![fqdn.to_string()])?;
+    let mut params = CertificateParams::new(names.to_vec())?;
     let mut subject = DistinguishedName::new();
-    subject.push(DnType::CommonName, fqdn);
+    if let Some(host) = names.first() {
+        subject.push(DnType::CommonName, host);
+    }
     params.distinguished_name = subject;
     // Whole seconds: X.509 times carry no fraction.
     let start = now.replace_nanosecond(0).expect("0 is a valid nanosecond") - BACKDATE;
@@ -367,121 +401,4 @@ fn generate(fqdn: &str, now: OffsetDateTime) -> Result<(String, String), rcgen::
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const FQDN: &str = "mail.example.org";
-
-    fn days_after_floor(days: i64) -> OffsetDateTime {
-        earliest_trusted_time() + Duration::days(days)
-    }
-
-    /// A key and a certificate for FQDN from `not_before` to `not_after`, signed by a CA's
-    /// own key, written to `dir` as an ACME order leaves them.
-    fn write_ca_issued(dir: &Path, not_before: OffsetDateTime, not_after: OffsetDateTime) {
-        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca.distinguished_name
-            .push(DnType::CommonName, "letterbox test CA");
-        let ca = rcgen::CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut leaf = CertificateParams::new(vec![FQDN.to_string()]).unwrap();
-        leaf.not_before = not_before;
-        leaf.not_after = not_after;
-        let leaf = leaf.signed_by(&key, &ca).unwrap();
-        std::fs::write(dir.join(KEY_FILE), key.serialize_pem()).unwrap();
-        std::fs::write(dir.join(CERT_FILE), leaf.pem() + &ca.as_ref().pem()).unwrap();
-    }
-
-    fn pair(dir: &Path) -> (Vec<u8>, Vec<u8>) {
-        (
-            std::fs::read(dir.join(CERT_FILE)).unwrap(),
-            std::fs::read(dir.join(KEY_FILE)).unwrap(),
-        )
-    }
-
-    #[test]
-    fn a_ca_issued_certificate_in_its_renewal_window_survives_a_restart() {
-        let dir = tempfile::tempdir().unwrap();
-        let now = days_after_floor(100);
-        write_ca_issued(
-            dir.path(),
-            now - Duration::days(80),
-            now + Duration::days(10),
-        );
-        let before = pair(dir.path());
-        let files = ensure_self_signed(dir.path(), FQDN, now.into()).unwrap();
-        assert_eq!(files.replaced, None);
-        assert_eq!(pair(dir.path()), before, "the CA's pair was rewritten");
-        // It is still the ACME unit's to renew, and due.
-        let due = acme_renewal_due(dir.path(), FQDN).expect("a CA-issued pair");
-        assert!(due < now, "renewal due at {due}, not yet at {now}");
-    }
-
-    #[test]
-    fn an_expired_ca_issued_certificate_is_replaced_by_a_self_signed_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let now = days_after_floor(100);
-        write_ca_issued(
-            dir.path(),
-            now - Duration::days(91),
-            now - Duration::days(1),
-        );
-        let files = ensure_self_signed(dir.path(), FQDN, now.into()).unwrap();
-        assert!(
-            matches!(files.replaced, Some(Replaced::Expired { .. })),
-            "{:?}",
-            files.replaced
-        );
-        let validity = certificate_validity(dir.path(), FQDN).unwrap();
-        assert!(validity.self_signed && validity.not_after > now);
-        // A self-signed pair is no renewal's: the ACME unit orders at once.
-        assert_eq!(acme_renewal_due(dir.path(), FQDN), None);
-    }
-
-    #[test]
-    fn a_self_signed_certificate_is_still_remade_30_days_before_it_expires() {
-        let dir = tempfile::tempdir().unwrap();
-        let made = days_after_floor(1);
-        ensure_self_signed(dir.path(), FQDN, made.into()).unwrap();
-        let near_end = made + LIFETIME - Duration::days(29);
-        let files = ensure_self_signed(dir.path(), FQDN, near_end.into()).unwrap();
-        assert!(
-            matches!(files.replaced, Some(Replaced::ExpiresSoon { .. })),
-            "{:?}",
-            files.replaced
-        );
-    }
-
-    #[test]
-    fn renewal_is_30_days_before_expiry_or_a_third_of_a_shorter_lifetime() {
-        let start = days_after_floor(0);
-        let renewal_before_end = |lifetime: Duration| {
-            let end = start + lifetime;
-            end - renewal_date(start, end)
-        };
-        // Let's Encrypt's 90 days: 30 days before.
-        assert_eq!(renewal_before_end(Duration::days(90)), Duration::days(30));
-        // step-ca's default of a day, and 30 days: a third, never due at issue.
-        assert_eq!(renewal_before_end(Duration::days(1)), Duration::hours(8));
-        assert_eq!(renewal_before_end(Duration::days(30)), Duration::days(10));
-        assert_eq!(
-            renewal_before_end(Duration::days(30) + Duration::seconds(90)),
-            Duration::days(10) + Duration::seconds(30)
-        );
-        // Dates the wrong way round: due at expiry, not before the start.
-        assert_eq!(
-            renewal_date(start, start - Duration::days(1)),
-            start - Duration::days(1)
-        );
-    }
-
-    #[test]
-    fn the_trusted_time_floor_is_november_2026() {
-        let floor = earliest_trusted_time();
-        assert_eq!(
-            (floor.year(), floor.month(), floor.day(), floor.hour()),
-            (2026, time::Month::November, 1, 0)
-        );
-    }
-}
+mod tests;
