@@ -28,32 +28,18 @@ pub struct Recipe {
     pub include: &'static [&'static str],
     /// Dependencies only maintainer scripts use: left out with what only they pull in.
     pub script_only: &'static [&'static str],
-    /// Files laid over the packages, embedded so the binary builds the image from anywhere.
-    pub overlays: &'static [Overlay],
+    /// Files laid over the packages (path, text; root's, 0644), embedded so the binary
+    /// builds the image from anywhere.
+    pub overlays: &'static [(&'static str, &'static str)],
     /// Mount points and scratch directories a container expects (mode).
     pub directories: &'static [(&'static str, u32)],
     /// What the maintainer scripts would have made beyond users and directories (owners
     /// and modes, enabled modules), applied to the tree last.
-    pub maintainer_work: Option<fn(&mut Tree) -> Result<(), ImageError>>,
+    pub maintainer_work: Option<MaintainerWork>,
 }
 
-/// One file of an overlay, owned by root.
-pub struct Overlay {
-    pub path: &'static str,
-    pub mode: u32,
-    pub text: &'static str,
-}
-
-impl Overlay {
-    /// A file read by the programs (0644).
-    pub const fn file(path: &'static str, text: &'static str) -> Overlay {
-        Overlay {
-            path,
-            mode: 0o644,
-            text,
-        }
-    }
-}
+/// A recipe's stand-in for its packages' maintainer scripts, run on the assembled tree.
+pub type MaintainerWork = fn(&mut Tree) -> Result<(), ImageError>;
 
 /// The mail image's name in index.json (and in containerd once imported).
 pub const REFERENCE: &str = "letterbox-mail:latest";
@@ -94,27 +80,27 @@ pub const MAIL: Recipe = Recipe {
         "ucf",
     ],
     overlays: &[
-        Overlay::file("etc/passwd", MAIL_PASSWD),
-        Overlay::file("etc/group", MAIL_GROUP),
-        Overlay::file(
+        ("etc/passwd", MAIL_PASSWD),
+        ("etc/group", MAIL_GROUP),
+        (
             "etc/nsswitch.conf",
             include_str!("../../overlays/mail/etc/nsswitch.conf"),
         ),
-        Overlay::file("etc/hosts", include_str!("../../overlays/mail/etc/hosts")),
-        Overlay::file(
+        ("etc/hosts", include_str!("../../overlays/mail/etc/hosts")),
+        (
             "etc/default/postfix",
             include_str!("../../overlays/mail/etc/default/postfix"),
         ),
         // A read-only root cannot grow a file mount point at run time.
-        Overlay::file(
+        (
             "etc/postfix/main.cf",
             include_str!("../../overlays/mail/etc/postfix/main.cf"),
         ),
-        Overlay::file(
+        (
             "etc/postfix/master.cf",
             include_str!("../../overlays/mail/etc/postfix/master.cf"),
         ),
-        Overlay::file(
+        (
             "etc/resolv.conf",
             include_str!("../../overlays/mail/etc/resolv.conf"),
         ),
@@ -394,13 +380,13 @@ fn assemble(recipe: &Recipe, unpacked: &Path) -> Result<Tree, ImageError> {
     for path in empty_docs {
         tree.remove(&path);
     }
-    for overlay in recipe.overlays {
-        if let Some((parent, _)) = overlay.path.rsplit_once('/') {
+    for (path, text) in recipe.overlays {
+        if let Some((parent, _)) = path.rsplit_once('/') {
             add_directories(&mut tree, parent, 0o755);
         }
         tree.insert(
-            overlay.path.to_string(),
-            Entry::root(Kind::Bytes(overlay.text.as_bytes().to_vec()), overlay.mode),
+            path.to_string(),
+            Entry::root(Kind::Bytes(text.as_bytes().to_vec()), 0o644),
         );
     }
     // What usrmerge's scripts make on a Debian system; lib64 holds amd64's ELF interpreter.

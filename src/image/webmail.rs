@@ -3,7 +3,7 @@
 //! webmail`). The agent renders their configuration into /etc/letterbox/webmail; the image
 //! holds no secret (Roundcube's des_key is made on the device, in its data directory).
 
-use super::mail::{Overlay, Recipe};
+use super::mail::Recipe;
 use super::oci::{add_directories, Entry, Kind, Tree};
 use super::ImageError;
 
@@ -44,18 +44,18 @@ pub const WEBMAIL: Recipe = Recipe {
         "ucf",
     ],
     overlays: &[
-        Overlay::file("etc/passwd", include_str!("../../overlays/webmail/etc/passwd")),
-        Overlay::file("etc/group", include_str!("../../overlays/webmail/etc/group")),
-        Overlay::file(
+        ("etc/passwd", include_str!("../../overlays/webmail/etc/passwd")),
+        ("etc/group", include_str!("../../overlays/webmail/etc/group")),
+        (
             "etc/nsswitch.conf",
             include_str!("../../overlays/webmail/etc/nsswitch.conf"),
         ),
-        Overlay::file("etc/hosts", include_str!("../../overlays/webmail/etc/hosts")),
-        Overlay::file(
+        ("etc/hosts", include_str!("../../overlays/webmail/etc/hosts")),
+        (
             "etc/roundcube/config.inc.php",
             include_str!("../../overlays/webmail/etc/roundcube/config.inc.php"),
         ),
-        Overlay::file(
+        (
             "usr/share/roundcube/plugins/letterbox_login/letterbox_login.php",
             include_str!(
                 "../../overlays/webmail/usr/share/roundcube/plugins/letterbox_login/letterbox_login.php"
