@@ -43,6 +43,7 @@ help:
 	@echo "make qemu    build an image from image/qemu-letterbox.toml and boot it in QEMU (raspi3b)"
 	@echo "make yocto-check  bitbake's own parser on yocto/meta-letterbox (slow: minutes a board)"
 	@echo "make mail-image  build the letterbox-mail OCI image for this machine (MAIL_ARCH=amd64|arm64)"
+	@echo "make webmail-image  build the letterbox-webmail OCI image (Roundcube) for this machine (MAIL_ARCH=...)"
 
 $(STAMPS)/apt-update:
 	@mkdir -p $(STAMPS)
@@ -206,5 +207,17 @@ mail-image: $(MAIL_IMAGE).lock
 
 out/letterbox-mail-%.lock: $(STAMPS)/deps-image $(MAIL_IMAGE_INPUTS)
 	$(CARGO) run --quiet -- mail-image --arch $* -o out/letterbox-mail-$*
+
+# make webmail-image [MAIL_ARCH=amd64|arm64]: the letterbox-webmail image (Roundcube,
+# PHP-FPM, nginx; src/image/webmail.rs), built the same way into out/letterbox-webmail-ARCH.
+WEBMAIL_IMAGE := out/letterbox-webmail-$(MAIL_ARCH)
+WEBMAIL_IMAGE_INPUTS := $(wildcard src/image/*.rs src/cli/mail_image.rs) \
+	$(shell find overlays/webmail -type f) Cargo.toml Cargo.lock
+
+.PHONY: webmail-image
+webmail-image: $(WEBMAIL_IMAGE).lock
+
+out/letterbox-webmail-%.lock: $(STAMPS)/deps-image $(WEBMAIL_IMAGE_INPUTS)
+	$(CARGO) run --quiet -- mail-image --image webmail --arch $* -o out/letterbox-webmail-$*
 
 bench: bench-image

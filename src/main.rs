@@ -29,7 +29,8 @@ enum Command {
     Account(cli::account::Args),
     /// Build the SD-card image from a provisioning file (the embedded default when omitted).
     Build(cli::build::Args),
-    /// Build the letterbox-mail OCI image (Postfix, Dovecot) and print its manifest digest.
+    /// Build the letterbox-mail OCI image (Postfix, Dovecot), or with --image webmail the
+    /// letterbox-webmail one (Roundcube, PHP-FPM, nginx), and print its manifest digest.
     MailImage(cli::mail_image::Args),
     /// Boot an image under qemu-system-aarch64 -M raspi3b, serial console on this terminal.
     Qemu(cli::qemu::Args),

@@ -1,11 +1,13 @@
-//! `letterbox mail-image`: the `letterbox-mail` OCI image (Postfix and Dovecot from Debian
-//! trixie) for one architecture, as an OCI layout plus a lock file beside it.
+//! The letterbox container images (`letterbox mail-image`): the packages of one [`Recipe`]
+//! from Debian trixie for one architecture, as an OCI layout plus a lock file beside it.
+//! `letterbox-mail` (Postfix and Dovecot) is this file's recipe; `letterbox-webmail` is
+//! [`super::webmail`]'s.
 //!
 //! The packages come through the same cache and lock as the SD image's. `--variant=extract`
 //! runs no maintainer scripts, so what they would have made comes from here instead: the
-//! users and groups (overlays/mail), the merged-/usr links, the directories a container
-//! needs, and Postfix's own owners and modes (its postfix-files, as `postfix
-//! set-permissions` applies them).
+//! users and groups (the recipe's overlays), the merged-/usr links, the directories a
+//! container needs, and owners and modes (for the mail image, Postfix's postfix-files, as
+//! `postfix set-permissions` applies them).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -15,42 +17,128 @@ use super::packages::{Arch, Cache, Lock, PackageSet};
 use super::postfix_files;
 use super::ImageError;
 
-/// The image's name in index.json (and in containerd once imported).
+/// What one image is made of.
+pub struct Recipe {
+    /// The image is `letterbox-<name>`; the name also keys its package lock and work
+    /// directory in the cache.
+    pub name: &'static str,
+    /// The image's name in index.json (and in containerd once imported).
+    pub reference: &'static str,
+    /// Packages asked for by name; apt adds their dependencies.
+    pub include: &'static [&'static str],
+    /// Dependencies only maintainer scripts use: left out with what only they pull in.
+    pub script_only: &'static [&'static str],
+    /// Files laid over the packages (path, text; root's, 0644), embedded so the binary
+    /// builds the image from anywhere.
+    pub overlays: &'static [(&'static str, &'static str)],
+    /// Mount points and scratch directories a container expects (mode).
+    pub directories: &'static [(&'static str, u32)],
+    /// What the maintainer scripts would have made beyond users and directories (owners
+    /// and modes, enabled modules), applied to the tree last.
+    pub maintainer_work: Option<MaintainerWork>,
+}
+
+/// A recipe's stand-in for its packages' maintainer scripts, run on the assembled tree.
+pub type MaintainerWork = fn(&mut Tree) -> Result<(), ImageError>;
+
+/// The mail image's name in index.json (and in containerd once imported).
 pub const REFERENCE: &str = "letterbox-mail:latest";
 
-/// Asked for by name: the mail servers, and what postfix-script runs (it is a shell script,
-/// and the extract variant brings no shell or tools), and /etc/services.
-const INCLUDE: &[&str] = &[
-    "postfix",
-    "dovecot-core",
-    "dovecot-imapd",
-    "dovecot-lmtpd",
-    // PLAIN and LOGIN for Postfix's SASL client: its login to a smarthost.
-    "libsasl2-modules",
-    "dash",
-    "coreutils",
-    "diffutils",
-    "sed",
-    "grep",
-    "findutils",
-    "mawk",
-    "netbase",
-];
+pub const MAIL: Recipe = Recipe {
+    name: "mail",
+    reference: REFERENCE,
+    // The mail servers, and what postfix-script runs (it is a shell script, and the extract
+    // variant brings no shell or tools), and /etc/services.
+    include: &[
+        "postfix",
+        "dovecot-core",
+        "dovecot-imapd",
+        "dovecot-lmtpd",
+        // PLAIN and LOGIN for Postfix's SASL client: its login to a smarthost.
+        "libsasl2-modules",
+        "dash",
+        "coreutils",
+        "diffutils",
+        "sed",
+        "grep",
+        "findutils",
+        "mawk",
+        "netbase",
+    ],
+    // Creating users, asking debconf questions, making snake-oil certificates, registering
+    // services: the scripts never run, so these and what only they pull in (perl, PAM's
+    // tools, shadow's) stay out of the image.
+    script_only: &[
+        "adduser",
+        "debconf",
+        "init-system-helpers",
+        "openssl",
+        "passwd",
+        "procps",
+        "sensible-utils",
+        "ssl-cert",
+        "ucf",
+    ],
+    overlays: &[
+        ("etc/passwd", MAIL_PASSWD),
+        ("etc/group", MAIL_GROUP),
+        (
+            "etc/nsswitch.conf",
+            include_str!("../../overlays/mail/etc/nsswitch.conf"),
+        ),
+        ("etc/hosts", include_str!("../../overlays/mail/etc/hosts")),
+        (
+            "etc/default/postfix",
+            include_str!("../../overlays/mail/etc/default/postfix"),
+        ),
+        // A read-only root cannot grow a file mount point at run time.
+        (
+            "etc/postfix/main.cf",
+            include_str!("../../overlays/mail/etc/postfix/main.cf"),
+        ),
+        (
+            "etc/postfix/master.cf",
+            include_str!("../../overlays/mail/etc/postfix/master.cf"),
+        ),
+        (
+            "etc/resolv.conf",
+            include_str!("../../overlays/mail/etc/resolv.conf"),
+        ),
+    ],
+    directories: &[
+        ("dev", 0o755),
+        ("proc", 0o555),
+        ("sys", 0o555),
+        ("run", 0o755),
+        ("tmp", 0o1777),
+        ("var/tmp", 0o1777),
+        ("root", 0o700),
+        // Where the runtime specs (containers::spec) bind the TLS files and a box's home: a
+        // read-only root cannot grow a mount point at run time.
+        ("etc/letterbox/tls", 0o755),
+        ("etc/letterbox/relay", 0o700),
+        ("var/vmail", 0o755),
+    ],
+    maintainer_work: Some(postfix_permissions),
+};
 
-/// Dependencies only maintainer scripts use (creating users, asking debconf questions,
-/// making snake-oil certificates, registering services). The scripts never run, so these
-/// and what only they pull in (perl, PAM's tools, shadow's) stay out of the image.
-const SCRIPT_ONLY: &[&str] = &[
-    "adduser",
-    "debconf",
-    "init-system-helpers",
-    "openssl",
-    "passwd",
-    "procps",
-    "sensible-utils",
-    "ssl-cert",
-    "ucf",
-];
+const MAIL_PASSWD: &str = include_str!("../../overlays/mail/etc/passwd");
+const MAIL_GROUP: &str = include_str!("../../overlays/mail/etc/group");
+
+/// Postfix's owners and modes, from the postfix-files its package ships.
+fn postfix_permissions(tree: &mut Tree) -> Result<(), ImageError> {
+    let users = postfix_files::Accounts::parse(MAIL_PASSWD, MAIL_GROUP)?;
+    let postfix_files = tree
+        .get("etc/postfix/postfix-files")
+        .and_then(|e| match &e.kind {
+            Kind::File(path) => Some(path.clone()),
+            _ => None,
+        })
+        .ok_or_else(|| ImageError::MissingPackage("postfix (etc/postfix/postfix-files)".into()))?;
+    let text =
+        std::fs::read_to_string(&postfix_files).map_err(|e| ImageError::io(&postfix_files, e))?;
+    postfix_files::apply(tree, &text, &postfix_files, &users)
+}
 
 /// Left out of the layer: documentation and translations for people, not for the servers.
 /// Each package's copyright file stays (its licence asks for it to travel with the binary).
@@ -64,55 +152,11 @@ const PRUNE: &[&str] = &[
     "usr/share/doc-base",
 ];
 
-/// Files of overlays/mail laid over the packages, embedded so the binary builds the image
-/// from anywhere.
-const OVERLAYS: &[(&str, &str)] = &[
-    ("etc/passwd", include_str!("../../overlays/mail/etc/passwd")),
-    ("etc/group", include_str!("../../overlays/mail/etc/group")),
-    (
-        "etc/nsswitch.conf",
-        include_str!("../../overlays/mail/etc/nsswitch.conf"),
-    ),
-    ("etc/hosts", include_str!("../../overlays/mail/etc/hosts")),
-    (
-        "etc/default/postfix",
-        include_str!("../../overlays/mail/etc/default/postfix"),
-    ),
-    // A read-only root cannot grow a file mount point at run time.
-    (
-        "etc/postfix/main.cf",
-        include_str!("../../overlays/mail/etc/postfix/main.cf"),
-    ),
-    (
-        "etc/postfix/master.cf",
-        include_str!("../../overlays/mail/etc/postfix/master.cf"),
-    ),
-    (
-        "etc/resolv.conf",
-        include_str!("../../overlays/mail/etc/resolv.conf"),
-    ),
-];
-
-/// Mount points and scratch directories a container expects (mode).
-const DIRECTORIES: &[(&str, u32)] = &[
-    ("dev", 0o755),
-    ("proc", 0o555),
-    ("sys", 0o555),
-    ("run", 0o755),
-    ("tmp", 0o1777),
-    ("var/tmp", 0o1777),
-    ("root", 0o700),
-    // Where the runtime specs (containers::spec) bind the TLS files and a box's home: a
-    // read-only root cannot grow a mount point at run time.
-    ("etc/letterbox/tls", 0o755),
-    ("etc/letterbox/relay", 0o700),
-    ("var/vmail", 0o755),
-];
-
 /// The environment the image's processes start with.
 const ENV: &[&str] = &["PATH=/usr/sbin:/usr/bin:/sbin:/bin"];
 
-pub struct MailImageOptions {
+pub struct ImageOptions {
+    pub recipe: &'static Recipe,
     pub arch: Arch,
     /// The OCI layout directory; the lock file is written beside it as `<output>.lock`.
     pub output: PathBuf,
@@ -121,8 +165,8 @@ pub struct MailImageOptions {
     pub source_date_epoch: u64,
 }
 
-#[derive(Debug)]
-pub struct MailImageSummary {
+pub struct ImageSummary {
+    pub reference: &'static str,
     pub layout: PathBuf,
     pub lock_file: PathBuf,
     pub arch: Arch,
@@ -135,9 +179,14 @@ pub struct MailImageSummary {
     pub elapsed: Duration,
 }
 
-impl std::fmt::Display for MailImageSummary {
+impl std::fmt::Display for ImageSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "image:      {} ({REFERENCE})", self.layout.display())?;
+        writeln!(
+            f,
+            "image:      {} ({})",
+            self.layout.display(),
+            self.reference
+        )?;
         writeln!(f, "manifest:   {}", self.manifest.digest)?;
         writeln!(
             f,
@@ -163,23 +212,33 @@ impl std::fmt::Display for MailImageSummary {
     }
 }
 
-pub fn package_set(arch: Arch) -> PackageSet {
-    PackageSet {
-        arch,
-        include: INCLUDE,
-        lock_name: format!("mail-{arch}.lock"),
+impl Recipe {
+    fn package_set(&self, arch: Arch) -> PackageSet {
+        PackageSet {
+            arch,
+            include: self.include,
+            lock_name: format!("{}-{arch}.lock", self.name),
+        }
+    }
+
+    /// The first line of an image's lock file: which image, for which architecture.
+    fn lock_header(&self, arch: Arch) -> String {
+        format!("# letterbox-{} {arch}: {}\n", self.name, self.reference)
     }
 }
 
-pub fn build(opts: &MailImageOptions) -> Result<MailImageSummary, ImageError> {
+pub fn build(opts: &ImageOptions) -> Result<ImageSummary, ImageError> {
     let started = Instant::now();
+    let recipe = opts.recipe;
     // Modes in the layer are the packages' and this code's, never the caller's umask.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
     let cache = Cache {
         dir: opts.cache_dir.join("debs"),
-        set: package_set(opts.arch),
+        set: recipe.package_set(opts.arch),
     };
-    let work_dir = opts.cache_dir.join(format!("mail-{}", opts.arch));
+    let work_dir = opts
+        .cache_dir
+        .join(format!("{}-{}", recipe.name, opts.arch));
     std::fs::create_dir_all(&work_dir).map_err(|e| ImageError::io(&work_dir, e))?;
     let (lock, downloaded) = match cache.warm_lock() {
         Some(lock) => (lock, false),
@@ -191,29 +250,30 @@ pub fn build(opts: &MailImageOptions) -> Result<MailImageSummary, ImageError> {
             (cache.fetch(scratch.path())?, true)
         }
     };
-    let names = cache.dependency_closure(&lock, INCLUDE, SCRIPT_ONLY)?;
+    let names = cache.dependency_closure(&lock, recipe.include, recipe.script_only)?;
     let unpacked = unpack(&cache, &lock, &names, &work_dir.join("unpacked"))?;
-    let tree = assemble(&unpacked)?;
+    let tree = assemble(recipe, &unpacked)?;
 
     // Written beside the output and renamed over it: a failed build leaves the last image.
     let partial = PathBuf::from(format!("{}.partial", opts.output.display()));
     let _ = std::fs::remove_dir_all(&partial);
     let layout = Layout::create(&partial)?;
     let layer = layout.write_layer(&tree, opts.source_date_epoch)?;
-    let manifest = layout.finish(opts.arch, &layer, ENV, REFERENCE)?;
+    let manifest = layout.finish(opts.arch, &layer, ENV, recipe.reference)?;
     let _ = std::fs::remove_dir_all(&opts.output);
     std::fs::rename(&partial, &opts.output).map_err(|e| ImageError::io(&opts.output, e))?;
     let lock_file = PathBuf::from(format!("{}.lock", opts.output.display()));
     let text = format!(
-        "# letterbox-mail {arch}: {REFERENCE}\nmanifest {}\nlayer {} diff_id {}\n{}",
+        "{}manifest {}\nlayer {} diff_id {}\n{}",
+        recipe.lock_header(opts.arch),
         manifest.digest,
         layer.blob.digest,
         layer.diff_id,
         lock.render(),
-        arch = opts.arch,
     );
     std::fs::write(&lock_file, text).map_err(|e| ImageError::io(&lock_file, e))?;
-    Ok(MailImageSummary {
+    Ok(ImageSummary {
+        reference: recipe.reference,
         layout: opts.output.clone(),
         lock_file,
         arch: opts.arch,
@@ -242,7 +302,7 @@ pub fn built_lock(layout: &Path, arch: Arch) -> Result<String, ImageError> {
             arch,
         });
     };
-    let header = format!("# letterbox-mail {arch}: {REFERENCE}\n");
+    let header = MAIL.lock_header(arch);
     if !lock.starts_with(&header) {
         return Err(ImageError::Layout(format!(
             "{} is not the lock of the {arch} mail image: its first line is not {:?}",
@@ -306,9 +366,9 @@ fn is_copyright(path: &str) -> bool {
     }
 }
 
-/// The layer's tree: the unpacked packages less documentation, with overlays/mail, the
-/// merged-/usr links, the container's directories and Postfix's owners and modes.
-fn assemble(unpacked: &Path) -> Result<Tree, ImageError> {
+/// The layer's tree: the unpacked packages less documentation, with the recipe's overlays,
+/// the merged-/usr links, the container's directories and the recipe's maintainer work.
+fn assemble(recipe: &Recipe, unpacked: &Path) -> Result<Tree, ImageError> {
     let mut tree = oci::scan(unpacked, &|path| !pruned(path))?;
     // An empty documentation directory of a package without a copyright file is noise.
     let empty_docs: Vec<String> = tree
@@ -320,7 +380,7 @@ fn assemble(unpacked: &Path) -> Result<Tree, ImageError> {
     for path in empty_docs {
         tree.remove(&path);
     }
-    for (path, text) in OVERLAYS {
+    for (path, text) in recipe.overlays {
         if let Some((parent, _)) = path.rsplit_once('/') {
             add_directories(&mut tree, parent, 0o755);
         }
@@ -343,23 +403,12 @@ fn assemble(unpacked: &Path) -> Result<Tree, ImageError> {
             );
         }
     }
-    let users = postfix_files::Accounts::parse(
-        include_str!("../../overlays/mail/etc/passwd"),
-        include_str!("../../overlays/mail/etc/group"),
-    )?;
-    for (path, mode) in DIRECTORIES {
+    for (path, mode) in recipe.directories {
         add_directories(&mut tree, path, *mode);
     }
-    let postfix_files = tree
-        .get("etc/postfix/postfix-files")
-        .and_then(|e| match &e.kind {
-            Kind::File(path) => Some(path.clone()),
-            _ => None,
-        })
-        .ok_or_else(|| ImageError::MissingPackage("postfix (etc/postfix/postfix-files)".into()))?;
-    let text =
-        std::fs::read_to_string(&postfix_files).map_err(|e| ImageError::io(&postfix_files, e))?;
-    postfix_files::apply(&mut tree, &text, &postfix_files, &users)?;
+    if let Some(maintainer_work) = recipe.maintainer_work {
+        maintainer_work(&mut tree)?;
+    }
     Ok(tree)
 }
 

@@ -22,6 +22,7 @@ pub mod packages;
 mod postfix_files;
 pub mod qemu;
 mod rootfs;
+pub mod webmail;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,5 +1,5 @@
 //! The letterbox-mail image for the tests: built for amd64 through the real CLI, once per
-//! test binary, and its layer unpacked into a root to chroot into.
+//! test binary, and its layer unpacked into a root to chroot into (the webmail image's too).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -27,6 +27,12 @@ pub fn build_into(output: &Path, umask: &str) -> Output {
 
 /// `letterbox mail-image --arch ARCH` into `output`, run by a shell with `umask`.
 pub fn build_for(arch: &str, output: &Path, umask: &str) -> Output {
+    build_image("mail", arch, output, umask)
+}
+
+/// `letterbox mail-image --image IMAGE --arch ARCH` into `output`, run by a shell with
+/// `umask`.
+pub fn build_image(image: &str, arch: &str, output: &Path, umask: &str) -> Output {
     Command::new("sh")
         .current_dir(repo())
         .env("SOURCE_DATE_EPOCH", EPOCH.to_string())
@@ -35,7 +41,8 @@ pub fn build_for(arch: &str, output: &Path, umask: &str) -> Output {
         .arg(format!("umask {umask} && exec \"$@\""))
         .arg("sh")
         .arg(super::letterbox_bin())
-        .args(["mail-image", "--arch", arch, "--cache", ".cache", "-o"])
+        .args(["mail-image", "--image", image, "--arch", arch])
+        .args(["--cache", ".cache", "-o"])
         .arg(output)
         .output()
         .expect("run letterbox mail-image")
@@ -111,11 +118,16 @@ pub fn unpacked_rootfs(test: &str) -> Option<(tempfile::TempDir, PathBuf)> {
         super::skip(test, "chroot needs root");
         return None;
     }
+    Some(unpack(&built.layout))
+}
+
+/// The layer of the amd64 image at `layout` unpacked by the host's tar, with /dev/null.
+pub fn unpack(layout: &Path) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("rootfs");
     std::fs::create_dir(&root).unwrap();
     let layer = dir.path().join("layer.tar.gz");
-    std::fs::write(&layer, the_layer(&built.layout)).unwrap();
+    std::fs::write(&layer, the_layer(layout)).unwrap();
     super::run_ok(
         Command::new("tar")
             .arg("-xzf")
@@ -129,7 +141,7 @@ pub fn unpacked_rootfs(test: &str) -> Option<(tempfile::TempDir, PathBuf)> {
             .arg(root.join("dev/null"))
             .args(["c", "1", "3"]),
     );
-    Some((dir, root))
+    (dir, root)
 }
 
 pub fn chroot(root: &Path, args: &[&str]) -> Output {
