@@ -11,10 +11,11 @@ APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-re
 # containerd client's build; mmdebstrap, patchelf and busybox for the containerd tests;
 # swaks for the mail tests; zstd (with GNU tar) to read the archives of deleted homes; Debian's
 # python3-aiosmtpd, the SMTP server the welcome mail is sent to; dpkg-dev for
-# dpkg-architecture (the extracted trixie binaries' library paths).
+# dpkg-architecture (the extracted trixie binaries' library paths); chromium and
+# chromium-driver, the headless browser the webmail tests drive over WebDriver.
 TEST_PACKAGES := iproute2 iputils-ping util-linux procps dnsutils knot-dnsutils bind9-utils knot nsd radvd \
 	protobuf-compiler mmdebstrap patchelf busybox-static openssl python3 swaks zstd python3-aiosmtpd dpkg-dev \
-	libnet-ssleay-perl python3-dkim pebble
+	libnet-ssleay-perl python3-dkim pebble chromium chromium-driver
 # What the benchmarks drive: the load generators and the peers (the mail benchmark's,
 # smtp-source and Postfix, come from the mail image), and the namespaces they run in.
 BENCH_PACKAGES := dnsperf nsd knot dnsutils python3 iproute2 util-linux procps

@@ -3,6 +3,7 @@
 
 use std::io::Write;
 
+pub mod browser;
 pub mod mail_image;
 pub mod pid1;
 
