@@ -12,10 +12,11 @@ APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-re
 # swaks for the mail tests; zstd (with GNU tar) to read the archives of deleted homes; Debian's
 # python3-aiosmtpd, the SMTP server the welcome mail is sent to; dpkg-dev for
 # dpkg-architecture (the extracted trixie binaries' library paths); chromium and
-# chromium-driver, the headless browser the webmail tests drive over WebDriver.
+# chromium-driver, the headless browser the webmail tests drive over WebDriver, and curl for
+# their plain HTTP checks.
 TEST_PACKAGES := iproute2 iputils-ping util-linux procps dnsutils knot-dnsutils bind9-utils knot nsd radvd \
 	protobuf-compiler mmdebstrap patchelf busybox-static openssl python3 swaks zstd python3-aiosmtpd dpkg-dev \
-	libnet-ssleay-perl python3-dkim pebble chromium chromium-driver
+	libnet-ssleay-perl python3-dkim pebble chromium chromium-driver curl
 # What the benchmarks drive: the load generators and the peers (the mail benchmark's,
 # smtp-source and Postfix, come from the mail image), and the namespaces they run in.
 BENCH_PACKAGES := dnsperf nsd knot dnsutils python3 iproute2 util-linux procps
@@ -57,7 +58,7 @@ $(STAMPS)/deps-test: $(STAMPS)/apt-update Makefile
 
 deps-test: $(STAMPS)/deps-test
 
-test: deps-test test-image containerd-trixie chrony-trixie mail-image
+test: deps-test test-image containerd-trixie chrony-trixie mail-image webmail-image
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	LETTERBOX_REQUIRE_ALL=1 tests/run
@@ -149,8 +150,10 @@ OUT ?= out/letterbox-$(BOARD).img
 TARGET := aarch64-unknown-linux-gnu
 AGENT := target-aarch64/$(TARGET)/release/letterbox
 TEST_IMAGE := out/test-rpi3.img
-# The mail image every SD image carries (letterbox build --mail-image; its rule is below).
+# The mail image every SD image carries (letterbox build --mail-image; its rule is below),
+# and the webmail image, carried when the file enables the webmail (--webmail-image).
 SD_MAIL_IMAGE := out/letterbox-mail-arm64
+SD_WEBMAIL_IMAGE := out/letterbox-webmail-arm64
 # Builds the image: no root, loop devices or mounts; QEMU boots it.
 IMAGE_PACKAGES := protobuf-compiler mmdebstrap mtools dosfstools e2fsprogs squashfs-tools kmod qemu-system-arm
 # The agent for aarch64 with the rustup target when installed, else Debian's Rust.
@@ -177,17 +180,18 @@ deps-image: $(STAMPS)/deps-image
 cross: deps-image
 	$(CROSS_ENV) $(CROSS_CARGO) build --release --target $(TARGET) --bin letterbox
 
-image: cross $(SD_MAIL_IMAGE).lock
+image: cross $(SD_MAIL_IMAGE).lock $(SD_WEBMAIL_IMAGE).lock
 	$(CARGO) run --quiet -- build $(CONFIG) --board $(BOARD) -o $(OUT) --agent $(AGENT)
 
-# The image the image and QEMU tests check, from the test provisioning file.
+# The image the image and QEMU tests check, from the test provisioning file (which turns the
+# webmail off, so it carries no webmail image).
 test-image: cross $(SD_MAIL_IMAGE).lock
 	$(CARGO) run --quiet -- build tests/fixtures/qemu-letterbox.toml --board rpi3 -o $(TEST_IMAGE) --agent $(AGENT)
 
 # QEMU's raspi3b with user-mode networking: an rpi3 image from image/qemu-letterbox.toml
 # (10.0.2.15; admin password "letterbox-test", for QEMU only). DNS: dig -p 5353 @127.0.0.1
 QEMU_IMAGE := out/qemu-rpi3.img
-qemu: cross $(SD_MAIL_IMAGE).lock
+qemu: cross $(SD_MAIL_IMAGE).lock $(SD_WEBMAIL_IMAGE).lock
 	$(CARGO) run --quiet -- build image/qemu-letterbox.toml --board rpi3 -o $(QEMU_IMAGE) --agent $(AGENT)
 	$(CARGO) run --quiet -- qemu $(QEMU_IMAGE)
 

@@ -21,3 +21,5 @@ pub const CONTAINERD_DIR: &str = "containerd";
 pub const CONTAINERD_BIN_DIRS: &[&str] = &["/usr/bin", "/usr/sbin"];
 /// The `letterbox-mail` OCI image layout, on the read-only root filesystem.
 pub const MAIL_IMAGE_DIR: &str = "/usr/share/letterbox/letterbox-mail";
+/// The `letterbox-webmail` OCI layout on the read-only root.
+pub const WEBMAIL_IMAGE_DIR: &str = "/usr/share/letterbox/letterbox-webmail";

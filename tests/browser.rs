@@ -89,7 +89,7 @@ fn chromium_signs_in_through_a_form_keeps_the_httponly_session_cookie_and_a_forg
     let (_server, base) = start_sign_in_server(&netns);
 
     let started = Instant::now();
-    let browser = Browser::start(Some(&netns)).unwrap();
+    let browser = Browser::start(Some(&netns), &[]).unwrap();
     eprintln!("{test}: Chromium started in {:?}", started.elapsed());
 
     browser.goto(&format!("{base}/")).unwrap();

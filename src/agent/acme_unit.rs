@@ -1,9 +1,9 @@
 //! The `acme` unit (`[tls] acme = true`): keeps the mail's certificate issued by the ACME
 //! CA. Once the clock can be trusted it orders a certificate for `<hostname>.<domain>`
 //! (the self-signed one serves until then), answers the CA's DNS-01 challenge from our own
-//! zone, installs the issued pair in `STATE/tls`, and has the front's Postfix and Dovecot
-//! and every box's Dovecot (which serves IPv6 clients itself) reload it with SIGHUP to
-//! their masters, so that open connections carry on. It renews 30
+//! zone, installs the issued pair in `STATE/tls`, and has the front's Postfix and Dovecot,
+//! every box's Dovecot (which serves IPv6 clients itself) and the webmail's nginx reload it
+//! with SIGHUP to their masters, so that open connections carry on. It renews 30
 //! days before expiry (a third of the lifetime before, for shorter-lived certificates),
 //! and retries a failure with backoff, each time logging why.
 
@@ -15,7 +15,7 @@ use time::OffsetDateTime;
 
 use super::Agent;
 use crate::config::Acme;
-use crate::containers::spec::{self, FRONT_DOVECOT, FRONT_POSTFIX};
+use crate::containers::spec::{self, FRONT_DOVECOT, FRONT_POSTFIX, WEBMAIL_NGINX};
 use crate::containers::{task, Client};
 use crate::mail::{acme, tls};
 use crate::supervise::{StopSignal, TaskResult, Unit};
@@ -43,6 +43,8 @@ pub struct AcmeSetup {
     pub state_dir: PathBuf,
     /// containerd's socket, to signal the containers that serve the certificate.
     pub containerd: PathBuf,
+    /// Whether the webmail's nginx runs, and so serves the certificate too.
+    pub webmail: bool,
 }
 
 impl AcmeSetup {
@@ -191,9 +193,9 @@ async fn withdraw_answers(agent: &Arc<Agent>) {
     }
 }
 
-/// SIGHUP to the masters of the front's Postfix and Dovecot and of each box's Dovecot (the
+/// SIGHUP to the masters of the front's Postfix and Dovecot, of each box's Dovecot (the
 /// boxes of the accounts in force; each binds STATE/tls and serves 993 and 143 to IPv6
-/// clients): each reloads its configuration and certificate, and its running processes
+/// clients) and of the webmail's nginx: each reloads its configuration and certificate, and its running processes
 /// finish their connections with the old one. A container that is not running reads the
 /// new pair when it starts.
 async fn reload_servers(agent: &Arc<Agent>, setup: &AcmeSetup) {
@@ -212,8 +214,9 @@ async fn reload_servers(agent: &Arc<Agent>, setup: &AcmeSetup) {
     let boxes = agent.mail_plan().map_or_else(Vec::new, |plan| {
         plan.boxes.iter().map(spec::box_id).collect::<Vec<_>>()
     });
-    let front = [FRONT_POSTFIX, FRONT_DOVECOT].map(String::from);
-    for id in front.iter().chain(&boxes) {
+    let mut servers = vec![FRONT_POSTFIX.to_string(), FRONT_DOVECOT.to_string()];
+    servers.extend(setup.webmail.then(|| WEBMAIL_NGINX.to_string()));
+    for id in servers.iter().chain(&boxes) {
         match task::kill_task(&client, id, hangup, false).await {
             Ok(()) => log::info!("ACME: {id} reloads the certificate"),
             Err(e) => log::warn!(

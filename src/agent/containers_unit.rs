@@ -21,6 +21,9 @@ use crate::supervise::{StopSignal, TaskResult, Unit, UnitState};
 pub struct MailSettings {
     /// The `letterbox-mail` OCI image layout.
     pub image: PathBuf,
+    /// The `letterbox-webmail` OCI image layout; `None`: no webmail, whatever the
+    /// configuration says (`letterbox run` without `--webmail-image`).
+    pub webmail_image: Option<PathBuf>,
     /// Searched before PATH for `containerd`, `containerd-shim-runc-v2` and `runc`.
     pub binary_dirs: Vec<PathBuf>,
     /// Where the boxes' network namespace files are bind-mounted.
@@ -38,6 +41,10 @@ impl MailSettings {
     pub fn appliance() -> MailSettings {
         MailSettings {
             image: crate::paths::MAIL_IMAGE_DIR.into(),
+            // An image built with the webmail off carries none.
+            webmail_image: Path::new(crate::paths::WEBMAIL_IMAGE_DIR)
+                .is_dir()
+                .then(|| crate::paths::WEBMAIL_IMAGE_DIR.into()),
             binary_dirs: crate::paths::CONTAINERD_BIN_DIRS
                 .iter()
                 .map(PathBuf::from)
@@ -261,6 +268,7 @@ mod tests {
     fn containerd_lives_under_the_state_directory() {
         let settings = MailSettings {
             image: "/img".into(),
+            webmail_image: None,
             binary_dirs: vec![],
             netns_dir: "/run/letterbox/netns".into(),
             containerd_state: None,

@@ -1,5 +1,6 @@
 //! What the agent's mail container units share (the front's two, `front_unit`, and each
-//! account's box, `boxes_unit`): they wait for the `mail` unit's image, write their
+//! account's box, `boxes_unit`; the webmail's, `webmail_unit`, uses the parts for its pair
+//! of containers): they wait for the `mail` unit's image, write their
 //! rendered files, create and start their container from a runtime spec, and wait on its
 //! task. A task that exits fails the unit, and the supervisor restarts it with backoff; on
 //! stop the task gets SIGTERM (SIGKILL after [`STOP_LIMIT`]) and the container is deleted.
@@ -51,6 +52,16 @@ pub enum ContainerUnitError {
     RelayPassword { path: PathBuf, problem: String },
     #[error(transparent)]
     Containers(#[from] ContainersError),
+    #[error(transparent)]
+    Image(#[from] super::containers_unit::MailError),
+    #[error(transparent)]
+    DesKey(#[from] crate::webmail::DesKeyError),
+    #[error("cannot listen on {what}")]
+    Listen {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("containerd has no runc in any of the --containerd-dir directories or PATH")]
     NoRunc,
     #[error("the {id} task exited with status {status}: {last_lines} (its log: {log})")]
@@ -153,19 +164,23 @@ pub async fn run(
         Some(exit) => {
             let exit = exit?;
             task::delete_container(&started, id).await?;
-            Err(ContainerUnitError::Exited {
-                id: id.into(),
-                status: exit.status,
-                last_lines: last_log_lines(log),
-                log: log.display().to_string(),
-            }
-            .into())
+            Err(exit_error(id, exit.status, log).into())
         }
         None => {
             stop_container(&started, id).await;
             log::info!("{id} stopped");
             Ok(())
         }
+    }
+}
+
+/// The error of task `id` that exited with `status`, quoting its `log`.
+pub(super) fn exit_error(id: &str, status: u32, log: &Path) -> ContainerUnitError {
+    ContainerUnitError::Exited {
+        id: id.into(),
+        status,
+        last_lines: last_log_lines(log),
+        log: log.display().to_string(),
     }
 }
 
@@ -203,7 +218,7 @@ fn last_log_lines(log: &Path) -> String {
 }
 
 /// Returns once the clock is synchronised, or after [`CLOCK_WAIT`], saying which.
-async fn clock_or_timeout(agent: &Agent, id: &str) {
+pub(super) async fn clock_or_timeout(agent: &Agent, id: &str) {
     if agent.clock().is_trusted() {
         return;
     }
@@ -233,7 +248,7 @@ async fn imported(agent: &Agent, id: &str) -> Imported {
 }
 
 /// Creates container `id` from `runtime` and starts its task; the client that did.
-async fn start(
+pub(super) async fn start(
     site: &Site,
     image: &Imported,
     id: &str,
@@ -266,7 +281,7 @@ async fn start(
 
 /// SIGTERM to the container's task, SIGKILL if it outlives [`STOP_LIMIT`], then the task,
 /// container and snapshot deleted; what does not exist is skipped.
-async fn stop_container(client: &Client, id: &str) {
+pub(super) async fn stop_container(client: &Client, id: &str) {
     let sigterm = nix::sys::signal::Signal::SIGTERM as u32;
     let sigkill = nix::sys::signal::Signal::SIGKILL as u32;
     if task::kill_task(client, id, sigterm, true).await.is_ok()

@@ -20,6 +20,7 @@ mod maps_unit;
 mod milter_unit;
 pub mod provisioning;
 mod status;
+mod webmail_unit;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -157,8 +158,8 @@ impl Agent {
     }
 
     /// containerd, then the `mail` unit that imports the image into it, then the front's
-    /// two units and a `box-<name>` unit per account of the configuration in force, in the
-    /// plan's order; nothing without mail settings.
+    /// two units, the webmail's, and a `box-<name>` unit per account of the configuration
+    /// in force, in the plan's order; nothing without mail settings.
     pub fn start_containers(self: &Arc<Self>) {
         let Some(mail) = self.settings.mail.clone() else {
             return;
@@ -211,14 +212,33 @@ impl Agent {
         for unit in front_unit::units(self.clone(), front) {
             self.start_unit(unit);
         }
+        let webmail = config.webmail.enabled && mail.webmail_image.is_some();
         if let Some(acme) = config.tls.acme.clone() {
             let setup = acme_unit::AcmeSetup {
                 acme,
                 fqdn: config.system.fqdn(),
                 state_dir: site.state_dir.clone(),
                 containerd: site.socket.clone(),
+                webmail,
             };
             self.start_unit(acme_unit::unit(self.clone(), setup));
+        }
+        if config.webmail.enabled {
+            match &mail.webmail_image {
+                Some(image) => {
+                    let setup = webmail_unit::WebmailSetup {
+                        plan: crate::webmail::WebmailPlan::from(&config),
+                        site: site.clone(),
+                        image: image.clone(),
+                        netns_dir: absolute(&mail.netns_dir),
+                    };
+                    self.start_unit(webmail_unit::unit(self.clone(), setup));
+                }
+                None => log::warn!(
+                    "webmail: enabled in the file, but there is no webmail image here \
+                     (an SD image carries it when built from a file that enables it)"
+                ),
+            }
         }
         let bridge = boxes_unit::bridge(&plan, config.containers.ipv4);
         for account in &plan.boxes {

@@ -24,6 +24,10 @@ pub struct Args {
     /// The arm64 letterbox-mail OCI layout to carry (`make mail-image MAIL_ARCH=arm64`).
     #[arg(long, default_value = "out/letterbox-mail-arm64")]
     mail_image: PathBuf,
+    /// The arm64 letterbox-webmail OCI layout to carry when the file enables the webmail
+    /// (`make webmail-image MAIL_ARCH=arm64`).
+    #[arg(long, default_value = "out/letterbox-webmail-arm64")]
+    webmail_image: PathBuf,
     /// Download cache and unpacked packages.
     #[arg(long, default_value = ".cache")]
     cache: PathBuf,
@@ -38,6 +42,7 @@ pub fn run(args: Args) -> CliResult {
             .unwrap_or_else(|| format!("out/letterbox-{}.img", args.board).into()),
         agent: args.agent,
         mail_image: args.mail_image,
+        webmail_image: args.webmail_image,
         cache_dir: args.cache,
         source_date_epoch: image::BuildOptions::epoch_from_env(),
         progress: true,

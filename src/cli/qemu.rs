@@ -11,8 +11,9 @@ pub struct Args {
     /// Host port forwarded to the appliance's DNS server (UDP and TCP 53).
     #[arg(long, default_value_t = 5353)]
     dns_port: u16,
-    /// The mail ports (25, 587, 465, 993, 143) are forwarded from this plus the port:
-    /// 10025, 10587, 10465, 10993 and 10143 by default.
+    /// The mail ports (25, 587, 465, 993, 143) and the webmail's 443 are forwarded from
+    /// this plus the port:
+    /// 10025, 10587, 10465, 10993, 10143 and 10443 by default.
     #[arg(long, default_value_t = 10000)]
     mail_port_base: u16,
     /// The agent's watchdog: `off` (raspi3b resets as soon as the Pi's watchdog is armed)

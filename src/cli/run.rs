@@ -28,6 +28,10 @@ pub struct Args {
     /// Without it: no containerd and no mail.
     #[arg(long, value_name = "DIR")]
     mail_image: Option<PathBuf>,
+    /// The letterbox-webmail OCI image (`make webmail-image`): runs the webmail when
+    /// `[webmail] enabled` (the default). Without it: no webmail.
+    #[arg(long, value_name = "DIR", requires = "mail_image")]
+    webmail_image: Option<PathBuf>,
     /// Where containerd, containerd-shim-runc-v2 and runc are, searched before PATH (may be
     /// given more than once).
     #[arg(long, value_name = "DIR", requires = "mail_image")]
@@ -44,6 +48,7 @@ pub fn run(args: Args) -> CliResult {
             state_dir: args.state,
             mail: args.mail_image.map(|image| MailSettings {
                 image,
+                webmail_image: args.webmail_image,
                 binary_dirs: args.containerd_dir,
                 netns_dir,
                 containerd_state: None,

@@ -24,6 +24,7 @@ use crate::mail::paths::{
     TLS_CERT,
 };
 use crate::mail::BoxPlan;
+use crate::webmail;
 
 /// The front's two containers' ids; a box's is `box-<name>`.
 pub const FRONT_POSTFIX: &str = "front-postfix";
@@ -319,5 +320,96 @@ pub fn front_dovecot_spec(files: &FrontFiles) -> Result<Spec, ContainersError> {
         false,
     )?;
     with_bind(&mut spec, &files.tls_dir, tls_dir(), false)?;
+    Ok(spec)
+}
+
+/// The webmail's two containers' ids: nginx and PHP-FPM (two for the front's reasons).
+pub const WEBMAIL_NGINX: &str = "webmail-nginx";
+pub const WEBMAIL_PHP: &str = "webmail-php";
+/// nginx's limit: its master and one worker.
+pub const WEBMAIL_NGINX_MEMORY_LIMIT: u64 = 32 << 20;
+/// PHP-FPM's: its master and up to four Roundcube workers at 64 MB of PHP memory each,
+/// which do not all peak at once.
+pub const WEBMAIL_PHP_MEMORY_LIMIT: u64 = 160 << 20;
+
+/// nginx's master, started as root: bind 443 and 80 in its namespace, run its worker as
+/// www-data (SETUID, SETGID), give its temporary directories to that user (CHOWN), and
+/// signal the worker (KILL).
+const NGINX_CAPABILITIES: &[Capability] = &[
+    Capability::Chown,
+    Capability::Kill,
+    Capability::NetBindService,
+    Capability::Setgid,
+    Capability::Setuid,
+];
+
+/// PHP-FPM's master, started as root: run its workers as www-data, give its socket to
+/// that user, and end idle workers.
+const PHP_CAPABILITIES: &[Capability] = &[
+    Capability::Chown,
+    Capability::Kill,
+    Capability::Setgid,
+    Capability::Setuid,
+];
+
+/// Host paths bind-mounted into the webmail's containers.
+#[derive(Debug, Clone)]
+pub struct WebmailFiles {
+    /// The rendered nginx.conf, php-fpm.conf and config.inc.php (read-only).
+    pub config_dir: PathBuf,
+    pub tls_dir: PathBuf,
+    /// PHP-FPM's socket, shared by both (read-write).
+    pub sockets: PathBuf,
+    /// Roundcube's database, des_key and uploads: PHP-FPM's only (read-write).
+    pub data: PathBuf,
+    /// The webmail's network namespace: loopback only (`net::forward`).
+    pub netns: PathBuf,
+}
+
+/// What both webmail containers share: the namespace, the rendered files, the socket
+/// directory, and scratch space.
+fn webmail_base(
+    id: &str,
+    args: &[&str],
+    memory_limit: u64,
+    files: &WebmailFiles,
+) -> Result<Spec, ContainersError> {
+    let mut spec = base(id, args, memory_limit)?;
+    join_network(&mut spec, &files.netns)?;
+    with_tmpfs(&mut spec, "/run", false)?;
+    with_tmpfs(&mut spec, "/tmp", true)?;
+    with_bind(&mut spec, &files.config_dir, webmail::CONFIG_DIR, false)?;
+    with_bind(&mut spec, &files.sockets, webmail::SOCKET_DIR, true)?;
+    Ok(spec)
+}
+
+/// nginx: TLS on 443 and the redirect on 80, Roundcube's static files, PHP through the
+/// shared socket.
+pub fn webmail_nginx_spec(files: &WebmailFiles) -> Result<Spec, ContainersError> {
+    let config = format!("{}/{}", webmail::CONFIG_DIR, webmail::NGINX_CONF);
+    let mut spec = webmail_base(
+        WEBMAIL_NGINX,
+        &[webmail::NGINX_BIN, "-c", &config],
+        WEBMAIL_NGINX_MEMORY_LIMIT,
+        files,
+    )?;
+    with_capabilities(&mut spec, NGINX_CAPABILITIES)?;
+    // nginx makes only the last part of a temporary path.
+    with_tmpfs(&mut spec, webmail::NGINX_TEMP_DIR, false)?;
+    with_bind(&mut spec, &files.tls_dir, webmail::TLS_DIR, false)?;
+    Ok(spec)
+}
+
+/// PHP-FPM running Roundcube, its state on the data partition.
+pub fn webmail_php_spec(files: &WebmailFiles) -> Result<Spec, ContainersError> {
+    let config = format!("{}/{}", webmail::CONFIG_DIR, webmail::PHP_FPM_CONF);
+    let mut spec = webmail_base(
+        WEBMAIL_PHP,
+        &[webmail::PHP_FPM_BIN, "-F", "-y", &config],
+        WEBMAIL_PHP_MEMORY_LIMIT,
+        files,
+    )?;
+    with_capabilities(&mut spec, PHP_CAPABILITIES)?;
+    with_bind(&mut spec, &files.data, webmail::DATA_DIR, true)?;
     Ok(spec)
 }

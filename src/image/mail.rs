@@ -287,10 +287,10 @@ pub fn build(opts: &ImageOptions) -> Result<ImageSummary, ImageError> {
     })
 }
 
-/// The lock file of a layout `make mail-image MAIL_ARCH=ARCH` built, for an SD image to
-/// carry: the layout must be there, be for `arch`, and its index.json name the manifest the
-/// lock pins.
-pub fn built_lock(layout: &Path, arch: Arch) -> Result<String, ImageError> {
+/// The lock file of a layout of `recipe` that `make mail-image` (or `webmail-image`) built
+/// for an SD image to carry: the layout must be there, be for `arch`, and its index.json
+/// name the manifest the lock pins.
+pub fn built_lock(recipe: &Recipe, layout: &Path, arch: Arch) -> Result<String, ImageError> {
     let index_file = layout.join("index.json");
     let lock_file = PathBuf::from(format!("{}.lock", layout.display()));
     let (Ok(index), Ok(lock)) = (
@@ -298,24 +298,27 @@ pub fn built_lock(layout: &Path, arch: Arch) -> Result<String, ImageError> {
         std::fs::read_to_string(&lock_file),
     ) else {
         return Err(ImageError::NoMailImage {
+            name: recipe.name,
             layout: layout.to_path_buf(),
             arch,
         });
     };
-    let header = MAIL.lock_header(arch);
+    let header = recipe.lock_header(arch);
     if !lock.starts_with(&header) {
         return Err(ImageError::Layout(format!(
-            "{} is not the lock of the {arch} mail image: its first line is not {:?}",
+            "{} is not the lock of the {arch} {} image: its first line is not {:?}",
             lock_file.display(),
+            recipe.name,
             header.trim_end()
         )));
     }
     let manifest = built_manifest(&lock).unwrap_or_default();
     if manifest.is_empty() || !index.contains(&format!("\"{manifest}\"")) {
         return Err(ImageError::Layout(format!(
-            "{} names no manifest {manifest:?} of {}: rebuild it (make mail-image MAIL_ARCH={arch})",
+            "{} names no manifest {manifest:?} of {}: rebuild it (make {}-image MAIL_ARCH={arch})",
             index_file.display(),
-            lock_file.display()
+            lock_file.display(),
+            recipe.name
         )));
     }
     Ok(lock)

@@ -67,10 +67,11 @@ pub enum ImageError {
     #[error("the agent binary {0} is missing: cross-build it first (make image does)")]
     NoAgent(PathBuf),
     #[error(
-        "the {arch} mail image {} is missing: build it first (make mail-image MAIL_ARCH={arch})",
+        "the {arch} {name} image {} is missing: build it first (make {name}-image MAIL_ARCH={arch})",
         .layout.display()
     )]
     NoMailImage {
+        name: &'static str,
         layout: PathBuf,
         arch: packages::Arch,
     },
@@ -126,6 +127,9 @@ pub struct BuildOptions {
     /// The arm64 `letterbox-mail` OCI layout (`make mail-image MAIL_ARCH=arm64`), with its
     /// lock file beside it.
     pub mail_image: PathBuf,
+    /// The arm64 `letterbox-webmail` OCI layout (`make webmail-image MAIL_ARCH=arm64`),
+    /// carried only when the file enables the webmail: 45 MiB more on the root.
+    pub webmail_image: PathBuf,
     /// Download cache and unpacked packages (the project's .cache/).
     pub cache_dir: PathBuf,
     pub source_date_epoch: u64,
@@ -155,6 +159,8 @@ pub struct Summary {
     pub initramfs_modules: usize,
     /// The mail image's manifest digest, as pinned in the lock file.
     pub mail_manifest: String,
+    /// The webmail image's, when the image carries it.
+    pub webmail_manifest: Option<String>,
     pub downloaded: bool,
     pub elapsed: Duration,
 }
@@ -192,6 +198,14 @@ impl std::fmt::Display for Summary {
             crate::paths::MAIL_IMAGE_DIR,
             self.mail_manifest
         )?;
+        match &self.webmail_manifest {
+            Some(manifest) => writeln!(
+                f,
+                "webmail:    {} {manifest}",
+                crate::paths::WEBMAIL_IMAGE_DIR
+            )?,
+            None => writeln!(f, "webmail:    not carried ([webmail] enabled = false)")?,
+        }
         write!(f, "time:       {:.1} s", self.elapsed.as_secs_f64())
     }
 }
@@ -255,12 +269,31 @@ fn done(bar: ProgressBar, message: &str) {
 pub fn build(opts: &BuildOptions) -> Result<Summary, ImageError> {
     let started = Instant::now();
     // Refuse a broken file before any work, with its diagnostics.
-    let (_, config_text) = match config::load(opts.config.as_deref()) {
+    let (config, config_text) = match config::load(opts.config.as_deref()) {
         Ok(loaded) => loaded,
         Err(config::LoadError::Invalid(d)) => return Err(ImageError::Config(d)),
         Err(e) => return Err(ImageError::ConfigRead(e)),
     };
-    let mail_lock = mail::built_lock(&opts.mail_image, packages::Arch::Arm64)?;
+    let mail_lock = mail::built_lock(&mail::MAIL, &opts.mail_image, packages::Arch::Arm64)?;
+    // The OCI layouts the root carries, each pinned by its lock: the webmail only when
+    // the file enables it (a user who enables it later rebuilds the image).
+    let mut carried = vec![(
+        opts.mail_image.as_path(),
+        crate::paths::MAIL_IMAGE_DIR,
+        mail_lock,
+    )];
+    if config.webmail.enabled {
+        let lock = mail::built_lock(
+            &webmail::WEBMAIL,
+            &opts.webmail_image,
+            packages::Arch::Arm64,
+        )?;
+        carried.push((
+            opts.webmail_image.as_path(),
+            crate::paths::WEBMAIL_IMAGE_DIR,
+            lock,
+        ));
+    }
     let agent = std::fs::read(&opts.agent).map_err(|_| ImageError::NoAgent(opts.agent.clone()))?;
     let ids = Ids::new(opts.board, &config_text);
     let epoch = opts.source_date_epoch;
@@ -308,7 +341,8 @@ pub fn build(opts: &BuildOptions) -> Result<Summary, ImageError> {
     let bar = step(opts.progress, "root filesystem (squashfs)");
     let rootfs = work.join("rootfs");
     let userland = cache.dependency_closure(&lock, packages::USERLAND_ROOTS, &[])?;
-    assemble_rootfs(&unpacked, &rootfs, &agent, &opts.mail_image)?;
+    let layouts: Vec<(&Path, &str)> = carried.iter().map(|(l, dir, _)| (*l, *dir)).collect();
+    assemble_rootfs(&unpacked, &rootfs, &agent, &layouts)?;
     let executables = count_executables(&rootfs)?;
     let rootfs_img = work.join("rootfs.squashfs");
     rootfs::make_squashfs(&rootfs, &rootfs_img, epoch)?;
@@ -409,12 +443,11 @@ pub fn build(opts: &BuildOptions) -> Result<Summary, ImageError> {
     })?;
     std::fs::rename(&partial, &opts.output).map_err(|e| ImageError::io(&opts.output, e))?;
     let lock_file = PathBuf::from(format!("{}.lock", opts.output.display()));
-    // The image's packages, then the mail image it carries, pinned by its manifest digest.
-    let lock_text = format!(
-        "{}# {}:\n{mail_lock}",
-        lock.render(),
-        crate::paths::MAIL_IMAGE_DIR
-    );
+    // The image's packages, then each OCI image it carries, pinned by its manifest digest.
+    let mut lock_text = lock.render();
+    for (_, dir, image_lock) in &carried {
+        lock_text.push_str(&format!("# {dir}:\n{image_lock}"));
+    }
     std::fs::write(&lock_file, lock_text).map_err(|e| ImageError::io(&lock_file, e))?;
     done(bar, "disk image");
 
@@ -428,9 +461,13 @@ pub fn build(opts: &BuildOptions) -> Result<Summary, ImageError> {
         rootfs_packages: userland.len(),
         executables,
         initramfs_modules,
-        mail_manifest: mail::built_manifest(&mail_lock)
+        mail_manifest: mail::built_manifest(&carried[0].2)
             .unwrap_or_default()
             .to_string(),
+        webmail_manifest: carried
+            .get(1)
+            .and_then(|(_, _, lock)| mail::built_manifest(lock))
+            .map(str::to_string),
         downloaded,
         elapsed: started.elapsed(),
     })

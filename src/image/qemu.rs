@@ -17,13 +17,15 @@ use super::{file_len, run, ImageError};
 pub const GUEST_NET: &str = "10.0.2.0/24";
 pub const GUEST_HOST: &str = "10.0.2.2";
 
-/// The appliance's mail ports, which `letterbox qemu` forwards from high local ports.
+/// The appliance's mail ports, and the webmail's HTTPS, which `letterbox qemu` forwards
+/// from high local ports.
 pub const MAIL_PORTS: &[(u16, &str)] = &[
     (25, "SMTP"),
     (587, "submission"),
     (465, "submission over TLS"),
     (993, "IMAP over TLS"),
     (143, "IMAP"),
+    (443, "webmail (HTTPS)"),
 ];
 
 /// A forward of host TCP port `host` on 127.0.0.1 to the guest's `guest`.
@@ -198,7 +200,8 @@ mod tests {
                 (10587, 587),
                 (10465, 465),
                 (10993, 993),
-                (10143, 143)
+                (10143, 143),
+                (10443, 443)
             ]
         );
         assert_eq!(tcp_forward(10025, 25), "tcp:127.0.0.1:10025-:25");

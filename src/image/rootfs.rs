@@ -102,14 +102,14 @@ const OVERLAYS: &[(&str, &str)] = &[
     ("etc/passwd", include_str!("../../overlays/etc/passwd")),
 ];
 
-/// The root filesystem tree: Debian userland, kernel modules, the agent, the mail image's
-/// OCI layout, overlays/, and what maintainer scripts would have made (merged-/usr links,
-/// mount points).
+/// The root filesystem tree: Debian userland, kernel modules, the agent, the OCI layouts it
+/// carries (each at its directory), overlays/, and what maintainer scripts would have made
+/// (merged-/usr links, mount points).
 pub(super) fn assemble_rootfs(
     unpacked: &Unpacked,
     rootfs: &Path,
     agent: &[u8],
-    mail_image: &Path,
+    oci_layouts: &[(&Path, &str)],
 ) -> Result<(), ImageError> {
     recreate_dir(rootfs)?;
     let cp = |from: &Path, to: &Path| {
@@ -130,9 +130,11 @@ pub(super) fn assemble_rootfs(
         &unpacked.kernel.join("usr/lib/modules"),
         &rootfs.join("usr/lib/modules"),
     )?;
-    let mail_dir = rootfs.join(crate::paths::MAIL_IMAGE_DIR.trim_start_matches('/'));
-    std::fs::create_dir_all(&mail_dir).map_err(|e| ImageError::io(&mail_dir, e))?;
-    cp(mail_image, &mail_dir)?;
+    for (layout, dir) in oci_layouts {
+        let dir = rootfs.join(dir.trim_start_matches('/'));
+        std::fs::create_dir_all(&dir).map_err(|e| ImageError::io(&dir, e))?;
+        cp(layout, &dir)?;
+    }
     for (path, text) in OVERLAYS {
         let path = rootfs.join(path);
         if let Some(dir) = path.parent() {

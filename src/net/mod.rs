@@ -8,6 +8,7 @@
 
 pub mod boxes;
 mod files;
+pub mod forward;
 mod netlink;
 mod report;
 mod sysctl;

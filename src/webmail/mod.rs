@@ -32,8 +32,9 @@ pub const NGINX_FASTCGI_CONF: &str = "/etc/nginx/fastcgi.conf";
 /// by nginx's master at start. Its pid file is beside it.
 pub const NGINX_TEMP_DIR: &str = "/run/nginx";
 pub const NGINX_PID_FILE: &str = "/run/nginx.pid";
-/// Roundcube's installation, served as the document root.
-pub const ROUNDCUBE_ROOT: &str = "/usr/share/roundcube";
+/// Roundcube's public directory, the document root: Debian installs Roundcube in
+/// /var/lib/roundcube, whose public_html holds index.php and links to the static files.
+pub const ROUNDCUBE_ROOT: &str = "/var/lib/roundcube/public_html";
 /// Debian's uid and gid of www-data, which runs the PHP pool and nginx's workers and owns
 /// [`DATA_DIR`].
 pub const WWW_DATA_ID: u32 = 33;

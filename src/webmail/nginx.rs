@@ -8,10 +8,6 @@ use super::{
     NGINX_TEMP_DIR, ROUNDCUBE_ROOT, TLS_DIR, UPLOAD_LIMIT_MB,
 };
 
-/// Roundcube's directories and files that are not for the browser: its configuration,
-/// code, logs, temporary files and documentation (Debian's apache.conf denies them too).
-const PRIVATE_PATHS: &str = r"^/(config|temp|logs|bin|SQL|installer|vendor|program/(include|lib|localization|steps)|(README|INSTALL|LICENSE|CHANGELOG|UPGRADING|SECURITY)(\.md)?|composer\.[a-z]+)(/|$)";
-
 pub fn render_nginx_conf(plan: &WebmailPlan) -> String {
     let names = plan.server_names.join(" ");
     let mut temp_paths = String::new();
@@ -61,22 +57,23 @@ http {{
         # No Strict-Transport-Security: with the self-signed certificate it would stop
         # browsers from letting anyone accept it.
 
+        # Roundcube's public directory: its one entry point and links to its static
+        # files; its code, configuration and logs are outside it.
         root {ROUNDCUBE_ROOT};
         index index.php;
 
-        location ~ "{PRIVATE_PATHS}" {{
-            return 404;
-        }}
         # Dot files anywhere (.htaccess and the like).
         location ~ /\. {{
             return 404;
         }}
 
-        location ~ \.php$ {{
-            # Only files that exist: nginx never hands php-fpm a path it made up.
-            try_files $uri =404;
+        location = /index.php {{
             include {NGINX_FASTCGI_CONF};
             fastcgi_pass unix:{socket};
+        }}
+        # Every request goes through index.php; no other PHP file is run.
+        location ~ \.php$ {{
+            return 404;
         }}
 
         location / {{

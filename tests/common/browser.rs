@@ -86,8 +86,9 @@ pub struct Browser {
 impl Browser {
     /// chromedriver (on a port it picks) and a headless Chromium session through it, both
     /// in `netns` when given (the appliance's services are only reachable there), else in
-    /// the test's own namespace.
-    pub fn start(netns: Option<&Netns>) -> Result<Browser, BrowserError> {
+    /// the test's own namespace. Chromium resolves each `(name, address)` of `hosts` to
+    /// that address (a test namespace has no DNS resolver of its own).
+    pub fn start(netns: Option<&Netns>, hosts: &[(&str, &str)]) -> Result<Browser, BrowserError> {
         let profile = tempfile::tempdir().map_err(BrowserError::Spawn)?;
         // Every WebDriver request runs on the runtime's one worker thread, so its sockets
         // are made in the namespace chromedriver listens in.
@@ -110,7 +111,7 @@ impl Browser {
                 .map_err(BrowserError::Spawn)?,
         );
         let port = listening_port(&mut chromedriver.0)?;
-        let capabilities = capabilities(&profile);
+        let capabilities = capabilities(&profile, hosts);
         let connect = async move {
             let mut builder = ClientBuilder::new(HttpConnector::new());
             builder.capabilities(capabilities);
@@ -309,8 +310,15 @@ impl Drop for Browser {
 
 /// The session's capabilities: Chromium headless, as root (no sandbox), with a fresh
 /// profile, trusting the appliance's self-signed certificate.
-fn capabilities(profile: &tempfile::TempDir) -> serde_json::Map<String, serde_json::Value> {
+fn capabilities(
+    profile: &tempfile::TempDir,
+    hosts: &[(&str, &str)],
+) -> serde_json::Map<String, serde_json::Value> {
     let (width, height) = WINDOW;
+    let rules: Vec<String> = hosts
+        .iter()
+        .map(|(name, address)| format!("MAP {name} {address}"))
+        .collect();
     let json = serde_json::json!({
         "browserName": "chrome",
         "acceptInsecureCerts": true,
@@ -328,6 +336,7 @@ fn capabilities(profile: &tempfile::TempDir) -> serde_json::Map<String, serde_js
                 "--disable-background-networking",
                 "--no-first-run",
                 "--no-default-browser-check",
+                format!("--host-resolver-rules={}", rules.join(", ")),
             ],
         },
     });

@@ -63,12 +63,21 @@ pub fn trixie_chronyd() -> std::path::PathBuf {
 
 /// `make mail-image`'s output for this machine.
 pub fn built_mail_image() -> std::path::PathBuf {
+    built_image("letterbox-mail")
+}
+
+/// `make webmail-image`'s output for this machine.
+pub fn built_webmail_image() -> std::path::PathBuf {
+    built_image("letterbox-webmail")
+}
+
+fn built_image(name: &str) -> std::path::PathBuf {
     let arch = match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",
         other => other,
     };
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("out/letterbox-mail-{arch}"))
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("out/{name}-{arch}"))
 }
 
 /// Generous: the agent answers in milliseconds, but CI machines stall. A deadline for
@@ -251,6 +260,17 @@ pub fn start_mail_agent(
     dir: &std::path::Path,
     image: &std::path::Path,
 ) -> KillOnDrop {
+    start_mail_agent_with_webmail(netns, dir, image, None)
+}
+
+/// [`start_mail_agent`], and with the webmail image at `webmail` when given (the webmail
+/// then runs unless the file disables it).
+pub fn start_mail_agent_with_webmail(
+    netns: &Netns,
+    dir: &std::path::Path,
+    image: &std::path::Path,
+    webmail: Option<&std::path::Path>,
+) -> KillOnDrop {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -268,6 +288,9 @@ pub fn start_mail_agent(
         .arg(dir.join("control.sock"))
         .arg("--mail-image")
         .arg(image);
+    if let Some(webmail) = webmail {
+        cmd.arg("--webmail-image").arg(webmail);
+    }
     for bin in trixie_containerd_dirs() {
         cmd.arg("--containerd-dir").arg(bin);
     }

@@ -23,6 +23,7 @@ use rtnetlink::Handle;
 use sha2::{Digest, Sha256};
 
 use super::{netlink, sysctl, NetError, Origin};
+pub use netns::ensure_loopback_netns;
 use netns::{connect_in, ensure_netns_file, is_netns_file, netns_error, nix_error};
 
 mod ipv6;

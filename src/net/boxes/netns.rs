@@ -96,3 +96,31 @@ pub(super) fn nix_error<'a>(
 ) -> impl FnOnce(nix::Error) -> BoxNetError + 'a {
     move |errno| netns_error(action, path)(std::io::Error::from(errno))
 }
+
+/// Creates or repairs a named namespace that has only loopback, up: what runs in it reaches
+/// nothing but what the agent forwards to it (`net::forward`). Returns its file.
+pub async fn ensure_loopback_netns(
+    netns_dir: &Path,
+    name: &str,
+) -> Result<(std::path::PathBuf, super::Changes), BoxNetError> {
+    super::check_name(name)?;
+    let mut changes = super::Changes::new();
+    let path = super::netns_path(netns_dir, name);
+    if ensure_netns_file(netns_dir, &path)? {
+        changes.push(format!("network namespace {} created", path.display()));
+    }
+    let netns = File::open(&path).map_err(netns_error("open", &path))?;
+    let (inside, connection) = connect_in(&netns, &path)?;
+    let result = async {
+        let lo = super::find_link(&inside, super::LOOPBACK)
+            .await?
+            .ok_or_else(|| NetError::LinkNotFound {
+                name: format!("{} in {}", super::LOOPBACK, path.display()),
+            })?;
+        super::ensure_up(&inside, &lo, &mut changes).await
+    }
+    .await;
+    connection.abort();
+    result?;
+    Ok((path, changes))
+}
