@@ -18,8 +18,9 @@ TEST_PACKAGES := iproute2 iputils-ping util-linux procps dnsutils knot-dnsutils 
 	protobuf-compiler mmdebstrap patchelf busybox-static openssl python3 swaks zstd python3-aiosmtpd dpkg-dev \
 	libnet-ssleay-perl python3-dkim pebble chromium chromium-driver curl
 # What the benchmarks drive: the load generators and the peers (the mail benchmark's,
-# smtp-source and Postfix, come from the mail image), and the namespaces they run in.
-BENCH_PACKAGES := dnsperf nsd knot dnsutils python3 iproute2 util-linux procps
+# smtp-source and Postfix, come from the mail image), and the namespaces they run in; swaks
+# fills the webmail benchmark's INBOX.
+BENCH_PACKAGES := dnsperf nsd knot dnsutils python3 iproute2 util-linux procps swaks
 # What bitbake's sanity check wants on the host (make yocto-check), with an en_US.UTF-8
 # locale.
 YOCTO_PACKAGES := chrpath diffstat lz4 zstd gawk file cpio python3-jinja2 python3-pexpect python3-git \
@@ -36,7 +37,7 @@ HOST_RUST_PACKAGES :=
 endif
 export CARGO
 
-.PHONY: help test image bench bench-dns bench-mail bench-dkim deps-test deps-bench
+.PHONY: help test image bench bench-dns bench-mail bench-dkim bench-webmail deps-test deps-bench
 
 help:
 	@echo "make image   build the SD-card image from letterbox.toml (or the embedded default)"
@@ -123,7 +124,7 @@ $(STAMPS)/deps-bench: $(STAMPS)/apt-update Makefile
 
 deps-bench: $(STAMPS)/deps-bench
 
-bench: bench-dns bench-mail bench-dkim
+bench: bench-dns bench-mail bench-dkim bench-webmail
 
 # letterbox's authoritative DNS against NSD and Knot (dnsperf, same zone, same query mix).
 bench-dns: deps-bench
@@ -141,6 +142,12 @@ bench-mail: deps-bench containerd-trixie mail-image
 bench-dkim: deps-bench containerd-trixie mail-image
 	$(CARGO) build --release
 	benches/dkim.sh
+
+# The webmail: time to first byte and to a full inbox page at 1 and 10 sessions, through the
+# agent's forwarder against straight to nginx; the memory of its containers, idle and loaded.
+bench-webmail: deps-bench containerd-trixie mail-image webmail-image
+	$(CARGO) build --release
+	benches/webmail.sh
 
 # --- SD-card image (src/image, src/boot): cross-built agent, Debian packages, QEMU ---
 # make image [CONFIG=letterbox.toml] [BOARD=rpi3|rpi4] [OUT=out/letterbox-rpi3.img]

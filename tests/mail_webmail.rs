@@ -212,7 +212,7 @@ impl Lab {
         let out = self
             .client
             .exec("curl")
-            .args(["-s", "-k", "--max-time", "15", "-o", "/dev/null"])
+            .args(["-s", "--max-time", "15", "-o", "/dev/null"])
             .args(args)
             .output()
             .unwrap();
@@ -235,6 +235,28 @@ impl Lab {
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The HTTP status of a POST of `form` to the webmail's `query` with `cookies`, and
+    /// the CSRF token in Roundcube's header when given.
+    fn post_with(
+        &self,
+        cookies: &[(String, String)],
+        query: &str,
+        form: &str,
+        token: Option<&str>,
+    ) -> u16 {
+        let header: Vec<String> = cookies.iter().map(|(n, v)| format!("{n}={v}")).collect();
+        let mut curl = self.client.exec("curl");
+        curl.args(["-s", "-k", "--max-time", "30", "-o", "/dev/null"])
+            .args(["-w", "%{http_code}"])
+            .args(["--resolve", &format!("mail.example.org:443:{SERVER_V4}")])
+            .args(["-b", &header.join("; "), "--data", form]);
+        if let Some(token) = token {
+            curl.args(["-H", &format!("X-Roundcube-Request: {token}")]);
+        }
+        let out = curl.arg(format!("{WEBMAIL}{query}")).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).parse().unwrap_or(0)
     }
 
     /// The ids of the containers in the agent's containerd.
@@ -289,8 +311,9 @@ impl Drop for Lab {
 }
 
 #[test]
-fn the_webmail_reaches_only_the_fronts_imap_and_submission_and_serves_https_only() {
-    let test = "the_webmail_reaches_only_the_fronts_imap_and_submission_and_serves_https_only";
+fn the_webmail_reaches_only_the_fronts_imap_and_submission_and_serves_https_at_both_names() {
+    let test =
+        "the_webmail_reaches_only_the_fronts_imap_and_submission_and_serves_https_at_both_names";
     if !can_run(test) {
         return;
     }
@@ -314,6 +337,21 @@ fn the_webmail_reaches_only_the_fronts_imap_and_submission_and_serves_https_only
             !lab.webmail_reaches(refused),
             "the webmail reached {refused}"
         );
+    }
+    // HTTPS at both of the webmail's names, with a certificate for each: curl checks it
+    // against the appliance's own (self-signed) certificate.
+    let cert = lab.state().join("tls/cert.pem");
+    for name in ["mail.example.org", "example.org"] {
+        let page = lab.curl(&[
+            "-w",
+            "%{http_code}",
+            "--cacert",
+            &cert.display().to_string(),
+            "--resolve",
+            &format!("{name}:443:{SERVER_V4}"),
+            &format!("https://{name}/"),
+        ]);
+        assert_eq!(page, ("200".into(), Some(0)), "https://{name}/");
     }
     // Port 80 only redirects to HTTPS, on the name asked for.
     let redirect = lab.curl(&[
@@ -361,9 +399,9 @@ fn a_disabled_webmail_runs_no_container_and_nothing_listens_on_443_or_80() {
 }
 
 #[test]
-fn in_chromium_alice_reads_her_mail_and_sends_dkim_signed_mail_and_a_wrong_password_a_forged_cookie_and_a_logged_out_session_open_nothing(
+fn in_chromium_alice_reads_her_mail_and_sends_dkim_signed_mail_and_a_wrong_password_a_forged_cookie_no_csrf_token_a_large_upload_and_a_logged_out_session_are_refused(
 ) {
-    let test = "in_chromium_alice_reads_her_mail_and_sends_dkim_signed_mail_and_a_wrong_password_a_forged_cookie_and_a_logged_out_session_open_nothing";
+    let test = "in_chromium_alice_reads_her_mail_and_sends_dkim_signed_mail_and_a_wrong_password_a_forged_cookie_no_csrf_token_a_large_upload_and_a_logged_out_session_are_refused";
     if !can_run(test) || !common::browser::present(test) {
         return;
     }
@@ -412,10 +450,24 @@ fn in_chromium_alice_reads_her_mail_and_sends_dkim_signed_mail_and_a_wrong_passw
     let shown = browser.wait_for("#messagebody", PAGE_LIMIT).unwrap();
     assert!(shown.contains(body), "the message's body: {shown}");
 
-    // A message to bob, sent from the webmail: in bob's box, from alice, DKIM-signed.
+    // A message to bob, sent from the webmail: in bob's box, from alice, DKIM-signed. An
+    // attachment above the upload limit is refused first, with a message that says so.
     browser
         .goto(&format!("{WEBMAIL}?_task=mail&_action=compose"))
         .unwrap();
+    let large = lab.dir.path().join("eight-megabytes.bin");
+    std::fs::write(&large, vec![b'x'; 8 << 20]).unwrap();
+    browser.wait_for("#compose-subject", PAGE_LIMIT).unwrap();
+    browser.choose_file("#uploadformInput", &large).unwrap();
+    let too_large = "The uploaded file exceeds the maximum size of 7.0 MB.";
+    let said = common::wait_until(PAGE_LIMIT, || {
+        browser.page_text().is_ok_and(|t| t.contains(too_large))
+    });
+    assert!(
+        said,
+        "no \"{too_large}\":\n{}",
+        browser.page_text().unwrap()
+    );
     browser
         .fill("#compose_to .recipient-input input", &format!("{BOB}, "))
         .unwrap();
@@ -453,10 +505,17 @@ fn in_chromium_alice_reads_her_mail_and_sends_dkim_signed_mail_and_a_wrong_passw
         .filter(|c| c.name().starts_with("roundcube_"))
         .map(|c| (c.name().to_string(), c.value().to_string()))
         .collect();
+    let inbox = lab.page_with(&cookies);
     assert!(
-        lab.page_with(&cookies).contains("id=\"messagelist\""),
+        inbox.contains("id=\"messagelist\""),
         "the session's cookies do not open the inbox: {cookies:?}"
     );
+    // A request without the session's CSRF token is refused (403); with it, served.
+    let token = request_token(&inbox).expect("the page's request_token");
+    let mark = "?_task=mail&_action=mark&_remote=1";
+    let form = "_uid=*&_flag=read&_mbox=INBOX";
+    assert_eq!(lab.post_with(&cookies, mark, form, None), 403);
+    assert_eq!(lab.post_with(&cookies, mark, form, Some(&token)), 200);
     let forged: Vec<(String, String)> = (cookies.iter())
         .map(|(name, value)| match name.as_str() {
             "roundcube_sessid" => (name.clone(), "0123456789abcdef0123456789abcdef".into()),
@@ -504,4 +563,11 @@ fn first_uid(page: &str) -> Option<u32> {
         .take_while(char::is_ascii_digit)
         .collect();
     digits.parse().ok()
+}
+
+/// The session's CSRF token, as Roundcube hands it to its scripts (`"request_token":"…"`).
+fn request_token(page: &str) -> Option<String> {
+    let start = page.find("\"request_token\":\"")? + "\"request_token\":\"".len();
+    let token: String = page[start..].chars().take_while(|c| *c != '"').collect();
+    (!token.is_empty()).then_some(token)
 }

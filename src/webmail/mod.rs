@@ -57,10 +57,15 @@ pub const NGINX_CONF: &str = "nginx.conf";
 pub const PHP_FPM_CONF: &str = "php-fpm.conf";
 pub const CONFIG_INC_PHP: &str = "config.inc.php";
 
-/// The largest upload, in MiB: the front accepts 10 MB messages (Postfix's default
-/// message_size_limit) and base64 makes an attachment 4/3 larger, so 7 MB is the most one
-/// can be and still go out. nginx, PHP and Roundcube all refuse more.
+/// The largest message the front accepts, in bytes: Postfix's default message_size_limit,
+/// which the front keeps. Roundcube keeps a message it sends under it, attachments
+/// base64-encoded (a third larger) included.
+pub const MESSAGE_SIZE_LIMIT: u64 = 10_240_000;
+/// The largest upload, in MiB: base64 makes 7 MiB of attachment 9.8 MB of message, the
+/// most that still goes out. PHP and Roundcube refuse more, Roundcube with its own message.
 pub const UPLOAD_LIMIT_MB: u32 = 7;
+/// A request's body, in MiB: an upload of the largest file, with the form around it.
+pub const REQUEST_LIMIT_MB: u32 = UPLOAD_LIMIT_MB + 1;
 
 /// What the webmail's files are made from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,12 +130,12 @@ mod tests {
     }
 
     #[test]
-    fn the_upload_limit_is_the_same_7_mb_in_all_three_files() {
+    fn uploads_stop_at_7_mb_and_requests_at_8_mb_and_messages_at_the_fronts_limit() {
         let [(_, nginx), (_, fpm), (_, roundcube)] = render_files(&default_plan());
-        assert!(nginx.contains("client_max_body_size 7m;"), "{nginx}");
+        assert!(nginx.contains("client_max_body_size 8m;"), "{nginx}");
         assert!(fpm.contains("php_admin_value[upload_max_filesize] = 7M\n"));
-        assert!(fpm.contains("php_admin_value[post_max_size] = 7M\n"));
-        assert!(roundcube.contains("$config['max_message_size'] = '7M';"));
+        assert!(fpm.contains("php_admin_value[post_max_size] = 8M\n"));
+        assert!(roundcube.contains("$config['max_message_size'] = 10240000;"));
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use super::{
     php_fpm_socket, WebmailPlan, NGINX_FASTCGI_CONF, NGINX_MIME_TYPES, NGINX_PID_FILE,
-    NGINX_TEMP_DIR, ROUNDCUBE_ROOT, TLS_DIR, UPLOAD_LIMIT_MB,
+    NGINX_TEMP_DIR, REQUEST_LIMIT_MB, ROUNDCUBE_ROOT, TLS_DIR,
 };
 
 pub fn render_nginx_conf(plan: &WebmailPlan) -> String {
@@ -34,7 +34,7 @@ http {{
     access_log off;
     server_tokens off;
     sendfile on;
-{temp_paths}    client_max_body_size {UPLOAD_LIMIT_MB}m;
+{temp_paths}    client_max_body_size {REQUEST_LIMIT_MB}m;
 
     # The agent forwards every connection from the loopback with a PROXY header that names
     # the client: its address is the one logged and the one Roundcube limits logins by.

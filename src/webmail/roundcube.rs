@@ -1,7 +1,10 @@
 //! `php-fpm.conf` of the `webmail-php` container and Roundcube's `config.inc.php`, which
 //! the image's /etc/roundcube/config.inc.php includes, so that it is all Roundcube reads.
 
-use super::{php_fpm_socket, WebmailPlan, DATA_DIR, LOGIN_PLUGIN, UPLOAD_LIMIT_MB, WWW_DATA_ID};
+use super::{
+    php_fpm_socket, WebmailPlan, DATA_DIR, LOGIN_PLUGIN, MESSAGE_SIZE_LIMIT, REQUEST_LIMIT_MB,
+    UPLOAD_LIMIT_MB, WWW_DATA_ID,
+};
 
 /// The des_key's file in [`DATA_DIR`](super::DATA_DIR) (made by [`super::ensure_des_key`]).
 pub(super) const DES_KEY_FILE: &str = "des_key";
@@ -30,7 +33,7 @@ pm.process_idle_timeout = 60s
 catch_workers_output = yes
 decorate_workers_output = no
 php_admin_value[upload_max_filesize] = {UPLOAD_LIMIT_MB}M
-php_admin_value[post_max_size] = {UPLOAD_LIMIT_MB}M
+php_admin_value[post_max_size] = {REQUEST_LIMIT_MB}M
 php_admin_value[memory_limit] = 64M
 ; Uploads land on the data partition, beside Roundcube's temp_dir, not in /tmp's RAM.
 php_admin_value[upload_tmp_dir] = {DATA_DIR}/tmp
@@ -93,9 +96,9 @@ $config['session_samesite'] = 'Strict';
 // Failed logins a minute from one client (nginx has its real address).
 $config['login_rate_limit'] = 3;
 
-// The same limit as nginx's and PHP's: the whole message, attachments base64-encoded,
-// stays under the front's 10 MB.
-$config['max_message_size'] = '{UPLOAD_LIMIT_MB}M';
+// The front's limit: Roundcube keeps the whole message, attachments base64-encoded,
+// under it (so at most 7 MB of attachments, PHP's upload limit, go into one).
+$config['max_message_size'] = {MESSAGE_SIZE_LIMIT};
 
 // A login `alice` is `box@alice.<letterbox_domain>` ({login_plugin} plugin).
 $config['letterbox_domain'] = {domain};

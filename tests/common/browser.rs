@@ -107,6 +107,9 @@ impl Browser {
                 .process_group(0)
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::piped())
+                // Not the test's stderr: a chromedriver or Chromium outliving a killed test
+                // (tests/run's time limit) would hold the runner's pipe open.
+                .stderr(std::process::Stdio::null())
                 .spawn()
                 .map_err(BrowserError::Spawn)?,
         );
@@ -165,6 +168,21 @@ impl Browser {
         let doing = self.on_page(format!("clicking `{selector}`"));
         self.call(doing, async move {
             displayed(&client, &selector, TIMEOUT).await?.click().await
+        })
+    }
+
+    /// Chooses the file at `path` in the file input `selector`, as a person would in the
+    /// file dialog (file inputs are often hidden behind a button: it need not be displayed).
+    pub fn choose_file(&self, selector: &str, path: &std::path::Path) -> Result<(), BrowserError> {
+        let (client, selector) = (self.client.clone(), selector.to_string());
+        let path = path.display().to_string();
+        let doing = self.on_page(format!("choosing {path} in `{selector}`"));
+        self.call(doing, async move {
+            client
+                .find(Locator::Css(&selector))
+                .await?
+                .send_keys(&path)
+                .await
         })
     }
 

@@ -42,9 +42,9 @@ $config['session_samesite'] = 'Strict';
 // Failed logins a minute from one client (nginx has its real address).
 $config['login_rate_limit'] = 3;
 
-// The same limit as nginx's and PHP's: the whole message, attachments base64-encoded,
-// stays under the front's 10 MB.
-$config['max_message_size'] = '7M';
+// The front's limit: Roundcube keeps the whole message, attachments base64-encoded,
+// under it (so at most 7 MB of attachments, PHP's upload limit, go into one).
+$config['max_message_size'] = 10240000;
 
 // A login `alice` is `box@alice.<letterbox_domain>` ('letterbox_login' plugin).
 $config['letterbox_domain'] = 'example.org';
