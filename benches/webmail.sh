@@ -126,7 +126,7 @@ wait_until() { # seconds description command...
     fail "$what: not within ${limit}s"
 }
 in_client() { ip netns exec "$CLIENT_NS" "$@"; }
-in_webmail() { nsenter --net="$STATE/netns/webmail" -- "$@"; }
+in_webmail() { nsenter --net="$STATE/netns/_webmail" -- "$@"; }
 
 wait_until 300 "port 25" in_client swaks --server "$SERVER_V4" --quit-after EHLO
 wait_until 300 "the webmail on 443" in_client python3 -c '

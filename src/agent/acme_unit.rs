@@ -195,9 +195,9 @@ async fn withdraw_answers(agent: &Arc<Agent>) {
 
 /// SIGHUP to the masters of the front's Postfix and Dovecot, of each box's Dovecot (the
 /// boxes of the accounts in force; each binds STATE/tls and serves 993 and 143 to IPv6
-/// clients) and of the webmail's nginx: each reloads its configuration and certificate, and its running processes
-/// finish their connections with the old one. A container that is not running reads the
-/// new pair when it starts.
+/// clients) and of the webmail's nginx: each reloads its configuration and certificate,
+/// and its running processes finish their connections with the old one. A container that
+/// is not running reads the new pair when it starts.
 async fn reload_servers(agent: &Arc<Agent>, setup: &AcmeSetup) {
     let hangup = nix::sys::signal::Signal::SIGHUP as u32;
     let client = match Client::connect(&setup.containerd, SIGNAL_LIMIT).await {

@@ -23,8 +23,11 @@ use crate::net::forward::{self, Netns};
 use crate::supervise::{StopSignal, TaskResult, Unit};
 use crate::webmail::{self, WebmailPlan};
 
-/// The unit's name, and its network namespace's.
+/// The unit's name.
 const WEBMAIL: &str = "webmail";
+/// Its network namespace's file name, beside the boxes' (named after their accounts): the
+/// underscore keeps any account from taking it, as account names are DNS labels.
+const NETNS: &str = "_webmail";
 /// The ports carried into the namespace (host → nginx) and out of it (Roundcube → front).
 const INTO: [u16; 2] = [443, 80];
 const OUT_OF: [u16; 2] = [993, 587];
@@ -67,15 +70,18 @@ async fn run(agent: Arc<Agent>, setup: WebmailSetup, mut stop: StopSignal) -> Ta
         } => image?,
         _ = stop.requested() => return Ok(()),
     };
-    let (netns_path, _) = ensure_loopback_netns(&setup.netns_dir, WEBMAIL)
+    let (netns_path, changes) = ensure_loopback_netns(&setup.netns_dir, NETNS)
         .await
         .map_err(ContainerUnitError::from)?;
+    for change in changes {
+        log::info!("webmail: {change}");
+    }
     let files = prepare(&setup, netns_path)?;
     let netns = Netns::open(&files.netns).map_err(|source| ContainerUnitError::Write {
         path: files.netns.clone(),
         source,
     })?;
-    let _forwards = start_forwards(Arc::new(netns))?;
+    let _forwards = start_forwards(Arc::new(netns)).await?;
 
     let php_log = setup.log(WEBMAIL_PHP);
     let php_spec = spec::webmail_php_spec(&files).map_err(ContainerUnitError::from)?;
@@ -158,11 +164,30 @@ fn prepare(setup: &WebmailSetup, netns: PathBuf) -> Result<WebmailFiles, Contain
     mail_container::write_files(&files.config_dir, &rendered)?;
     mail_container::ensure_dir(&files.sockets, 0o755)?;
     for dir in [files.data.clone(), files.data.join("tmp")] {
+        remove_symlink(&dir)?;
         mail_container::ensure_dir(&dir, 0o700)?;
         chown_www_data(&dir)?;
     }
-    webmail::ensure_des_key(&files.data, webmail::WWW_DATA_ID, webmail::WWW_DATA_ID)?;
+    if webmail::ensure_des_key(&files.data, webmail::WWW_DATA_ID, webmail::WWW_DATA_ID)? {
+        log::info!("webmail: made Roundcube's des_key");
+    }
     Ok(files)
+}
+
+/// Removes `path` if it is a symbolic link. PHP's www-data owns the data directory and
+/// could put one where a directory is expected, for the agent, which is root, to give
+/// whatever it names to www-data. The containers are stopped while this runs.
+fn remove_symlink(path: &Path) -> Result<(), ContainerUnitError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => {
+            log::warn!("webmail: removed the symbolic link {}", path.display());
+            std::fs::remove_file(path).map_err(|source| ContainerUnitError::Write {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+        _ => Ok(()),
+    }
 }
 
 fn chown_www_data(path: &Path) -> Result<(), ContainerUnitError> {
@@ -176,7 +201,7 @@ fn chown_www_data(path: &Path) -> Result<(), ContainerUnitError> {
 
 /// The forwarders, running until the set is dropped: the host's 443 and 80 into the
 /// namespace, its 993 and 587 out to the front.
-fn start_forwards(netns: Arc<Netns>) -> Result<JoinSet<()>, ContainerUnitError> {
+async fn start_forwards(netns: Arc<Netns>) -> Result<JoinSet<()>, ContainerUnitError> {
     let loopback = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let mut forwards = JoinSet::new();
     for port in INTO {
@@ -194,6 +219,7 @@ fn start_forwards(netns: Arc<Netns>) -> Result<JoinSet<()>, ContainerUnitError> 
         let listener =
             netns
                 .listen(loopback(port))
+                .await
                 .map_err(|source| ContainerUnitError::Listen {
                     what: format!("port {port} in the webmail's namespace"),
                     source,

@@ -2,7 +2,6 @@
 //! logging in to the accounts' own boxes. On unless `enabled = false`.
 
 use serde::Deserialize;
-use toml::Spanned;
 
 use super::system::System;
 
@@ -43,16 +42,14 @@ impl Webmail {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawWebmail {
-    enabled: Option<Spanned<bool>>,
+    enabled: Option<bool>,
 }
 
 /// Nothing to check beyond the type, which serde reports with its position.
 pub(super) fn validate_webmail(raw: Option<RawWebmail>) -> Webmail {
     let default = Webmail::default();
     Webmail {
-        enabled: raw
-            .and_then(|raw| raw.enabled)
-            .map_or(default.enabled, Spanned::into_inner),
+        enabled: raw.and_then(|raw| raw.enabled).unwrap_or(default.enabled),
     }
 }
 

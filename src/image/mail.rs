@@ -297,7 +297,7 @@ pub fn built_lock(recipe: &Recipe, layout: &Path, arch: Arch) -> Result<String, 
         std::fs::read_to_string(&index_file),
         std::fs::read_to_string(&lock_file),
     ) else {
-        return Err(ImageError::NoMailImage {
+        return Err(ImageError::NoContainerImage {
             name: recipe.name,
             layout: layout.to_path_buf(),
             arch,

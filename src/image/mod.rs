@@ -70,7 +70,7 @@ pub enum ImageError {
         "the {arch} {name} image {} is missing: build it first (make {name}-image MAIL_ARCH={arch})",
         .layout.display()
     )]
-    NoMailImage {
+    NoContainerImage {
         name: &'static str,
         layout: PathBuf,
         arch: packages::Arch,

@@ -129,7 +129,7 @@ fn enable_php_and_plugin(tree: &mut Tree) -> Result<(), ImageError> {
         }
         tree.insert(available, entry);
     }
-    let plugin = "letterbox_login";
+    let plugin = crate::webmail::LOGIN_PLUGIN;
     tree.insert(
         format!("var/lib/roundcube/plugins/{plugin}"),
         Entry::root(

@@ -9,142 +9,173 @@
 //! - [`forward_out`]: a listener on the namespace's loopback, each connection carried to a
 //!   port on the host.
 //!
-//! Hand-written (a hundred lines on tokio's `copy_bidirectional`): proxy crates bind and
+//! Hand-written (tokio's `copy_bidirectional` does the carrying): proxy crates bind and
 //! connect in the caller's namespace, and here each end is in another one. A socket stays
-//! in the namespace it was made in, so only its creation happens on a thread that entered
-//! the namespace.
+//! in the namespace it was made in, so only its creation happens inside, on a thread of its
+//! own. Each forwarder carries at most [`MAX_CONNECTIONS`] at once, and its connections end
+//! with it.
 
 use std::fs::File;
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsFd;
 use std::path::Path;
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
 
 use nix::sched::CloneFlags;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{oneshot, Semaphore};
+use tokio::task::JoinSet;
 
-/// An open network namespace, in which sockets can be made.
+/// Connections one forwarder carries at once; more wait in the listener's backlog. nginx's
+/// worker takes 256 in all.
+pub const MAX_CONNECTIONS: usize = 128;
+/// The pause after a failed accept (out of file descriptors, mostly), so that the loop
+/// does not spin on it.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
+/// A socket to be made in the namespace, and where the made socket goes.
+type Order = (SocketAddr, oneshot::Sender<io::Result<Socket>>);
+
+/// An open network namespace, and a thread inside it that makes sockets there. The thread
+/// ends when this is dropped.
 pub struct Netns {
-    file: File,
+    orders: mpsc::Sender<Order>,
 }
 
 impl Netns {
+    /// Enters the namespace at `path` on a new thread, which then makes the sockets.
     pub fn open(path: &Path) -> io::Result<Netns> {
-        Ok(Netns {
-            file: File::open(path)?,
-        })
+        let file = File::open(path)?;
+        let (orders, received) = mpsc::channel::<Order>();
+        let (entered, has_entered) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("netns-sockets".into())
+            .spawn(move || {
+                let joined = nix::sched::setns(file.as_fd(), CloneFlags::CLONE_NEWNET);
+                let _ = entered.send(joined.map_err(io::Error::from));
+                if joined.is_err() {
+                    return;
+                }
+                for (address, made) in received {
+                    let _ = made.send(tcp_socket(address));
+                }
+            })?;
+        has_entered
+            .recv()
+            .map_err(|_| io::Error::other("the socket thread ended"))??;
+        Ok(Netns { orders })
     }
 
-    /// Runs `make` on a short-lived thread that entered the namespace: unshare and setns
-    /// move only the calling thread, so no other work ever runs inside.
-    fn inside<T: Send>(&self, make: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                nix::sched::setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET)?;
-                make()
-            })
-            .join()
-            .expect("a socket-making thread does not panic")
-        })
+    async fn socket(&self, address: SocketAddr) -> io::Result<Socket> {
+        let (made, socket) = oneshot::channel();
+        let gone = || io::Error::other("the namespace's socket thread ended");
+        self.orders.send((address, made)).map_err(|_| gone())?;
+        socket.await.map_err(|_| gone())?
     }
 
     /// A listener on `address` inside the namespace.
-    pub fn listen(&self, address: SocketAddr) -> io::Result<TcpListener> {
-        let listener = self.inside(|| {
-            let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
-            socket.set_reuse_address(true)?;
-            socket.bind(&address.into())?;
-            socket.listen(128)?;
-            socket.set_nonblocking(true)?;
-            Ok(std::net::TcpListener::from(socket))
-        })?;
-        TcpListener::from_std(listener)
+    pub async fn listen(&self, address: SocketAddr) -> io::Result<TcpListener> {
+        let socket = self.socket(address).await?;
+        socket.set_reuse_address(true)?;
+        socket.bind(&address.into())?;
+        socket.listen(128)?;
+        TcpListener::from_std(socket.into())
     }
 
     /// A connection to `address` from inside the namespace.
     pub async fn connect(&self, address: SocketAddr) -> io::Result<TcpStream> {
-        let socket = self.inside(|| {
-            let socket = Socket::new(
-                Domain::for_address(address),
-                Type::STREAM,
-                Some(Protocol::TCP),
-            )?;
-            socket.set_nonblocking(true)?;
-            Ok(socket)
-        })?;
-        TcpSocket::from_std_stream(std::net::TcpStream::from(socket))
+        let socket = self.socket(address).await?;
+        TcpSocket::from_std_stream(socket.into())
             .connect(address)
             .await
     }
 }
 
+/// A non-blocking TCP socket for `address`'s family, in the calling thread's namespace.
+fn tcp_socket(address: SocketAddr) -> io::Result<Socket> {
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
+
 /// A listener on the host's `port` for IPv4 and IPv6 clients alike.
 pub fn listen_on_host(port: u16) -> io::Result<TcpListener> {
-    let socket = Socket::new(Domain::IPV6, Type::STREAM, Some(Protocol::TCP))?;
+    let address = SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
+    let socket = tcp_socket(address)?;
     socket.set_only_v6(false)?;
     socket.set_reuse_address(true)?;
-    socket.bind(&SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)).into())?;
+    socket.bind(&address.into())?;
     socket.listen(128)?;
-    socket.set_nonblocking(true)?;
     TcpListener::from_std(socket.into())
 }
 
 /// Carries every connection `listener` accepts to `target` inside `netns`, each after a
-/// PROXY header naming its client; runs until dropped. `name` is for the log.
-pub async fn forward_in(
-    name: &str,
-    listener: TcpListener,
-    netns: std::sync::Arc<Netns>,
-    target: SocketAddr,
-) {
-    loop {
-        let (mut client, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                log::warn!("{name}: accept: {e}");
-                continue;
-            }
-        };
+/// PROXY header naming its client; runs until dropped, and its connections with it.
+pub async fn forward_in(name: &str, listener: TcpListener, netns: Arc<Netns>, target: SocketAddr) {
+    carry(name, listener, move |mut client, peer| {
         let netns = netns.clone();
-        let name = name.to_string();
-        tokio::spawn(async move {
-            let carried = async {
-                let local = client.local_addr()?;
-                let mut server = netns.connect(target).await?;
-                server
-                    .write_all(proxy_header(peer, local).as_bytes())
-                    .await?;
-                tokio::io::copy_bidirectional(&mut client, &mut server).await
-            };
-            if let Err(e) = carried.await {
-                log::debug!("{name}: {peer}: {e}");
-            }
-        });
-    }
+        async move {
+            let local = client.local_addr()?;
+            let mut server = netns.connect(target).await?;
+            server
+                .write_all(proxy_header(peer, local).as_bytes())
+                .await?;
+            tokio::io::copy_bidirectional(&mut client, &mut server).await
+        }
+    })
+    .await
 }
 
 /// Carries every connection `listener` (inside a namespace) accepts to `target` on the
-/// host; runs until dropped.
+/// host; runs until dropped, and its connections with it.
 pub async fn forward_out(name: &str, listener: TcpListener, target: SocketAddr) {
+    carry(name, listener, move |mut client, _| async move {
+        let mut server = TcpStream::connect(target).await?;
+        tokio::io::copy_bidirectional(&mut client, &mut server).await
+    })
+    .await
+}
+
+/// Accepts on `listener` and runs `connection` for each client, at most
+/// [`MAX_CONNECTIONS`] at once, in a set that ends them all when this is dropped.
+async fn carry<F, C>(name: &str, listener: TcpListener, connection: C)
+where
+    C: Fn(TcpStream, SocketAddr) -> F,
+    F: std::future::Future<Output = io::Result<(u64, u64)>> + Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut connections = JoinSet::new();
     loop {
-        let (mut client, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                log::warn!("{name}: accept: {e}");
-                continue;
-            }
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            Some(_) = connections.join_next() => continue,
         };
+        let (client, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    log::warn!("{name}: accept: {e}");
+                    tokio::time::sleep(ACCEPT_PAUSE).await;
+                    continue;
+                }
+            },
+            Some(_) = connections.join_next() => continue,
+        };
+        let carried = connection(client, peer);
         let name = name.to_string();
-        tokio::spawn(async move {
-            let carried = async {
-                let mut server = TcpStream::connect(target).await?;
-                tokio::io::copy_bidirectional(&mut client, &mut server).await
-            };
+        connections.spawn(async move {
             if let Err(e) = carried.await {
                 log::debug!("{name}: {peer}: {e}");
             }
+            drop(slot);
         });
     }
 }

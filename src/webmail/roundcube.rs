@@ -2,8 +2,8 @@
 //! the image's /etc/roundcube/config.inc.php includes, so that it is all Roundcube reads.
 
 use super::{
-    php_fpm_socket, WebmailPlan, DATA_DIR, LOGIN_PLUGIN, MESSAGE_SIZE_LIMIT, REQUEST_LIMIT_MB,
-    UPLOAD_LIMIT_MB, WWW_DATA_ID,
+    php_fpm_socket, WebmailPlan, DATA_DIR, DES_KEY_LENGTH, LOGIN_PLUGIN, MESSAGE_SIZE_LIMIT,
+    REQUEST_LIMIT_MB, UPLOAD_LIMIT_MB, WWW_DATA_ID,
 };
 
 /// The des_key's file in [`DATA_DIR`](super::DATA_DIR) (made by [`super::ensure_des_key`]).
@@ -68,8 +68,8 @@ $config['enable_installer'] = false;
 // (letterbox::webmail::ensure_des_key): a new one would end every session.
 $letterbox_des_key = {des_key};
 $config['des_key'] = trim((string) @file_get_contents($letterbox_des_key));
-if (strlen($config['des_key']) != 24) {{
-    throw new RuntimeException('letterbox: no 24-character des_key in ' . $letterbox_des_key);
+if (strlen($config['des_key']) != {DES_KEY_LENGTH}) {{
+    throw new RuntimeException('letterbox: no {DES_KEY_LENGTH}-character des_key in ' . $letterbox_des_key);
 }}
 
 // The front's IMAP and submission, forwarded by the agent from this namespace's loopback.
@@ -93,7 +93,7 @@ $config['smtp_conn_options'] = $letterbox_loopback_tls;
 $config['session_storage'] = 'db';
 $config['use_https'] = true;
 $config['session_samesite'] = 'Strict';
-// Failed logins a minute from one client (nginx has its real address).
+// Failed logins a minute for one user name, after which Roundcube refuses its logins.
 $config['login_rate_limit'] = 3;
 
 // The front's limit: Roundcube keeps the whole message, attachments base64-encoded,

@@ -6,6 +6,7 @@ use std::io::Write;
 pub mod browser;
 pub mod mail_image;
 pub mod pid1;
+pub mod webmail;
 
 /// Marks the current test as skipped: prints SKIPPED on the real stderr (past libtest's
 /// capture) and records it so `tests/run` counts it as skipped, not passed.

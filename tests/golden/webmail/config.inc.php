@@ -39,7 +39,7 @@ $config['smtp_conn_options'] = $letterbox_loopback_tls;
 $config['session_storage'] = 'db';
 $config['use_https'] = true;
 $config['session_samesite'] = 'Strict';
-// Failed logins a minute from one client (nginx has its real address).
+// Failed logins a minute for one user name, after which Roundcube refuses its logins.
 $config['login_rate_limit'] = 3;
 
 // The front's limit: Roundcube keeps the whole message, attachments base64-encoded,
