@@ -416,53 +416,32 @@ fn broken_provisioning_file_is_refused_with_its_position() {
 
 #[test]
 fn an_image_without_the_arm64_mail_image_is_refused_with_the_command_that_builds_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let out_img = dir.path().join("never.img");
-    // Checked before the agent is read, so no cross-built agent is needed.
-    let missing = dir.path().join("letterbox-mail-arm64");
-    let out = build_command(Path::new(FIXTURE), "rpi3", &out_img)
-        .arg("--mail-image")
-        .arg(&missing)
-        .output()
-        .expect("run letterbox build");
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains(&missing.display().to_string())
-            && stderr.contains("make mail-image MAIL_ARCH=arm64"),
-        "names the missing layout and how to build it: {stderr}"
-    );
-    // The host's amd64 layout in its place: refused for its architecture.
-    let amd64 = root().join("out/letterbox-mail-amd64");
-    if amd64.join("index.json").is_file() {
-        let out = build_command(Path::new(FIXTURE), "rpi3", &out_img)
-            .arg("--mail-image")
-            .arg(&amd64)
-            .output()
-            .expect("run letterbox build");
-        assert!(!out.status.success());
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            stderr.contains("is not the lock of the arm64 mail image"),
-            "an amd64 layout: {stderr}"
-        );
-    }
-    assert!(!out_img.exists(), "no image without the mail image");
+    assert_refused_without_its_arm64_image(Path::new(FIXTURE), "mail");
 }
 
 #[test]
 fn an_image_whose_file_enables_the_webmail_without_its_arm64_image_is_refused_with_the_command_that_builds_it(
 ) {
     let dir = tempfile::tempdir().unwrap();
-    let out_img = dir.path().join("never.img");
     let config = dir.path().join("letterbox.toml");
     let fixture = std::fs::read_to_string(root().join(FIXTURE)).unwrap();
     let enabled = fixture.replace("[webmail]\nenabled = false", "[webmail]\nenabled = true");
     assert_ne!(enabled, fixture, "the fixture turns the webmail off");
     std::fs::write(&config, enabled).unwrap();
-    let missing = dir.path().join("letterbox-webmail-arm64");
-    let out = build_command(&config, "rpi3", &out_img)
-        .arg("--webmail-image")
+    assert_refused_without_its_arm64_image(&config, "webmail");
+}
+
+/// `build` from `config` refuses a missing `letterbox-NAME-arm64` layout, naming it and the
+/// make command that builds it, and the host's amd64 layout in its place for its
+/// architecture; it writes no image. Checked before the agent is read, so no cross-built
+/// agent is needed.
+fn assert_refused_without_its_arm64_image(config: &Path, name: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let out_img = dir.path().join("never.img");
+    let flag = format!("--{name}-image");
+    let missing = dir.path().join(format!("letterbox-{name}-arm64"));
+    let out = build_command(config, "rpi3", &out_img)
+        .arg(&flag)
         .arg(&missing)
         .output()
         .expect("run letterbox build");
@@ -470,24 +449,25 @@ fn an_image_whose_file_enables_the_webmail_without_its_arm64_image_is_refused_wi
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains(&missing.display().to_string())
-            && stderr.contains("make webmail-image MAIL_ARCH=arm64"),
+            && stderr.contains(&format!("make {name}-image MAIL_ARCH=arm64")),
         "names the missing layout and how to build it: {stderr}"
     );
     // The host's amd64 layout in its place: refused for its architecture.
-    let amd64 = root().join("out/letterbox-webmail-amd64");
+    let amd64 = root().join(format!("out/letterbox-{name}-amd64"));
     if amd64.join("index.json").is_file() {
-        let out = build_command(&config, "rpi3", &out_img)
-            .arg("--webmail-image")
+        let out = build_command(config, "rpi3", &out_img)
+            .arg(&flag)
             .arg(&amd64)
             .output()
             .expect("run letterbox build");
+        assert!(!out.status.success());
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
-            !out.status.success() && stderr.contains("is not the lock of the arm64 webmail image"),
+            stderr.contains(&format!("is not the lock of the arm64 {name} image")),
             "an amd64 layout: {stderr}"
         );
     }
-    assert!(!out_img.exists(), "no image without the webmail image");
+    assert!(!out_img.exists(), "no image without the {name} image");
 }
 
 /// SOURCE_DATE_EPOCH for the test below: 2023-11-14 22:13:20 UTC, not the builder's
