@@ -199,6 +199,14 @@ impl Lab {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
+    /// Whether the front's queue holds no message.
+    fn queue_is_empty(&self) -> bool {
+        let spool = self.state().join("postfix/spool");
+        ["incoming", "active", "deferred", "hold", "maildrop"]
+            .iter()
+            .all(|queue| common::files_under(&spool.join(queue)).is_empty())
+    }
+
     /// Whether a message with `subject` is in `name`'s Maildir (new or cur).
     fn delivered(&self, name: &str, subject: &str) -> bool {
         let header = format!("Subject: {subject}");
@@ -229,32 +237,37 @@ impl Drop for Lab {
 }
 
 /// Takes every free block of the filesystem at `dir`: a file as large as the space free
-/// to all, then one that takes root's reserve. Asserts it is full: a one-byte file cannot be
-/// written.
+/// to all, then ones that take root's reserve and whatever was freed meanwhile. Asserts it
+/// is full: a one-byte file cannot be written.
 fn fill(dir: &Path) -> Vec<PathBuf> {
     let stat = nix::sys::statvfs::statvfs(dir).unwrap();
     let free = stat.blocks_available() * stat.fragment_size();
-    let fillers = vec![dir.join("filler"), dir.join("filler-tail")];
+    let mut fillers = vec![dir.join("filler")];
     common::run(&[
         "fallocate",
         "-l",
         &free.to_string(),
         &fillers[0].display().to_string(),
     ]);
-    let _ = std::process::Command::new("dd")
-        .arg("if=/dev/zero")
-        .arg(format!("of={}", fillers[1].display()))
-        .arg("bs=4k")
-        .stderr(std::process::Stdio::null())
-        .status();
     let probe = dir.join("probe");
-    assert!(
-        std::fs::write(&probe, b"x").is_err(),
-        "{} is not full",
-        dir.display()
-    );
-    let _ = std::fs::remove_file(probe);
-    fillers
+    for n in 0..5 {
+        let tail = dir.join(format!("filler-tail-{n}"));
+        let _ = std::process::Command::new("dd")
+            .arg("if=/dev/zero")
+            .arg(format!("of={}", tail.display()))
+            .arg("bs=4k")
+            .arg("conv=fsync")
+            .stderr(std::process::Stdio::null())
+            .status();
+        fillers.push(tail);
+        if std::fs::write(&probe, b"x").is_err() {
+            let _ = std::fs::remove_file(&probe);
+            return fillers;
+        }
+        let _ = std::fs::remove_file(&probe);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("{} is not full", dir.display());
 }
 
 #[test]
@@ -304,6 +317,13 @@ fn on_a_full_data_partition_add_and_del_are_refused_naming_it_and_change_nothing
         lab.diagnostics()
     );
 
+    // The front deletes a queue file only after its delivery: what it frees must not
+    // free the full partition again.
+    assert!(
+        common::wait_until(DELIVERY_LIMIT, || lab.queue_is_empty()),
+        "the front's queue never emptied:\n{}",
+        lab.diagnostics()
+    );
     let fillers = fill(&state);
     let shown = state.display().to_string();
 

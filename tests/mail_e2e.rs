@@ -365,22 +365,9 @@ impl Lab {
         let spool = self.state().join("postfix/spool");
         ["incoming", "active", "deferred", "hold", "maildrop"]
             .iter()
-            .flat_map(|q| walk(&spool.join(q)))
+            .flat_map(|q| common::files_under(&spool.join(q)))
             .collect()
     }
-}
-
-fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            files.extend(walk(&path));
-        } else {
-            files.push(path);
-        }
-    }
-    files
 }
 
 impl Drop for Lab {

@@ -155,6 +155,20 @@ pub fn wait_until(limit: std::time::Duration, mut condition: impl FnMut() -> boo
     wait_for(limit, || condition().then_some(())).is_some()
 }
 
+/// Every file under `dir`, at any depth (none if it is missing).
+pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(files_under(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
 /// A network namespace with a unique name; deleted on drop (with every link in it), also
 /// when the test fails.
 pub struct Netns {
