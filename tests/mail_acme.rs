@@ -1,7 +1,8 @@
 //! ACME under `letterbox run` (trixie's containerd and runc, the amd64 `letterbox-mail`
 //! image), against Debian's `pebble` in the server's namespace: pebble validates DNS-01
-//! by asking the agent's own DNS server, the certificate is installed and served on 993
-//! and 465 (and by alice's box, on its own 993), and a renewal (pebble issues for 180 s, so one is due a third of that before
+//! by asking the agent's own DNS server for each name (the host's, and the webmail's
+//! `example.org`), the certificate is installed and served on 993 and 465 (and by alice's
+//! box, on its own 993), and a renewal (pebble issues for 180 s, so one is due a third of that before
 //! expiry, 120 s after issue) is served on both while an SMTP session opened before it
 //! carries on.
 
@@ -144,7 +145,7 @@ impl Lab {
         for (host, port) in [(SERVER_V4, 993), (SERVER_V4, 465), (&*self.box_v4, 993)] {
             let mut last = String::new();
             let served = common::wait_until(TIMEOUT, || {
-                let (ok, fingerprint, transcript) = self.served(host, port, root);
+                let (ok, fingerprint, transcript) = self.served(host, port, root, FQDN);
                 last = transcript;
                 ok && fingerprint == wanted
             });
@@ -194,13 +195,14 @@ impl Lab {
     }
 
     /// What `openssl s_client` makes of the certificate served on `host`:`port` (implicit
-    /// TLS), checked against `root` for FQDN: (verified, the leaf's SHA-256, the transcript).
-    fn served(&self, host: &str, port: u16, root: &Path) -> (bool, String, String) {
+    /// TLS), checked against `root` for `name`: (verified, the leaf's SHA-256, the
+    /// transcript).
+    fn served(&self, host: &str, port: u16, root: &Path, name: &str) -> (bool, String, String) {
         let out = self
             .server
             .exec("openssl")
             .args(["s_client", "-connect", &format!("{host}:{port}")])
-            .args(["-servername", FQDN, "-verify_hostname", FQDN])
+            .args(["-servername", name, "-verify_hostname", name])
             .args(["-verify_return_error", "-CAfile"])
             .arg(root)
             .stdin(std::process::Stdio::null())
@@ -323,6 +325,9 @@ fn acme_certificate_from_pebble_over_dns01_is_served_on_993_and_465_and_renewed_
     let first = lab.installed();
     assert!(!first.is_empty());
     lab.wait_served(&root, &first);
+    // One certificate for the webmail's name too (`mail.example.org` is the host's).
+    let (verified, _, transcript) = lab.served(SERVER_V4, 993, &root, "example.org");
+    assert!(verified, "not valid for example.org:\n{transcript}");
     // The key and account are the device's own, root's only.
     for file in ["tls/key.pem", "tls/cert.pem", "acme/account.json"] {
         let mode = std::os::unix::fs::PermissionsExt::mode(

@@ -1,7 +1,7 @@
 //! The `acme` unit (`[tls] acme = true`): keeps the mail's certificate issued by the ACME
-//! CA. Once the clock can be trusted it orders a certificate for `<hostname>.<domain>`
-//! (the self-signed one serves until then), answers the CA's DNS-01 challenge from our own
-//! zone, installs the issued pair in `STATE/tls`, and has the front's Postfix and Dovecot,
+//! CA. Once the clock can be trusted it orders a certificate for `<hostname>.<domain>` and,
+//! with the webmail on, `<domain>` and `mail.<domain>` (the self-signed one serves until
+//! then), answers the CA's DNS-01 challenges from our own zone, installs the issued pair in `STATE/tls`, and has the front's Postfix and Dovecot,
 //! every box's Dovecot (which serves IPv6 clients itself) and the webmail's nginx reload it
 //! with SIGHUP to their masters, so that open connections carry on. It renews 30
 //! days before expiry (a third of the lifetime before, for shorter-lived certificates),
@@ -38,8 +38,9 @@ const SIGNAL_LIMIT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct AcmeSetup {
     pub acme: Acme,
-    /// `<hostname>.<domain>`, the name certified.
-    pub fqdn: String,
+    /// The names certified, `<hostname>.<domain>` first
+    /// (`config::Webmail::certificate_names`).
+    pub names: Vec<String>,
     pub state_dir: PathBuf,
     /// containerd's socket, to signal the containers that serve the certificate.
     pub containerd: PathBuf,
@@ -71,8 +72,8 @@ async fn keep_certified(agent: Arc<Agent>, setup: AcmeSetup) {
     let mut retry = RETRY_FIRST;
     let mut announced = None;
     loop {
-        let (dir, fqdn) = (setup.tls_dir(), setup.fqdn.clone());
-        let due = tokio::task::spawn_blocking(move || tls::acme_renewal_due(&dir, &fqdn))
+        let (dir, names) = (setup.tls_dir(), setup.names.clone());
+        let due = tokio::task::spawn_blocking(move || tls::acme_renewal_due(&dir, &names))
             .await
             .unwrap_or_default();
         let now = OffsetDateTime::now_utc();
@@ -103,7 +104,7 @@ async fn keep_certified(agent: Arc<Agent>, setup: AcmeSetup) {
             Err(e) => {
                 log::error!(
                     "ACME: no certificate for {} from {}: {}; trying again in {} s",
-                    setup.fqdn,
+                    setup.names.join(", "),
                     setup.acme.directory,
                     crate::error_chain(&*e),
                     retry.as_secs()
@@ -121,19 +122,19 @@ async fn certify(
     setup: &AcmeSetup,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let account = acme::account(&setup.state_dir, &setup.acme).await?;
-    log::info!("ACME: ordering a certificate for {}", setup.fqdn);
+    let names = setup.names.join(", ");
+    log::info!("ACME: ordering a certificate for {names}");
     let publish = |answers| publish(agent.clone(), answers);
-    let issued = acme::order(&account, &setup.acme.directory, &setup.fqdn, publish).await?;
-    let (dir, fqdn) = (setup.tls_dir(), setup.fqdn.clone());
+    let issued = acme::order(&account, &setup.acme.directory, &setup.names, publish).await?;
+    let (dir, wanted) = (setup.tls_dir(), setup.names.clone());
     let validity = tokio::task::spawn_blocking(move || {
-        tls::install_issued(&dir, &fqdn, &issued.chain_pem, &issued.key_pem)
-            .map(|()| tls::certificate_validity(&dir, &fqdn))
+        tls::install_issued(&dir, &wanted, &issued.chain_pem, &issued.key_pem)
+            .map(|()| tls::certificate_validity(&dir, &wanted))
     })
     .await??;
     match validity {
         Ok(validity) => log::info!(
-            "ACME: installed a certificate for {} valid until {}",
-            setup.fqdn,
+            "ACME: installed a certificate for {names} valid until {}",
             validity.not_after
         ),
         Err(why) => log::warn!("ACME: the installed certificate does not read back: {why}"),
@@ -144,7 +145,7 @@ async fn certify(
 
 /// Puts `answers` in our zone (`STATE/acme/challenge`), served once this returns; an empty
 /// list takes the earlier ones out.
-async fn publish(agent: Arc<Agent>, answers: Vec<String>) -> Result<(), String> {
+async fn publish(agent: Arc<Agent>, answers: Vec<crate::dns::AcmeAnswer>) -> Result<(), String> {
     let state = agent.state_dir().to_path_buf();
     tokio::task::spawn_blocking(move || crate::dns::write_acme_challenges(&state, &answers))
         .await

@@ -216,7 +216,7 @@ impl Agent {
         if let Some(acme) = config.tls.acme.clone() {
             let setup = acme_unit::AcmeSetup {
                 acme,
-                fqdn: config.system.fqdn(),
+                names: config.webmail.certificate_names(&config.system),
                 state_dir: site.state_dir.clone(),
                 containerd: site.socket.clone(),
                 webmail,

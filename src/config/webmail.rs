@@ -20,9 +20,9 @@ impl Default for Webmail {
 pub const WEBMAIL_LABEL: &str = "mail";
 
 impl Webmail {
-    /// The names the appliance's TLS certificate carries and HTTPS answers to, the host's
-    /// first (`<hostname>.<domain>`, the mail's name, the only one a CA-issued certificate
-    /// is sure to have); with the webmail on, `<domain>` and `mail.<domain>` too.
+    /// The names the appliance's TLS certificate carries (self-signed or from the ACME CA)
+    /// and HTTPS answers to, the host's first (`<hostname>.<domain>`, the mail's name);
+    /// with the webmail on, `<domain>` and `mail.<domain>` too.
     pub fn certificate_names(&self, system: &System) -> Vec<String> {
         let mut names = vec![system.fqdn()];
         if self.enabled {

@@ -1,5 +1,6 @@
-//! The ACME DNS-01 answers in `STATE/acme/challenge`, one a line, published as TXT records
-//! of `_acme-challenge.<hostname>.<domain>` while an order is being validated. The agent's
+//! The ACME DNS-01 answers in `STATE/acme/challenge`, one a line (the name certified, a
+//! space, the answer), published as TXT records of `_acme-challenge.<name>` while an order
+//! is being validated. The agent's
 //! ACME unit writes the file, reloads the zone, and removes the file once the CA has looked,
 //! and at its start whatever an order cut short left. The zone reads it only while
 //! `[tls] acme` is on.
@@ -13,13 +14,21 @@ pub const ACME_CHALLENGE_FILE: &str = "acme/challenge";
 /// The label the CA asks under the certified name (RFC 8555 §8.4).
 pub const ACME_CHALLENGE_LABEL: &str = "_acme-challenge";
 
+/// One DNS-01 answer: the TXT value the CA looks for under `_acme-challenge.<name>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeAnswer {
+    /// The name certified (`example.org`), not the challenge's own.
+    pub name: String,
+    pub value: String,
+}
+
 fn path(state: &Path) -> PathBuf {
     state.join(ACME_CHALLENGE_FILE)
 }
 
-/// The answers to publish; no file, none. A line that is not a DNS-01 answer (base64url of
-/// a SHA-256 digest) makes the whole file an error: the zone leaves it out.
-pub fn read_acme_challenges(state: &Path) -> Result<Vec<String>, DnsError> {
+/// The answers to publish; no file, none. A line that is not a name and a DNS-01 answer
+/// (base64url of a SHA-256 digest) makes the whole file an error: the zone leaves it out.
+pub fn read_acme_challenges(state: &Path) -> Result<Vec<AcmeAnswer>, DnsError> {
     let path = path(state);
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
@@ -28,20 +37,30 @@ pub fn read_acme_challenges(state: &Path) -> Result<Vec<String>, DnsError> {
     };
     let mut answers = Vec::new();
     for (i, line) in text.lines().enumerate() {
-        let is_answer = line.len() == 43
-            && line
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        if !is_answer {
+        let answer = line
+            .split_once(' ')
+            .filter(|(name, value)| !name.is_empty() && is_dns01_value(value));
+        let Some((name, value)) = answer else {
             return Err(DnsError::AcmeChallenge { path, line: i + 1 });
-        }
-        answers.push(line.to_string());
+        };
+        answers.push(AcmeAnswer {
+            name: name.to_string(),
+            value: value.to_string(),
+        });
     }
     Ok(answers)
 }
 
+/// Base64url, unpadded, of a SHA-256 digest (RFC 8555 §8.4).
+fn is_dns01_value(value: &str) -> bool {
+    value.len() == 43
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// Replaces the answers with `answers`; none removes the file.
-pub fn write_acme_challenges(state: &Path, answers: &[String]) -> Result<(), DnsError> {
+pub fn write_acme_challenges(state: &Path, answers: &[AcmeAnswer]) -> Result<(), DnsError> {
     let path = path(state);
     let io = |source| DnsError::Io {
         path: path.clone(),
@@ -56,7 +75,10 @@ pub fn write_acme_challenges(state: &Path, answers: &[String]) -> Result<(), Dns
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
-    let text: String = answers.iter().map(|a| format!("{a}\n")).collect();
+    let text: String = answers
+        .iter()
+        .map(|a| format!("{} {}\n", a.name, a.value))
+        .collect();
     crate::atomic_file::replace_mode(&path, text.as_bytes(), 0o644).map_err(io)
 }
 
@@ -68,16 +90,28 @@ mod tests {
     fn answers_round_trip_and_a_bad_line_is_named() {
         let dir = tempfile::tempdir().unwrap();
         assert!(read_acme_challenges(dir.path()).unwrap().is_empty());
-        let answer = "LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0".to_string();
-        write_acme_challenges(dir.path(), std::slice::from_ref(&answer)).unwrap();
-        assert_eq!(read_acme_challenges(dir.path()).unwrap(), [answer.as_str()]);
-        std::fs::write(
-            dir.path().join(ACME_CHALLENGE_FILE),
-            format!("{answer}\nno way\n"),
-        )
-        .unwrap();
-        let e = read_acme_challenges(dir.path()).unwrap_err().to_string();
-        assert!(e.contains("challenge:2") && e.contains("expected"), "{e}");
+        let answers = [
+            AcmeAnswer {
+                name: "mail.example.org".into(),
+                value: "LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0".into(),
+            },
+            AcmeAnswer {
+                name: "example.org".into(),
+                value: "Qm9vdHN0cmFwIHRoZSBhbnN3ZXIgZm9yIHRoZSBkb20".into(),
+            },
+        ];
+        write_acme_challenges(dir.path(), &answers).unwrap();
+        assert_eq!(read_acme_challenges(dir.path()).unwrap(), answers);
+        // A bare answer (the file of an older agent) and a line that is no answer.
+        for bad in [answers[0].value.as_str(), "example.org no way"] {
+            std::fs::write(
+                dir.path().join(ACME_CHALLENGE_FILE),
+                format!("example.org {}\n{bad}\n", answers[0].value),
+            )
+            .unwrap();
+            let e = read_acme_challenges(dir.path()).unwrap_err().to_string();
+            assert!(e.contains("challenge:2") && e.contains("expected"), "{e}");
+        }
         write_acme_challenges(dir.path(), &[]).unwrap();
         assert!(!dir.path().join(ACME_CHALLENGE_FILE).exists());
     }

@@ -33,7 +33,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 pub use challenge::{
-    read_acme_challenges, write_acme_challenges, ACME_CHALLENGE_FILE, ACME_CHALLENGE_LABEL,
+    read_acme_challenges, write_acme_challenges, AcmeAnswer, ACME_CHALLENGE_FILE,
+    ACME_CHALLENGE_LABEL,
 };
 pub use dkim::{read as read_dkim_keys, DkimKey, ED25519_SPKI};
 pub use notify::RETRY_AFTER as NOTIFY_RETRY_AFTER;
@@ -54,7 +55,7 @@ pub enum DnsError {
     },
     #[error("{path} is corrupt; expected \"<serial> <hash>\" (remove it to start a new serial)")]
     SerialCorrupt { path: PathBuf },
-    #[error("{path}:{line}: not an ACME DNS-01 answer; expected 43 base64url characters a line")]
+    #[error("{path}:{line}: not an ACME DNS-01 answer; expected the name certified, a space and 43 base64url characters a line")]
     AcmeChallenge { path: PathBuf, line: usize },
     #[error("DKIM key {path}: {why}")]
     DkimKey { path: PathBuf, why: String },

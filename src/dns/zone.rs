@@ -9,7 +9,7 @@ use std::path::Path;
 use hickory_proto::rr::rdata::{A, AAAA, MX, SOA};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
-use super::challenge::{read_acme_challenges, ACME_CHALLENGE_LABEL};
+use super::challenge::{read_acme_challenges, AcmeAnswer, ACME_CHALLENGE_LABEL};
 use super::dkim::{self, DkimKey};
 use super::{serial, DnsError};
 use crate::config::{
@@ -32,8 +32,8 @@ const ACME_CHALLENGE_TTL: u32 = 60;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Sources {
     pub dkim: Vec<DkimKey>,
-    /// ACME DNS-01 answers for `_acme-challenge.<hostname>.<domain>`.
-    pub acme_challenges: Vec<String>,
+    /// ACME DNS-01 answers, each for `_acme-challenge.<the name certified>`.
+    pub acme_challenges: Vec<AcmeAnswer>,
 }
 
 /// The zone: its SOA and every other record, in publication order.
@@ -94,7 +94,7 @@ impl Zone {
     fn unserialed(
         cfg: &Config,
         dkim: Vec<DkimKey>,
-        acme_challenges: Vec<String>,
+        acme_challenges: Vec<AcmeAnswer>,
     ) -> Result<Zone, DnsError> {
         build(
             cfg,
@@ -184,7 +184,6 @@ fn quote(bytes: &[u8]) -> String {
     s
 }
 
-/// Builds the records of the zone with the given serial.
 /// `<selector>._domainkey` TXT for each key, under `parent` (a `_domainkey` name).
 fn add_dkim_keys(z: &mut Builder, parent: &Name, keys: &[DkimKey]) -> Result<(), DnsError> {
     for key in keys {
@@ -195,6 +194,7 @@ fn add_dkim_keys(z: &mut Builder, parent: &Name, keys: &[DkimKey]) -> Result<(),
     Ok(())
 }
 
+/// Builds the records of the zone with the given serial.
 pub fn build(cfg: &Config, sources: &Sources, serial: u32) -> Result<Zone, DnsError> {
     let origin = name(&format!("{}.", cfg.system.domain))?;
     let host = name(&format!("{}.", cfg.system.fqdn()))?;
@@ -249,9 +249,13 @@ pub fn build(cfg: &Config, sources: &Sources, serial: u32) -> Result<Zone, DnsEr
     }
 
     let mut extra_ttl = BTreeMap::new();
-    let challenge = name_in(ACME_CHALLENGE_LABEL, &host)?;
     for answer in &sources.acme_challenges {
-        z.add(&challenge, RData::TXT(txt_split(answer)));
+        let challenge = name_in(ACME_CHALLENGE_LABEL, &name(&format!("{}.", answer.name))?)?;
+        // The file is the agent's; a name outside the zone is not ours to answer for.
+        if !origin.zone_of(&challenge) {
+            continue;
+        }
+        z.add(&challenge, RData::TXT(txt_split(&answer.value)));
         extra_ttl.insert(z.records.len() - 1, ACME_CHALLENGE_TTL);
     }
     for r in &cfg.dns.records {
@@ -333,7 +337,7 @@ impl Builder {
 
 /// The DNS-01 answers in `state`, while `[tls] acme` is on only: a file an earlier ACME
 /// setup left behind answers no order of ours.
-fn acme_challenges(cfg: &Config, state: &Path) -> Result<Vec<String>, DnsError> {
+fn acme_challenges(cfg: &Config, state: &Path) -> Result<Vec<AcmeAnswer>, DnsError> {
     if cfg.tls.acme.is_none() {
         return Ok(Vec::new());
     }
@@ -363,9 +367,23 @@ mod tests {
         let cfg = crate::config::parse("t.toml", &text).unwrap();
         let sources = Sources {
             dkim,
-            acme_challenges: vec!["LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0".into()],
+            acme_challenges: vec![
+                answer(
+                    "mail.example.org",
+                    "LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0",
+                ),
+                answer("example.org", "Qm9vdHN0cmFwIHRoZSBhbnN3ZXIgZm9yIHRoZSBkb20"),
+                answer("example.net", "b3V0c2lkZSB0aGUgem9uZSBub3QgcHVibGlzaGVkISE"),
+            ],
         };
         build(&cfg, &sources, 1).unwrap()
+    }
+
+    fn answer(name: &str, value: &str) -> AcmeAnswer {
+        AcmeAnswer {
+            name: name.into(),
+            value: value.into(),
+        }
     }
 
     fn at(z: &Zone, name: &str, t: RecordType) -> Vec<String> {
@@ -404,28 +422,37 @@ mod tests {
     }
 
     #[test]
-    fn an_acme_answer_is_published_under_the_host_with_a_short_ttl() {
+    fn acme_answers_are_published_under_each_name_in_the_zone_with_a_short_ttl() {
         let z = zone("", Vec::new());
-        let answers: Vec<(String, u32)> = z
+        let answers: Vec<(String, String, u32)> = z
             .records
             .iter()
-            .filter(|r| r.name.to_string() == "_acme-challenge.mail.example.org.")
-            .map(|r| (rdata_text(&r.data), r.ttl))
+            .filter(|r| r.name.to_string().starts_with("_acme-challenge."))
+            .map(|r| (r.name.to_string(), rdata_text(&r.data), r.ttl))
             .collect();
         assert_eq!(
             answers,
-            [(
-                "\"LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0\"".to_string(),
-                60
-            )]
+            [
+                (
+                    "_acme-challenge.mail.example.org.".to_string(),
+                    "\"LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0\"".to_string(),
+                    60
+                ),
+                (
+                    "_acme-challenge.example.org.".to_string(),
+                    "\"Qm9vdHN0cmFwIHRoZSBhbnN3ZXIgZm9yIHRoZSBkb20\"".to_string(),
+                    60
+                )
+            ]
         );
     }
 
     #[test]
     fn a_left_over_acme_answer_is_not_published_once_acme_is_off() {
         let state = tempfile::tempdir().unwrap();
-        let answer = "LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0".to_string();
-        crate::dns::write_acme_challenges(state.path(), std::slice::from_ref(&answer)).unwrap();
+        let value = "LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0";
+        crate::dns::write_acme_challenges(state.path(), &[answer("mail.example.org", value)])
+            .unwrap();
         let published = |tls: &str| {
             let text = format!(
                 "version = 1\n[system]\nhostname = \"mail\"\ndomain = \"example.org\"\n\
@@ -437,7 +464,7 @@ mod tests {
         };
         assert_eq!(
             published("[tls]\nacme = true\nacme_directory = \"https://ca.example.net/dir\"\n"),
-            [format!("\"{answer}\"")]
+            [format!("\"{value}\"")]
         );
         assert!(published("").is_empty());
     }

@@ -1,7 +1,7 @@
 //! The mail's certificate from an ACME CA (RFC 8555) with instant-acme: the account, kept
-//! on the data partition, and an order for `<hostname>.<domain>` proven over DNS-01. The
-//! caller publishes the DNS-01 answers (the agent puts them in its own zone), so nothing
-//! here needs port 80. The certificate's key is made here, on the device; only its CSR
+//! on the data partition, and an order for the appliance's names (`<hostname>.<domain>`,
+//! and the webmail's) proven over DNS-01. The caller publishes the DNS-01 answers (the
+//! agent puts them in its own zone), so nothing here needs port 80. The certificate's key is made here, on the device; only its CSR
 //! leaves.
 
 use std::future::Future;
@@ -16,6 +16,7 @@ use instant_acme::{
 use rcgen::{CertificateParams, DistinguishedName, KeyPair, PKCS_ECDSA_P256_SHA256};
 
 use crate::config::Acme;
+use crate::dns::AcmeAnswer;
 
 /// The account's credentials (its private key among them), under the state directory.
 pub const ACCOUNT_FILE: &str = "acme/account.json";
@@ -215,19 +216,19 @@ async fn http_client(state: &Path, acme: &Acme) -> Result<Box<dyn HttpClient>, A
     Ok(Box::new(client))
 }
 
-/// Orders a certificate for `fqdn`. `publish` is given the DNS-01 answers and must return
-/// once they are served; it is called again with none when the CA has looked, whatever the
-/// outcome.
+/// Orders one certificate for all of `names`. `publish` is given the DNS-01 answers and
+/// must return once they are served; it is called again with none when the CA has looked,
+/// whatever the outcome.
 pub async fn order<F>(
     account: &Account,
     directory: &str,
-    fqdn: &str,
-    mut publish: impl FnMut(Vec<String>) -> F,
+    names: &[String],
+    mut publish: impl FnMut(Vec<AcmeAnswer>) -> F,
 ) -> Result<Issued, AcmeError>
 where
     F: Future<Output = Result<(), String>>,
 {
-    let validated = validate(account, directory, fqdn, &mut publish).await;
+    let validated = validate(account, directory, names, &mut publish).await;
     if let Err(why) = publish(Vec::new()).await {
         log::warn!("ACME: the DNS-01 answer was not withdrawn: {why}");
     }
@@ -240,7 +241,7 @@ where
         }
     };
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(AcmeError::Key)?;
-    let mut params = CertificateParams::new(vec![fqdn.to_string()]).map_err(AcmeError::Key)?;
+    let mut params = CertificateParams::new(names.to_vec()).map_err(AcmeError::Key)?;
     params.distinguished_name = DistinguishedName::new();
     let csr = params.serialize_request(&key).map_err(AcmeError::Key)?;
     order
@@ -257,13 +258,13 @@ where
     })
 }
 
-/// A new order for `fqdn`, its DNS-01 answers published and the CA told, polled until it
-/// is ready for its CSR.
+/// A new order for `names`, the DNS-01 answer of each published and the CA told, polled
+/// until it is ready for its CSR.
 async fn validate<F>(
     account: &Account,
     directory: &str,
-    fqdn: &str,
-    publish: &mut impl FnMut(Vec<String>) -> F,
+    names: &[String],
+    publish: &mut impl FnMut(Vec<AcmeAnswer>) -> F,
 ) -> Result<instant_acme::Order, AcmeError>
 where
     F: Future<Output = Result<(), String>>,
@@ -275,7 +276,7 @@ where
             source,
         }
     };
-    let identifiers = [Identifier::Dns(fqdn.to_string())];
+    let identifiers: Vec<Identifier> = names.iter().cloned().map(Identifier::Dns).collect();
     let mut order = account
         .new_order(&NewOrder::new(&identifiers))
         .await
@@ -293,7 +294,10 @@ where
         let mut challenge = authz
             .challenge(ChallengeType::Dns01)
             .ok_or_else(|| AcmeError::NoDns01 { name: name.clone() })?;
-        answers.push(challenge.key_authorization().dns_value());
+        answers.push(AcmeAnswer {
+            name: name.clone(),
+            value: challenge.key_authorization().dns_value(),
+        });
         publish(answers.clone()).await.map_err(AcmeError::Publish)?;
         log::info!("ACME: DNS-01 answer for {name} published; asking the CA to look");
         challenge

@@ -1,7 +1,7 @@
 //! The appliance's TLS key and self-signed certificate for `<hostname>.<domain>` (and, with
 //! the webmail, `<domain>` and `mail.<domain>`), made on the device and kept on the data
-//! partition, or one an ACME CA issued for `<hostname>.<domain>` (`mail::acme`), put in
-//! its place by [`install_issued`].
+//! partition, or one an ACME CA issued for the same names (`mail::acme`), put in its place
+//! by [`install_issued`].
 //!
 //! The key is ECDSA P-256: every TLS stack a mail client or Postfix/Dovecot (OpenSSL 3)
 //! uses accepts it, while Ed25519 certificates are still refused by some (Windows'
@@ -110,8 +110,9 @@ pub enum TlsError {
 /// Keeps the key and certificate in `dir` if they are a matching pair for `names`, made
 /// under a trusted clock and not about to expire (a CA-issued one: not expired, since the
 /// ACME unit renews it); otherwise makes new ones. `names` starts with the host's fqdn,
-/// the one name a CA-issued pair must have (the ACME order is for it alone); a
-/// self-signed pair lacking any of the others (the webmail's) is remade with them all.
+/// the one name a CA-issued pair must have to be kept (the mail's; the ACME unit orders a
+/// new one for any name it lacks); a self-signed pair lacking any of the others (the
+/// webmail's) is remade with them all.
 /// Refuses to make any while `now` is before a plausible time: the caller retries once the
 /// clock is set. With such a clock, a pair that is right but for its dates is kept, since
 /// its dates cannot be judged, so mail still starts at boot before the time is known.
@@ -131,7 +132,7 @@ pub fn ensure_self_signed(
     let clock_trusted = now >= floor;
     let existing = check_existing(&cert_path, &key_path, names, floor).and_then(|validity| {
         if clock_trusted {
-            check_dates(validity, now)
+            check_dates(&validity, now)
         } else {
             Ok(())
         }
@@ -205,11 +206,11 @@ fn writing() -> std::sync::MutexGuard<'static, ()> {
 
 /// Replaces the pair in `dir` with a CA-issued one: `chain_pem`, the certificate then its
 /// issuers, and its key, each written atomically, mode 0600. The pair is checked first
-/// (the key is the certificate's, the name is `fqdn`), so a bad issue never replaces a
-/// working pair.
+/// (the key is the certificate's, it names each of `names`), so a bad issue never replaces
+/// a working pair.
 pub fn install_issued(
     dir: &Path,
-    fqdn: &str,
+    names: &[String],
     chain_pem: &str,
     key_pem: &str,
 ) -> Result<(), TlsError> {
@@ -225,22 +226,19 @@ pub fn install_issued(
     let (cert_path, key_path) = (dir.join(CERT_FILE), dir.join(KEY_FILE));
     let (staged_cert, staged_key) = (staged.path().join(CERT_FILE), staged.path().join(KEY_FILE));
     write_pair(&staged_key, key_pem, &staged_cert, chain_pem)?;
-    check_existing(
-        &staged_cert,
-        &staged_key,
-        &[fqdn.to_string()],
-        earliest_trusted_time(),
-    )
-    .map_err(TlsError::BadIssue)?;
+    check_existing(&staged_cert, &staged_key, names, earliest_trusted_time())
+        .and_then(|validity| validity.names_each(names))
+        .map_err(TlsError::BadIssue)?;
     // The lock keeps `ensure_self_signed` from seeing the two apart.
     write_pair(&key_path, key_pem, &cert_path, chain_pem)?;
     Ok(())
 }
 
-/// When the pair in `dir` should be replaced by an ACME order: now (`None`) when it is
-/// self-signed, unusable or for another name, else at [`renewal_date`].
-pub fn acme_renewal_due(dir: &Path, fqdn: &str) -> Option<OffsetDateTime> {
-    let validity = certificate_validity(dir, fqdn).ok()?;
+/// When the pair in `dir` should be replaced by an ACME order for `names`: now (`None`)
+/// when it is self-signed, unusable or lacks one of them, else at [`renewal_date`].
+pub fn acme_renewal_due(dir: &Path, names: &[String]) -> Option<OffsetDateTime> {
+    let validity = certificate_validity(dir, names).ok()?;
+    validity.names_each(names).ok()?;
     (!validity.self_signed).then(|| renewal_date(validity.not_before, validity.not_after))
 }
 
@@ -253,12 +251,12 @@ pub fn renewal_date(not_before: OffsetDateTime, not_after: OffsetDateTime) -> Of
 }
 
 /// The validity of the certificate in `dir`, for `status` and the ACME unit, or why it
-/// cannot serve `fqdn` whatever the time (missing, unreadable, another key or name, made
-/// while the clock was wrong).
-pub fn certificate_validity(dir: &Path, fqdn: &str) -> Result<Validity, Replaced> {
+/// cannot serve `names` whatever the time (missing, unreadable, another key or name, made
+/// while the clock was wrong); a CA-issued one need only name the first.
+pub fn certificate_validity(dir: &Path, names: &[String]) -> Result<Validity, Replaced> {
     let cert = dir.join(CERT_FILE);
     let key = dir.join(KEY_FILE);
-    check_existing(&cert, &key, &[fqdn.to_string()], earliest_trusted_time())
+    check_existing(&cert, &key, names, earliest_trusted_time())
 }
 
 /// The earliest time the clock may say before it is trusted.
@@ -266,17 +264,36 @@ pub fn earliest_trusted_time() -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp(EARLIEST_TRUSTED_TIME).expect("a valid constant")
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Validity {
     pub not_before: OffsetDateTime,
     pub not_after: OffsetDateTime,
     /// Made here (issuer and subject the same), not issued by a CA.
     pub self_signed: bool,
+    /// The DNS names it is for.
+    pub names: Vec<String>,
+}
+
+impl Validity {
+    /// Whether the certificate is for every one of `wanted`, or which it lacks.
+    fn names_each(&self, wanted: &[String]) -> Result<(), Replaced> {
+        let missing: Vec<String> = (wanted.iter())
+            .filter(|w| !self.names.iter().any(|n| n.eq_ignore_ascii_case(w)))
+            .cloned()
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(Replaced::OtherName {
+            found: self.names.clone(),
+            missing,
+        })
+    }
 }
 
 /// Everything about the existing pair that does not depend on the current time. A
 /// self-signed certificate must name each of `names`; a CA-issued one the first, the
-/// host's, which is all the ACME order asks for.
+/// host's, enough to serve mail until the ACME unit's order for the others is issued.
 fn check_existing(
     cert_path: &Path,
     key_path: &Path,
@@ -324,21 +341,14 @@ fn check_existing(
         }
     };
     let self_signed = is_self_signed(&cert);
-    let required = if self_signed { names.len() } else { 1 };
-    let missing: Vec<String> = names
-        .iter()
-        .take(required)
-        .filter(|wanted| !found.iter().any(|n| n.eq_ignore_ascii_case(wanted)))
-        .cloned()
-        .collect();
-    if !missing.is_empty() {
-        return Err(Replaced::OtherName { found, missing });
-    }
     let validity = Validity {
         not_before: cert.validity().not_before.to_datetime(),
         not_after: cert.validity().not_after.to_datetime(),
         self_signed,
+        names: found,
     };
+    let required = if self_signed { names.len() } else { 1 };
+    validity.names_each(&names[..required.min(names.len())])?;
     if validity.not_before + BACKDATE < floor {
         return Err(Replaced::MadeWithWrongClock {
             not_before: validity.not_before,
@@ -355,7 +365,7 @@ fn is_self_signed(cert: &x509_parser::certificate::X509Certificate) -> bool {
 /// Whether the pair's dates let it serve on: a self-signed one is remade when not yet
 /// valid or within 30 days of expiry; a CA-issued one is kept until it has expired, since
 /// the ACME unit renews it and a self-signed one in its place would serve no client better.
-fn check_dates(validity: Validity, now: OffsetDateTime) -> Result<(), Replaced> {
+fn check_dates(validity: &Validity, now: OffsetDateTime) -> Result<(), Replaced> {
     if !validity.self_signed {
         if validity.not_after <= now {
             return Err(Replaced::Expired {

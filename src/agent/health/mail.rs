@@ -70,7 +70,7 @@ fn front_address(config: &Config) -> SocketAddr {
 
 fn certificate(dir: &Path, hostname: &str) -> Check {
     let hint = "`restart front-postfix` and `restart front-dovecot` make a new one";
-    let validity = match tls::certificate_validity(dir, hostname) {
+    let validity = match tls::certificate_validity(dir, &[hostname.to_string()]) {
         Ok(validity) => validity,
         Err(why) => return Check::fail("certificate", why.to_string(), hint),
     };

@@ -11,13 +11,24 @@ fn days_after_floor(days: i64) -> OffsetDateTime {
 /// A key and a certificate for FQDN from `not_before` to `not_after`, signed by a CA's
 /// own key, written to `dir` as an ACME order leaves them.
 fn write_ca_issued(dir: &Path, not_before: OffsetDateTime, not_after: OffsetDateTime) {
+    write_ca_issued_for(dir, &[FQDN], not_before, not_after);
+}
+
+/// A CA-issued pair for `names`, written to `dir`.
+fn write_ca_issued_for(
+    dir: &Path,
+    names: &[&str],
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+) {
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     ca.distinguished_name
         .push(DnType::CommonName, "letterbox test CA");
     let ca = rcgen::CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut leaf = CertificateParams::new(vec![FQDN.to_string()]).unwrap();
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let mut leaf = CertificateParams::new(names).unwrap();
     leaf.not_before = not_before;
     leaf.not_after = not_after;
     let leaf = leaf.signed_by(&key, &ca).unwrap();
@@ -46,7 +57,7 @@ fn a_ca_issued_certificate_in_its_renewal_window_survives_a_restart() {
     assert_eq!(files.replaced, None);
     assert_eq!(pair(dir.path()), before, "the CA's pair was rewritten");
     // It is still the ACME unit's to renew, and due.
-    let due = acme_renewal_due(dir.path(), FQDN).expect("a CA-issued pair");
+    let due = acme_renewal_due(dir.path(), &[FQDN.to_string()]).expect("a CA-issued pair");
     assert!(due < now, "renewal due at {due}, not yet at {now}");
 }
 
@@ -65,10 +76,10 @@ fn an_expired_ca_issued_certificate_is_replaced_by_a_self_signed_one() {
         "{:?}",
         files.replaced
     );
-    let validity = certificate_validity(dir.path(), FQDN).unwrap();
+    let validity = certificate_validity(dir.path(), &[FQDN.to_string()]).unwrap();
     assert!(validity.self_signed && validity.not_after > now);
     // A self-signed pair is no renewal's: the ACME unit orders at once.
-    assert_eq!(acme_renewal_due(dir.path(), FQDN), None);
+    assert_eq!(acme_renewal_due(dir.path(), &[FQDN.to_string()]), None);
 }
 
 #[test]
@@ -183,4 +194,57 @@ fn the_trusted_time_floor_is_november_2026() {
         (floor.year(), floor.month(), floor.day(), floor.hour()),
         (2026, time::Month::November, 1, 0)
     );
+}
+
+#[test]
+fn a_ca_issued_pair_lacking_a_webmail_name_serves_on_but_is_ordered_again_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = days_after_floor(100);
+    let all = [FQDN, "example.org"].map(String::from);
+    write_ca_issued(
+        dir.path(),
+        now - Duration::days(1),
+        now + Duration::days(89),
+    );
+    let before = pair(dir.path());
+    // Mail clients still get it: a restart keeps it.
+    let files = ensure_self_signed(dir.path(), &all, now.into()).unwrap();
+    assert_eq!(files.replaced, None);
+    assert_eq!(pair(dir.path()), before);
+    // But the ACME unit orders one for every name now, not at its renewal date.
+    assert_eq!(acme_renewal_due(dir.path(), &all), None);
+    assert!(acme_renewal_due(dir.path(), &all[..1]).is_some());
+
+    // An issue for every name is installed; one lacking a name is refused, the pair kept.
+    let issued = tempfile::tempdir().unwrap();
+    write_ca_issued(
+        issued.path(),
+        now - Duration::days(1),
+        now + Duration::days(89),
+    );
+    let (chain, key) = pair(issued.path());
+    let (chain, key) = (
+        String::from_utf8(chain).unwrap(),
+        String::from_utf8(key).unwrap(),
+    );
+    let refused = install_issued(dir.path(), &all, &chain, &key).unwrap_err();
+    assert!(
+        matches!(&refused, TlsError::BadIssue(Replaced::OtherName { missing, .. }) if missing == &all[1..]),
+        "{refused:?}"
+    );
+    assert_eq!(pair(dir.path()), before);
+    write_ca_issued_for(
+        issued.path(),
+        &[FQDN, "example.org"],
+        now - Duration::days(1),
+        now + Duration::days(89),
+    );
+    let (chain, key) = pair(issued.path());
+    let (chain, key) = (
+        String::from_utf8(chain).unwrap(),
+        String::from_utf8(key).unwrap(),
+    );
+    install_issued(dir.path(), &all, &chain, &key).unwrap();
+    assert_eq!(certificate_names(dir.path()), all);
+    assert!(acme_renewal_due(dir.path(), &all).is_some());
 }
