@@ -19,16 +19,21 @@ fn the_webmail_reaches_only_the_fronts_imap_and_submission_and_serves_https_at_b
     let _one = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let lab = Lab::start(true);
     // Out of its namespace: the front's IMAP (993) and submission (587), nothing else.
-    let imap = lab.webmail_greeting("127.0.0.1:993", true);
-    assert!(
-        imap.as_deref().is_some_and(|g| g.starts_with("* OK")),
-        "993: {imap:?}"
-    );
-    let submission = lab.webmail_greeting("127.0.0.1:587", false);
-    assert!(
-        submission.as_deref().is_some_and(|g| g.starts_with("220 ")),
-        "587: {submission:?}"
-    );
+    // (The lab waits for port 25 alone: the front's Dovecot may still be starting.)
+    for (address, tls, greeting) in [
+        ("127.0.0.1:993", true, "* OK"),
+        ("127.0.0.1:587", false, "220 "),
+    ] {
+        let greeted = common::wait_until(START_LIMIT, || {
+            lab.webmail_greeting(address, tls)
+                .is_some_and(|g| g.starts_with(greeting))
+        });
+        assert!(
+            greeted,
+            "{address} never greeted the webmail:\n{}",
+            lab.diagnostics()
+        );
+    }
     // Its namespace has loopback alone, even beside an account called `webmail` (whose
     // box's namespace is named after it).
     let links = common::run_ok(lab.in_webmail_namespace("ip").args(["-o", "link", "show"]));
@@ -196,6 +201,8 @@ fn in_chromium_alice_reads_her_mail_and_sends_dkim_signed_mail_and_a_wrong_passw
     browser
         .fill("#composebody", "Hello bob, from Roundcube.")
         .unwrap();
+    // Roundcube ignores a command while it is busy (the refused upload's request, here).
+    wait_idle(&browser);
     browser.click(".btn.send").unwrap();
     let delivered = common::wait_for(DELIVERY_LIMIT, || {
         lab.inbox(BOB)
@@ -254,13 +261,10 @@ fn in_chromium_alice_reads_her_mail_and_sends_dkim_signed_mail_and_a_wrong_passw
         page.contains("rcmloginuser") && !page.contains("id=\"messagelist\""),
         "a forged session id opened: {page}"
     );
-    // Roundcube ignores a command while it is busy (still loading the list after the
-    // send), so a click that does nothing is made again.
-    let logged_out = (0..3).any(|_| {
-        browser.click("a.logout").unwrap();
-        browser.wait_for("#rcmloginuser", LOGOUT_WAIT).is_ok()
-    });
-    assert!(logged_out, "logging out never showed the login form");
+    // Not while it still loads the list after the send, either.
+    wait_idle(&browser);
+    browser.click("a.logout").unwrap();
+    browser.wait_for("#rcmloginuser", PAGE_LIMIT).unwrap();
     let page = lab.page_with(&cookies);
     assert!(
         page.contains("rcmloginuser") && !page.contains("id=\"messagelist\""),
@@ -268,8 +272,19 @@ fn in_chromium_alice_reads_her_mail_and_sends_dkim_signed_mail_and_a_wrong_passw
     );
 }
 
-/// How long one click on Logout may take to show the login form.
-const LOGOUT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Waits until Roundcube's scripts have loaded and no request of theirs is in flight
+/// (`rcmail.busy`): until then, Roundcube ignores a click on a command.
+fn wait_idle(browser: &Browser) {
+    let script = "return typeof rcmail === 'object' && rcmail.busy === false;";
+    let idle = common::wait_until(PAGE_LIMIT, || {
+        browser.script(script).unwrap() == serde_json::Value::Bool(true)
+    });
+    assert!(
+        idle,
+        "Roundcube stayed busy on {}",
+        browser.current_url().unwrap()
+    );
+}
 
 fn log_in(browser: &Browser, user: &str, password: &str) {
     browser.fill("#rcmloginuser", user).unwrap();

@@ -220,6 +220,13 @@ impl Browser {
         self.call(doing, async move { client.source().await })
     }
 
+    /// What the script `js` (a function body) returns, run in the page.
+    pub fn script(&self, js: &str) -> Result<serde_json::Value, BrowserError> {
+        let (client, js) = (self.client.clone(), js.to_string());
+        let doing = self.on_page(format!("running `{js}`"));
+        self.call(doing, async move { client.execute(&js, Vec::new()).await })
+    }
+
     pub fn current_url(&self) -> Result<String, BrowserError> {
         let client = self.client.clone();
         self.call("asking for the current URL".to_string(), async move {
