@@ -1,11 +1,12 @@
 //! The `acme` unit (`[tls] acme = true`): keeps the mail's certificate issued by the ACME
 //! CA. Once the clock can be trusted it orders a certificate for `<hostname>.<domain>` and,
 //! with the webmail on, `<domain>` and `mail.<domain>` (the self-signed one serves until
-//! then), answers the CA's DNS-01 challenges from our own zone, installs the issued pair in `STATE/tls`, and has the front's Postfix and Dovecot,
-//! every box's Dovecot (which serves IPv6 clients itself) and the webmail's nginx reload it
-//! with SIGHUP to their masters, so that open connections carry on. It renews 30
-//! days before expiry (a third of the lifetime before, for shorter-lived certificates),
-//! and retries a failure with backoff, each time logging why.
+//! then), answers the CA's DNS-01 challenges from our own zone, installs the issued pair in
+//! `STATE/tls`, and has the front's Postfix and Dovecot, every box's Dovecot (which serves
+//! IPv6 clients itself) and the webmail's nginx reload it with SIGHUP to their masters, so
+//! that open connections carry on. It renews 30 days before expiry (a third of the
+//! lifetime before, for shorter-lived certificates), and retries a failure with backoff,
+//! each time logging why.
 
 use std::path::PathBuf;
 use std::sync::Arc;

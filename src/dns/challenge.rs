@@ -1,9 +1,8 @@
 //! The ACME DNS-01 answers in `STATE/acme/challenge`, one a line (the name certified, a
 //! space, the answer), published as TXT records of `_acme-challenge.<name>` while an order
-//! is being validated. The agent's
-//! ACME unit writes the file, reloads the zone, and removes the file once the CA has looked,
-//! and at its start whatever an order cut short left. The zone reads it only while
-//! `[tls] acme` is on.
+//! is being validated. The agent's ACME unit writes the file, reloads the zone, and removes
+//! the file once the CA has looked, and at its start whatever an order cut short left. The
+//! zone reads it only while `[tls] acme` is on.
 
 use std::path::{Path, PathBuf};
 
@@ -39,7 +38,7 @@ pub fn read_acme_challenges(state: &Path) -> Result<Vec<AcmeAnswer>, DnsError> {
     for (i, line) in text.lines().enumerate() {
         let answer = line
             .split_once(' ')
-            .filter(|(name, value)| !name.is_empty() && is_dns01_value(value));
+            .filter(|(name, value)| is_dns_name(name) && is_dns01_value(value));
         let Some((name, value)) = answer else {
             return Err(DnsError::AcmeChallenge { path, line: i + 1 });
         };
@@ -49,6 +48,12 @@ pub fn read_acme_challenges(state: &Path) -> Result<Vec<AcmeAnswer>, DnsError> {
         });
     }
     Ok(answers)
+}
+
+/// A name the zone can publish an answer under (checked here, so a bad line leaves the
+/// file out rather than the zone unbuilt).
+fn is_dns_name(name: &str) -> bool {
+    !name.is_empty() && hickory_proto::rr::Name::from_ascii(format!("{name}.")).is_ok()
 }
 
 /// Base64url, unpadded, of a SHA-256 digest (RFC 8555 §8.4).
@@ -102,8 +107,10 @@ mod tests {
         ];
         write_acme_challenges(dir.path(), &answers).unwrap();
         assert_eq!(read_acme_challenges(dir.path()).unwrap(), answers);
-        // A bare answer (the file of an older agent) and a line that is no answer.
-        for bad in [answers[0].value.as_str(), "example.org no way"] {
+        // A bare answer (the file of an older agent), a line that is no answer, and a name
+        // the zone cannot hold (a label of 64 characters).
+        let bad_name = format!("{} {}", "x".repeat(64), answers[0].value);
+        for bad in [answers[0].value.as_str(), "example.org no way", &bad_name] {
             std::fs::write(
                 dir.path().join(ACME_CHALLENGE_FILE),
                 format!("example.org {}\n{bad}\n", answers[0].value),

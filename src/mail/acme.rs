@@ -1,8 +1,8 @@
 //! The mail's certificate from an ACME CA (RFC 8555) with instant-acme: the account, kept
 //! on the data partition, and an order for the appliance's names (`<hostname>.<domain>`,
 //! and the webmail's) proven over DNS-01. The caller publishes the DNS-01 answers (the
-//! agent puts them in its own zone), so nothing here needs port 80. The certificate's key is made here, on the device; only its CSR
-//! leaves.
+//! agent puts them in its own zone), so nothing here needs port 80. The certificate's key
+//! is made here, on the device; only its CSR leaves.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
