@@ -318,21 +318,49 @@ pub fn start_mail_agent_with_webmail(
     )
 }
 
-/// After a containerd test, whatever is left of it: the shims (which outlive containerd
-/// by design and name its socket on their command line) are killed, and the mounts under
-/// the test's directory are detached, deepest first.
+/// After a containerd test, whatever is left of it, killed: containerd (which outlives a
+/// killed agent, and names its configuration under the test's directory), the shims (which
+/// outlive containerd by design and name its socket), and everything they started (the
+/// containers' processes outlive their shims). Then the mounts under the test's directory
+/// are detached, deepest first.
 pub fn clear_containerd_leftovers(socket: &std::path::Path, dir: &std::path::Path) {
     use nix::sys::signal::{kill, Signal};
     use nix::unistd::Pid;
     let socket = socket.display().to_string();
+    let under_dir = format!("{}/", dir.display());
+    // (pid, parent) of every process; those of the test, by command line, to start from.
+    let mut processes = Vec::new();
+    let mut doomed = std::collections::BTreeSet::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
             continue;
         };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let parent = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.split(' ').nth(1))
+            .and_then(|ppid| ppid.parse::<i32>().ok());
         let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline).contains(&socket) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        if cmdline.contains(&socket) || cmdline.contains(&under_dir) {
+            doomed.insert(pid);
         }
+        processes.extend(parent.map(|parent| (pid, parent)));
+    }
+    // Their descendants, to any depth.
+    loop {
+        let before = doomed.len();
+        for (pid, parent) in &processes {
+            if doomed.contains(parent) {
+                doomed.insert(*pid);
+            }
+        }
+        if doomed.len() == before {
+            break;
+        }
+    }
+    for pid in doomed {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
     }
     let dir = dir.display().to_string();
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
