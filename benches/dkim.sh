@@ -437,7 +437,7 @@ awk -v n="$MESSAGES" -v sig="$signing_s" -v plain="$plain_s" -v goal="$GOAL_RATI
         printf "%-32s %8.1f %8.2f |%s\n", "milter in the path (signing)", n / sig, sig, s
         printf "%-32s %8.1f %8.2f |%s\n", "milter out of the path (plain)", n / plain, plain, p
         r = plain / sig
-        printf "ratio signing / plain: %.2f (goal >= %.1f: %s)\n", r, goal, r >= goal ? "met" : "MISSED"
+        printf "ratio signing / plain: %.2f (goal >= %.1f: %s)\n", r, goal, (r >= goal ? "met" : "MISSED")
     }' "$WORK/rounds"
 awk -v n="$MESSAGES" -v ticks="$TICKS" '$1 == "signing" { s += $4; sc += $5; sr++ } $1 == "plain" { p += $4; pc += $5; pr++ }
     END { printf "delivered twice (a box'"'"'s LMTP process killed after saving): signing %d, plain %d\n", s, p

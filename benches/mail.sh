@@ -517,7 +517,7 @@ awk -v n="$MESSAGES" -v lb="$lb_s" -v peer="$peer_s" -v goal="$GOAL_RATIO" '
         printf "%-28s %8.1f %8.2f |%s\n", "letterbox (front -> box)", n / lb, lb, l
         printf "%-28s %8.1f %8.2f |%s\n", "Postfix -> Maildir (peer)", n / peer, peer, p
         r = peer / lb
-        printf "ratio letterbox / peer: %.2f (goal >= %.1f: %s)\n", r, goal, r >= goal ? "met" : "MISSED"
+        printf "ratio letterbox / peer: %.2f (goal >= %.1f: %s)\n", r, goal, (r >= goal ? "met" : "MISSED")
     }' "$WORK/rounds"
 echo
 echo "Memory, both boxes idle after the load (PSS summed over the processes; MB = 1024 kB)"
