@@ -2,9 +2,9 @@
 //! image), against Debian's `pebble` in the server's namespace: pebble validates DNS-01
 //! by asking the agent's own DNS server for each name (the host's, and the webmail's
 //! `example.org`), the certificate is installed and served on 993 and 465 (and by alice's
-//! box, on its own 993), and a renewal (pebble issues for 180 s, so one is due a third of that before
-//! expiry, 120 s after issue) is served on both while an SMTP session opened before it
-//! carries on.
+//! box, on its own 993), and a renewal (pebble issues for 180 s, so one is due a third of
+//! that before expiry, 120 s after issue) is served on both while an SMTP session opened
+//! before it carries on.
 
 mod common;
 
