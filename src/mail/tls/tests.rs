@@ -216,35 +216,31 @@ fn a_ca_issued_pair_lacking_a_webmail_name_serves_on_but_is_ordered_again_at_onc
     assert!(acme_renewal_due(dir.path(), &all[..1]).is_some());
 
     // An issue for every name is installed; one lacking a name is refused, the pair kept.
-    let issued = tempfile::tempdir().unwrap();
-    write_ca_issued(
-        issued.path(),
-        now - Duration::days(1),
-        now + Duration::days(89),
-    );
-    let (chain, key) = pair(issued.path());
-    let (chain, key) = (
-        String::from_utf8(chain).unwrap(),
-        String::from_utf8(key).unwrap(),
-    );
+    let (chain, key) = issued_for(&[FQDN], now);
     let refused = install_issued(dir.path(), &all, &chain, &key).unwrap_err();
     assert!(
         matches!(&refused, TlsError::BadIssue(Replaced::OtherName { missing, .. }) if missing == &all[1..]),
         "{refused:?}"
     );
     assert_eq!(pair(dir.path()), before);
-    write_ca_issued_for(
-        issued.path(),
-        &[FQDN, "example.org"],
-        now - Duration::days(1),
-        now + Duration::days(89),
-    );
-    let (chain, key) = pair(issued.path());
-    let (chain, key) = (
-        String::from_utf8(chain).unwrap(),
-        String::from_utf8(key).unwrap(),
-    );
+    let (chain, key) = issued_for(&[FQDN, "example.org"], now);
     install_issued(dir.path(), &all, &chain, &key).unwrap();
     assert_eq!(certificate_names(dir.path()), all);
     assert!(acme_renewal_due(dir.path(), &all).is_some());
+}
+
+/// A CA-issued chain and key for `names`, valid around `now`, as an ACME order returns them.
+fn issued_for(names: &[&str], now: OffsetDateTime) -> (String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    write_ca_issued_for(
+        dir.path(),
+        names,
+        now - Duration::days(1),
+        now + Duration::days(89),
+    );
+    let (chain, key) = pair(dir.path());
+    (
+        String::from_utf8(chain).unwrap(),
+        String::from_utf8(key).unwrap(),
+    )
 }
