@@ -199,14 +199,6 @@ impl Lab {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
-    /// Whether the front's queue holds no message.
-    fn queue_is_empty(&self) -> bool {
-        let spool = self.state().join("postfix/spool");
-        ["incoming", "active", "deferred", "hold", "maildrop"]
-            .iter()
-            .all(|queue| common::files_under(&spool.join(queue)).is_empty())
-    }
-
     /// Whether a message with `subject` is in `name`'s Maildir (new or cur).
     fn delivered(&self, name: &str, subject: &str) -> bool {
         let header = format!("Subject: {subject}");
@@ -320,7 +312,8 @@ fn on_a_full_data_partition_add_and_del_are_refused_naming_it_and_change_nothing
     // The front deletes a queue file only after its delivery: what it frees must not
     // free the full partition again.
     assert!(
-        common::wait_until(DELIVERY_LIMIT, || lab.queue_is_empty()),
+        common::wait_until(DELIVERY_LIMIT, || common::postfix_queue_files(&lab.state())
+            .is_empty()),
         "the front's queue never emptied:\n{}",
         lab.diagnostics()
     );

@@ -360,14 +360,6 @@ impl Lab {
         );
         accepted
     }
-
-    fn postfix_queue_files(&self) -> Vec<PathBuf> {
-        let spool = self.state().join("postfix/spool");
-        ["incoming", "active", "deferred", "hold", "maildrop"]
-            .iter()
-            .flat_map(|q| common::files_under(&spool.join(q)))
-            .collect()
-    }
 }
 
 impl Drop for Lab {
@@ -516,7 +508,7 @@ fn strangers_unknown_recipients_relay_forms_and_cleartext_logins_are_refused() {
         }
     }
     assert_eq!(
-        lab.postfix_queue_files(),
+        common::postfix_queue_files(&lab.state()),
         Vec::<PathBuf>::new(),
         "nothing was queued"
     );

@@ -50,10 +50,11 @@ pub fn read_acme_challenges(state: &Path) -> Result<Vec<AcmeAnswer>, DnsError> {
     Ok(answers)
 }
 
-/// A name the zone can publish an answer under (checked here, so a bad line leaves the
-/// file out rather than the zone unbuilt).
+/// A name the zone can publish an answer under, `_acme-challenge.<name>` being a valid DNS
+/// name (checked here, so a bad line leaves the file out rather than the zone unbuilt).
 fn is_dns_name(name: &str) -> bool {
-    !name.is_empty() && hickory_proto::rr::Name::from_ascii(format!("{name}.")).is_ok()
+    !name.is_empty()
+        && hickory_proto::rr::Name::from_ascii(format!("{ACME_CHALLENGE_LABEL}.{name}.")).is_ok()
 }
 
 /// Base64url, unpadded, of a SHA-256 digest (RFC 8555 §8.4).
@@ -107,10 +108,21 @@ mod tests {
         ];
         write_acme_challenges(dir.path(), &answers).unwrap();
         assert_eq!(read_acme_challenges(dir.path()).unwrap(), answers);
-        // A bare answer (the file of an older agent), a line that is no answer, and a name
-        // the zone cannot hold (a label of 64 characters).
-        let bad_name = format!("{} {}", "x".repeat(64), answers[0].value);
-        for bad in [answers[0].value.as_str(), "example.org no way", &bad_name] {
+        // A bare answer (the file of an older agent), a line that is no answer, and names
+        // the zone cannot hold (a label of 64 characters; too long with the label before it).
+        let long_label = format!("{} {}", "x".repeat(64), answers[0].value);
+        // 241 characters: a name, but too long under `_acme-challenge.` (255 bytes at most).
+        let long_name = format!(
+            "{}example.org {}",
+            "abcdefghi.".repeat(23),
+            answers[0].value
+        );
+        for bad in [
+            answers[0].value.as_str(),
+            "example.org no way",
+            &long_label,
+            &long_name,
+        ] {
             std::fs::write(
                 dir.path().join(ACME_CHALLENGE_FILE),
                 format!("example.org {}\n{bad}\n", answers[0].value),

@@ -155,8 +155,18 @@ pub fn wait_until(limit: std::time::Duration, mut condition: impl FnMut() -> boo
     wait_for(limit, || condition().then_some(())).is_some()
 }
 
+/// The messages in the front's Postfix queue under the agent's state directory: every
+/// file of its queues (none once each is delivered and removed).
+pub fn postfix_queue_files(state: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let spool = state.join("postfix/spool");
+    ["incoming", "active", "deferred", "hold", "maildrop"]
+        .iter()
+        .flat_map(|queue| files_under(&spool.join(queue)))
+        .collect()
+}
+
 /// Every file under `dir`, at any depth (none if it is missing).
-pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let path = entry.path();
