@@ -58,19 +58,38 @@ struct Front {
     resolver: MessageAuthenticator,
     signers: ArcSwapOption<Signers>,
     judging: tokio::sync::Semaphore,
+    /// Our zone's answers and the serial they were built from.
+    own_zone: ArcSwapOption<(u32, OwnZone)>,
+}
+
+impl Front {
+    /// Our zone's answers, built again only when the zone served changes (its serial
+    /// does): building them parses every TXT record, which each message would pay for.
+    fn own_zone(&self) -> Arc<(u32, OwnZone)> {
+        let serial = self.agent.dns_serial();
+        match (self.own_zone.load_full(), serial) {
+            (Some(built), Some(serial)) if built.0 == serial => built,
+            _ => {
+                // The zone itself says which serial it has: it may have changed since.
+                let built = Arc::new(match self.agent.dns_zone() {
+                    Some(zone) => (zone.serial(), OwnZone::new(&zone)),
+                    None => (0, OwnZone::default()),
+                });
+                self.own_zone.store(Some(built.clone()));
+                built
+            }
+        }
+    }
 }
 
 impl Judge for Front {
     async fn judge(&self, message: &Message) -> Verdict {
-        let zone = match self.agent.dns_zone() {
-            Some(zone) => OwnZone::new(&zone),
-            None => OwnZone::default(),
-        };
+        let zone = self.own_zone();
         let signers = self.signers.load_full();
         // A few messages judged at once: each holds a copy and a parse of a message of up
         // to 10 MB, in PID 1's memory.
         let _permit = self.judging.acquire().await;
-        policy::judge(&self.me, &self.resolver, &zone, signers.as_deref(), message).await
+        policy::judge(&self.me, &self.resolver, &zone.1, signers.as_deref(), message).await
     }
 }
 
@@ -90,6 +109,7 @@ async fn serve(
         resolver: resolver()?,
         signers: ArcSwapOption::empty(),
         judging: tokio::sync::Semaphore::new(JUDGED_AT_ONCE),
+        own_zone: ArcSwapOption::empty(),
     });
     log::info!("the milter (DKIM, SPF, DMARC) serves {}", socket.display());
     let mut keys = Box::pin(make_keys(front.clone()));

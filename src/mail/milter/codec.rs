@@ -20,6 +20,17 @@ pub const SMFIF_CHGHDRS: u32 = 0x10;
 /// Protocol flag: header values are sent and taken with their leading space, so that the
 /// message is rebuilt byte for byte as signed.
 pub const SMFIP_HDR_LEADSPC: u32 = 0x0010_0000;
+/// Protocol flags: steps the MTA leaves out (the milter judges nothing by them).
+pub const SMFIP_NORCPT: u32 = 0x08;
+pub const SMFIP_NOUNKNOWN: u32 = 0x100;
+pub const SMFIP_NODATA: u32 = 0x200;
+pub const SMFIP_NOEOH: u32 = 0x40;
+/// Protocol flags: steps the MTA sends without waiting for a reply (`SMFIP_NR_*`).
+pub const SMFIP_NR_HDR: u32 = 0x80;
+pub const SMFIP_NR_CONN: u32 = 0x1000;
+pub const SMFIP_NR_HELO: u32 = 0x2000;
+pub const SMFIP_NR_MAIL: u32 = 0x4000;
+pub const SMFIP_NR_BODY: u32 = 0x8_0000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {

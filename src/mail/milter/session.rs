@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::net::IpAddr;
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 
 use super::codec::{self, CodecError, Command, Reply};
 
@@ -84,7 +84,9 @@ where
     J: Judge,
 {
     let mut state = State::default();
-    while let Some(command) = codec::read_command(stream).await? {
+    // Buffered: unanswered steps come in bursts, a read each would cost two system calls.
+    let mut stream = BufReader::new(stream);
+    while let Some(command) = codec::read_command(&mut stream).await? {
         let replies = match command {
             Command::Quit => return Ok(()),
             Command::EndOfMessage(last) => {
@@ -98,16 +100,32 @@ where
             }
             other => state.take(other),
         };
-        for reply in replies {
-            stream.write_all(&reply.encode()).await?;
+        if !replies.is_empty() {
+            let packets: Vec<u8> = replies.iter().flat_map(Reply::encode).collect();
+            stream.write_all(&packets).await?;
         }
     }
     Ok(())
 }
 
+/// The steps Postfix may leave out: nothing is judged by the recipients, the DATA command,
+/// unknown commands or the end of the headers.
+const SKIPPED: u32 =
+    codec::SMFIP_NORCPT | codec::SMFIP_NOUNKNOWN | codec::SMFIP_NODATA | codec::SMFIP_NOEOH;
+/// The steps Postfix need not wait for: only the message's end gets a verdict, so every
+/// other step would cost a round trip (a dozen a message) for nothing.
+const UNANSWERED: u32 = codec::SMFIP_NR_CONN
+    | codec::SMFIP_NR_HELO
+    | codec::SMFIP_NR_MAIL
+    | codec::SMFIP_NR_HDR
+    | codec::SMFIP_NR_BODY;
+
 #[derive(Default)]
 struct State {
     leading_space: bool,
+    /// The `UNANSWERED` steps the MTA agreed to: a reply to one of them would be taken
+    /// as the reply to a later step.
+    unanswered: u32,
     message: Message,
     /// The message's bytes so far, kept as they come (summing them at each header would
     /// cost a sender of many tiny headers quadratic time).
@@ -118,17 +136,28 @@ struct State {
 impl State {
     /// The replies to a command other than the message's end.
     fn take(&mut self, command: Command) -> Vec<Reply> {
+        let step = match command {
+            Command::Connect { .. } => codec::SMFIP_NR_CONN,
+            Command::Helo(_) => codec::SMFIP_NR_HELO,
+            Command::Mail(_) => codec::SMFIP_NR_MAIL,
+            Command::Header { .. } => codec::SMFIP_NR_HDR,
+            Command::Body(_) => codec::SMFIP_NR_BODY,
+            _ => 0,
+        };
         match command {
             Command::OptNeg {
                 version,
                 actions,
                 protocol,
             } => {
-                self.leading_space = protocol & codec::SMFIP_HDR_LEADSPC != 0;
+                // The MTA offers the flags it knows; the milter takes those it wants.
+                let taken = protocol & (codec::SMFIP_HDR_LEADSPC | SKIPPED | UNANSWERED);
+                self.leading_space = taken & codec::SMFIP_HDR_LEADSPC != 0;
+                self.unanswered = taken & UNANSWERED;
                 return vec![Reply::OptNeg {
                     version: version.min(codec::VERSION),
                     actions: actions & (codec::SMFIF_ADDHDRS | codec::SMFIF_CHGHDRS),
-                    protocol: protocol & codec::SMFIP_HDR_LEADSPC,
+                    protocol: taken,
                 }];
             }
             Command::Macro { pairs, .. } => {
@@ -170,6 +199,7 @@ impl State {
             Command::QuitNewConnection => {
                 *self = State {
                     leading_space: self.leading_space,
+                    unanswered: self.unanswered,
                     ..State::default()
                 };
                 return Vec::new();
@@ -181,7 +211,10 @@ impl State {
             | Command::Quit
             | Command::EndOfMessage(_) => {}
         }
-        vec![Reply::Continue]
+        match self.unanswered & step {
+            0 => vec![Reply::Continue],
+            _ => Vec::new(),
+        }
     }
 
     fn add_body(&mut self, chunk: &[u8]) {
@@ -283,9 +316,10 @@ mod tests {
         (replies, result)
     }
 
-    fn optneg() -> Vec<u8> {
+    /// The MTA's option negotiation, offering the `protocol` flags.
+    fn optneg(protocol: u32) -> Vec<u8> {
         let mut data = Vec::new();
-        for w in [6u32, 0x1ff, 0x1f_ffff] {
+        for w in [6u32, 0x1ff, protocol] {
             data.extend_from_slice(&w.to_be_bytes());
         }
         packet(b'O', &data)
@@ -301,8 +335,9 @@ mod tests {
                 action: Action::Reject("550 5.7.1 no".into()),
             },
         };
+        // An MTA that offers no steps to skip or leave unanswered: each one is answered.
         let input = [
-            optneg(),
+            optneg(codec::SMFIP_HDR_LEADSPC),
             packet(b'D', b"C{daemon_name}\0smtpd\0"),
             packet(b'C', b"client\x004\x00\x19192.0.2.20\x00"),
             packet(b'H', b"client.example.net\0"),
@@ -341,13 +376,57 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn offered_by_postfix_steps_are_skipped_or_left_unanswered_and_only_the_end_answered() {
+        let judge = Recorder {
+            seen: Mutex::new(Vec::new()),
+            verdict: Verdict {
+                insert: vec![("A".into(), "1".into())],
+                ..Verdict::default()
+            },
+        };
+        // Postfix 3.10 offers every flag of protocol version 6; it then leaves out the
+        // skipped steps (no RCPT, DATA or end of headers here) and sends the unanswered
+        // ones without waiting.
+        let input = [
+            optneg(0x1f_ffff),
+            packet(b'C', b"client\x004\x00\x19192.0.2.20\x00"),
+            packet(b'H', b"client.example.net\0"),
+            packet(b'M', b"<alice@example.org>\0"),
+            packet(b'L', b"Subject\0 one\0"),
+            packet(b'B', b"hello\r\n"),
+            packet(b'E', b""),
+            packet(b'M', b"<alice@example.org>\0"),
+            packet(b'L', b"Subject\0 two\0"),
+            packet(b'B', b"again\r\n"),
+            packet(b'E', b""),
+            packet(b'Q', b""),
+        ]
+        .concat();
+        let (replies, result) = converse(input, &judge).await;
+        result.unwrap();
+        let taken = u32::from_be_bytes(replies[0][9..13].try_into().unwrap());
+        assert_eq!(
+            taken,
+            codec::SMFIP_HDR_LEADSPC | SKIPPED | UNANSWERED,
+            "flags taken: {taken:#x}"
+        );
+        let codes: Vec<u8> = replies.iter().map(|r| r[0]).collect();
+        assert_eq!(codes, b"Oicic", "an insert and a continue at each end, nothing else");
+        let seen = judge.seen.lock().unwrap();
+        let bodies: Vec<&[u8]> = seen.iter().map(|m| &m.body[..]).collect();
+        assert_eq!(bodies, [&b"hello\r\n"[..], b"again\r\n"]);
+        assert_eq!(seen[1].headers, [("Subject".to_string(), b" two".to_vec())]);
+        assert_eq!(seen[1].helo, "client.example.net");
+    }
+
+    #[tokio::test]
     async fn an_aborted_message_is_forgotten_and_a_malformed_packet_ends_the_session() {
         let judge = Recorder {
             seen: Mutex::new(Vec::new()),
             verdict: Verdict::default(),
         };
         let input = [
-            optneg(),
+            optneg(codec::SMFIP_HDR_LEADSPC),
             packet(b'C', b"client\x004\x00\x19192.0.2.20\x00"),
             packet(b'M', b"<a@example.net>\0"),
             packet(b'L', b"Subject\0 first\0"),
