@@ -89,7 +89,14 @@ impl Judge for Front {
         // A few messages judged at once: each holds a copy and a parse of a message of up
         // to 10 MB, in PID 1's memory.
         let _permit = self.judging.acquire().await;
-        policy::judge(&self.me, &self.resolver, &zone.1, signers.as_deref(), message).await
+        policy::judge(
+            &self.me,
+            &self.resolver,
+            &zone.1,
+            signers.as_deref(),
+            message,
+        )
+        .await
     }
 }
 

@@ -411,7 +411,10 @@ mod tests {
             "flags taken: {taken:#x}"
         );
         let codes: Vec<u8> = replies.iter().map(|r| r[0]).collect();
-        assert_eq!(codes, b"Oicic", "an insert and a continue at each end, nothing else");
+        assert_eq!(
+            codes, b"Oicic",
+            "an insert and a continue at each end, nothing else"
+        );
         let seen = judge.seen.lock().unwrap();
         let bodies: Vec<&[u8]> = seen.iter().map(|m| &m.body[..]).collect();
         assert_eq!(bodies, [&b"hello\r\n"[..], b"again\r\n"]);
