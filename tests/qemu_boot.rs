@@ -615,8 +615,8 @@ fn qemu_boots_to_login_with_network_and_survives_a_broken_file() {
     }
     serve_sntp();
     let work = tempfile::tempdir().unwrap();
-    let mut prepared =
-        qemu::prepare(&image, work.path()).expect("extract boot files from the image");
+    let mut prepared = qemu::prepare(&image, work.path(), qemu::Card::Fresh)
+        .expect("extract boot files from the image");
 
     // First boot: a good letterbox.toml; the appliance's DNS port forwarded to the host.
     let dns_port = free_port();

@@ -20,11 +20,19 @@ pub struct Args {
     /// or a device such as /dev/watchdog1; passed as `letterbox.watchdog=` to the kernel.
     #[arg(long, default_value = "off")]
     watchdog: String,
+    /// Boot the SD card the last boot of IMAGE left (IMAGE.qemu/sd.img) as it is, as when
+    /// a Pi is powered on again, rather than a fresh copy of IMAGE (a first boot).
+    #[arg(long)]
+    same_card: bool,
 }
 
 pub fn run(args: Args) -> CliResult {
     let work = PathBuf::from(format!("{}.qemu", args.image.display()));
-    let mut prepared = image::qemu::prepare(&args.image, &work)?;
+    let card = match args.same_card {
+        true => image::qemu::Card::AsLeft,
+        false => image::qemu::Card::Fresh,
+    };
+    let mut prepared = image::qemu::prepare(&args.image, &work, card)?;
     // The last `letterbox.watchdog=` wins over the one `prepare` appended.
     prepared
         .cmdline

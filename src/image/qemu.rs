@@ -79,9 +79,28 @@ impl Prepared {
     }
 }
 
-/// Extracts the boot files with mtools and makes the SD-card copy in `work`; warns on
-/// stderr when the guest will be unreachable (see [`Prepared::user_network_warning`]).
-pub fn prepare(image: &Path, work: &Path) -> Result<Prepared, ImageError> {
+/// Which SD card the guest boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Card {
+    /// A fresh copy of the image: a first boot.
+    Fresh,
+    /// The card an earlier boot in the same `work` left, as it is: the same Pi powered on
+    /// again (its data partition grown, the mail image imported, its mail kept).
+    AsLeft,
+}
+
+/// Extracts the boot files with mtools and makes (or, for [`Card::AsLeft`], finds) the SD
+/// card in `work`; warns on stderr when the guest will be unreachable (see
+/// [`Prepared::user_network_warning`]).
+pub fn prepare(image: &Path, work: &Path, card: Card) -> Result<Prepared, ImageError> {
+    let sd_card = work.join("sd.img");
+    if card == Card::AsLeft && !sd_card.exists() {
+        return Err(ImageError::Layout(format!(
+            "no card from an earlier boot at {}: boot {} once without --same-card",
+            sd_card.display(),
+            image.display()
+        )));
+    }
     std::fs::create_dir_all(work).map_err(|e| ImageError::io(work, e))?;
     let mut disk = std::fs::File::open(image).map_err(|e| ImageError::io(image, e))?;
     let mbr = mbrman::MBR::read_from(&mut disk, 512)?;
@@ -118,15 +137,20 @@ pub fn prepare(image: &Path, work: &Path) -> Result<Prepared, ImageError> {
     let config_path = extract(crate::paths::PROVISIONING_FILE)?;
     let config_text =
         std::fs::read_to_string(&config_path).map_err(|e| ImageError::io(&config_path, e))?;
-    let sd_card = work.join("sd.img");
-    std::fs::copy(image, &sd_card).map_err(|e| ImageError::io(image, e))?;
-    // Twice the image, rounded to a power of two: room for the data partition to grow.
-    let size = (file_len(image)? * 2).next_power_of_two();
-    std::fs::File::options()
-        .write(true)
-        .open(&sd_card)
-        .and_then(|f| f.set_len(size))
-        .map_err(|e| ImageError::io(&sd_card, e))?;
+    match card {
+        Card::Fresh => {
+            std::fs::copy(image, &sd_card).map_err(|e| ImageError::io(image, e))?;
+            // Twice the image, rounded to a power of two: room for the data partition to
+            // grow.
+            let size = (file_len(image)? * 2).next_power_of_two();
+            std::fs::File::options()
+                .write(true)
+                .open(&sd_card)
+                .and_then(|f| f.set_len(size))
+                .map_err(|e| ImageError::io(&sd_card, e))?;
+        }
+        Card::AsLeft => {}
+    }
     let prepared = Prepared {
         kernel,
         dtb,
@@ -187,6 +211,24 @@ mod tests {
             cmdline: String::new(),
             config_text: config_text.into(),
         }
+    }
+
+    #[test]
+    fn the_same_card_needs_an_earlier_boot() {
+        let work = tempfile::tempdir().unwrap();
+        let image = work.path().join("letterbox-rpi3.img");
+        let Err(e) = prepare(
+            &image,
+            &work.path().join("letterbox-rpi3.img.qemu"),
+            Card::AsLeft,
+        ) else {
+            panic!("booted a card no earlier boot left");
+        };
+        let e = e.to_string();
+        assert!(
+            e.contains("no card from an earlier boot") && e.contains("without --same-card"),
+            "{e}"
+        );
     }
 
     #[test]
