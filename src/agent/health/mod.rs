@@ -68,7 +68,7 @@ pub async fn checks(agent: &Arc<Agent>) -> Vec<Check> {
             "see `check`",
         )];
     };
-    let mut out = vec![clock(agent), disk(agent.state_dir())];
+    let mut out = vec![clock(agent), disk(agent.state_dir()), memory()];
     out.extend(dns::checks(agent, &config).await);
     if let Some(plan) = agent.mail_plan() {
         out.extend(mail::checks(agent, &plan, &config).await);
@@ -142,9 +142,73 @@ fn disk_verdict(free: u64, total: u64) -> Check {
     }
 }
 
+/// Memory the kernel can still give out (MemAvailable): the Pi 3 has 1 GB, and every box,
+/// IMAP session and delivery takes some.
+fn memory() -> Check {
+    match std::fs::read_to_string("/proc/meminfo") {
+        Ok(meminfo) => match (
+            meminfo_kb(&meminfo, "MemAvailable"),
+            meminfo_kb(&meminfo, "MemTotal"),
+        ) {
+            (Some(available), Some(total)) => memory_verdict(available << 10, total << 10),
+            _ => Check::fail(
+                "memory",
+                "/proc/meminfo has no MemAvailable",
+                "a kernel of 3.14 or later",
+            ),
+        },
+        Err(e) => Check::fail("memory", format!("/proc/meminfo: {e}"), "is /proc mounted?"),
+    }
+}
+
+/// A `/proc/meminfo` field's value, in kB.
+fn meminfo_kb(meminfo: &str, field: &str) -> Option<u64> {
+    meminfo.lines().find_map(|line| {
+        let value = line.strip_prefix(field)?.strip_prefix(':')?;
+        value.trim().strip_suffix("kB")?.trim().parse().ok()
+    })
+}
+
+fn memory_verdict(available: u64, total: u64) -> Check {
+    const MB: u64 = 1 << 20;
+    let found = format!("{} MB available of {} MB", available / MB, total / MB);
+    // 200 MB: the headroom the appliance keeps for bursts of deliveries and sessions with
+    // 20 accounts on a 1 GB Pi 3.
+    let hint = "fewer accounts, or the webmail off ([webmail] enabled = false)";
+    if available < 50 * MB {
+        Check::fail("memory", found, hint)
+    } else if available < 200 * MB {
+        Check::warn("memory", found, hint)
+    } else {
+        Check::ok("memory", found)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memory_is_read_from_meminfo_and_warns_below_200_mb_available() {
+        let meminfo = "MemTotal:         944892 kB\nMemFree:          411116 kB\n\
+                       MemAvailable:     612340 kB\nBuffers:           10360 kB\n";
+        assert_eq!(meminfo_kb(meminfo, "MemTotal"), Some(944_892));
+        assert_eq!(meminfo_kb(meminfo, "MemAvailable"), Some(612_340));
+        assert_eq!(meminfo_kb(meminfo, "Mem"), None);
+        const MB: u64 = 1 << 20;
+        let ok = memory_verdict(612_340 << 10, 944_892 << 10);
+        assert_eq!(
+            (ok.level, ok.found.as_str()),
+            (Level::Ok, "597 MB available of 922 MB")
+        );
+        assert_eq!(memory_verdict(150 * MB, 922 * MB).level, Level::Warn);
+        assert_eq!(memory_verdict(40 * MB, 922 * MB).level, Level::Fail);
+        let here = memory();
+        assert!(
+            here.found.contains(" MB available of "),
+            "this machine's: {here:?}"
+        );
+    }
 
     #[test]
     fn the_data_partition_warns_below_a_tenth_free_and_fails_below_a_fiftieth() {
