@@ -12,7 +12,7 @@
 use std::net::IpAddr;
 use std::sync::Mutex;
 
-use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256, SigningKey};
+use mail_auth::common::crypto::{Ed25519Key, SigningKey};
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::{Canonicalization, DkimSigner, Done, NeedHeaders};
 use mail_auth::dmarc::verify::DmarcParameters;
@@ -23,7 +23,7 @@ use mail_auth::{
     Parameters, RecordSet, SpfResult, Txt, MX,
 };
 
-use super::keys::SigningKeys;
+use super::keys::{RingRsaKey, SigningKeys};
 use super::own_zone::{Answers, NoPtr, OwnZone};
 use super::session::{Action, Message, Verdict};
 
@@ -81,7 +81,7 @@ impl Identity {
 /// template under its lock, as the signer owns its key.
 pub struct Signers {
     ed25519: Mutex<DkimSigner<Ed25519Key, Done>>,
-    rsa: Mutex<DkimSigner<RsaKey<Sha256>, Done>>,
+    rsa: Mutex<DkimSigner<RingRsaKey, Done>>,
 }
 
 impl Signers {
