@@ -222,8 +222,8 @@ $(tail -n 40 "$console")"
 for accounts in 0 5 20; do
     config=$work/accounts-$accounts.toml
     cp tests/fixtures/qemu-letterbox.toml "$config"
-    "$bin" account del alice --purge --file "$config" >/dev/null
-    "$bin" account del bob --purge --file "$config" >/dev/null
+    "$bin" account del alice --file "$config" >/dev/null
+    "$bin" account del bob --file "$config" >/dev/null
     for i in $(seq "$accounts"); do
         echo letterbox-mail | "$bin" account add "user$i" --password-stdin --file "$config" >/dev/null
     done
