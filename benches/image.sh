@@ -219,6 +219,7 @@ memory_when_boxes_up() {
     fail "the boxes were not all up after 30 reports; the last:
 $(tail -n 40 "$console")"
 }
+declare -A available
 for accounts in 0 5 20; do
     config=$work/accounts-$accounts.toml
     cp tests/fixtures/qemu-letterbox.toml "$config"
@@ -243,15 +244,13 @@ for accounts in 0 5 20; do
     else
         line=$(memory_when_boxes_up)
     fi
-    available=$(echo "$line" | awk '{ print $3 }')
+    available[$accounts]=$(echo "$line" | awk '{ print $3 }')
     printf '%2s accounts: %s\n' "$accounts" "$line"
-    eval "available_$accounts=$available"
     kill "$qemu_pid" 2>/dev/null || true
     wait "$qemu_pid" 2>/dev/null || true
     exec 3>&-
 done
-# shellcheck disable=SC2154 # set by eval above
-awk -v a0="$available_0" -v a20="$available_20" 'BEGIN {
+awk -v a0="${available[0]}" -v a20="${available[20]}" 'BEGIN {
     printf "each account costs %.1f MB (0 -> 20 accounts)\n", (a0 - a20) / 20
     printf "goal: 20 accounts with MemAvailable >= 200 MB: %s\n", (a20 >= 200 ? "met" : "MISSED")
 }'
