@@ -117,6 +117,19 @@ type_line() {
         sleep 0.03
     done
 }
+# Logs in as admin on the console (the fixture's password).
+log_in() {
+    wait_for "mail login: " 60 "the console's login prompt"
+    type_line admin
+    wait_for "Password: " 120 "the password prompt"
+    type_line letterbox-test
+    wait_for "mail# " 120 "the admin shell"
+}
+stop_qemu() {
+    kill "$qemu_pid" 2>/dev/null || true
+    wait "$qemu_pid" 2>/dev/null || true
+    exec 3>&-
+}
 console=$work/console.log
 boot
 wait_for "login prompt on" 600 "the login prompt"
@@ -164,16 +177,10 @@ first_import=$(stamp 'mail image .* imported from')
 first_mail=$(stamp "$mail_accepted")
 echo "first boot:  kernel start -> mail image imported: $first_import s"
 echo "first boot:  kernel start -> mail accepted on 25: $first_mail s"
-wait_for "mail login: " 60 "the console's login prompt"
-type_line admin
-wait_for "Password: " 120 "the password prompt"
-type_line letterbox-test
-wait_for "mail# " 120 "the admin shell"
+log_in
 type_line poweroff
 wait_for "reboot: Power down" 300 "the power-off"
-kill "$qemu_pid" 2>/dev/null || true
-wait "$qemu_pid" 2>/dev/null || true
-exec 3>&-
+stop_qemu
 console=$work/console-again.log
 boot --same-card
 wait_for "$mail_accepted" 900 "port 25's banner on the second boot"
@@ -190,9 +197,7 @@ awk -v first="$first_mail" -v again="$again_mail" 'BEGIN {
         (first <= 10 ? "met" : "MISSED"), (again <= 10 ? "met" : "MISSED")
 }'
 echo "(guest seconds under TCG emulation on this host, not a Pi 3's)"
-kill "$qemu_pid" 2>/dev/null || true
-wait "$qemu_pid" 2>/dev/null || true
-exec 3>&-
+stop_qemu
 
 # Memory (issue #13): MemAvailable as `status` reports it, on the first boot of the fixture
 # with its accounts replaced by N others (added with `letterbox account add --file`), once
@@ -232,11 +237,7 @@ for accounts in 0 5 20; do
     console=$work/console-$accounts.log
     boot
     wait_for "$mail_accepted" 1800 "port 25's banner with $accounts accounts"
-    wait_for "mail login: " 60 "the console's login prompt"
-    type_line admin
-    wait_for "Password: " 120 "the password prompt"
-    type_line letterbox-test
-    wait_for "mail# " 120 "the admin shell"
+    log_in
     if [ "$accounts" = 0 ]; then
         type_line status
         wait_for "  memory  " 300 "status's memory line"
@@ -246,9 +247,7 @@ for accounts in 0 5 20; do
     fi
     available[$accounts]=$(echo "$line" | awk '{ print $3 }')
     printf '%2s accounts: %s\n' "$accounts" "$line"
-    kill "$qemu_pid" 2>/dev/null || true
-    wait "$qemu_pid" 2>/dev/null || true
-    exec 3>&-
+    stop_qemu
 done
 awk -v a0="${available[0]}" -v a20="${available[20]}" 'BEGIN {
     printf "each account costs %.1f MB (0 -> 20 accounts)\n", (a0 - a20) / 20
