@@ -3,8 +3,8 @@
 //! by asking the agent's own DNS server for each name (the host's, and the webmail's
 //! `example.org`), the certificate is installed and served on 993 and 465 (and by alice's
 //! box, on its own 993), and a renewal (pebble issues for 180 s, so one is due a third of
-//! that before expiry, 120 s after issue) is served on both while an SMTP session opened
-//! before it carries on.
+//! that before expiry, 120 s after issue) is served on both while an SMTP and an IMAP
+//! session opened before it carry on.
 
 mod common;
 
@@ -306,9 +306,9 @@ fn start_pebble(netns: &Netns, dir: &Path, ca_out: &Path) -> KillOnDrop {
 }
 
 #[test]
-fn acme_certificate_from_pebble_over_dns01_is_served_on_993_and_465_and_renewed_without_dropping_smtp(
+fn acme_certificate_from_pebble_over_dns01_is_served_on_993_and_465_and_renewed_without_dropping_a_session(
 ) {
-    let test = "acme_certificate_from_pebble_over_dns01_is_served_on_993_and_465_and_renewed_without_dropping_smtp";
+    let test = "acme_certificate_from_pebble_over_dns01_is_served_on_993_and_465_and_renewed_without_dropping_a_session";
     if !can_run(test) {
         return;
     }
@@ -340,19 +340,23 @@ fn acme_certificate_from_pebble_over_dns01_is_served_on_993_and_465_and_renewed_
     // The challenge answer left the zone once the CA had looked.
     assert!(!lab.state().join("acme/challenge").exists());
 
-    // An SMTP session on 465 opened before the renewal: Postfix's master reloads on
-    // SIGHUP while its smtpd finishes the session it serves.
+    // An SMTP session on 465 and an IMAP session on 993, opened before the renewal:
+    // Postfix's master reloads on SIGHUP while its smtpd finishes the session it serves;
+    // the agent ends IMAP's TLS, and its open sessions keep theirs.
     let go = lab.dir.path().join("go");
     let (mut smtp, mut smtp_out) = lab.session(465, &go);
-    assert_eq!(
-        smtp_out.line(),
-        first,
-        "the session saw the issued certificate"
-    );
+    let (mut imap, mut imap_out) = lab.session(993, &go);
+    for (what, out) in [("SMTP", &mut smtp_out), ("IMAP", &mut imap_out)] {
+        assert_eq!(
+            out.line(),
+            first,
+            "the {what} session saw the issued certificate"
+        );
+    }
     assert_eq!(
         lab.installs(),
         1,
-        "renewed before the session was open: the test proves nothing:\n{}",
+        "renewed before the sessions were open: the test proves nothing:\n{}",
         lab.diagnostics()
     );
 
@@ -365,22 +369,28 @@ fn acme_certificate_from_pebble_over_dns01_is_served_on_993_and_465_and_renewed_
     let renewal = lab.installed();
     assert_ne!(renewal, first, "the renewal installed the same certificate");
     lab.wait_served(&root, &renewal);
+    // Idle for longer than a Dovecot reload lets a proxied IMAP session live (2 s).
+    std::thread::sleep(Duration::from_secs(3));
     std::fs::write(&go, "").unwrap();
-    assert_eq!(
-        smtp_out.line(),
-        "still open",
-        "the SMTP session opened before the renewal:\n{}",
-        lab.diagnostics()
-    );
+    for (what, out) in [("SMTP", &mut smtp_out), ("IMAP", &mut imap_out)] {
+        assert_eq!(
+            out.line(),
+            "still open",
+            "the {what} session opened before the renewal:\n{}",
+            lab.diagnostics()
+        );
+    }
     assert!(smtp.wait().unwrap().success());
-    // A mail client logs in again at once over the renewed certificate. (Dovecot's
-    // reload closes proxied IMAP sessions once they are idle for 2 s: see README.)
+    assert!(imap.wait().unwrap().success());
+    // A new IMAP session gets the renewed certificate.
+    std::fs::remove_file(&go).unwrap();
     let (mut imap, mut imap_out) = lab.session(993, &go);
     assert_eq!(
         imap_out.line(),
         renewal,
         "IMAP serves the renewed certificate"
     );
+    std::fs::write(&go, "").unwrap();
     assert_eq!(imap_out.line(), "still open");
     assert!(imap.wait().unwrap().success());
     assert_eq!(

@@ -80,7 +80,7 @@ fn rendered(plan: &MailPlan) -> Vec<(String, String)> {
             "front/postfix/resolv.conf".into(),
             postfix::resolv_conf(plan),
         ),
-        ("front/dovecot.conf".into(), dovecot::front_conf(plan)),
+        ("front/dovecot.conf".into(), dovecot::front_conf()),
     ];
     for (login, text) in dovecot::front_logins(plan) {
         files.push((format!("front/logins/{login}"), text));
@@ -267,7 +267,7 @@ fn trixies_dovecot_loads_the_front_and_box_files_without_a_warning() {
         return;
     };
     let plan = plan();
-    let mut configs = vec![("front".to_string(), dovecot::front_conf(&plan))];
+    let mut configs = vec![("front".to_string(), dovecot::front_conf())];
     for b in &plan.boxes {
         configs.push((format!("box-{}", b.name), dovecot::box_conf(&plan, b)));
     }

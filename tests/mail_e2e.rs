@@ -526,6 +526,15 @@ fn strangers_unknown_recipients_relay_forms_and_cleartext_logins_are_refused() {
     );
     let tls = lab.imap(SERVER_V4, 143, "alice", "starttls");
     assert_eq!(tls.refused, None, "after STARTTLS the same login works");
+    // The agent ended the TLS; Dovecot still knows the client's address and its TLS.
+    let front = std::fs::read_to_string(lab.state().join("front/front-dovecot.log")).unwrap();
+    let seen = format!("rip={CLIENT_V4}, lip={SERVER_V4}");
+    assert!(
+        front
+            .lines()
+            .any(|l| l.contains("proxy(alice)") && l.contains(&seen) && l.contains(" TLS")),
+        "no proxied login from {CLIENT_V4} over TLS in the front's log:\n{front}"
+    );
     let wrong = lab
         .client
         .exec("python3")

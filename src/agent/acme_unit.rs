@@ -2,9 +2,10 @@
 //! CA. Once the clock can be trusted it orders a certificate for `<hostname>.<domain>` and,
 //! with the webmail on, `<domain>` and `mail.<domain>` (the self-signed one serves until
 //! then), answers the CA's DNS-01 challenges from our own zone, installs the issued pair in
-//! `STATE/tls`, and has the front's Postfix and Dovecot, every box's Dovecot (which serves
-//! IPv6 clients itself) and the webmail's nginx reload it with SIGHUP to their masters, so
-//! that open connections carry on. It renews 30 days before expiry (a third of the
+//! `STATE/tls`, and has the front's Postfix, every box's Dovecot (which serves IPv6 clients
+//! itself) and the webmail's nginx reload it with SIGHUP to their masters, so that open
+//! connections carry on. The front's IMAP needs no signal: the agent ends its TLS, and
+//! reads the new pair at the next handshake (`mail::imap_tls`). It renews 30 days before expiry (a third of the
 //! lifetime before, for shorter-lived certificates), and retries a failure with backoff,
 //! each time logging why.
 
@@ -16,7 +17,7 @@ use time::OffsetDateTime;
 
 use super::Agent;
 use crate::config::Acme;
-use crate::containers::spec::{self, FRONT_DOVECOT, FRONT_POSTFIX, WEBMAIL_NGINX};
+use crate::containers::spec::{self, FRONT_POSTFIX, WEBMAIL_NGINX};
 use crate::containers::{task, Client};
 use crate::mail::{acme, tls};
 use crate::supervise::{StopSignal, TaskResult, Unit};
@@ -195,7 +196,7 @@ async fn withdraw_answers(agent: &Arc<Agent>) {
     }
 }
 
-/// SIGHUP to the masters of the front's Postfix and Dovecot, of each box's Dovecot (the
+/// SIGHUP to the masters of the front's Postfix, of each box's Dovecot (the
 /// boxes of the accounts in force; each binds STATE/tls and serves 993 and 143 to IPv6
 /// clients) and of the webmail's nginx: each reloads its configuration and certificate,
 /// and its running processes finish their connections with the old one. A container that
@@ -216,7 +217,7 @@ async fn reload_servers(agent: &Arc<Agent>, setup: &AcmeSetup) {
     let boxes = agent.mail_plan().map_or_else(Vec::new, |plan| {
         plan.boxes.iter().map(spec::box_id).collect::<Vec<_>>()
     });
-    let mut servers = vec![FRONT_POSTFIX.to_string(), FRONT_DOVECOT.to_string()];
+    let mut servers = vec![FRONT_POSTFIX.to_string()];
     servers.extend(setup.webmail.then(|| WEBMAIL_NGINX.to_string()));
     for id in servers.iter().chain(&boxes) {
         match task::kill_task(&client, id, hangup, false).await {

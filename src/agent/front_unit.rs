@@ -1,5 +1,5 @@
 //! The agent's front units: `front-postfix` (port 25, the queue, LMTP to the boxes) and
-//! `front-dovecot` (the IMAP proxy on 143 and 993), two containers in the agent's network
+//! `front-dovecot` (the IMAP proxy behind the agent's TLS on 143 and 993), two containers in the agent's network
 //! namespace, so that both see every client's real address (`containers::spec` says why
 //! two). Each renders its files from the configuration in force, then runs its container
 //! (`mail_container::run`). The queue and Postfix's state are on the data partition, so
@@ -186,7 +186,7 @@ async fn run_dovecot(agent: Arc<Agent>, setup: FrontSetup, mut stop: StopSignal)
             &files.dovecot_dir,
             &[Rendered {
                 name: mail_container::file_name(paths::DOVECOT_CONFIG),
-                text: dovecot::front_conf(&setup.plan),
+                text: dovecot::front_conf(),
                 readable_by: None,
             }],
         )?;
@@ -194,7 +194,7 @@ async fn run_dovecot(agent: Arc<Agent>, setup: FrontSetup, mut stop: StopSignal)
         // the agent started have changed.
         let plan = agent.mail_plan();
         write_logins(&setup.site, plan.as_deref().unwrap_or(&setup.plan))?;
-        log::info!("front-dovecot: IMAP proxy on 143 (STARTTLS) and 993 to the boxes");
+        log::info!("front-dovecot: IMAP proxy behind the agent's 143 and 993 to the boxes");
         Ok::<Spec, ContainerUnitError>(spec::front_dovecot_spec(&files)?)
     };
     mail_container::run(&agent, &setup.site, FRONT_DOVECOT, &log, &mut stop, prepare).await

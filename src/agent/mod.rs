@@ -15,6 +15,7 @@ pub mod control;
 mod dns_unit;
 mod front_unit;
 mod health;
+mod imap_tls_unit;
 mod mail_container;
 mod maps_unit;
 mod milter_unit;
@@ -158,8 +159,9 @@ impl Agent {
     }
 
     /// containerd, then the `mail` unit that imports the image into it, then the front's
-    /// two units, the webmail's, and a `box-<name>` unit per account of the configuration
-    /// in force, in the plan's order; nothing without mail settings.
+    /// routing, milter, IMAP TLS and two container units, the webmail's, and a
+    /// `box-<name>` unit per account of the configuration in force, in the plan's order;
+    /// nothing without mail settings.
     pub fn start_containers(self: &Arc<Self>) {
         let Some(mail) = self.settings.mail.clone() else {
             return;
@@ -209,6 +211,7 @@ impl Agent {
             domain: plan.domain.clone(),
         };
         self.start_unit(milter_unit::unit(self.clone(), milter, me));
+        self.start_unit(imap_tls_unit::unit(site.state_dir.join("tls")));
         for unit in front_unit::units(self.clone(), front) {
             self.start_unit(unit);
         }

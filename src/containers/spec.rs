@@ -88,6 +88,7 @@ pub struct FrontFiles {
     pub postfix_dir: PathBuf,
     /// The front's rendered `dovecot.conf` and `passwd` (read-only, at /etc/dovecot).
     pub dovecot_dir: PathBuf,
+    /// `cert.pem` and `key.pem` (read-only), for Postfix: the agent ends IMAP's TLS.
     pub tls_dir: PathBuf,
     /// Postfix's queue and its state (read-write: the data partition).
     pub postfix_queue: PathBuf,
@@ -319,7 +320,6 @@ pub fn front_dovecot_spec(files: &FrontFiles) -> Result<Spec, ContainersError> {
         config_dir(DOVECOT_CONFIG),
         false,
     )?;
-    with_bind(&mut spec, &files.tls_dir, tls_dir(), false)?;
     Ok(spec)
 }
 

@@ -13,6 +13,7 @@
 //! been read, so it is read at its first login.
 
 use std::fmt::Write as _;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use super::paths::{
     AUTH_SOCKET, BOX_HOME, DOVECOT_LOGINS, DOVECOT_PASSWD, FRONT_SOCKETS, TLS_CERT, TLS_KEY,
@@ -22,6 +23,10 @@ use crate::mail::LMTP_PORT;
 
 /// The IMAP port a box serves the front on (and, with STARTTLS, direct clients).
 pub const BOX_IMAP_PORT: u16 = 143;
+/// The front's IMAP listener behind the agent's TLS (`mail::imap_tls`), on loopback only:
+/// each connection starts with a PROXY header naming its client.
+pub const FRONT_IMAP_BEHIND_TLS: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1143));
 
 /// The settings every instance starts with: 2.4 requires the two versions first.
 fn header(out: &mut String, what: &str) {
@@ -38,25 +43,7 @@ log_path = /dev/stdout
 # No password travels in clear: 143 needs STARTTLS first, 993 is TLS from the start.
 auth_allow_cleartext = no
 auth_username_format = %{{user|lower}}
-ssl_server_cert_file = {TLS_CERT}
-ssl_server_key_file = {TLS_KEY}
 "
-    );
-}
-
-fn imap_listeners(out: &mut String) {
-    out.push_str(
-        "
-service imap-login {
-  inet_listener imap {
-    port = 143
-  }
-  inet_listener imaps {
-    port = 993
-    ssl = yes
-  }
-}
-",
     );
 }
 
@@ -73,23 +60,40 @@ passdb passwd-file {{
 
 /// The front: an IMAP proxy that checks the password, then logs in to the box with it;
 /// and the same logins for Postfix's submission, over the shared socket directory.
-pub fn front_conf(plan: &MailPlan) -> String {
+pub fn front_conf() -> String {
     let mut out = String::new();
     header(
         &mut out,
-        "# The front's Dovecot: an IMAP proxy on ports 143 and 993. It checks each login's\n\
-         # password itself, then forwards the login to the account's box. It also checks\n\
-         # the logins of Postfix's submission (587, 465), with the same passwords.",
+        "# The front's Dovecot: the IMAP proxy behind ports 143 and 993. It checks each\n\
+         # login's password itself, then forwards the login to the account's box. It also\n\
+         # checks the logins of Postfix's submission (587, 465), with the same passwords.",
     );
-    let listen = if plan.ipv6 { "*, ::" } else { "*" };
     let _ = write!(
         out,
-        "ssl = required
+        "# The agent ends each client's TLS on 993 and 143 and passes the session on here,
+# with its address and TLS in a PROXY header: a new certificate then never ends a
+# session, as Dovecot's reload would.
+ssl = no
 protocols = imap
-listen = {listen}
-"
+haproxy_trusted_networks = {ip}/32
+service imap-login {{
+  # Dovecot's own 143 and 993 are the agent's.
+  inet_listener imap {{
+    port = 0
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+  inet_listener imap_behind_tls {{
+    listen = {ip}
+    port = {port}
+    haproxy = yes
+  }}
+}}
+",
+        ip = FRONT_IMAP_BEHIND_TLS.ip(),
+        port = FRONT_IMAP_BEHIND_TLS.port(),
     );
-    imap_listeners(&mut out);
     let _ = write!(
         out,
         "
@@ -157,6 +161,8 @@ pub fn box_conf(plan: &MailPlan, account: &BoxPlan) -> String {
     let _ = write!(
         out,
         "ssl = yes
+ssl_server_cert_file = {TLS_CERT}
+ssl_server_key_file = {TLS_KEY}
 protocols = imap lmtp
 listen = {listen}
 # The front has checked the client's password and TLS; its logins carry the client's
@@ -193,7 +199,19 @@ service lmtp {{
         id = account.id,
         ipv4 = account.ipv4,
     );
-    imap_listeners(&mut out);
+    out.push_str(
+        "
+service imap-login {
+  inet_listener imap {
+    port = 143
+  }
+  inet_listener imaps {
+    port = 993
+    ssl = yes
+  }
+}
+",
+    );
     passdb(&mut out, DOVECOT_PASSWD);
     let _ = write!(
         out,

@@ -12,6 +12,7 @@
 pub mod acme;
 pub mod archive;
 pub mod dovecot;
+pub mod imap_tls;
 pub mod maildir;
 pub mod milter;
 pub mod plan;

@@ -4,7 +4,7 @@
 //! exactly the ports the agent forwards:
 //!
 //! - [`forward_in`]: a listener on the host, each connection carried to a port on the
-//!   namespace's loopback, after a PROXY protocol v1 header with the client's real address
+//!   namespace's loopback, after a PROXY protocol header with the client's real address
 //!   (nginx's `proxy_protocol`), since the server inside sees only the agent's connection;
 //! - [`forward_out`]: a listener on the namespace's loopback, each connection carried to a
 //!   port on the host.
@@ -13,11 +13,11 @@
 //! connect in the caller's namespace, and here each end is in another one. A socket stays
 //! in the namespace it was made in, so only its creation happens inside, on a thread of its
 //! own. Each forwarder carries at most [`MAX_CONNECTIONS`] at once, and its connections end
-//! with it.
+//! with it. [`carry`] and [`proxy_header`] also serve the IMAP ports' TLS (`mail::imap_tls`).
 
 use std::fs::File;
 use std::io;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{Ipv6Addr, SocketAddr};
 use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::{mpsc, Arc};
@@ -120,14 +120,12 @@ pub fn listen_on_host(port: u16) -> io::Result<TcpListener> {
 /// Carries every connection `listener` accepts to `target` inside `netns`, each after a
 /// PROXY header naming its client; runs until dropped, and its connections with it.
 pub async fn forward_in(name: &str, listener: TcpListener, netns: Arc<Netns>, target: SocketAddr) {
-    carry(name, listener, move |mut client, peer| {
+    carry(name, listener, MAX_CONNECTIONS, move |mut client, peer| {
         let netns = netns.clone();
         async move {
             let local = client.local_addr()?;
             let mut server = netns.connect(target).await?;
-            server
-                .write_all(proxy_header(peer, local).as_bytes())
-                .await?;
+            server.write_all(&proxy_header(peer, local, false)).await?;
             tokio::io::copy_bidirectional(&mut client, &mut server).await
         }
     })
@@ -137,21 +135,26 @@ pub async fn forward_in(name: &str, listener: TcpListener, netns: Arc<Netns>, ta
 /// Carries every connection `listener` (inside a namespace) accepts to `target` on the
 /// host; runs until dropped, and its connections with it.
 pub async fn forward_out(name: &str, listener: TcpListener, target: SocketAddr) {
-    carry(name, listener, move |mut client, _| async move {
-        let mut server = TcpStream::connect(target).await?;
-        tokio::io::copy_bidirectional(&mut client, &mut server).await
-    })
+    carry(
+        name,
+        listener,
+        MAX_CONNECTIONS,
+        move |mut client, _| async move {
+            let mut server = TcpStream::connect(target).await?;
+            tokio::io::copy_bidirectional(&mut client, &mut server).await
+        },
+    )
     .await
 }
 
-/// Accepts on `listener` and runs `connection` for each client, at most
-/// [`MAX_CONNECTIONS`] at once, in a set that ends them all when this is dropped.
-async fn carry<F, C>(name: &str, listener: TcpListener, connection: C)
+/// Accepts on `listener` and runs `connection` for each client, at most `limit` at once,
+/// in a set that ends them all when this is dropped.
+pub async fn carry<F, C>(name: &str, listener: TcpListener, limit: usize, connection: C)
 where
     C: Fn(TcpStream, SocketAddr) -> F,
     F: std::future::Future<Output = io::Result<(u64, u64)>> + Send + 'static,
 {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let slots = Arc::new(Semaphore::new(limit));
     let mut connections = JoinSet::new();
     loop {
         let slot = tokio::select! {
@@ -180,23 +183,36 @@ where
     }
 }
 
-/// The PROXY protocol v1 line for a connection from `client` to `server` (IPv4-mapped
-/// addresses, as a dual-stack listener reports IPv4 clients, as IPv4).
-fn proxy_header(client: SocketAddr, server: SocketAddr) -> String {
-    let plain = |a: SocketAddr| {
-        let ip = match a.ip() {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-            ip => ip,
-        };
-        (ip, a.port())
+/// The PROXY protocol v2 header for a connection from `client` to `server`, saying that
+/// the client's TLS ended at the agent when `tls` (Dovecot then counts the connection as
+/// TLS-secured). IPv4-mapped addresses, as a dual-stack listener reports IPv4 clients, go
+/// as IPv4.
+pub fn proxy_header(client: SocketAddr, server: SocketAddr, tls: bool) -> Vec<u8> {
+    use ppp::v2::{Builder, Command, Protocol, Type, Version};
+    // PP2_TYPE_SSL's value: the client flags (PP2_CLIENT_SSL), then a 32-bit verify
+    // result that means nothing without a client certificate.
+    const TLS_ENDED_HERE: [u8; 5] = [0x01, 0, 0, 0, 0];
+    let plain = |a: SocketAddr| match a {
+        SocketAddr::V6(v6) => v6
+            .ip()
+            .to_ipv4_mapped()
+            .map_or(a, |v4| SocketAddr::from((v4, a.port()))),
+        v4 => v4,
     };
-    let ((client_ip, client_port), (server_ip, server_port)) = (plain(client), plain(server));
-    let family = match (client_ip, server_ip) {
-        (IpAddr::V4(_), IpAddr::V4(_)) => "TCP4",
-        (IpAddr::V6(_), IpAddr::V6(_)) => "TCP6",
-        _ => return "PROXY UNKNOWN\r\n".into(),
+    let header = Builder::with_addresses(
+        Version::Two | Command::Proxy,
+        Protocol::Stream,
+        (plain(client), plain(server)),
+    );
+    let header = if tls {
+        header.write_tlv(Type::SSL, &TLS_ENDED_HERE)
+    } else {
+        Ok(header)
     };
-    format!("PROXY {family} {client_ip} {server_ip} {client_port} {server_port}\r\n")
+    // Both only fail beyond 64 KiB of payload, and this one is at most 44 bytes.
+    header
+        .and_then(Builder::build)
+        .expect("a PROXY header of two addresses and one TLV")
 }
 
 #[cfg(test)]
@@ -204,15 +220,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn proxy_headers_name_the_client_as_ipv4_or_ipv6() {
-        let v4 = |s: &str| s.parse::<SocketAddr>().unwrap();
-        assert_eq!(
-            proxy_header(v4("[::ffff:192.0.2.7]:50000"), v4("[::ffff:192.0.2.1]:443")),
-            "PROXY TCP4 192.0.2.7 192.0.2.1 50000 443\r\n"
+    fn proxy_headers_name_the_client_as_ipv4_or_ipv6_and_say_where_tls_ended() {
+        use ppp::v2::{Addresses, Header, IPv4, IPv6};
+        let at = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let bytes = proxy_header(
+            at("[::ffff:192.0.2.7]:50000"),
+            at("[::ffff:192.0.2.1]:443"),
+            false,
         );
+        let header = Header::try_from(bytes.as_slice()).unwrap();
         assert_eq!(
-            proxy_header(v4("[2001:db8::7]:50000"), v4("[2001:db8::1]:443")),
-            "PROXY TCP6 2001:db8::7 2001:db8::1 50000 443\r\n"
+            header.addresses,
+            Addresses::IPv4(IPv4::new([192, 0, 2, 7], [192, 0, 2, 1], 50000, 443))
         );
+        assert_eq!(header.tlvs().count(), 0);
+        assert_eq!(header.len(), bytes.len());
+
+        let bytes = proxy_header(at("[2001:db8::7]:50000"), at("[2001:db8::1]:993"), true);
+        let header = Header::try_from(bytes.as_slice()).unwrap();
+        let v6 = |s: &str| s.parse::<std::net::Ipv6Addr>().unwrap();
+        assert_eq!(
+            header.addresses,
+            Addresses::IPv6(IPv6::new(v6("2001:db8::7"), v6("2001:db8::1"), 50000, 993))
+        );
+        let tlvs: Vec<_> = header.tlvs().collect::<Result<_, _>>().unwrap();
+        assert_eq!(tlvs.len(), 1);
+        assert_eq!(tlvs[0].kind, 0x20, "PP2_TYPE_SSL");
+        assert_eq!(tlvs[0].value[0] & 0x01, 0x01, "PP2_CLIENT_SSL");
     }
 }
