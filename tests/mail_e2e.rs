@@ -532,7 +532,7 @@ fn strangers_unknown_recipients_relay_forms_and_cleartext_logins_are_refused() {
     assert!(
         front
             .lines()
-            .any(|l| l.contains("proxy(alice)") && l.contains(&seen) && l.contains(" TLS")),
+            .any(|l| l.contains("proxy(alice,") && l.contains(&seen) && l.contains(" TLS")),
         "no proxied login from {CLIENT_V4} over TLS in the front's log:\n{front}"
     );
     let wrong = lab

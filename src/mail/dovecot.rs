@@ -169,6 +169,10 @@ listen = {listen}
 # real address.
 login_trusted_networks = {front}
 
+# A reload (for a renewed certificate) leaves open IMAP sessions be: by default Dovecot
+# then ends each at once, or once idle for 10 s. Stopping the box still ends them.
+shutdown_clients = no
+
 # The front's Received: header names the client; the hop over the bridge adds nothing.
 lmtp_add_received_header = no
 
