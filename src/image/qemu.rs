@@ -2,8 +2,8 @@
 //!
 //! QEMU has no Pi GPU firmware, so this does the firmware's part: it takes the kernel,
 //! the Pi 3 device tree, the initramfs and cmdline.txt from the image's own FAT partition.
-//! The SD card is a copy of the image grown to a power of two (QEMU's SD model wants
-//! that), which also exercises growing the data partition on first boot.
+//! The SD card is a copy of the image grown to [`CARD_BYTES`], which also exercises growing
+//! the data partition on first boot.
 //! QEMU puts the PL011 on its first -serial and the mini UART (the console on GPIO
 //! 14/15, ttyS1) on its second. Networking is user-mode, through a USB network adapter
 //! (the Pi 3's on-board LAN9514 is not emulated), with host ports forwarded to the guest.
@@ -16,6 +16,11 @@ use super::{file_len, run, ImageError};
 /// User-mode networking's defaults: the guest's letterbox.toml must use these.
 pub const GUEST_NET: &str = "10.0.2.0/24";
 pub const GUEST_HOST: &str = "10.0.2.2";
+/// The card's size: 64 GiB, a card a small organisation buys, and a power of two, as QEMU's
+/// SD model wants. The image's 32 MiB data filesystem reserves group descriptor blocks for
+/// growth to 32 GiB only, so first boot's growth also has the kernel change their layout
+/// (meta_bg). A sparse file: only what the guest writes takes space.
+pub const CARD_BYTES: u64 = 64 << 30;
 
 /// The appliance's mail ports, and the webmail's HTTPS, which `letterbox qemu` forwards
 /// from high local ports.
@@ -140,9 +145,8 @@ pub fn prepare(image: &Path, work: &Path, card: Card) -> Result<Prepared, ImageE
     match card {
         Card::Fresh => {
             std::fs::copy(image, &sd_card).map_err(|e| ImageError::io(image, e))?;
-            // Twice the image, rounded to a power of two: room for the data partition to
-            // grow.
-            let size = (file_len(image)? * 2).next_power_of_two();
+            // Never shorter than the image.
+            let size = CARD_BYTES.max(file_len(image)?.next_power_of_two());
             std::fs::File::options()
                 .write(true)
                 .open(&sd_card)
