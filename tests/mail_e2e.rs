@@ -890,8 +890,8 @@ fn an_account_added_within_a_second_of_a_delete_logs_in_at_once() {
     );
 }
 
-/// The `checks:` lines of `status`: (level, what, the rest).
-fn status_checks(lab: &Lab) -> Vec<(String, String)> {
+/// `status`, whole.
+fn status(lab: &Lab) -> String {
     let out = std::process::Command::new(common::letterbox_bin())
         .arg("ctl")
         .arg("--socket")
@@ -899,15 +899,22 @@ fn status_checks(lab: &Lab) -> Vec<(String, String)> {
         .arg("status")
         .output()
         .expect("letterbox ctl runs");
-    let status = String::from_utf8_lossy(&out.stdout);
-    let checks = status.split("checks:\n").nth(1).unwrap_or_else(|| {
-        panic!(
-            "no checks in status ({}):\n{status}\n{}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr),
-            lab.diagnostics()
-        )
-    });
+    assert!(
+        out.status.success(),
+        "status: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        lab.diagnostics()
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The `checks:` lines of `status`: (level, what, the rest).
+fn status_checks(lab: &Lab) -> Vec<(String, String)> {
+    let status = status(lab);
+    let checks = status
+        .split("checks:\n")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no checks in status:\n{status}\n{}", lab.diagnostics()));
     checks
         .lines()
         .take_while(|l| l.starts_with("  "))
@@ -946,6 +953,35 @@ fn status_checks_pass_on_a_healthy_system_and_fail_for_a_hung_box_a_hung_front_a
     let lab = Lab::start();
     lab.running_pid("box-bob", 1);
     let healthy = status_checks(&lab);
+    // What each container holds in memory, and in all: the figure the 1 GB budget counts.
+    let report = status(&lab);
+    let memory = report
+        .split("containers' memory (in use, page cache included):\n")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no containers' memory in status:\n{report}"));
+    let megabytes: BTreeMap<&str, f64> = memory
+        .lines()
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            Some((words.next()?, words.next()?.parse().ok()?))
+        })
+        .collect();
+    for id in ["front-postfix", "front-dovecot", "box-alice", "box-bob"] {
+        assert!(
+            megabytes.get(id).is_some_and(|&mb| mb > 0.0),
+            "{id}:\n{report}"
+        );
+    }
+    let sum: f64 = megabytes
+        .iter()
+        .filter(|(id, _)| **id != "total")
+        .map(|(_, mb)| mb)
+        .sum();
+    assert!(
+        (megabytes["total"] - sum).abs() < 0.5,
+        "the total:\n{report}"
+    );
     for what in [
         "clock",
         "disk",

@@ -86,6 +86,8 @@ const CONTAINERD_LOG: &str = "letterbox::agent::containerd";
 pub(super) const CONNECT_LIMIT: Duration = Duration::from_secs(30);
 /// How long `status` waits for containerd's version.
 const STATUS_LIMIT: Duration = Duration::from_secs(1);
+/// Where cgroup2 is mounted, by early boot on the appliance and by the host's init.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 /// containerd with everything under `STATE/containerd`, as absolute paths (containerd's
 /// configuration wants them; `letterbox run --state` may be relative).
@@ -227,6 +229,16 @@ pub async fn report(agent: &Agent, settings: &MailSettings) -> String {
         MailImage::Failed(why) => format!("not imported: {why}"),
     };
     let _ = writeln!(out, "mail image: {image}");
+    let used = containers::memory_in_use(Path::new(CGROUP_ROOT));
+    if !used.is_empty() {
+        let _ = writeln!(out, "containers' memory (in use, page cache included):");
+        let mb = |bytes: u64| bytes as f64 / 1e6;
+        for (id, bytes) in &used {
+            let _ = writeln!(out, "  {id:<16} {:6.1} MB", mb(*bytes));
+        }
+        let total: u64 = used.iter().map(|(_, bytes)| bytes).sum();
+        let _ = writeln!(out, "  {:<16} {:6.1} MB", "total", mb(total));
+    }
     out
 }
 

@@ -30,6 +30,29 @@ pub use task::{ContainerSpec, Exit, Placement};
 pub const NAMESPACE: &str = "letterbox";
 /// The only snapshotter the agent uses.
 pub const SNAPSHOTTER: &str = "overlayfs";
+/// The cgroup every container's own is in (`/letterbox/ID`), under the cgroup2 root.
+pub const CGROUP_PARENT: &str = "/letterbox";
+
+/// Each running container's memory in use (its cgroup's memory.current: what counts
+/// against its limit, page cache included), by id.
+pub fn memory_in_use(cgroup_root: &Path) -> Vec<(String, u64)> {
+    let parent = cgroup_root.join(CGROUP_PARENT.trim_start_matches('/'));
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return Vec::new();
+    };
+    let mut used: Vec<(String, u64)> = entries
+        .flatten()
+        .filter_map(|entry| {
+            let bytes = std::fs::read_to_string(entry.path().join("memory.current")).ok()?;
+            Some((
+                entry.file_name().to_string_lossy().into_owned(),
+                bytes.trim().parse().ok()?,
+            ))
+        })
+        .collect();
+    used.sort();
+    used
+}
 
 /// An OCI descriptor as containerd's gRPC messages carry it.
 fn wire(desc: &oci_spec::image::Descriptor) -> containerd_client::types::Descriptor {
@@ -96,5 +119,34 @@ impl ContainersError {
             ContainersError::Rpc { status, .. } => Some(status.code()),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_in_use_reads_each_containers_cgroup_and_skips_what_is_not_one() {
+        let root = tempfile::tempdir().unwrap();
+        let parent = root.path().join("letterbox");
+        for (id, current) in [
+            ("box-bob", Some("2048\n")),
+            ("box-alice", Some("1024\n")),
+            ("gone", None),
+        ] {
+            std::fs::create_dir_all(parent.join(id)).unwrap();
+            if let Some(current) = current {
+                std::fs::write(parent.join(id).join("memory.current"), current).unwrap();
+            }
+        }
+        assert_eq!(
+            memory_in_use(root.path()),
+            [
+                ("box-alice".to_string(), 1024),
+                ("box-bob".to_string(), 2048)
+            ]
+        );
+        assert_eq!(memory_in_use(&root.path().join("none")), []);
     }
 }

@@ -122,7 +122,7 @@ pub fn base(id: &str, args: &[&str], memory_limit: u64) -> Result<Spec, Containe
         .build()?;
     let mut linux = LinuxBuilder::default()
         .resources(LinuxResourcesBuilder::default().memory(memory).build()?)
-        .cgroups_path(PathBuf::from(format!("/letterbox/{id}")))
+        .cgroups_path(PathBuf::from(format!("{}/{id}", super::CGROUP_PARENT)))
         .build()?;
     linux.set_namespaces(defaults.namespaces().clone());
     linux.set_masked_paths(defaults.masked_paths().clone());
