@@ -86,7 +86,7 @@ const CONTAINERD_LOG: &str = "letterbox::agent::containerd";
 pub(super) const CONNECT_LIMIT: Duration = Duration::from_secs(30);
 /// How long `status` waits for containerd's version.
 const STATUS_LIMIT: Duration = Duration::from_secs(1);
-/// Where cgroup2 is mounted, by early boot on the appliance and by the host's init.
+/// Where the cgroup hierarchy is mounted (cgroup2 by early boot on the appliance).
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 /// containerd with everything under `STATE/containerd`, as absolute paths (containerd's

@@ -33,17 +33,26 @@ pub const SNAPSHOTTER: &str = "overlayfs";
 /// The cgroup every container's own is in (`/letterbox/ID`), under the cgroup2 root.
 pub const CGROUP_PARENT: &str = "/letterbox";
 
-/// Each running container's memory in use (its cgroup's memory.current: what counts
-/// against its limit, page cache included), by id.
+/// Each running container's memory in use, by id: what counts against its limit, page
+/// cache included. cgroup v2 (the appliance) keeps it in each cgroup's memory.current;
+/// v1 (some hosts under `letterbox run`) in memory.usage_in_bytes under the memory
+/// controller's own tree.
 pub fn memory_in_use(cgroup_root: &Path) -> Vec<(String, u64)> {
-    let parent = cgroup_root.join(CGROUP_PARENT.trim_start_matches('/'));
+    let ours = CGROUP_PARENT.trim_start_matches('/');
+    let (parent, file) = match cgroup_root.join(ours) {
+        v2 if v2.is_dir() => (v2, "memory.current"),
+        _ => (
+            cgroup_root.join("memory").join(ours),
+            "memory.usage_in_bytes",
+        ),
+    };
     let Ok(entries) = std::fs::read_dir(parent) else {
         return Vec::new();
     };
     let mut used: Vec<(String, u64)> = entries
         .flatten()
         .filter_map(|entry| {
-            let bytes = std::fs::read_to_string(entry.path().join("memory.current")).ok()?;
+            let bytes = std::fs::read_to_string(entry.path().join(file)).ok()?;
             Some((
                 entry.file_name().to_string_lossy().into_owned(),
                 bytes.trim().parse().ok()?,
@@ -148,5 +157,12 @@ mod tests {
             ]
         );
         assert_eq!(memory_in_use(&root.path().join("none")), []);
+
+        // cgroup v1: the memory controller's own tree.
+        let v1 = tempfile::tempdir().unwrap();
+        let box_alice = v1.path().join("memory/letterbox/box-alice");
+        std::fs::create_dir_all(&box_alice).unwrap();
+        std::fs::write(box_alice.join("memory.usage_in_bytes"), "4096\n").unwrap();
+        assert_eq!(memory_in_use(v1.path()), [("box-alice".to_string(), 4096)]);
     }
 }
