@@ -30,7 +30,7 @@ pub use task::{ContainerSpec, Exit, Placement};
 pub const NAMESPACE: &str = "letterbox";
 /// The only snapshotter the agent uses.
 pub const SNAPSHOTTER: &str = "overlayfs";
-/// The cgroup every container's own is in (`/letterbox/ID`), under the cgroup2 root.
+/// The cgroup every container's own is in (`/letterbox/ID`), under the hierarchy's root.
 pub const CGROUP_PARENT: &str = "/letterbox";
 
 /// Each running container's memory in use, by id: what counts against its limit, page

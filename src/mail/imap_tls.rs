@@ -131,7 +131,7 @@ async fn within<T>(
 ) -> io::Result<T> {
     tokio::time::timeout(limit, work)
         .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the client took too long"))?
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer in time"))?
 }
 
 /// Answers a client on 143 until it asks for TLS, and returns its connection then;
