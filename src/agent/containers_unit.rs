@@ -41,10 +41,9 @@ impl MailSettings {
     pub fn appliance() -> MailSettings {
         MailSettings {
             image: crate::paths::MAIL_IMAGE_DIR.into(),
-            // An image built with the webmail off carries none.
-            webmail_image: Path::new(crate::paths::WEBMAIL_IMAGE_DIR)
-                .is_dir()
-                .then(|| crate::paths::WEBMAIL_IMAGE_DIR.into()),
+            // Where the root filesystem carries it; whether it does (an image built with
+            // the webmail off carries none) is only known once boot is in that root.
+            webmail_image: Some(crate::paths::WEBMAIL_IMAGE_DIR.into()),
             binary_dirs: crate::paths::CONTAINERD_BIN_DIRS
                 .iter()
                 .map(PathBuf::from)

@@ -143,7 +143,7 @@ async fn boot(mut options: Options) -> Result<Shutdown, InitError> {
         mount_kernel_filesystems();
         appliance = run_early_boot(&mut options.settings);
         crate::clock::restore_at_boot(&options.settings.state_dir);
-        keep_mail_only_if_installed(&mut options.settings);
+        keep_images_only_if_installed(&mut options.settings);
     }
     // Only the appliance's own boot counts and arms a watchdog: never a host's.
     let backoff = appliance.then(|| CrashBackoff::record_boot(&options.settings.state_dir));
@@ -281,8 +281,12 @@ fn run_early_boot(settings: &mut Settings) -> bool {
 
 /// A root filesystem without the letterbox-mail image (`make image` ships it; an image
 /// built otherwise may not) runs no containerd: it would only restart its mail unit for ever.
-fn keep_mail_only_if_installed(settings: &mut Settings) {
-    let Some(mail) = &settings.mail else { return };
+/// Drops the images this build does not carry. It runs after early boot, in the root
+/// filesystem that carries them: the initramfs, where the settings were made, has none.
+fn keep_images_only_if_installed(settings: &mut Settings) {
+    let Some(mail) = &mut settings.mail else {
+        return;
+    };
     let index = mail.image.join("index.json");
     if !index.exists() {
         info!(
@@ -290,6 +294,12 @@ fn keep_mail_only_if_installed(settings: &mut Settings) {
             index.display()
         );
         settings.mail = None;
+        return;
+    }
+    if let Some(webmail) = &mail.webmail_image {
+        if !webmail.join("index.json").exists() {
+            mail.webmail_image = None;
+        }
     }
 }
 
@@ -388,4 +398,54 @@ fn start_console(agent: &Arc<Agent>, mode: Mode, device: &str, baud: u32) {
     }
     info!("login prompt on {}", path.display());
     agent.start_unit(crate::console::unit(agent.clone(), path, baud));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::MailSettings;
+
+    fn settings(image: &Path, webmail: &Path) -> Settings {
+        let mut mail = MailSettings::appliance();
+        mail.image = image.into();
+        mail.webmail_image = Some(webmail.into());
+        Settings {
+            provisioning_file: None,
+            state_dir: "/data/letterbox".into(),
+            system_root: "/".into(),
+            mail: Some(mail),
+        }
+    }
+
+    #[test]
+    fn the_appliance_settings_name_the_webmail_image_before_boot_can_see_it() {
+        // Made in the initramfs, where /usr/share/letterbox does not exist yet.
+        assert_eq!(
+            MailSettings::appliance().webmail_image.as_deref(),
+            Some(Path::new(crate::paths::WEBMAIL_IMAGE_DIR))
+        );
+    }
+
+    #[test]
+    fn only_the_carried_images_are_kept() {
+        let root = tempfile::tempdir().unwrap();
+        let (mail, webmail) = (root.path().join("mail"), root.path().join("webmail"));
+        std::fs::create_dir(&mail).unwrap();
+        std::fs::write(mail.join("index.json"), "{}").unwrap();
+
+        let mut without_webmail = settings(&mail, &webmail);
+        keep_images_only_if_installed(&mut without_webmail);
+        let kept = without_webmail.mail.expect("the mail image is carried");
+        assert_eq!(kept.webmail_image, None);
+
+        std::fs::create_dir(&webmail).unwrap();
+        std::fs::write(webmail.join("index.json"), "{}").unwrap();
+        let mut both = settings(&mail, &webmail);
+        keep_images_only_if_installed(&mut both);
+        assert_eq!(both.mail.unwrap().webmail_image, Some(webmail.clone()));
+
+        let mut no_mail = settings(&root.path().join("absent"), &webmail);
+        keep_images_only_if_installed(&mut no_mail);
+        assert!(no_mail.mail.is_none());
+    }
 }
