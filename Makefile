@@ -202,7 +202,7 @@ qemu: cross $(SD_MAIL_IMAGE).lock $(SD_WEBMAIL_IMAGE).lock
 	$(CARGO) run --quiet -- build image/qemu-letterbox.toml --board rpi3 -o $(QEMU_IMAGE) --agent $(AGENT)
 	$(CARGO) run --quiet -- qemu $(QEMU_IMAGE)
 
-bench-image: cross deps-bench
+bench-image: cross deps-bench $(SD_MAIL_IMAGE).lock $(SD_WEBMAIL_IMAGE).lock
 	benches/image.sh
 
 # --- The letterbox-mail OCI image (src/image/mail.rs): Postfix and Dovecot from trixie ---
