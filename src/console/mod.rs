@@ -135,8 +135,7 @@ async fn sessions(
         }
         failures.lock().expect("failed logins").reset();
         log::info!("console: {USER} logged in");
-        // Its line (and the kernel's copy of it, on the same UART) before the shell's
-        // prompt, not in the middle of it.
+        // Its line before the shell's prompt, not in the middle of it.
         logger().flushed(FLUSH_LIMIT).await;
         let idle_limit = cfg.console.idle_timeout;
         admin_shell(agent, term, &cfg.system.hostname, idle_limit).await?;

@@ -267,8 +267,8 @@ fn mount_kernel_filesystems() {
 /// The agent writes its own log to the kernel's console (stderr, then the console unit).
 /// The kernel's echo of its kmsg copy would show each line twice and split the shell's
 /// prompt: from here the console shows only the kernel's warnings and worse
-/// (console_loglevel 5); the kernel's log buffer keeps everything. Appliance only: in a PID namespace on a
-/// host, /proc/sys/kernel/printk is the host's.
+/// (console_loglevel 5); the kernel's log buffer keeps everything. Appliance only: in a
+/// PID namespace on a host, /proc/sys/kernel/printk is the host's.
 fn quiet_kernel_console() {
     if let Err(e) = std::fs::write("/proc/sys/kernel/printk", "5") {
         warn!("the kernel's console keeps echoing every log line: /proc/sys/kernel/printk: {e}");
@@ -293,10 +293,11 @@ fn run_early_boot(settings: &mut Settings) -> bool {
     }
 }
 
-/// A root filesystem without the letterbox-mail image (`make image` ships it; an image
-/// built otherwise may not) runs no containerd: it would only restart its mail unit for ever.
-/// Drops the images this build does not carry. It runs after early boot, in the root
-/// filesystem that carries them: the initramfs, where the settings were made, has none.
+/// Drops the images this root filesystem does not carry. Without the letterbox-mail image
+/// (`make image` ships it; an image built otherwise may not) no containerd runs: it would
+/// only restart its mail unit for ever. The webmail image is carried only when the file
+/// enables the webmail. It runs after early boot, in that root: the initramfs, where the
+/// settings were made, has neither.
 fn keep_images_only_if_installed(settings: &mut Settings) {
     let Some(mail) = &mut settings.mail else {
         return;
