@@ -142,9 +142,6 @@ async fn boot(mut options: Options) -> Result<Shutdown, InitError> {
     if options.mode == Mode::Pid1 {
         mount_kernel_filesystems();
         appliance = run_early_boot(&mut options.settings);
-        if appliance {
-            quiet_kernel_console();
-        }
         crate::clock::restore_at_boot(&options.settings.state_dir);
         keep_images_only_if_installed(&mut options.settings);
     }
@@ -262,17 +259,6 @@ fn mount_kernel_filesystems() {
     // Ctrl-alt-del then reaches PID 1 as SIGINT (a clean reboot) instead of resetting at
     // once. Refused inside a PID namespace, where there is no such key.
     let _ = nix::sys::reboot::set_cad_enabled(false);
-}
-
-/// The agent writes its own log to the kernel's console (stderr, then the console unit).
-/// The kernel's echo of its kmsg copy would show each line twice and split the shell's
-/// prompt: from here the console shows only the kernel's warnings and worse
-/// (console_loglevel 5); the kernel's log buffer keeps everything. Appliance only: in a
-/// PID namespace on a host, /proc/sys/kernel/printk is the host's.
-fn quiet_kernel_console() {
-    if let Err(e) = std::fs::write("/proc/sys/kernel/printk", "5") {
-        warn!("the kernel's console keeps echoing every log line: /proc/sys/kernel/printk: {e}");
-    }
 }
 
 /// The appliance's kernel modules and SD card partitions. It does nothing unless "/" is
