@@ -8,6 +8,10 @@ mod common;
 
 use common::browser::Browser;
 use common::webmail::*;
+use std::os::unix::fs::MetadataExt;
+
+/// The inbox's page, for a session's cookies.
+const INBOX: &str = "?_task=mail";
 
 #[test]
 fn the_webmail_reaches_only_the_fronts_imap_and_submission_and_serves_https_at_both_names() {
@@ -72,17 +76,27 @@ fn the_webmail_reaches_only_the_fronts_imap_and_submission_and_serves_https_at_b
         assert_eq!(page, ("200".into(), Some(0)), "https://{name}/");
     }
     // Port 80 only redirects to HTTPS, on the name asked for.
-    let redirect = lab.curl(&[
-        "-w",
-        "%{http_code} %{redirect_url}",
-        "-H",
-        "Host: mail.example.org",
-        &format!("http://{SERVER_V4}/?_task=mail"),
-    ]);
-    assert_eq!(
-        redirect,
-        ("301 https://mail.example.org/?_task=mail".into(), Some(0))
-    );
+    for name in ["mail.example.org", "example.org"] {
+        let redirect = lab.curl(&[
+            "-w",
+            "%{http_code} %{redirect_url}",
+            "-H",
+            &format!("Host: {name}"),
+            &format!("http://{SERVER_V4}/?_task=mail"),
+        ]);
+        assert_eq!(
+            redirect,
+            (format!("301 https://{name}/?_task=mail"), Some(0))
+        );
+    }
+    // Roundcube's two containers, beside the mail's.
+    let containers = lab.containers();
+    for webmail in ["webmail-nginx", "webmail-php"] {
+        assert!(
+            containers.iter().any(|c| c == webmail),
+            "{webmail} is not running: {containers:?}"
+        );
+    }
 }
 
 #[test]
@@ -163,6 +177,18 @@ fn in_chromium_alice_reads_her_mail_and_sends_dkim_signed_mail_and_a_wrong_passw
         .wait_for("#messagelist tbody tr", PAGE_LIMIT)
         .unwrap();
     assert!(list.contains("Hello from swaks"), "the inbox: {list}");
+    // The session is in Roundcube's database, which is on the data partition beside the
+    // des_key the agent made there: www-data's files, for it alone.
+    for file in ["des_key", "roundcube.db"] {
+        let path = lab.state().join("webmail/data").join(file);
+        let meta = std::fs::metadata(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(
+            (meta.mode() & 0o777, meta.uid()),
+            (0o600, 33),
+            "{}'s mode and owner",
+            path.display()
+        );
+    }
     let shot = browser.screenshot("webmail-inbox").unwrap();
     eprintln!("the inbox, for a person to look at: {}", shot.display());
     let uid = first_uid(&browser.page_source().unwrap()).expect("a message row's uid");
@@ -231,7 +257,7 @@ fn in_chromium_alice_reads_her_mail_and_sends_dkim_signed_mail_and_a_wrong_passw
         .filter(|c| c.name().starts_with("roundcube_"))
         .map(|c| (c.name().to_string(), c.value().to_string()))
         .collect();
-    let inbox = lab.page_with(&cookies);
+    let inbox = lab.page_with(&cookies, INBOX);
     assert!(
         inbox.contains("id=\"messagelist\""),
         "the session's cookies do not open the inbox: {cookies:?}"
@@ -243,6 +269,18 @@ fn in_chromium_alice_reads_her_mail_and_sends_dkim_signed_mail_and_a_wrong_passw
     let form = ["--data", form];
     assert_eq!(lab.post_with(&cookies, mark, &form, None), 403);
     assert_eq!(lab.post_with(&cookies, mark, &form, Some(&token)), 200);
+    // alice has one identity, her own address, and cannot make it another: the front's
+    // submission would refuse any other sender.
+    let identities = "?_task=settings&_action=identities";
+    let iid = identity_id(&lab.page_with(&cookies, identities)).expect("alice's identity");
+    let other_sender = format!("_iid={iid}&_name=Alice&_email={BOB}&_token={token}");
+    let save = "?_task=settings&_action=save-identity";
+    lab.post_with(&cookies, save, &["--data", &other_sender], Some(&token));
+    let kept = lab.page_with(&cookies, identities);
+    assert!(
+        kept.contains("Alice") && kept.contains(ALICE) && !kept.contains(BOB),
+        "alice's identities after a save as bob: {kept}"
+    );
     // The upload limit holds on the server too, for a client without Roundcube's scripts:
     // nginx refuses the request (413) before PHP reads it.
     let upload = format!("_attachments[]=@{}", large.display());
@@ -256,7 +294,7 @@ fn in_chromium_alice_reads_her_mail_and_sends_dkim_signed_mail_and_a_wrong_passw
         })
         .collect();
     assert_ne!(forged, cookies);
-    let page = lab.page_with(&forged);
+    let page = lab.page_with(&forged, INBOX);
     assert!(
         page.contains("rcmloginuser") && !page.contains("id=\"messagelist\""),
         "a forged session id opened: {page}"
@@ -271,7 +309,7 @@ fn in_chromium_alice_reads_her_mail_and_sends_dkim_signed_mail_and_a_wrong_passw
     wait_idle(&browser);
     browser.click("a.logout").unwrap();
     browser.wait_for("#rcmloginuser", PAGE_LIMIT).unwrap();
-    let page = lab.page_with(&cookies);
+    let page = lab.page_with(&cookies, INBOX);
     assert!(
         page.contains("rcmloginuser") && !page.contains("id=\"messagelist\""),
         "the logged-out session still opens the inbox: {page}"
@@ -314,6 +352,16 @@ fn first_uid(page: &str) -> Option<u32> {
     let list = &page[page.find("id=\"messagelist\"")?..];
     let start = list.find("_uid=")? + "_uid=".len();
     let digits: String = list[start..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+/// The id of the first identity in Roundcube's list of them (its row is `rcmrowID`).
+fn identity_id(page: &str) -> Option<u32> {
+    let start = page.find("id=\"rcmrow")? + "id=\"rcmrow".len();
+    let digits: String = page[start..]
         .chars()
         .take_while(char::is_ascii_digit)
         .collect();

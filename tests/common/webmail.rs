@@ -247,9 +247,9 @@ impl Lab {
         curl
     }
 
-    /// The webmail's inbox page as curl gets it with `cookies`.
-    pub fn page_with(&self, cookies: &[(String, String)]) -> String {
-        let out = self.session_curl(cookies, "?_task=mail").output().unwrap();
+    /// The webmail's page at `query` as curl gets it with `cookies`.
+    pub fn page_with(&self, cookies: &[(String, String)], query: &str) -> String {
+        let out = self.session_curl(cookies, query).output().unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 

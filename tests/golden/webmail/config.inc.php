@@ -26,6 +26,9 @@ $config['imap_host'] = 'ssl://127.0.0.1:993';
 $config['smtp_host'] = 'tls://127.0.0.1:587';
 $config['smtp_user'] = '%u';
 $config['smtp_pass'] = '%p';
+// One identity, the account's own address, which the user cannot change: the front's
+// submission sends only as the login's address, so any other would fail at Send.
+$config['identities_level'] = 3;
 $letterbox_loopback_tls = [
     'ssl' => [
         'verify_peer' => false,
