@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use common::mail_image::{
-    blob, build_for, build_image, build_into, built, chroot, the_layer, the_manifest,
-    the_manifest_for, unpack, unpacked_rootfs, EPOCH,
+    blob, build_image, build_into, built, chroot, the_layer, the_manifest, the_manifest_for,
+    unpack, unpacked_rootfs, EPOCH,
 };
 use oci_spec::image::{Arch, ImageConfiguration, MediaType, Os};
 use sha2::{Digest, Sha256};
@@ -283,17 +283,44 @@ const EM_AARCH64: u16 = 183;
 #[test]
 fn the_arm64_image_of_the_sd_card_holds_aarch64_postfix_and_dovecot() {
     let test = "the_arm64_image_of_the_sd_card_holds_aarch64_postfix_and_dovecot";
+    assert_arm64_image_holds_aarch64(
+        test,
+        "mail",
+        &[
+            "usr/sbin/postfix",
+            "usr/sbin/dovecot",
+            "usr/lib/postfix/sbin/smtpd",
+        ],
+    );
+}
+
+#[test]
+fn the_arm64_webmail_image_of_the_sd_card_holds_aarch64_php_fpm_and_nginx() {
+    let test = "the_arm64_webmail_image_of_the_sd_card_holds_aarch64_php_fpm_and_nginx";
+    assert_arm64_image_holds_aarch64(
+        test,
+        "webmail",
+        &[
+            letterbox::webmail::PHP_FPM_BIN.trim_start_matches('/'),
+            letterbox::webmail::NGINX_BIN.trim_start_matches('/'),
+        ],
+    );
+}
+
+/// Builds `image` for arm64 and checks that its config says arm64 and that each of
+/// `programs` (paths in its layer) is an aarch64 ELF file.
+fn assert_arm64_image_holds_aarch64(test: &str, image: &str, programs: &[&str]) {
     for tool in ["mmdebstrap", "dpkg-deb"] {
         if !common::installed(test, tool) {
             return;
         }
     }
     let dir = tempfile::tempdir().unwrap();
-    let layout = dir.path().join("letterbox-mail-arm64");
-    let out = build_for("arm64", &layout, "022");
+    let layout = dir.path().join(format!("letterbox-{image}-arm64"));
+    let out = build_image(image, "arm64", &layout, "022");
     assert!(
         out.status.success(),
-        "letterbox mail-image --arch arm64 failed:\n{}",
+        "letterbox mail-image --image {image} --arch arm64 failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     let (_, manifest) = the_manifest_for(&layout, Arch::ARM64);
@@ -306,20 +333,14 @@ fn the_arm64_image_of_the_sd_card_holds_aarch64_postfix_and_dovecot() {
     for entry in archive.entries().unwrap() {
         let mut entry = entry.unwrap();
         let path = entry.path().unwrap().to_string_lossy().into_owned();
-        if [
-            "usr/sbin/postfix",
-            "usr/sbin/dovecot",
-            "usr/lib/postfix/sbin/smtpd",
-        ]
-        .contains(&path.as_str())
-        {
+        if programs.contains(&path.as_str()) {
             let mut head = [0u8; 20];
             std::io::Read::read_exact(&mut entry, &mut head).unwrap();
             assert_eq!(&head[..4], b"\x7fELF", "{path} is an ELF file");
             machines.insert(path, u16::from_le_bytes([head[18], head[19]]));
         }
     }
-    assert_eq!(machines.len(), 3, "{machines:?}");
+    assert_eq!(machines.len(), programs.len(), "{machines:?}");
     assert!(
         machines.values().all(|m| *m == EM_AARCH64),
         "every program is aarch64: {machines:?}"
