@@ -270,15 +270,20 @@ fn in_chromium_alice_reads_her_mail_and_sends_dkim_signed_mail_and_a_wrong_passw
     assert_eq!(lab.post_with(&cookies, mark, &form, None), 403);
     assert_eq!(lab.post_with(&cookies, mark, &form, Some(&token)), 200);
     // alice has one identity, her own address, and cannot make it another: the front's
-    // submission would refuse any other sender.
+    // submission would refuse any other sender. The save goes through (the new name shows)
+    // but keeps her address.
     let identities = "?_task=settings&_action=identities";
     let iid = identity_id(&lab.page_with(&cookies, identities)).expect("alice's identity");
-    let other_sender = format!("_iid={iid}&_name=Alice&_email={BOB}&_token={token}");
+    let name = "Alice Liddell";
+    let other_sender = format!("_iid={iid}&_name={name}&_email={BOB}&_token={token}");
     let save = "?_task=settings&_action=save-identity";
-    lab.post_with(&cookies, save, &["--data", &other_sender], Some(&token));
+    assert_eq!(
+        lab.post_with(&cookies, save, &["--data", &other_sender], Some(&token)),
+        200
+    );
     let kept = lab.page_with(&cookies, identities);
     assert!(
-        kept.contains("Alice") && kept.contains(ALICE) && !kept.contains(BOB),
+        kept.contains(name) && kept.contains(ALICE) && !kept.contains(BOB),
         "alice's identities after a save as bob: {kept}"
     );
     // The upload limit holds on the server too, for a client without Roundcube's scripts:
