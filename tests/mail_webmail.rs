@@ -354,19 +354,18 @@ fn session_auth(browser: &Browser) -> Option<String> {
 /// The uid of the first message Roundcube's list links to (its subject's `href` has
 /// `_uid=UID`).
 fn first_uid(page: &str) -> Option<u32> {
-    let list = &page[page.find("id=\"messagelist\"")?..];
-    let start = list.find("_uid=")? + "_uid=".len();
-    let digits: String = list[start..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    digits.parse().ok()
+    number_after(&page[page.find("id=\"messagelist\"")?..], "_uid=")
 }
 
 /// The id of the first identity in Roundcube's list of them (its row is `rcmrowID`).
 fn identity_id(page: &str) -> Option<u32> {
-    let start = page.find("id=\"rcmrow")? + "id=\"rcmrow".len();
-    let digits: String = page[start..]
+    number_after(page, "id=\"rcmrow")
+}
+
+/// The number right after the first `marker` in `text`.
+fn number_after(text: &str, marker: &str) -> Option<u32> {
+    let start = text.find(marker)? + marker.len();
+    let digits: String = text[start..]
         .chars()
         .take_while(char::is_ascii_digit)
         .collect();
