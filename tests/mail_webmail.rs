@@ -184,7 +184,7 @@ fn in_chromium_alice_reads_her_mail_and_sends_dkim_signed_mail_and_a_wrong_passw
         let meta = std::fs::metadata(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert_eq!(
             (meta.mode() & 0o777, meta.uid()),
-            (0o600, 33),
+            (0o600, letterbox::webmail::WWW_DATA_ID),
             "{}'s mode and owner",
             path.display()
         );
