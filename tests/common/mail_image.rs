@@ -22,12 +22,7 @@ pub struct Built {
 
 /// `letterbox mail-image --arch amd64` into `output`, run by a shell with `umask`.
 pub fn build_into(output: &Path, umask: &str) -> Output {
-    build_for("amd64", output, umask)
-}
-
-/// `letterbox mail-image --arch ARCH` into `output`, run by a shell with `umask`.
-pub fn build_for(arch: &str, output: &Path, umask: &str) -> Output {
-    build_image("mail", arch, output, umask)
+    build_image("mail", "amd64", output, umask)
 }
 
 /// `letterbox mail-image --image IMAGE --arch ARCH` into `output`, run by a shell with
