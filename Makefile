@@ -59,10 +59,23 @@ $(STAMPS)/deps-test: $(STAMPS)/apt-update Makefile
 
 deps-test: $(STAMPS)/deps-test
 
-test: deps-test test-image containerd-trixie chrony-trixie mail-image webmail-image
+# What the tests need is built two jobs at a time: the aarch64 agent's release build, whose
+# last step (fat LTO of one codegen unit) keeps one core busy for minutes, beside this
+# machine's builds, lints, image builds and downloads. apt runs first, alone (dpkg's lock).
+test: deps-test deps-image
+	$(MAKE) --no-print-directory -j2 --output-sync=line test-inputs
+	LETTERBOX_REQUIRE_ALL=1 tests/run
+
+.PHONY: test-inputs lint test-binaries
+test-inputs: test-image lint test-binaries containerd-trixie chrony-trixie mail-image webmail-image
+
+lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
-	LETTERBOX_REQUIRE_ALL=1 tests/run
+
+# tests/run builds them too; here they build while the agent's cross build runs.
+test-binaries:
+	$(CARGO) test --no-run
 
 # The appliance's containerd and runc (Debian trixie, this host's architecture) for
 # tests/containers.rs, extracted with mmdebstrap as the image's packages are. trixie's runc
